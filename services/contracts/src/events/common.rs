@@ -1,0 +1,124 @@
+//! Types shared by several events (`schemas/common/*.avsc`).
+
+use apache_avro::AvroSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::time::Timestamp;
+
+/// The first field of every event: who, when, about whom.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "hixbus.common")]
+pub struct Envelope {
+    pub event_id: String,
+    pub occurred_at: Timestamp,
+    pub producer_org: String,
+    pub patient_ref: String,
+    pub correlation_id: Option<String>,
+    pub causation_id: Option<String>,
+}
+
+impl Envelope {
+    /// A fresh envelope for an event that happens now. The event id is a UUIDv7, so ids sort by
+    /// creation time, which keeps idempotency tables and logs in a useful order.
+    pub fn new(producer_org: impl Into<String>, patient_ref: impl Into<String>) -> Self {
+        Self {
+            event_id: uuid::Uuid::now_v7().to_string(),
+            occurred_at: Timestamp::now(),
+            producer_org: producer_org.into(),
+            patient_ref: patient_ref.into(),
+            correlation_id: None,
+            causation_id: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "hixbus.common")]
+pub struct CodedConcept {
+    pub system: String,
+    pub code: String,
+    pub display: Option<String>,
+}
+
+impl CodedConcept {
+    pub fn new(system: impl Into<String>, code: impl Into<String>, display: Option<&str>) -> Self {
+        Self {
+            system: system.into(),
+            code: code.into(),
+            display: display.map(str::to_owned),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "hixbus.common")]
+pub struct Quantity {
+    pub value: f64,
+    pub unit: String,
+    pub unit_system: Option<String>,
+    pub unit_code: Option<String>,
+}
+
+impl Quantity {
+    pub fn new(value: f64, unit: impl Into<String>) -> Self {
+        Self {
+            value,
+            unit: unit.into(),
+            unit_system: None,
+            unit_code: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "hixbus.common")]
+pub struct PractitionerRef {
+    pub id: String,
+    pub name: Option<String>,
+    pub department: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "hixbus.common")]
+pub struct InstitutionRef {
+    pub org_id: String,
+    pub institution_code: Option<String>,
+    pub name: Option<String>,
+}
+
+/// A lab test result or checkup item. Exactly one `value_*` is expected to be set; producers
+/// are validated at the gateway, and consumers must tolerate none (a result "pending").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "hixbus.common")]
+pub struct Observation {
+    pub code: CodedConcept,
+    pub value_numeric: Option<f64>,
+    pub value_coded: Option<CodedConcept>,
+    pub value_text: Option<String>,
+    pub unit: Option<String>,
+    pub reference_range: Option<ReferenceRange>,
+    pub interpretation: Interpretation,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "hixbus.common")]
+pub struct ReferenceRange {
+    pub low: Option<f64>,
+    pub high: Option<f64>,
+    pub text: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "hixbus.common")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Interpretation {
+    Unknown,
+    Normal,
+    Low,
+    High,
+    CriticallyLow,
+    CriticallyHigh,
+    Abnormal,
+    Positive,
+    Negative,
+}

@@ -1,0 +1,133 @@
+//! Typed hixbus events, one Rust struct per `schemas/events/*.avsc` record.
+//!
+//! The structs derive their Avro schema; `tests/schema_drift.rs` fails when a derived schema and
+//! its `.avsc` file disagree on anything that affects encoding (names, types, logical types,
+//! field order), so the files stay the source of truth and the code cannot drift from them.
+
+mod claims;
+mod clinical;
+mod common;
+mod prescription;
+mod safety;
+
+use apache_avro::types::Value;
+use apache_avro::reader::datum::GenericDatumReader;
+use apache_avro::{AvroSchema, Schema};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+pub use claims::{ClaimAdjudicated, ClaimLine, ClaimOutcome, ClaimSubmitted, LineAdjustment};
+pub use clinical::{
+    CheckupCompleted, CheckupType, LabResultReported, QuestionnaireAnswer, ReportStatus, Specimen,
+};
+pub use common::{
+    CodedConcept, Envelope, InstitutionRef, Interpretation, Observation, PractitionerRef, Quantity,
+    ReferenceRange,
+};
+pub use prescription::{
+    DispensedLine, MedicationLine, PrescriptionCancelled, PrescriptionDispensed,
+    PrescriptionIssued,
+};
+pub use safety::{
+    AlertKind, AlertLine, AlertSeverity, ConsentChanged, ConsentDecision, DataCategory,
+    MedicationAlert, PurposeOfUse,
+};
+
+/// A typed event that can travel on the bus.
+pub trait EventRecord:
+    Serialize + DeserializeOwned + AvroSchema + Into<Event> + Clone + Send + Sync + 'static
+{
+    /// The record name, as in the catalog and the `.avsc` file name.
+    const NAME: &'static str;
+
+    fn envelope(&self) -> &Envelope;
+}
+
+macro_rules! event_set {
+    ($($name:ident),+ $(,)?) => {
+        /// Any hixbus event: what a consumer gets when one topic carries several event types.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(tag = "event_type")]
+        pub enum Event {
+            $($name($name),)+
+        }
+
+        $(
+            impl EventRecord for $name {
+                const NAME: &'static str = stringify!($name);
+
+                fn envelope(&self) -> &Envelope {
+                    &self.envelope
+                }
+            }
+
+            impl From<$name> for Event {
+                fn from(event: $name) -> Self {
+                    Event::$name(event)
+                }
+            }
+        )+
+
+        impl Event {
+            /// Record names of every event type, in catalog order.
+            pub const NAMES: &'static [&'static str] = &[$(stringify!($name)),+];
+
+            pub fn name(&self) -> &'static str {
+                match self {
+                    $(Event::$name(_) => stringify!($name),)+
+                }
+            }
+
+            pub fn envelope(&self) -> &Envelope {
+                match self {
+                    $(Event::$name(e) => &e.envelope,)+
+                }
+            }
+
+            /// The schema the Rust type derives, for the drift check.
+            pub fn derived_schema(name: &str) -> Option<Schema> {
+                match name {
+                    $(stringify!($name) => Some($name::get_schema()),)+
+                    _ => None,
+                }
+            }
+
+            /// Decodes straight from Avro bytes into the typed event: the fast path, valid only
+            /// when the bytes were written with exactly the schema the type derives.
+            pub(crate) fn read_typed(
+                name: &str,
+                reader: &GenericDatumReader<'_>,
+                body: &mut &[u8],
+            ) -> Option<Result<Event, apache_avro::Error>> {
+                match name {
+                    $(stringify!($name) => Some(reader.read_deser::<$name>(body).map(Event::$name)),)+
+                    _ => None,
+                }
+            }
+
+            /// Builds the typed event from a generic value already resolved to our schema:
+            /// the slow path for records written with another version of the schema.
+            pub(crate) fn from_resolved_value(
+                name: &str,
+                value: &Value,
+            ) -> Option<Result<Event, apache_avro::Error>> {
+                match name {
+                    $(stringify!($name) => Some(apache_avro::from_value::<$name>(value).map(Event::$name)),)+
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+event_set!(
+    PrescriptionIssued,
+    PrescriptionCancelled,
+    PrescriptionDispensed,
+    LabResultReported,
+    CheckupCompleted,
+    ClaimSubmitted,
+    ClaimAdjudicated,
+    ConsentChanged,
+    MedicationAlert,
+);
