@@ -4,7 +4,9 @@
 
 pub mod catalog;
 pub mod codec;
+pub mod docs;
 pub mod events;
+pub mod gate;
 pub mod samples;
 pub mod time;
 pub mod wire;

@@ -1,0 +1,25 @@
+use std::net::SocketAddr;
+
+use crate::domain::CompatibilityLevel;
+
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    pub listen: SocketAddr,
+    /// `postgres://…`, `sqlite://path.db` (created if missing) or `sqlite::memory:`.
+    pub database_url: String,
+    /// Level used by subjects without their own, until changed through `PUT /config`.
+    pub default_compatibility: CompatibilityLevel,
+    /// Largest request body accepted; Avro schemas are small, so this guards memory, not use.
+    pub max_body_bytes: usize,
+}
+
+impl RegistryConfig {
+    pub fn new(listen: SocketAddr, database_url: impl Into<String>) -> Self {
+        Self {
+            listen,
+            database_url: database_url.into(),
+            default_compatibility: CompatibilityLevel::Backward,
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+}

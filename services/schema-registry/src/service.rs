@@ -1,0 +1,314 @@
+//! Confluent's registry semantics on top of the store: idempotent registration, compatibility
+//! gates, soft and permanent deletes, and the lookups clients make.
+
+use apache_avro::Schema;
+
+use crate::compat;
+use crate::domain::{CompatibilityLevel, ParsedSchema, Subject, VersionSpec};
+use crate::error::RegistryError;
+use crate::store::{GLOBAL, Store, VersionRow};
+
+/// How many times registration re-reads a subject after losing a race to another writer.
+const MAX_REGISTER_ATTEMPTS: usize = 16;
+
+#[derive(Debug, Clone)]
+pub struct Registry {
+    store: Store,
+    default_level: CompatibilityLevel,
+}
+
+/// A schema as stored under a subject version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionView {
+    pub subject: String,
+    pub version: i64,
+    pub id: i64,
+    pub schema: String,
+}
+
+/// What a client submits: the schema text and what it says about it.
+#[derive(Debug, Clone, Default)]
+pub struct SchemaSubmission {
+    pub schema: Option<String>,
+    pub schema_type: Option<String>,
+    pub has_references: bool,
+}
+
+impl SchemaSubmission {
+    fn parse(&self) -> Result<ParsedSchema, RegistryError> {
+        let text = self
+            .schema
+            .as_deref()
+            .ok_or_else(|| RegistryError::InvalidSchema("the request has no \"schema\" field".to_owned()))?;
+        ParsedSchema::parse(text, self.schema_type.as_deref(), self.has_references)
+    }
+}
+
+impl Registry {
+    pub fn new(store: Store, default_level: CompatibilityLevel) -> Self {
+        Self { store, default_level }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Registers `submission` under `subject` and returns its global id. Registering a schema the
+    /// subject already has live returns its existing id and creates no version.
+    pub async fn register(&self, subject: &Subject, submission: &SchemaSubmission) -> Result<i64, RegistryError> {
+        let parsed = submission.parse()?;
+        let level = self.effective_level(subject).await?;
+        for _ in 0..MAX_REGISTER_ATTEMPTS {
+            let rows = self.store.versions(subject.as_str()).await?;
+            let live: Vec<&VersionRow> = rows.iter().filter(|r| !r.deleted).collect();
+            if let Some(existing) = live.iter().find(|r| r.fingerprint == parsed.fingerprint) {
+                return Ok(existing.schema_id);
+            }
+            let messages = compat::check(level, &parsed.schema, &parse_history(&live)?);
+            if !messages.is_empty() {
+                return Err(RegistryError::Incompatible {
+                    subject: subject.to_string(),
+                    messages,
+                });
+            }
+            let id = self.store.schema_id_for(&parsed).await?;
+            if let Some(version) = self.store.insert_version(subject.as_str(), id).await? {
+                tracing::info!(%subject, version, id, "schema registered");
+                return Ok(id);
+            }
+        }
+        Err(RegistryError::Store(format!(
+            "gave up registering under {subject} after {MAX_REGISTER_ATTEMPTS} concurrent conflicts"
+        )))
+    }
+
+    /// Finds the version of `subject` holding `submission`.
+    pub async fn lookup(
+        &self,
+        subject: &Subject,
+        submission: &SchemaSubmission,
+        include_deleted: bool,
+    ) -> Result<VersionView, RegistryError> {
+        let parsed = submission.parse()?;
+        let rows = self.visible_versions(subject, include_deleted).await?;
+        rows.iter()
+            .rev()
+            .find(|r| r.fingerprint == parsed.fingerprint)
+            .map(|r| view(subject, r))
+            .ok_or(RegistryError::SchemaNotFound)
+    }
+
+    pub async fn subjects(&self, include_deleted: bool) -> Result<Vec<String>, RegistryError> {
+        Ok(self.store.subjects(include_deleted).await?)
+    }
+
+    pub async fn versions(&self, subject: &Subject, include_deleted: bool) -> Result<Vec<i64>, RegistryError> {
+        let rows = self.visible_versions(subject, include_deleted).await?;
+        Ok(rows.iter().map(|r| r.version).collect())
+    }
+
+    pub async fn version(
+        &self,
+        subject: &Subject,
+        spec: VersionSpec,
+        include_deleted: bool,
+    ) -> Result<VersionView, RegistryError> {
+        let rows = self.visible_versions(subject, include_deleted).await?;
+        let row = match spec {
+            VersionSpec::Latest => rows.last(),
+            VersionSpec::Number(n) => rows.iter().find(|r| r.version == n),
+        };
+        row.map(|r| view(subject, r))
+            .ok_or_else(|| RegistryError::VersionNotFound(spec_text(spec)))
+    }
+
+    pub async fn schema_by_id(&self, id: i64) -> Result<String, RegistryError> {
+        self.store
+            .schema_by_id(id)
+            .await?
+            .ok_or(RegistryError::SchemaIdNotFound(id))
+    }
+
+    /// `(subject, version)` pairs that use schema `id`.
+    pub async fn schema_usages(&self, id: i64, include_deleted: bool) -> Result<Vec<(String, i64)>, RegistryError> {
+        let usages = self.store.usages(id).await?;
+        if usages.is_empty() {
+            return Err(RegistryError::SchemaIdNotFound(id));
+        }
+        Ok(usages
+            .into_iter()
+            .filter(|(_, _, deleted)| include_deleted || !deleted)
+            .map(|(subject, version, _)| (subject, version))
+            .collect())
+    }
+
+    /// Soft-deletes every live version of `subject`, or with `permanent` removes a subject that
+    /// was soft-deleted first. Returns the versions affected.
+    pub async fn delete_subject(&self, subject: &Subject, permanent: bool) -> Result<Vec<i64>, RegistryError> {
+        let rows = self.store.versions(subject.as_str()).await?;
+        if rows.is_empty() {
+            return Err(RegistryError::subject_not_found(subject));
+        }
+        let live: Vec<i64> = rows.iter().filter(|r| !r.deleted).map(|r| r.version).collect();
+        if permanent {
+            if !live.is_empty() {
+                return Err(RegistryError::SubjectNotSoftDeleted(subject.to_string()));
+            }
+            self.store.purge(subject.as_str(), None).await?;
+            self.store.delete_config(subject.as_str()).await?;
+            return Ok(rows.iter().map(|r| r.version).collect());
+        }
+        if live.is_empty() {
+            return Err(RegistryError::SubjectSoftDeleted(subject.to_string()));
+        }
+        self.store.soft_delete(subject.as_str(), None).await?;
+        Ok(live)
+    }
+
+    /// Soft-deletes one version, or with `permanent` removes one that was soft-deleted first.
+    pub async fn delete_version(
+        &self,
+        subject: &Subject,
+        spec: VersionSpec,
+        permanent: bool,
+    ) -> Result<i64, RegistryError> {
+        let rows = self.store.versions(subject.as_str()).await?;
+        if rows.is_empty() {
+            return Err(RegistryError::subject_not_found(subject));
+        }
+        let row = match spec {
+            // `latest` means the newest live version for a soft delete, and the newest version of
+            // any kind for a permanent one (which must already be soft-deleted).
+            VersionSpec::Latest if permanent => rows.last(),
+            VersionSpec::Latest => rows.iter().rev().find(|r| !r.deleted),
+            VersionSpec::Number(n) => rows.iter().find(|r| r.version == n),
+        }
+        .ok_or_else(|| RegistryError::VersionNotFound(spec_text(spec)))?;
+        match (permanent, row.deleted) {
+            (false, true) => Err(RegistryError::VersionSoftDeleted(subject.to_string(), row.version)),
+            (true, false) => Err(RegistryError::VersionNotSoftDeleted(subject.to_string(), row.version)),
+            (false, false) => {
+                self.store.soft_delete(subject.as_str(), Some(row.version)).await?;
+                Ok(row.version)
+            }
+            (true, true) => {
+                self.store.purge(subject.as_str(), Some(row.version)).await?;
+                Ok(row.version)
+            }
+        }
+    }
+
+    /// Tests `submission` against one version (`Some`) or against what registration would check
+    /// (`None`). Returns the violations; empty means compatible.
+    pub async fn check_compatibility(
+        &self,
+        subject: &Subject,
+        spec: Option<VersionSpec>,
+        submission: &SchemaSubmission,
+    ) -> Result<Vec<String>, RegistryError> {
+        let parsed = submission.parse()?;
+        let level = self.effective_level(subject).await?;
+        let rows = self.store.versions(subject.as_str()).await?;
+        let live: Vec<&VersionRow> = rows.iter().filter(|r| !r.deleted).collect();
+        let Some(spec) = spec else {
+            return Ok(compat::check(level, &parsed.schema, &parse_history(&live)?));
+        };
+        if live.is_empty() {
+            return Err(RegistryError::subject_not_found(subject));
+        }
+        let row = match spec {
+            VersionSpec::Latest => live.last().copied(),
+            VersionSpec::Number(n) => live.iter().find(|r| r.version == n).copied(),
+        }
+        .ok_or_else(|| RegistryError::VersionNotFound(spec_text(spec)))?;
+        // Against a single named version the direction of the level applies, not its reach.
+        let single = match level {
+            CompatibilityLevel::BackwardTransitive => CompatibilityLevel::Backward,
+            CompatibilityLevel::ForwardTransitive => CompatibilityLevel::Forward,
+            CompatibilityLevel::FullTransitive => CompatibilityLevel::Full,
+            other => other,
+        };
+        Ok(compat::check(single, &parsed.schema, &parse_history(&[row])?))
+    }
+
+    pub async fn global_level(&self) -> Result<CompatibilityLevel, RegistryError> {
+        match self.store.config(GLOBAL).await? {
+            Some(level) => level.parse(),
+            None => Ok(self.default_level),
+        }
+    }
+
+    pub async fn subject_level(&self, subject: &Subject) -> Result<Option<CompatibilityLevel>, RegistryError> {
+        self.store
+            .config(subject.as_str())
+            .await?
+            .map(|level| level.parse())
+            .transpose()
+    }
+
+    /// Sets the level of `subject`, or the global one with `None`.
+    pub async fn set_level(&self, subject: Option<&Subject>, level: CompatibilityLevel) -> Result<(), RegistryError> {
+        let key = subject.map_or(GLOBAL, Subject::as_str);
+        Ok(self.store.set_config(key, level.as_str()).await?)
+    }
+
+    /// Removes the level of `subject`; returns the one it had.
+    pub async fn delete_subject_level(&self, subject: &Subject) -> Result<CompatibilityLevel, RegistryError> {
+        let previous = self
+            .subject_level(subject)
+            .await?
+            .ok_or_else(|| RegistryError::subject_not_found(subject))?;
+        self.store.delete_config(subject.as_str()).await?;
+        Ok(previous)
+    }
+
+    async fn effective_level(&self, subject: &Subject) -> Result<CompatibilityLevel, RegistryError> {
+        match self.subject_level(subject).await? {
+            Some(level) => Ok(level),
+            None => self.global_level().await,
+        }
+    }
+
+    /// The versions a reader may see; a subject with none is "not found", as in Confluent.
+    async fn visible_versions(&self, subject: &Subject, include_deleted: bool) -> Result<Vec<VersionRow>, RegistryError> {
+        let rows: Vec<VersionRow> = self
+            .store
+            .versions(subject.as_str())
+            .await?
+            .into_iter()
+            .filter(|r| include_deleted || !r.deleted)
+            .collect();
+        if rows.is_empty() {
+            return Err(RegistryError::subject_not_found(subject));
+        }
+        Ok(rows)
+    }
+}
+
+fn view(subject: &Subject, row: &VersionRow) -> VersionView {
+    VersionView {
+        subject: subject.to_string(),
+        version: row.version,
+        id: row.schema_id,
+        schema: row.schema_text.clone(),
+    }
+}
+
+fn spec_text(spec: VersionSpec) -> String {
+    match spec {
+        VersionSpec::Latest => "latest".to_owned(),
+        VersionSpec::Number(n) => n.to_string(),
+    }
+}
+
+/// Stored schemas were canonicalised by apache-avro on the way in, so they parse; a failure
+/// here means the database was edited by hand, which is a store problem, not the client's.
+fn parse_history(rows: &[&VersionRow]) -> Result<Vec<(i64, Schema)>, RegistryError> {
+    rows.iter()
+        .map(|r| {
+            Schema::parse_str(&r.schema_text)
+                .map(|s| (r.version, s))
+                .map_err(|e| RegistryError::Store(format!("stored schema {} is unreadable: {e}", r.schema_id)))
+        })
+        .collect()
+}

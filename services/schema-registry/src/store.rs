@@ -1,0 +1,296 @@
+//! Storage for schemas, subject versions and compatibility settings.
+//!
+//! One SQL dialect serves PostgreSQL and SQLite (sqlx's `Any` driver, `$N` parameters, no
+//! vendor functions). Ids and versions are allocated as `MAX + 1` under unique constraints:
+//! two registry replicas racing on one database both try the same number, one insert fails with
+//! a unique violation, and the loser retries with the next number. No id is ever handed out twice.
+
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+use crate::domain::ParsedSchema;
+
+const MIGRATION: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS registry_schemas (
+        id BIGINT PRIMARY KEY,
+        fingerprint TEXT NOT NULL UNIQUE,
+        schema_type TEXT NOT NULL,
+        schema_text TEXT NOT NULL
+    )",
+    "CREATE TABLE IF NOT EXISTS registry_versions (
+        subject TEXT NOT NULL,
+        version BIGINT NOT NULL,
+        schema_id BIGINT NOT NULL REFERENCES registry_schemas (id),
+        deleted BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (subject, version)
+    )",
+    // A schema is live at most once per subject; this is what makes concurrent registration of
+    // the same schema idempotent across replicas.
+    "CREATE UNIQUE INDEX IF NOT EXISTS registry_versions_live_schema
+        ON registry_versions (subject, schema_id) WHERE deleted = 0",
+    "CREATE INDEX IF NOT EXISTS registry_versions_by_schema ON registry_versions (schema_id)",
+    "CREATE TABLE IF NOT EXISTS registry_config (
+        subject TEXT PRIMARY KEY,
+        compatibility TEXT NOT NULL
+    )",
+];
+
+/// Key of the global compatibility setting in `registry_config` (subjects are never empty).
+pub const GLOBAL: &str = "";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// One version of a subject, with its schema.
+#[derive(Debug, Clone)]
+pub struct VersionRow {
+    pub version: i64,
+    pub schema_id: i64,
+    pub deleted: bool,
+    pub fingerprint: String,
+    pub schema_text: String,
+}
+
+impl Store {
+    /// Connects to `postgres://…` or `sqlite://…` (the file is created if missing).
+    pub async fn connect(database_url: &str) -> Result<Self, sqlx::Error> {
+        sqlx::any::install_default_drivers();
+        let (backend, url) = if database_url.starts_with("postgres") {
+            (Backend::Postgres, database_url.to_owned())
+        } else if database_url.starts_with("sqlite:") {
+            (Backend::Sqlite, sqlite_url(database_url))
+        } else {
+            return Err(sqlx::Error::Configuration(
+                format!("unsupported database URL {database_url:?}: use postgres:// or sqlite://").into(),
+            ));
+        };
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let mut options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(10));
+        options = match (backend, in_memory) {
+            // Every connection to `sqlite::memory:` is a separate, empty database: keep exactly
+            // one, forever.
+            (Backend::Sqlite, true) => options
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None),
+            (Backend::Sqlite, false) => options.max_connections(4),
+            (Backend::Postgres, _) => options.max_connections(10),
+        };
+        let pool = options.connect(&url).await?;
+        Ok(Self { pool, backend })
+    }
+
+    /// Creates the tables if they are missing. Safe to run from several replicas at once.
+    pub async fn migrate(&self) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            // Concurrent CREATE TABLE IF NOT EXISTS can still collide in PostgreSQL's catalog.
+            sqlx::query("SELECT pg_advisory_xact_lock(726142)")
+                .execute(&mut *tx)
+                .await?;
+        }
+        for statement in MIGRATION {
+            sqlx::query(statement).execute(&mut *tx).await?;
+        }
+        tx.commit().await
+    }
+
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map(drop)
+    }
+
+    pub async fn subjects(&self, include_deleted: bool) -> Result<Vec<String>, sqlx::Error> {
+        let sql = if include_deleted {
+            "SELECT DISTINCT subject FROM registry_versions ORDER BY subject"
+        } else {
+            "SELECT DISTINCT subject FROM registry_versions WHERE deleted = 0 ORDER BY subject"
+        };
+        let rows = sqlx::query(sql).fetch_all(&self.pool).await?;
+        rows.iter().map(|r| r.try_get::<String, _>(0)).collect()
+    }
+
+    /// Every version of `subject`, soft-deleted ones included, oldest first.
+    pub async fn versions(&self, subject: &str) -> Result<Vec<VersionRow>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT v.version, v.schema_id, v.deleted, s.fingerprint, s.schema_text
+             FROM registry_versions v JOIN registry_schemas s ON s.id = v.schema_id
+             WHERE v.subject = $1 ORDER BY v.version",
+        )
+        .bind(subject)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(version_row).collect()
+    }
+
+    /// The global id of `schema`, allocating one if it was never registered under any subject.
+    pub async fn schema_id_for(&self, schema: &ParsedSchema) -> Result<i64, sqlx::Error> {
+        loop {
+            let existing = sqlx::query("SELECT id FROM registry_schemas WHERE fingerprint = $1")
+                .bind(&schema.fingerprint)
+                .fetch_optional(&self.pool)
+                .await?;
+            if let Some(row) = existing {
+                return row.try_get(0);
+            }
+            let inserted = sqlx::query(
+                "INSERT INTO registry_schemas (id, fingerprint, schema_type, schema_text)
+                 SELECT COALESCE(MAX(id), 0) + 1, $1, 'AVRO', $2 FROM registry_schemas
+                 RETURNING id",
+            )
+            .bind(&schema.fingerprint)
+            .bind(&schema.canonical)
+            .fetch_one(&self.pool)
+            .await;
+            match inserted {
+                Ok(row) => return row.try_get(0),
+                // Another replica took this id, or registered the same schema: look again.
+                Err(e) if is_unique_violation(&e) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Adds the next version of `subject`. `None` when a concurrent registration won the race;
+    /// the caller re-reads the subject and decides again.
+    pub async fn insert_version(&self, subject: &str, schema_id: i64) -> Result<Option<i64>, sqlx::Error> {
+        let inserted = sqlx::query(
+            "INSERT INTO registry_versions (subject, version, schema_id, deleted)
+             SELECT $1, COALESCE(MAX(version), 0) + 1, $2, 0 FROM registry_versions WHERE subject = $1
+             RETURNING version",
+        )
+        .bind(subject)
+        .bind(schema_id)
+        .fetch_one(&self.pool)
+        .await;
+        match inserted {
+            Ok(row) => row.try_get(0).map(Some),
+            Err(e) if is_unique_violation(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The schema text for `id`, if any subject version (soft-deleted or not) still uses it.
+    pub async fn schema_by_id(&self, id: i64) -> Result<Option<String>, sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT s.schema_text FROM registry_schemas s
+             WHERE s.id = $1 AND EXISTS (SELECT 1 FROM registry_versions v WHERE v.schema_id = s.id)",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| r.try_get(0)).transpose()
+    }
+
+    /// `(subject, version, deleted)` for every version using schema `id`.
+    pub async fn usages(&self, id: i64) -> Result<Vec<(String, i64, bool)>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT subject, version, deleted FROM registry_versions
+             WHERE schema_id = $1 ORDER BY subject, version",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get(0)?,
+                    r.try_get(1)?,
+                    r.try_get::<i64, _>(2)? != 0,
+                ))
+            })
+            .collect()
+    }
+
+    /// Soft-deletes one live version, or every live version of the subject with `None`.
+    pub async fn soft_delete(&self, subject: &str, version: Option<i64>) -> Result<u64, sqlx::Error> {
+        let query = match version {
+            Some(v) => sqlx::query(
+                "UPDATE registry_versions SET deleted = 1 WHERE subject = $1 AND version = $2 AND deleted = 0",
+            )
+            .bind(subject)
+            .bind(v),
+            None => sqlx::query("UPDATE registry_versions SET deleted = 1 WHERE subject = $1 AND deleted = 0")
+                .bind(subject),
+        };
+        Ok(query.execute(&self.pool).await?.rows_affected())
+    }
+
+    /// Permanently removes soft-deleted versions: one, or all of the subject's with `None`.
+    pub async fn purge(&self, subject: &str, version: Option<i64>) -> Result<u64, sqlx::Error> {
+        let query = match version {
+            Some(v) => sqlx::query(
+                "DELETE FROM registry_versions WHERE subject = $1 AND version = $2 AND deleted = 1",
+            )
+            .bind(subject)
+            .bind(v),
+            None => sqlx::query("DELETE FROM registry_versions WHERE subject = $1 AND deleted = 1")
+                .bind(subject),
+        };
+        Ok(query.execute(&self.pool).await?.rows_affected())
+    }
+
+    pub async fn config(&self, key: &str) -> Result<Option<String>, sqlx::Error> {
+        let row = sqlx::query("SELECT compatibility FROM registry_config WHERE subject = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| r.try_get(0)).transpose()
+    }
+
+    pub async fn set_config(&self, key: &str, level: &str) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO registry_config (subject, compatibility) VALUES ($1, $2)
+             ON CONFLICT (subject) DO UPDATE SET compatibility = excluded.compatibility",
+        )
+        .bind(key)
+        .bind(level)
+        .execute(&self.pool)
+        .await
+        .map(drop)
+    }
+
+    pub async fn delete_config(&self, key: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM registry_config WHERE subject = $1")
+            .bind(key)
+            .execute(&self.pool)
+            .await
+            .map(drop)
+    }
+}
+
+fn version_row(row: &AnyRow) -> Result<VersionRow, sqlx::Error> {
+    Ok(VersionRow {
+        version: row.try_get(0)?,
+        schema_id: row.try_get(1)?,
+        deleted: row.try_get::<i64, _>(2)? != 0,
+        fingerprint: row.try_get(3)?,
+        schema_text: row.try_get(4)?,
+    })
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+/// sqlx opens SQLite files read-write but does not create them unless asked to.
+fn sqlite_url(url: &str) -> String {
+    if url.contains(":memory:") || url.contains("mode=") {
+        url.to_owned()
+    } else if url.contains('?') {
+        format!("{url}&mode=rwc")
+    } else {
+        format!("{url}?mode=rwc")
+    }
+}
