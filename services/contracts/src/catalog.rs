@@ -35,6 +35,7 @@ pub struct CatalogEntry {
 
 #[derive(Debug, Clone)]
 pub struct Catalog {
+    compatibility: String,
     entries: Vec<CatalogEntry>,
 }
 
@@ -68,7 +69,13 @@ pub enum CatalogError {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Manifest {
+    #[serde(default = "default_compatibility")]
+    compatibility: String,
     event: Vec<ManifestEvent>,
+}
+
+fn default_compatibility() -> String {
+    "FULL_TRANSITIVE".to_owned()
 }
 
 #[derive(Debug, Deserialize)]
@@ -105,6 +112,7 @@ pub const EMBEDDED_SOURCES: &[(&str, &str)] = embedded_sources!(
     "events/LabResultReported.avsc",
     "events/MedicationAlert.avsc",
     "events/PrescriptionCancelled.avsc",
+    "events/PrescriptionClaimed.avsc",
     "events/PrescriptionDispensed.avsc",
     "events/PrescriptionIssued.avsc",
 );
@@ -127,10 +135,7 @@ impl Catalog {
 
     /// Loads a `schemas/` directory from disk, e.g. a working tree under review.
     pub fn load_dir(dir: &Path) -> Result<Catalog, CatalogError> {
-        let mut sources = Vec::new();
-        for rel in ["catalog.toml"] {
-            sources.push((rel.to_owned(), read(&dir.join(rel))?));
-        }
+        let mut sources = vec![("catalog.toml".to_owned(), read(&dir.join("catalog.toml"))?)];
         for sub in ["common", "events"] {
             let sub_dir = dir.join(sub);
             let listing = std::fs::read_dir(&sub_dir).map_err(|source| CatalogError::Io {
@@ -172,7 +177,15 @@ impl Catalog {
             })?;
             entries.push(build_entry(decl, &file, text, &shared)?);
         }
-        Ok(Catalog { entries })
+        Ok(Catalog {
+            compatibility: manifest.compatibility,
+            entries,
+        })
+    }
+
+    /// The registry compatibility level every subject of this catalog is held to.
+    pub fn compatibility(&self) -> &str {
+        &self.compatibility
     }
 
     pub fn entries(&self) -> &[CatalogEntry] {
@@ -222,7 +235,10 @@ fn declared_full_name(file: &str, json: &Json) -> Result<String, CatalogError> {
     let unnamed = || CatalogError::Unnamed {
         file: file.to_owned(),
     };
-    let name = json.get("name").and_then(Json::as_str).ok_or_else(unnamed)?;
+    let name = json
+        .get("name")
+        .and_then(Json::as_str)
+        .ok_or_else(unnamed)?;
     Ok(match json.get("namespace").and_then(Json::as_str) {
         Some(ns) if !name.contains('.') => format!("{ns}.{name}"),
         _ => name.to_owned(),
@@ -274,7 +290,11 @@ fn build_entry(
 
 /// Replaces the first reference to each shared type with its definition, walking the schema in
 /// the order Avro parsers do, so later references by name resolve to that definition.
-fn inline_shared_types(node: &mut Json, shared: &HashMap<String, Json>, defined: &mut HashSet<String>) {
+fn inline_shared_types(
+    node: &mut Json,
+    shared: &HashMap<String, Json>,
+    defined: &mut HashSet<String>,
+) {
     match node {
         Json::String(name) => {
             if let Some(definition) = shared.get(name.as_str())
@@ -324,8 +344,15 @@ mod tests {
     fn shared_types_are_defined_once_then_referenced_by_name() {
         let entry = Catalog::embedded().entry("PrescriptionIssued").unwrap();
         let json = &entry.schema_json;
-        assert_eq!(json.matches("\"name\":\"CodedConcept\"").count(), 1, "{json}");
-        assert!(json.contains("\"items\":\"hixbus.common.CodedConcept\""), "{json}");
+        assert_eq!(
+            json.matches("\"name\":\"CodedConcept\"").count(),
+            1,
+            "{json}"
+        );
+        assert!(
+            json.contains("\"items\":\"hixbus.common.CodedConcept\""),
+            "{json}"
+        );
         assert_eq!(entry.topic, "prescriptions");
     }
 

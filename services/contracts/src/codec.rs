@@ -211,6 +211,15 @@ impl Codec {
         Ok(Encoded { schema_id, payload })
     }
 
+    /// Frames an event whose type is only known at run time.
+    pub async fn encode_event(&self, event: &Event) -> Result<Encoded, EncodeError> {
+        let schema_id = self.schema_id(event.name()).await?;
+        let mut payload = Vec::with_capacity(256);
+        wire::write_header(&mut payload, schema_id);
+        event.write_body(&mut payload)?;
+        Ok(Encoded { schema_id, payload })
+    }
+
     /// The schema id records of this event type are written with.
     pub async fn schema_id(&self, name: &'static str) -> Result<u32, EncodeError> {
         if let Some(id) = read_lock(&self.ids).get(name) {
@@ -266,7 +275,10 @@ impl Codec {
     }
 
     /// Decodes a Confluent-framed record into a typed event.
-    pub async fn decode(&self, record: &[u8]) -> Result<Result<Decoded, DataError>, TransientError> {
+    pub async fn decode(
+        &self,
+        record: &[u8],
+    ) -> Result<Result<Decoded, DataError>, TransientError> {
         let (schema_id, body) = match wire::split(record) {
             Ok(parts) => parts,
             Err(e) => return Ok(Err(e.into())),
@@ -325,7 +337,9 @@ fn classify_writer(schema_id: u32, text: &str) -> WriterSchema {
     if schema.canonical_form() == entry.schema.canonical_form() {
         return WriterSchema::Native(codec.name);
     }
-    if let Err(e) = apache_avro::schema_compatibility::SchemaCompatibility::can_read(&schema, &entry.schema) {
+    if let Err(e) =
+        apache_avro::schema_compatibility::SchemaCompatibility::can_read(&schema, &entry.schema)
+    {
         return WriterSchema::Unusable(DataError::Incompatible {
             schema_id,
             full_name,
@@ -390,7 +404,11 @@ fn decode_with(schema_id: u32, writer: &WriterSchema, mut body: &[u8]) -> Result
 
 /// A body longer than its schema describes was not written by an Avro encoder for that schema:
 /// a truncated-and-concatenated or mislabelled record. Better dead-lettered than half-trusted.
-fn reject_trailing_bytes(schema_id: u32, event: &'static str, rest: &[u8]) -> Result<(), DataError> {
+fn reject_trailing_bytes(
+    schema_id: u32,
+    event: &'static str,
+    rest: &[u8],
+) -> Result<(), DataError> {
     if rest.is_empty() {
         Ok(())
     } else {
@@ -405,9 +423,11 @@ fn reject_trailing_bytes(schema_id: u32, event: &'static str, rest: &[u8]) -> Re
 // Poisoning only happens if a thread panicked while holding the lock; the maps hold plain
 // cache entries that are valid at every step, so continuing with the inner value is safe.
 fn read_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    lock.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn write_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    lock.write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -75,7 +75,11 @@ fn render_nested(out: &mut String, mut pending: Vec<Schema>, described: &mut Has
                     out,
                     "\n### {}\n\nEnum: {}{}\n",
                     e.name.fullname(None),
-                    e.symbols.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", "),
+                    e.symbols
+                        .iter()
+                        .map(|s| format!("`{s}`"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     e.default
                         .as_ref()
                         .map(|d| format!(" (readers that do not know a symbol read `{d}`)"))
@@ -147,5 +151,8 @@ fn type_name(schema: &Schema, nested: &mut Vec<Schema>) -> String {
 }
 
 fn link(full_name: &str) -> String {
-    format!("[{full_name}](#{})", full_name.replace('.', "").to_lowercase())
+    format!(
+        "[{full_name}](#{})",
+        full_name.replace('.', "").to_lowercase()
+    )
 }

@@ -30,6 +30,11 @@ pub enum GateError {
         subject: String,
         source: CompatibilityError,
     },
+    #[error("{subject}: cannot set compatibility level: {source}")]
+    Configure {
+        subject: String,
+        source: hixbus_registry_client::ApiError,
+    },
     #[error("{subject}: {source}")]
     Register {
         subject: String,
@@ -38,7 +43,10 @@ pub enum GateError {
 }
 
 /// Asks the registry whether each schema of `catalog` could be registered now.
-pub async fn check(registry: &RegistryClient, catalog: &Catalog) -> Result<Vec<SubjectReport>, GateError> {
+pub async fn check(
+    registry: &RegistryClient,
+    catalog: &Catalog,
+) -> Result<Vec<SubjectReport>, GateError> {
     let mut reports = Vec::new();
     for entry in catalog.entries() {
         let verdict = match registry
@@ -78,11 +86,22 @@ async fn is_new(registry: &RegistryClient, subject: &str) -> bool {
     )
 }
 
-/// Registers every schema of `catalog`; returns `(subject, id)` pairs. Stops at the first
-/// refusal, so a partly incompatible catalog is reported rather than half-applied silently.
-pub async fn register(registry: &RegistryClient, catalog: &Catalog) -> Result<Vec<(String, u32)>, GateError> {
+/// Holds every subject to the catalog's compatibility level, then registers every schema;
+/// returns `(subject, id)` pairs. Stops at the first refusal, so a partly incompatible catalog is
+/// reported rather than half-applied silently.
+pub async fn register(
+    registry: &RegistryClient,
+    catalog: &Catalog,
+) -> Result<Vec<(String, u32)>, GateError> {
     let mut ids = Vec::new();
     for entry in catalog.entries() {
+        registry
+            .set_compatibility_level(Some(&entry.subject), catalog.compatibility())
+            .await
+            .map_err(|source| GateError::Configure {
+                subject: entry.subject.clone(),
+                source,
+            })?;
         let id = registry
             .register(&entry.subject, &entry.schema_json)
             .await

@@ -67,7 +67,11 @@ pub fn prescription_issued(patient: &str, lines: usize) -> PrescriptionIssued {
                 dose_per_day: Some(unit_quantity(3.0, "錠", "TAB")),
                 route: Some(coded(ROUTE, "1", "内服")),
                 timing_text: "1日3回朝昼夕食後".to_owned(),
-                timing_code: Some(coded(JAMI_TIMING, "1013044400000000", "内服・経口・１日３回朝昼夕食後")),
+                timing_code: Some(coded(
+                    JAMI_TIMING,
+                    "1013044400000000",
+                    "内服・経口・１日３回朝昼夕食後",
+                )),
                 days_supply: Some(7),
                 quantity: unit_quantity(21.0, "錠", "TAB"),
                 generic_substitution_allowed: i % 3 != 0,
@@ -155,6 +159,19 @@ pub fn prescription_cancelled(patient: &str) -> PrescriptionCancelled {
     }
 }
 
+pub fn prescription_claimed(patient: &str) -> PrescriptionClaimed {
+    PrescriptionClaimed {
+        envelope: envelope("pharmacy-aozora", patient, 1_711_969_000_000),
+        prescription_id: format!("rx-{patient}-0001"),
+        issuer_org: "clinic-sakura".to_owned(),
+        pharmacy: InstitutionRef {
+            org_id: "pharmacy-aozora".to_owned(),
+            institution_code: Some("1340000007".to_owned()),
+            name: Some("あおぞら薬局".to_owned()),
+        },
+    }
+}
+
 pub fn prescription_dispensed(patient: &str) -> PrescriptionDispensed {
     PrescriptionDispensed {
         envelope: envelope("pharmacy-aozora", patient, 1_711_972_800_000),
@@ -234,7 +251,11 @@ pub fn lab_result_reported(patient: &str) -> LabResultReported {
         status: ReportStatus::Final,
         specimen: Specimen {
             specimen_id: Some("SP-88812".to_owned()),
-            specimen_type: CodedConcept::new("http://terminology.hl7.org/CodeSystem/v2-0487", "SER", Some("血清")),
+            specimen_type: CodedConcept::new(
+                "http://terminology.hl7.org/CodeSystem/v2-0487",
+                "SER",
+                Some("血清"),
+            ),
             collected_at: Timestamp::from_unix_millis(1_711_990_000_000),
         },
         results: vec![
@@ -303,7 +324,11 @@ pub fn claim_submitted(patient: &str) -> ClaimSubmitted {
         },
         service_start: Date::from_days_since_epoch(19_814),
         service_end: Date::from_days_since_epoch(19_843),
-        diagnoses: vec![coded("http://hl7.org/fhir/sid/icd-10", "E11.9", "2型糖尿病")],
+        diagnoses: vec![coded(
+            "http://hl7.org/fhir/sid/icd-10",
+            "E11.9",
+            "2型糖尿病",
+        )],
         lines: vec![
             ClaimLine {
                 line_no: 1,
@@ -380,7 +405,9 @@ pub fn medication_alert(patient: &str) -> MedicationAlert {
                 active_until: Some(Date::from_days_since_epoch(19_820)),
             },
         ],
-        rule_source: Some("duplicate-ingredient: loxoprofen (docs/medication-safety.md)".to_owned()),
+        rule_source: Some(
+            "duplicate-ingredient: loxoprofen (docs/medication-safety.md)".to_owned(),
+        ),
     }
 }
 
@@ -389,6 +416,7 @@ pub fn one_of_each(patient: &str) -> Vec<Event> {
     vec![
         prescription_issued(patient, 3).into(),
         prescription_cancelled(patient).into(),
+        prescription_claimed(patient).into(),
         prescription_dispensed(patient).into(),
         lab_result_reported(patient).into(),
         checkup_completed(patient).into(),

@@ -113,7 +113,10 @@ mod tests {
     #[test]
     fn date_counts_days_from_the_unix_epoch() {
         assert_eq!(Date::from_ymd(1970, 1, 1).unwrap().days_since_epoch(), 0);
-        assert_eq!(Date::from_ymd(2024, 4, 1).unwrap().days_since_epoch(), 19_814);
+        assert_eq!(
+            Date::from_ymd(2024, 4, 1).unwrap().days_since_epoch(),
+            19_814
+        );
         let d = Date::from_days_since_epoch(19_814);
         assert_eq!(d.to_naive_date(), NaiveDate::from_ymd_opt(2024, 4, 1));
     }

@@ -15,6 +15,7 @@ fn every_event_type_round_trips() {
         match event {
             Event::PrescriptionIssued(e) => round_trip(e),
             Event::PrescriptionCancelled(e) => round_trip(e),
+            Event::PrescriptionClaimed(e) => round_trip(e),
             Event::PrescriptionDispensed(e) => round_trip(e),
             Event::LabResultReported(e) => round_trip(e),
             Event::CheckupCompleted(e) => round_trip(e),
@@ -47,7 +48,10 @@ fn japanese_text_survives_byte_for_byte() {
         panic!("wrong event type");
     };
     assert_eq!(back.envelope.patient_ref, "患者-0004");
-    assert_eq!(back.lines[0].drug.display.as_deref(), Some("ムコダイン錠２５０ｍｇ"));
+    assert_eq!(
+        back.lines[0].drug.display.as_deref(),
+        Some("ムコダイン錠２５０ｍｇ")
+    );
     assert_eq!(back.lines[0].timing_text, "1日3回朝昼夕食後");
 }
 

@@ -55,7 +55,10 @@ fn the_binary_embeds_every_schema_file_on_disk() {
         }
     }
     on_disk.insert("catalog.toml".to_owned());
-    let embedded: BTreeSet<String> = EMBEDDED_SOURCES.iter().map(|(p, _)| (*p).to_owned()).collect();
+    let embedded: BTreeSet<String> = EMBEDDED_SOURCES
+        .iter()
+        .map(|(p, _)| (*p).to_owned())
+        .collect();
     assert_eq!(embedded, on_disk, "update EMBEDDED_SOURCES in catalog.rs");
 
     for (path, text) in EMBEDDED_SOURCES {
@@ -74,7 +77,10 @@ fn loading_the_directory_gives_the_embedded_catalog() {
     let embedded = Catalog::embedded();
     assert_eq!(from_disk.entries().len(), embedded.entries().len());
     for (a, b) in from_disk.entries().iter().zip(embedded.entries()) {
-        assert_eq!((&a.name, &a.subject, &a.schema_json), (&b.name, &b.subject, &b.schema_json));
+        assert_eq!(
+            (&a.name, &a.subject, &a.schema_json),
+            (&b.name, &b.subject, &b.schema_json)
+        );
     }
 }
 
@@ -82,7 +88,12 @@ fn loading_the_directory_gives_the_embedded_catalog() {
 fn topics_and_subjects_follow_the_documented_strategy() {
     let catalog = Catalog::embedded();
     for entry in catalog.entries() {
-        let shared_topic = catalog.entries().iter().filter(|e| e.topic == entry.topic).count() > 1;
+        let shared_topic = catalog
+            .entries()
+            .iter()
+            .filter(|e| e.topic == entry.topic)
+            .count()
+            > 1;
         let expected = if shared_topic {
             format!("{}-{}", entry.topic, entry.full_name)
         } else {

@@ -1,13 +1,23 @@
 //! `hixbus`: one binary for every hixbus process and operator task.
 
+mod bus_args;
+mod demo;
+mod dlq;
 mod registry;
 mod schemas;
-mod telemetry;
+mod services;
+mod tail;
+mod topics;
+mod up;
 
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "hixbus", version, about = "hixbus: a health information exchange bus on Kafka")]
+#[command(
+    name = "hixbus",
+    version,
+    about = "hixbus: a health information exchange bus on Kafka"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -15,22 +25,50 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Start the whole stack in one process (in-memory dev broker and registry unless a real
+    /// cluster is named) with a demo clinic publishing sample events.
+    Up(up::UpArgs),
+    /// Print a topic's events as JSON lines.
+    Tail(tail::TailArgs),
+    /// Inspect and redrive dead letters.
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
+    /// Create the catalog's topics from infra/topics.toml.
+    #[command(subcommand)]
+    Topics(topics::TopicsCommand),
     /// Run or prepare the Confluent-compatible schema registry.
     #[command(subcommand)]
     Registry(registry::RegistryCommand),
     /// Inspect, document, check and register the event schemas.
     #[command(subcommand)]
     Schemas(schemas::SchemasCommand),
+    /// Run one prescription service (for deployments with a process per service).
+    #[command(subcommand)]
+    Serve(services::ServeCommand),
+    /// Organization API keys.
+    #[command(subcommand)]
+    Orgs(services::OrgsCommand),
+    /// Inputs for trying the flow by hand.
+    #[command(subcommand)]
+    Demo(demo::DemoCommand),
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    telemetry::init();
+    let telemetry = hixbus_bus::telemetry::init("hixbus");
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Up(args) => up::run(args).await,
+        Command::Tail(args) => tail::run(args).await,
+        Command::Dlq(cmd) => dlq::run(cmd).await,
+        Command::Topics(cmd) => topics::run(cmd).await,
         Command::Registry(cmd) => registry::run(cmd).await,
         Command::Schemas(cmd) => schemas::run(cmd).await,
+        Command::Serve(cmd) => services::serve(cmd).await,
+        Command::Orgs(cmd) => services::orgs(cmd),
+        Command::Demo(cmd) => demo::run(cmd),
     };
+    telemetry.shutdown();
     match result {
         Ok(code) => code,
         Err(e) => {

@@ -2,9 +2,12 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
+use hixbus_contracts::registry::RegistryClient;
+use hixbus_contracts::{Catalog, gate};
 use hixbus_schema_registry::domain::CompatibilityLevel;
 use hixbus_schema_registry::store::Store;
 use hixbus_schema_registry::{RegistryConfig, RegistryServer};
+use hixbus_storage::redact;
 
 #[derive(Debug, Subcommand)]
 pub enum RegistryCommand {
@@ -17,7 +20,11 @@ pub enum RegistryCommand {
 #[derive(Debug, Args)]
 pub struct DatabaseArgs {
     /// postgres://user@host/db, sqlite://file.db (created if missing) or sqlite::memory:.
-    #[arg(long, env = "HIXBUS_REGISTRY_DATABASE_URL", default_value = "sqlite://hixbus-registry.db")]
+    #[arg(
+        long,
+        env = "HIXBUS_REGISTRY_DATABASE_URL",
+        default_value = "sqlite://hixbus-registry.db"
+    )]
     database: String,
 }
 
@@ -28,8 +35,16 @@ pub struct ServeArgs {
     #[command(flatten)]
     db: DatabaseArgs,
     /// Level for subjects without their own, until set with PUT /config.
-    #[arg(long, env = "HIXBUS_REGISTRY_DEFAULT_COMPATIBILITY", default_value = "BACKWARD")]
+    #[arg(
+        long,
+        env = "HIXBUS_REGISTRY_DEFAULT_COMPATIBILITY",
+        default_value = "BACKWARD"
+    )]
     default_compatibility: String,
+    /// Register every hixbus event schema on start (dev and demo setups; production registers
+    /// through the compatibility gate, `hixbus schemas register`).
+    #[arg(long, env = "HIXBUS_REGISTRY_REGISTER_CATALOG")]
+    register_catalog: bool,
 }
 
 pub async fn run(cmd: RegistryCommand) -> anyhow::Result<ExitCode> {
@@ -52,9 +67,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut config = RegistryConfig::new(args.listen, &args.db.database);
     config.default_compatibility = level;
     let server = RegistryServer::build(config).await?;
-    tracing::info!(url = %server.url(), database = %redact(&args.db.database), "schema registry listening");
-    println!("schema registry listening on {}", server.url());
-    server.run_until(shutdown_signal()).await?;
+    let url = server.url();
+    tracing::info!(%url, database = %redact(&args.db.database), "schema registry listening");
+    let serving = tokio::spawn(server.run_until(shutdown_signal()));
+    if args.register_catalog {
+        let client = RegistryClient::new(&url)?;
+        let registered = gate::register(&client, Catalog::embedded()).await?;
+        println!("registered {} hixbus event schemas", registered.len());
+    }
+    println!("schema registry listening on {url}  (try: curl {url}/subjects)");
+    serving.await??;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -79,27 +101,4 @@ pub async fn shutdown_signal() {
         () = term => {},
     }
     tracing::info!("shutting down");
-}
-
-/// Database URLs may carry passwords; logs and messages must not.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &url[scheme_end + 3..at];
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{}://{user}:***@{}", &url[..scheme_end], &url[at + 1..])
-        }
-        _ => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact;
-
-    #[test]
-    fn passwords_never_reach_the_logs() {
-        assert_eq!(redact("postgres://u:secret@db/x"), "postgres://u:***@db/x");
-        assert_eq!(redact("sqlite://r.db"), "sqlite://r.db");
-    }
 }

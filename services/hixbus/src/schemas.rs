@@ -37,7 +37,11 @@ pub struct SourceArgs {
 
 #[derive(Debug, Args)]
 pub struct RegistryArgs {
-    #[arg(long, env = "HIXBUS_REGISTRY_URL", default_value = "http://127.0.0.1:8081")]
+    #[arg(
+        long,
+        env = "HIXBUS_REGISTRY_URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
     registry_url: String,
     #[command(flatten)]
     source: SourceArgs,
@@ -46,7 +50,9 @@ pub struct RegistryArgs {
 impl SourceArgs {
     fn load(&self) -> anyhow::Result<Catalog> {
         match &self.dir {
-            Some(dir) => Catalog::load_dir(dir).with_context(|| format!("loading {}", dir.display())),
+            Some(dir) => {
+                Catalog::load_dir(dir).with_context(|| format!("loading {}", dir.display()))
+            }
             None => Ok(Catalog::embedded().clone()),
         }
     }
@@ -61,7 +67,11 @@ pub async fn run(cmd: SchemasCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        SchemasCommand::Doc { source, output, check } => doc(&source.load()?, &output, check),
+        SchemasCommand::Doc {
+            source,
+            output,
+            check,
+        } => doc(&source.load()?, &output, check),
         SchemasCommand::Check(args) => check(&args).await,
         SchemasCommand::Register(args) => register(&args).await,
     }
@@ -91,7 +101,8 @@ fn doc(catalog: &Catalog, output: &PathBuf, check: bool) -> anyhow::Result<ExitC
 }
 
 fn client(args: &RegistryArgs) -> anyhow::Result<RegistryClient> {
-    RegistryClient::new(&args.registry_url).with_context(|| format!("registry URL {}", args.registry_url))
+    RegistryClient::new(&args.registry_url)
+        .with_context(|| format!("registry URL {}", args.registry_url))
 }
 
 async fn check(args: &RegistryArgs) -> anyhow::Result<ExitCode> {
@@ -112,10 +123,17 @@ async fn check(args: &RegistryArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if failed > 0 {
-        eprintln!("{failed} of {} schemas would break their consumers", reports.len());
+        eprintln!(
+            "{failed} of {} schemas would break their consumers",
+            reports.len()
+        );
         return Ok(ExitCode::FAILURE);
     }
-    println!("all {} schemas are compatible with {}", reports.len(), args.registry_url);
+    println!(
+        "all {} schemas are compatible with {}",
+        reports.len(),
+        args.registry_url
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -294,7 +294,11 @@ impl RegistryClient {
             .await
     }
 
-    pub async fn version(&self, subject: &str, version: VersionRef) -> Result<SubjectVersion, ApiError> {
+    pub async fn version(
+        &self,
+        subject: &str,
+        version: VersionRef,
+    ) -> Result<SubjectVersion, ApiError> {
         let v = version.segment();
         self.call(self.request(Method::GET, &["subjects", subject, "versions", &v]))
             .await
@@ -312,7 +316,11 @@ impl RegistryClient {
 
     /// Sets the compatibility level (`BACKWARD`, `FULL_TRANSITIVE`, …) of `subject`, or the global
     /// one with `None`.
-    pub async fn set_compatibility_level(&self, subject: Option<&str>, level: &str) -> Result<(), ApiError> {
+    pub async fn set_compatibility_level(
+        &self,
+        subject: Option<&str>,
+        level: &str,
+    ) -> Result<(), ApiError> {
         let mut segments = vec!["config"];
         segments.extend(subject);
         let req = self
@@ -322,7 +330,11 @@ impl RegistryClient {
     }
 
     /// Deletes a subject (soft, or `permanent` after a soft delete); returns the versions removed.
-    pub async fn delete_subject(&self, subject: &str, permanent: bool) -> Result<Vec<i32>, ApiError> {
+    pub async fn delete_subject(
+        &self,
+        subject: &str,
+        permanent: bool,
+    ) -> Result<Vec<i32>, ApiError> {
         let req = self
             .request(Method::DELETE, &["subjects", subject])
             .query(&[("permanent", permanent)]);
@@ -370,7 +382,11 @@ impl RegistryClient {
 }
 
 async fn read_body(response: Response) -> Result<Vec<u8>, ApiError> {
-    Ok(response.bytes().await.map_err(ApiError::Transport)?.to_vec())
+    Ok(response
+        .bytes()
+        .await
+        .map_err(ApiError::Transport)?
+        .to_vec())
 }
 
 #[cfg(test)]

@@ -7,7 +7,11 @@ use crate::domain::CompatibilityLevel;
 
 /// Checks `proposed` against `history` (oldest first) under `level`; returns one message per
 /// violation, empty when compatible.
-pub fn check(level: CompatibilityLevel, proposed: &Schema, history: &[(i64, Schema)]) -> Vec<String> {
+pub fn check(
+    level: CompatibilityLevel,
+    proposed: &Schema,
+    history: &[(i64, Schema)],
+) -> Vec<String> {
     let against: &[(i64, Schema)] = if level.is_transitive() {
         history
     } else {
@@ -79,7 +83,10 @@ mod tests {
     fn adding_a_required_field_breaks_backward_but_not_forward() {
         let v1 = record(ID);
         let v2 = record(&format!("{ID},{NAME_REQUIRED}"));
-        assert_eq!(check(CompatibilityLevel::Backward, &v2, &[(1, v1.clone())]).len(), 1);
+        assert_eq!(
+            check(CompatibilityLevel::Backward, &v2, &[(1, v1.clone())]).len(),
+            1
+        );
         assert!(check(CompatibilityLevel::Forward, &v2, &[(1, v1)]).is_empty());
     }
 
@@ -98,7 +105,9 @@ mod tests {
         let v1 = record(&format!("{ID},{NAME_REQUIRED}"));
         let v2 = record(&format!("{ID},{NAME_OPTIONAL}"));
         // v3 turns the field back into an incompatible type with v1 only.
-        let v3 = record(&format!(r#"{ID},{{"name":"name","type":["null","int"],"default":null}}"#));
+        let v3 = record(&format!(
+            r#"{ID},{{"name":"name","type":["null","int"],"default":null}}"#
+        ));
         let history = [(1, v1), (2, v2)];
         let latest_only = check(CompatibilityLevel::Forward, &v3, &history);
         let all = check(CompatibilityLevel::ForwardTransitive, &v3, &history);
@@ -108,7 +117,8 @@ mod tests {
     #[test]
     fn a_new_enum_symbol_is_backward_but_not_forward_compatible_without_a_default() {
         let e1 = Schema::parse_str(r#"{"type":"enum","name":"E","symbols":["A","B"]}"#).unwrap();
-        let e2 = Schema::parse_str(r#"{"type":"enum","name":"E","symbols":["A","B","C"]}"#).unwrap();
+        let e2 =
+            Schema::parse_str(r#"{"type":"enum","name":"E","symbols":["A","B","C"]}"#).unwrap();
         assert!(check(CompatibilityLevel::Backward, &e2, &[(1, e1.clone())]).is_empty());
         assert!(!check(CompatibilityLevel::Forward, &e2, &[(1, e1)]).is_empty());
     }

@@ -164,10 +164,12 @@ impl ParsedSchema {
             ));
         }
         if text.trim().is_empty() {
-            return Err(RegistryError::InvalidSchema("the schema is empty".to_owned()));
+            return Err(RegistryError::InvalidSchema(
+                "the schema is empty".to_owned(),
+            ));
         }
-        let schema = Schema::parse_str(text)
-            .map_err(|e| RegistryError::InvalidSchema(format!("{e}")))?;
+        let schema =
+            Schema::parse_str(text).map_err(|e| RegistryError::InvalidSchema(format!("{e}")))?;
         let canonical = serde_json::to_string(&schema)
             .map_err(|e| RegistryError::InvalidSchema(format!("cannot render schema: {e}")))?;
         let fingerprint = hex(&Sha256::digest(canonical.as_bytes()));
@@ -181,10 +183,12 @@ impl ParsedSchema {
 
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 #[cfg(test)]

@@ -3,13 +3,13 @@
 
 use std::sync::Arc;
 
+use axum::Router;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -33,13 +33,22 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/subjects", get(list_subjects))
         .route("/subjects/{subject}", post(lookup).delete(delete_subject))
-        .route("/subjects/{subject}/versions", get(list_versions).post(register))
+        .route(
+            "/subjects/{subject}/versions",
+            get(list_versions).post(register),
+        )
         .route(
             "/subjects/{subject}/versions/{version}",
             get(get_version).delete(delete_version),
         )
-        .route("/subjects/{subject}/versions/{version}/schema", get(get_version_schema))
-        .route("/subjects/{subject}/versions/{version}/referencedby", get(referenced_by))
+        .route(
+            "/subjects/{subject}/versions/{version}/schema",
+            get(get_version_schema),
+        )
+        .route(
+            "/subjects/{subject}/versions/{version}/referencedby",
+            get(referenced_by),
+        )
         .route("/schemas/types", get(schema_types))
         .route("/schemas/ids/{id}", get(get_schema))
         .route("/schemas/ids/{id}/schema", get(get_schema_text))
@@ -48,10 +57,18 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/config", get(get_global_config).put(put_global_config))
         .route(
             "/config/{subject}",
-            get(get_subject_config).put(put_subject_config).delete(delete_subject_config),
+            get(get_subject_config)
+                .put(put_subject_config)
+                .delete(delete_subject_config),
         )
-        .route("/compatibility/subjects/{subject}/versions", post(check_against_history))
-        .route("/compatibility/subjects/{subject}/versions/{version}", post(check_against_version))
+        .route(
+            "/compatibility/subjects/{subject}/versions",
+            post(check_against_history),
+        )
+        .route(
+            "/compatibility/subjects/{subject}/versions/{version}",
+            post(check_against_version),
+        )
         .route("/mode", get(mode))
         .route("/mode/{subject}", get(mode))
         .fallback(|| async { RegistryError::NoSuchResource })
@@ -102,7 +119,9 @@ struct Flags {
 }
 
 fn flag(value: &Option<String>) -> bool {
-    value.as_deref().is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    value
+        .as_deref()
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
 }
 
 struct ApiQuery(Flags);
@@ -184,7 +203,8 @@ fn subject(raw: &str) -> Result<Subject, RegistryError> {
 }
 
 fn schema_id(raw: &str) -> Result<i64, RegistryError> {
-    raw.parse::<i64>().map_err(|_| RegistryError::NoSuchResource)
+    raw.parse::<i64>()
+        .map_err(|_| RegistryError::NoSuchResource)
 }
 
 async fn root() -> Reply {
@@ -202,11 +222,22 @@ async fn list_subjects(State(state): Shared, ApiQuery(q): ApiQuery) -> Reply {
     ok(state.registry.subjects(flag(&q.deleted)).await?)
 }
 
-async fn list_versions(State(state): Shared, ApiPath(s): ApiPath<String>, ApiQuery(q): ApiQuery) -> Reply {
-    ok(state.registry.versions(&subject(&s)?, flag(&q.deleted)).await?)
+async fn list_versions(
+    State(state): Shared,
+    ApiPath(s): ApiPath<String>,
+    ApiQuery(q): ApiQuery,
+) -> Reply {
+    ok(state
+        .registry
+        .versions(&subject(&s)?, flag(&q.deleted))
+        .await?)
 }
 
-async fn register(State(state): Shared, ApiPath(s): ApiPath<String>, ApiJson(body): ApiJson<SchemaRequest>) -> Reply {
+async fn register(
+    State(state): Shared,
+    ApiPath(s): ApiPath<String>,
+    ApiJson(body): ApiJson<SchemaRequest>,
+) -> Reply {
     let id = state.registry.register(&subject(&s)?, &body.into()).await?;
     ok(json!({ "id": id }))
 }
@@ -258,8 +289,15 @@ async fn referenced_by(State(state): Shared, ApiPath((s, v)): ApiPath<(String, S
     ok(Vec::<i64>::new())
 }
 
-async fn delete_subject(State(state): Shared, ApiPath(s): ApiPath<String>, ApiQuery(q): ApiQuery) -> Reply {
-    ok(state.registry.delete_subject(&subject(&s)?, flag(&q.permanent)).await?)
+async fn delete_subject(
+    State(state): Shared,
+    ApiPath(s): ApiPath<String>,
+    ApiQuery(q): ApiQuery,
+) -> Reply {
+    ok(state
+        .registry
+        .delete_subject(&subject(&s)?, flag(&q.permanent))
+        .await?)
 }
 
 async fn delete_version(
@@ -288,8 +326,15 @@ async fn get_schema_text(State(state): Shared, ApiPath(id): ApiPath<String>) -> 
     Ok(raw(StatusCode::OK, text))
 }
 
-async fn get_schema_versions(State(state): Shared, ApiPath(id): ApiPath<String>, ApiQuery(q): ApiQuery) -> Reply {
-    let usages = state.registry.schema_usages(schema_id(&id)?, flag(&q.deleted)).await?;
+async fn get_schema_versions(
+    State(state): Shared,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery,
+) -> Reply {
+    let usages = state
+        .registry
+        .schema_usages(schema_id(&id)?, flag(&q.deleted))
+        .await?;
     let body: Vec<Value> = usages
         .into_iter()
         .map(|(subject, version)| json!({ "subject": subject, "version": version }))
@@ -297,8 +342,15 @@ async fn get_schema_versions(State(state): Shared, ApiPath(id): ApiPath<String>,
     ok(body)
 }
 
-async fn get_schema_subjects(State(state): Shared, ApiPath(id): ApiPath<String>, ApiQuery(q): ApiQuery) -> Reply {
-    let usages = state.registry.schema_usages(schema_id(&id)?, flag(&q.deleted)).await?;
+async fn get_schema_subjects(
+    State(state): Shared,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery,
+) -> Reply {
+    let usages = state
+        .registry
+        .schema_usages(schema_id(&id)?, flag(&q.deleted))
+        .await?;
     let mut subjects: Vec<String> = usages.into_iter().map(|(subject, _)| subject).collect();
     subjects.dedup();
     ok(subjects)
@@ -322,7 +374,11 @@ async fn put_global_config(State(state): Shared, ApiJson(body): ApiJson<ConfigRe
     ok(json!({ "compatibility": level.as_str() }))
 }
 
-async fn get_subject_config(State(state): Shared, ApiPath(s): ApiPath<String>, ApiQuery(q): ApiQuery) -> Reply {
+async fn get_subject_config(
+    State(state): Shared,
+    ApiPath(s): ApiPath<String>,
+    ApiQuery(q): ApiQuery,
+) -> Reply {
     let subject = subject(&s)?;
     let level = match state.registry.subject_level(&subject).await? {
         Some(level) => level,

@@ -36,17 +36,19 @@ pub struct SchemaSubmission {
 
 impl SchemaSubmission {
     fn parse(&self) -> Result<ParsedSchema, RegistryError> {
-        let text = self
-            .schema
-            .as_deref()
-            .ok_or_else(|| RegistryError::InvalidSchema("the request has no \"schema\" field".to_owned()))?;
+        let text = self.schema.as_deref().ok_or_else(|| {
+            RegistryError::InvalidSchema("the request has no \"schema\" field".to_owned())
+        })?;
         ParsedSchema::parse(text, self.schema_type.as_deref(), self.has_references)
     }
 }
 
 impl Registry {
     pub fn new(store: Store, default_level: CompatibilityLevel) -> Self {
-        Self { store, default_level }
+        Self {
+            store,
+            default_level,
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -55,7 +57,11 @@ impl Registry {
 
     /// Registers `submission` under `subject` and returns its global id. Registering a schema the
     /// subject already has live returns its existing id and creates no version.
-    pub async fn register(&self, subject: &Subject, submission: &SchemaSubmission) -> Result<i64, RegistryError> {
+    pub async fn register(
+        &self,
+        subject: &Subject,
+        submission: &SchemaSubmission,
+    ) -> Result<i64, RegistryError> {
         let parsed = submission.parse()?;
         let level = self.effective_level(subject).await?;
         for _ in 0..MAX_REGISTER_ATTEMPTS {
@@ -102,7 +108,11 @@ impl Registry {
         Ok(self.store.subjects(include_deleted).await?)
     }
 
-    pub async fn versions(&self, subject: &Subject, include_deleted: bool) -> Result<Vec<i64>, RegistryError> {
+    pub async fn versions(
+        &self,
+        subject: &Subject,
+        include_deleted: bool,
+    ) -> Result<Vec<i64>, RegistryError> {
         let rows = self.visible_versions(subject, include_deleted).await?;
         Ok(rows.iter().map(|r| r.version).collect())
     }
@@ -130,7 +140,11 @@ impl Registry {
     }
 
     /// `(subject, version)` pairs that use schema `id`.
-    pub async fn schema_usages(&self, id: i64, include_deleted: bool) -> Result<Vec<(String, i64)>, RegistryError> {
+    pub async fn schema_usages(
+        &self,
+        id: i64,
+        include_deleted: bool,
+    ) -> Result<Vec<(String, i64)>, RegistryError> {
         let usages = self.store.usages(id).await?;
         if usages.is_empty() {
             return Err(RegistryError::SchemaIdNotFound(id));
@@ -144,12 +158,20 @@ impl Registry {
 
     /// Soft-deletes every live version of `subject`, or with `permanent` removes a subject that
     /// was soft-deleted first. Returns the versions affected.
-    pub async fn delete_subject(&self, subject: &Subject, permanent: bool) -> Result<Vec<i64>, RegistryError> {
+    pub async fn delete_subject(
+        &self,
+        subject: &Subject,
+        permanent: bool,
+    ) -> Result<Vec<i64>, RegistryError> {
         let rows = self.store.versions(subject.as_str()).await?;
         if rows.is_empty() {
             return Err(RegistryError::subject_not_found(subject));
         }
-        let live: Vec<i64> = rows.iter().filter(|r| !r.deleted).map(|r| r.version).collect();
+        let live: Vec<i64> = rows
+            .iter()
+            .filter(|r| !r.deleted)
+            .map(|r| r.version)
+            .collect();
         if permanent {
             if !live.is_empty() {
                 return Err(RegistryError::SubjectNotSoftDeleted(subject.to_string()));
@@ -185,14 +207,24 @@ impl Registry {
         }
         .ok_or_else(|| RegistryError::VersionNotFound(spec_text(spec)))?;
         match (permanent, row.deleted) {
-            (false, true) => Err(RegistryError::VersionSoftDeleted(subject.to_string(), row.version)),
-            (true, false) => Err(RegistryError::VersionNotSoftDeleted(subject.to_string(), row.version)),
+            (false, true) => Err(RegistryError::VersionSoftDeleted(
+                subject.to_string(),
+                row.version,
+            )),
+            (true, false) => Err(RegistryError::VersionNotSoftDeleted(
+                subject.to_string(),
+                row.version,
+            )),
             (false, false) => {
-                self.store.soft_delete(subject.as_str(), Some(row.version)).await?;
+                self.store
+                    .soft_delete(subject.as_str(), Some(row.version))
+                    .await?;
                 Ok(row.version)
             }
             (true, true) => {
-                self.store.purge(subject.as_str(), Some(row.version)).await?;
+                self.store
+                    .purge(subject.as_str(), Some(row.version))
+                    .await?;
                 Ok(row.version)
             }
         }
@@ -228,7 +260,11 @@ impl Registry {
             CompatibilityLevel::FullTransitive => CompatibilityLevel::Full,
             other => other,
         };
-        Ok(compat::check(single, &parsed.schema, &parse_history(&[row])?))
+        Ok(compat::check(
+            single,
+            &parsed.schema,
+            &parse_history(&[row])?,
+        ))
     }
 
     pub async fn global_level(&self) -> Result<CompatibilityLevel, RegistryError> {
@@ -238,7 +274,10 @@ impl Registry {
         }
     }
 
-    pub async fn subject_level(&self, subject: &Subject) -> Result<Option<CompatibilityLevel>, RegistryError> {
+    pub async fn subject_level(
+        &self,
+        subject: &Subject,
+    ) -> Result<Option<CompatibilityLevel>, RegistryError> {
         self.store
             .config(subject.as_str())
             .await?
@@ -247,13 +286,20 @@ impl Registry {
     }
 
     /// Sets the level of `subject`, or the global one with `None`.
-    pub async fn set_level(&self, subject: Option<&Subject>, level: CompatibilityLevel) -> Result<(), RegistryError> {
+    pub async fn set_level(
+        &self,
+        subject: Option<&Subject>,
+        level: CompatibilityLevel,
+    ) -> Result<(), RegistryError> {
         let key = subject.map_or(GLOBAL, Subject::as_str);
         Ok(self.store.set_config(key, level.as_str()).await?)
     }
 
     /// Removes the level of `subject`; returns the one it had.
-    pub async fn delete_subject_level(&self, subject: &Subject) -> Result<CompatibilityLevel, RegistryError> {
+    pub async fn delete_subject_level(
+        &self,
+        subject: &Subject,
+    ) -> Result<CompatibilityLevel, RegistryError> {
         let previous = self
             .subject_level(subject)
             .await?
@@ -262,7 +308,10 @@ impl Registry {
         Ok(previous)
     }
 
-    async fn effective_level(&self, subject: &Subject) -> Result<CompatibilityLevel, RegistryError> {
+    async fn effective_level(
+        &self,
+        subject: &Subject,
+    ) -> Result<CompatibilityLevel, RegistryError> {
         match self.subject_level(subject).await? {
             Some(level) => Ok(level),
             None => self.global_level().await,
@@ -270,7 +319,11 @@ impl Registry {
     }
 
     /// The versions a reader may see; a subject with none is "not found", as in Confluent.
-    async fn visible_versions(&self, subject: &Subject, include_deleted: bool) -> Result<Vec<VersionRow>, RegistryError> {
+    async fn visible_versions(
+        &self,
+        subject: &Subject,
+        include_deleted: bool,
+    ) -> Result<Vec<VersionRow>, RegistryError> {
         let rows: Vec<VersionRow> = self
             .store
             .versions(subject.as_str())
@@ -308,7 +361,12 @@ fn parse_history(rows: &[&VersionRow]) -> Result<Vec<(i64, Schema)>, RegistryErr
         .map(|r| {
             Schema::parse_str(&r.schema_text)
                 .map(|s| (r.version, s))
-                .map_err(|e| RegistryError::Store(format!("stored schema {} is unreadable: {e}", r.schema_id)))
+                .map_err(|e| {
+                    RegistryError::Store(format!(
+                        "stored schema {} is unreadable: {e}",
+                        r.schema_id
+                    ))
+                })
         })
         .collect()
 }

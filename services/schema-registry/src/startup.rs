@@ -38,12 +38,13 @@ impl RegistryServer {
         let store = Store::connect(&config.database_url).await?;
         store.migrate().await?;
         let registry = Registry::new(store, config.default_compatibility);
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| StartupError::Bind {
-                addr: config.listen,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartupError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
         let addr = listener.local_addr().map_err(|source| StartupError::Bind {
             addr: config.listen,
             source,
@@ -65,7 +66,10 @@ impl RegistryServer {
     }
 
     /// Serves until `shutdown` completes, then finishes in-flight requests.
-    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         axum::serve(self.listener, self.app)
             .with_graceful_shutdown(shutdown)
             .await

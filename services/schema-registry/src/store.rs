@@ -5,9 +5,8 @@
 //! two registry replicas racing on one database both try the same number, one insert fails with
 //! a unique violation, and the loser retries with the next number. No id is ever handed out twice.
 
-use std::time::Duration;
-
-use sqlx::any::{AnyPoolOptions, AnyRow};
+use hixbus_storage::{Backend, Database};
+use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 
 use crate::domain::ParsedSchema;
@@ -40,12 +39,6 @@ const MIGRATION: &[&str] = &[
 /// Key of the global compatibility setting in `registry_config` (subjects are never empty).
 pub const GLOBAL: &str = "";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Backend {
-    Postgres,
-    Sqlite,
-}
-
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
@@ -65,46 +58,17 @@ pub struct VersionRow {
 impl Store {
     /// Connects to `postgres://…` or `sqlite://…` (the file is created if missing).
     pub async fn connect(database_url: &str) -> Result<Self, sqlx::Error> {
-        sqlx::any::install_default_drivers();
-        let (backend, url) = if database_url.starts_with("postgres") {
-            (Backend::Postgres, database_url.to_owned())
-        } else if database_url.starts_with("sqlite:") {
-            (Backend::Sqlite, sqlite_url(database_url))
-        } else {
-            return Err(sqlx::Error::Configuration(
-                format!("unsupported database URL {database_url:?}: use postgres:// or sqlite://").into(),
-            ));
-        };
-        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
-        let mut options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(10));
-        options = match (backend, in_memory) {
-            // Every connection to `sqlite::memory:` is a separate, empty database: keep exactly
-            // one, forever.
-            (Backend::Sqlite, true) => options
-                .max_connections(1)
-                .min_connections(1)
-                .idle_timeout(None)
-                .max_lifetime(None),
-            (Backend::Sqlite, false) => options.max_connections(4),
-            (Backend::Postgres, _) => options.max_connections(10),
-        };
-        let pool = options.connect(&url).await?;
+        let Database { pool, backend } = Database::connect(database_url).await?;
         Ok(Self { pool, backend })
     }
 
     /// Creates the tables if they are missing. Safe to run from several replicas at once.
     pub async fn migrate(&self) -> Result<(), sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        if self.backend == Backend::Postgres {
-            // Concurrent CREATE TABLE IF NOT EXISTS can still collide in PostgreSQL's catalog.
-            sqlx::query("SELECT pg_advisory_xact_lock(726142)")
-                .execute(&mut *tx)
-                .await?;
-        }
-        for statement in MIGRATION {
-            sqlx::query(statement).execute(&mut *tx).await?;
-        }
-        tx.commit().await
+        let db = Database {
+            pool: self.pool.clone(),
+            backend: self.backend,
+        };
+        db.migrate(726_142, MIGRATION).await
     }
 
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
@@ -164,7 +128,11 @@ impl Store {
 
     /// Adds the next version of `subject`. `None` when a concurrent registration won the race;
     /// the caller re-reads the subject and decides again.
-    pub async fn insert_version(&self, subject: &str, schema_id: i64) -> Result<Option<i64>, sqlx::Error> {
+    pub async fn insert_version(
+        &self,
+        subject: &str,
+        schema_id: i64,
+    ) -> Result<Option<i64>, sqlx::Error> {
         let inserted = sqlx::query(
             "INSERT INTO registry_versions (subject, version, schema_id, deleted)
              SELECT $1, COALESCE(MAX(version), 0) + 1, $2, 0 FROM registry_versions WHERE subject = $1
@@ -203,18 +171,16 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get(0)?,
-                    r.try_get(1)?,
-                    r.try_get::<i64, _>(2)? != 0,
-                ))
-            })
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get::<i64, _>(2)? != 0)))
             .collect()
     }
 
     /// Soft-deletes one live version, or every live version of the subject with `None`.
-    pub async fn soft_delete(&self, subject: &str, version: Option<i64>) -> Result<u64, sqlx::Error> {
+    pub async fn soft_delete(
+        &self,
+        subject: &str,
+        version: Option<i64>,
+    ) -> Result<u64, sqlx::Error> {
         let query = match version {
             Some(v) => sqlx::query(
                 "UPDATE registry_versions SET deleted = 1 WHERE subject = $1 AND version = $2 AND deleted = 0",
@@ -282,15 +248,4 @@ fn version_row(row: &AnyRow) -> Result<VersionRow, sqlx::Error> {
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
-}
-
-/// sqlx opens SQLite files read-write but does not create them unless asked to.
-fn sqlite_url(url: &str) -> String {
-    if url.contains(":memory:") || url.contains("mode=") {
-        url.to_owned()
-    } else if url.contains('?') {
-        format!("{url}&mode=rwc")
-    } else {
-        format!("{url}?mode=rwc")
-    }
 }

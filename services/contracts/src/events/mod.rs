@@ -10,8 +10,8 @@ mod common;
 mod prescription;
 mod safety;
 
-use apache_avro::types::Value;
 use apache_avro::reader::datum::GenericDatumReader;
+use apache_avro::types::Value;
 use apache_avro::{AvroSchema, Schema};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -25,8 +25,8 @@ pub use common::{
     ReferenceRange,
 };
 pub use prescription::{
-    DispensedLine, MedicationLine, PrescriptionCancelled, PrescriptionDispensed,
-    PrescriptionIssued,
+    DispensedLine, MedicationLine, PrescriptionCancelled, PrescriptionClaimed,
+    PrescriptionDispensed, PrescriptionIssued,
 };
 pub use safety::{
     AlertKind, AlertLine, AlertSeverity, ConsentChanged, ConsentDecision, DataCategory,
@@ -35,7 +35,15 @@ pub use safety::{
 
 /// A typed event that can travel on the bus.
 pub trait EventRecord:
-    Serialize + DeserializeOwned + AvroSchema + Into<Event> + Clone + Send + Sync + 'static
+    Serialize
+    + DeserializeOwned
+    + AvroSchema
+    + Into<Event>
+    + TryFrom<Event, Error = Event>
+    + Clone
+    + Send
+    + Sync
+    + 'static
 {
     /// The record name, as in the catalog and the `.avsc` file name.
     const NAME: &'static str;
@@ -66,6 +74,18 @@ macro_rules! event_set {
                     Event::$name(event)
                 }
             }
+
+            impl TryFrom<Event> for $name {
+                /// The event, unchanged, when it is of another type.
+                type Error = Event;
+
+                fn try_from(event: Event) -> Result<Self, Event> {
+                    match event {
+                        Event::$name(e) => Ok(e),
+                        other => Err(other),
+                    }
+                }
+            }
         )+
 
         impl Event {
@@ -81,6 +101,19 @@ macro_rules! event_set {
             pub fn envelope(&self) -> &Envelope {
                 match self {
                     $(Event::$name(e) => &e.envelope,)+
+                }
+            }
+
+            /// Encodes the Avro body (no framing) with this build's schema for the event's type.
+            pub fn write_body(&self, buf: &mut Vec<u8>) -> Result<(), crate::codec::EncodeError> {
+                match self {
+                    $(Event::$name(e) => crate::codec::encode_body(e, buf),)+
+                }
+            }
+
+            pub fn envelope_mut(&mut self) -> &mut Envelope {
+                match self {
+                    $(Event::$name(e) => &mut e.envelope,)+
                 }
             }
 
@@ -123,6 +156,7 @@ macro_rules! event_set {
 event_set!(
     PrescriptionIssued,
     PrescriptionCancelled,
+    PrescriptionClaimed,
     PrescriptionDispensed,
     LabResultReported,
     CheckupCompleted,

@@ -51,6 +51,15 @@ pub struct PrescriptionCancelled {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
 #[avro(namespace = "hixbus.events")]
+pub struct PrescriptionClaimed {
+    pub envelope: Envelope,
+    pub prescription_id: String,
+    pub issuer_org: String,
+    pub pharmacy: InstitutionRef,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "hixbus.events")]
 pub struct PrescriptionDispensed {
     pub envelope: Envelope,
     pub prescription_id: String,

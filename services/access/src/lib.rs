@@ -1,0 +1,423 @@
+//! Who is calling and what they may do.
+//!
+//! Every organization on the bus (clinic, hospital, pharmacy, insurer, lab) is declared in a
+//! directory file with its role and the SHA-256 digests of its API keys; the keys themselves are
+//! shown once, when issued, and never stored. A request authenticates with
+//! `Authorization: Bearer <key>`; its role decides what it may do, and handlers decide which
+//! records are its own (a pharmacy's inbox, a clinic's prescriptions).
+//!
+//! API keys are 256-bit random values, so a fast hash is enough: there is no low-entropy secret
+//! to stretch, unlike a password.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{FromRef, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// What an organization is, which decides what it may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Clinic,
+    Hospital,
+    Pharmacy,
+    Insurer,
+    Lab,
+}
+
+/// Things a caller can ask to do. Ownership (which prescriptions) is checked by the handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    IssuePrescription,
+    CancelPrescription,
+    ViewIssuedPrescriptions,
+    ViewPharmacyInbox,
+    DispensePrescription,
+}
+
+impl Role {
+    pub fn may(self, action: Action) -> bool {
+        use Action::*;
+        match self {
+            Role::Clinic | Role::Hospital => matches!(
+                action,
+                IssuePrescription | CancelPrescription | ViewIssuedPrescriptions
+            ),
+            Role::Pharmacy => matches!(action, ViewPharmacyInbox | DispensePrescription),
+            Role::Insurer | Role::Lab => false,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Clinic => "clinic",
+            Role::Hospital => "hospital",
+            Role::Pharmacy => "pharmacy",
+            Role::Insurer => "insurer",
+            Role::Lab => "lab",
+        }
+    }
+}
+
+/// A member of the exchange.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Organization {
+    /// Stable id, used as `producer_org` on every event it publishes.
+    pub id: String,
+    pub role: Role,
+    pub name: String,
+    /// The national medical-institution or pharmacy code, when it has one.
+    #[serde(default)]
+    pub institution_code: Option<String>,
+    /// SHA-256 (hex) of each valid API key; several during a key rotation.
+    #[serde(default)]
+    pub api_key_sha256: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DirectoryFile {
+    #[serde(rename = "organization", default)]
+    organizations: Vec<Organization>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DirectoryError {
+    #[error("organizations file: {0}")]
+    Parse(#[from] toml::de::Error),
+    #[error("organization {0:?} is declared twice")]
+    DuplicateId(String),
+    #[error("an API key digest is shared by {0:?} and {1:?}")]
+    SharedKey(String, String),
+    #[error("organization {0:?}: {1}")]
+    Invalid(String, &'static str),
+    #[error("no organization {0:?}")]
+    Unknown(String),
+}
+
+/// Every organization, and which key belongs to whom.
+#[derive(Debug, Clone, Default)]
+pub struct Directory {
+    organizations: HashMap<String, Arc<Organization>>,
+    keys: HashMap<String, String>,
+}
+
+/// A freshly issued API key: give it to the organization, it is not stored anywhere.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiKey(***)")
+    }
+}
+
+/// The digest a directory stores for `key`.
+pub fn digest(key: &str) -> String {
+    Sha256::digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl Directory {
+    pub fn from_toml(text: &str) -> Result<Self, DirectoryError> {
+        let file: DirectoryFile = toml::from_str(text)?;
+        let mut directory = Directory::default();
+        for org in file.organizations {
+            directory.add(org)?;
+        }
+        Ok(directory)
+    }
+
+    pub fn add(&mut self, org: Organization) -> Result<(), DirectoryError> {
+        let valid_id = !org.id.is_empty()
+            && org
+                .id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !valid_id {
+            return Err(DirectoryError::Invalid(
+                org.id,
+                "ids are ASCII letters, digits, '-' and '_'",
+            ));
+        }
+        if self.organizations.contains_key(&org.id) {
+            return Err(DirectoryError::DuplicateId(org.id));
+        }
+        for key in &org.api_key_sha256 {
+            if key.len() != 64 || !key.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(DirectoryError::Invalid(
+                    org.id,
+                    "api_key_sha256 entries are 64 hex digits",
+                ));
+            }
+            if let Some(owner) = self.keys.get(&key.to_ascii_lowercase()) {
+                return Err(DirectoryError::SharedKey(owner.clone(), org.id));
+            }
+        }
+        for key in &org.api_key_sha256 {
+            self.keys.insert(key.to_ascii_lowercase(), org.id.clone());
+        }
+        self.organizations.insert(org.id.clone(), Arc::new(org));
+        Ok(())
+    }
+
+    /// Issues a new API key for `org_id` and accepts it from now on.
+    pub fn issue_key(&mut self, org_id: &str) -> Result<ApiKey, DirectoryError> {
+        let org = self
+            .organizations
+            .get_mut(org_id)
+            .ok_or_else(|| DirectoryError::Unknown(org_id.to_owned()))?;
+        let key = format!(
+            "hxb_{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        );
+        let hashed = digest(&key);
+        Arc::make_mut(org).api_key_sha256.push(hashed.clone());
+        self.keys.insert(hashed, org_id.to_owned());
+        Ok(ApiKey(key))
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Arc<Organization>> {
+        self.organizations.get(id)
+    }
+
+    pub fn organizations(&self) -> impl Iterator<Item = &Arc<Organization>> {
+        self.organizations.values()
+    }
+
+    /// The organization an `Authorization` header value belongs to.
+    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Arc<Organization>, Denied> {
+        let value = authorization.ok_or(Denied::Unauthenticated(
+            "send Authorization: Bearer <API key>",
+        ))?;
+        let key = value
+            .strip_prefix("Bearer ")
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .ok_or(Denied::Unauthenticated(
+                "the Authorization header must be 'Bearer <API key>'",
+            ))?;
+        let owner = self
+            .keys
+            .get(&digest(key))
+            .ok_or(Denied::Unauthenticated("unknown or revoked API key"))?;
+        self.organizations
+            .get(owner)
+            .cloned()
+            .ok_or(Denied::Unauthenticated("unknown or revoked API key"))
+    }
+}
+
+/// Why a request is refused, as the caller sees it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    /// 401: we do not know who is calling.
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    /// 403: we know who is calling, and they may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+}
+
+impl IntoResponse for Denied {
+    fn into_response(self) -> Response {
+        let (status, error) = match &self {
+            Denied::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            Denied::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+        };
+        let body = serde_json::json!({ "error": error, "reason": self.to_string() });
+        let mut response = (status, axum::Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"hixbus\""),
+            );
+        }
+        response
+    }
+}
+
+/// The authenticated organization behind a request. Handlers take it as an extractor; a
+/// request without a valid key never reaches them.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Arc<Organization>);
+
+impl Caller {
+    /// Refuses unless the caller's role allows `action`.
+    pub fn require(&self, action: Action) -> Result<&Organization, Denied> {
+        if self.0.role.may(action) {
+            Ok(&self.0)
+        } else {
+            Err(Denied::Forbidden(format!(
+                "{} is a {}, which may not {}",
+                self.0.id,
+                self.0.role.as_str(),
+                describe(action)
+            )))
+        }
+    }
+}
+
+fn describe(action: Action) -> &'static str {
+    match action {
+        Action::IssuePrescription => "issue prescriptions",
+        Action::CancelPrescription => "cancel prescriptions",
+        Action::ViewIssuedPrescriptions => "view issued prescriptions",
+        Action::ViewPharmacyInbox => "view a pharmacy inbox",
+        Action::DispensePrescription => "dispense prescriptions",
+    }
+}
+
+impl<S> FromRequestParts<S> for Caller
+where
+    Arc<Directory>: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = Denied;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let directory = Arc::<Directory>::from_ref(state);
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .map(|v| v.to_str().unwrap_or_default());
+        directory.authenticate(header).map(Caller)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::Router;
+    use axum::body::Body;
+    use axum::http::Request;
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    const FILE: &str = r#"
+        [[organization]]
+        id = "clinic-sakura"
+        role = "clinic"
+        name = "さくら内科クリニック"
+        institution_code = "1310000001"
+
+        [[organization]]
+        id = "pharmacy-aozora"
+        role = "pharmacy"
+        name = "あおぞら薬局"
+    "#;
+
+    fn directory() -> (Directory, ApiKey, ApiKey) {
+        let mut d = Directory::from_toml(FILE).unwrap();
+        let clinic = d.issue_key("clinic-sakura").unwrap();
+        let pharmacy = d.issue_key("pharmacy-aozora").unwrap();
+        (d, clinic, pharmacy)
+    }
+
+    #[test]
+    fn a_key_identifies_its_organization_and_only_its_digest_is_kept() {
+        let (d, clinic, _) = directory();
+        let org = d
+            .authenticate(Some(&format!("Bearer {}", clinic.expose())))
+            .unwrap();
+        assert_eq!(org.id, "clinic-sakura");
+        assert_eq!(org.api_key_sha256, [digest(clinic.expose())]);
+        assert!(!format!("{clinic:?}").contains(clinic.expose()));
+    }
+
+    #[test]
+    fn missing_malformed_and_unknown_keys_are_told_apart() {
+        let (d, _, _) = directory();
+        let reason = |h: Option<&str>| d.authenticate(h).unwrap_err().to_string();
+        assert!(reason(None).contains("send Authorization"));
+        assert!(reason(Some("Basic abc")).contains("must be 'Bearer"));
+        assert!(reason(Some("Bearer hxb_nope")).contains("unknown or revoked"));
+    }
+
+    #[test]
+    fn roles_decide_actions() {
+        assert!(Role::Clinic.may(Action::IssuePrescription));
+        assert!(!Role::Clinic.may(Action::DispensePrescription));
+        assert!(Role::Pharmacy.may(Action::DispensePrescription));
+        assert!(!Role::Pharmacy.may(Action::IssuePrescription));
+        assert!(!Role::Insurer.may(Action::ViewPharmacyInbox));
+    }
+
+    #[test]
+    fn bad_directories_are_refused() {
+        let twice = format!(
+            "{FILE}\n[[organization]]\nid = \"clinic-sakura\"\nrole = \"lab\"\nname = \"x\"\n"
+        );
+        assert!(matches!(
+            Directory::from_toml(&twice),
+            Err(DirectoryError::DuplicateId(_))
+        ));
+        let typo = FILE.replace("role = \"clinic\"", "role = \"clinik\"");
+        assert!(matches!(
+            Directory::from_toml(&typo),
+            Err(DirectoryError::Parse(_))
+        ));
+        let bad_id = FILE.replace("clinic-sakura", "clinic sakura");
+        assert!(matches!(
+            Directory::from_toml(&bad_id),
+            Err(DirectoryError::Invalid(..))
+        ));
+    }
+
+    async fn only_clinics(caller: Caller) -> Result<String, Denied> {
+        Ok(caller.require(Action::IssuePrescription)?.id.clone())
+    }
+
+    #[tokio::test]
+    async fn http_answers_401_and_403_with_a_json_reason() {
+        let (d, clinic, pharmacy) = directory();
+        let app = Router::new()
+            .route("/", get(only_clinics))
+            .with_state(Arc::new(d));
+        let call = |key: Option<String>| {
+            let app = app.clone();
+            async move {
+                let mut request = Request::get("/");
+                if let Some(key) = key {
+                    request = request.header("authorization", format!("Bearer {key}"));
+                }
+                let response = app
+                    .oneshot(request.body(Body::empty()).unwrap())
+                    .await
+                    .unwrap();
+                let status = response.status();
+                let challenge = response.headers().get("www-authenticate").is_some();
+                let body = axum::body::to_bytes(response.into_body(), 4096)
+                    .await
+                    .unwrap();
+                (status, challenge, String::from_utf8(body.to_vec()).unwrap())
+            }
+        };
+        let (status, challenge, body) = call(None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(challenge);
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(json["error"], "unauthenticated");
+        let (status, _, body) = call(Some(pharmacy.expose().to_owned())).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert!(body.contains("pharmacy-aozora is a pharmacy, which may not issue prescriptions"));
+        let (status, _, body) = call(Some(clinic.expose().to_owned())).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, "clinic-sakura");
+    }
+}

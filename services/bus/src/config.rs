@@ -1,0 +1,133 @@
+//! One Kafka configuration for every client the runtime creates.
+//!
+//! The runtime owns the settings its guarantees depend on (idempotence, `acks=all`, manual offset
+//! storage); everything else, such as security settings for a managed cluster, passes through
+//! `librdkafka_options` untouched.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+
+/// Where the cluster is and how to talk to it.
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    pub bootstrap_servers: String,
+    /// Sent as `client.id`; shows up in broker logs and metrics.
+    pub client_id: String,
+    /// How often librdkafka reports statistics into metrics; `None` disables them.
+    pub statistics_interval: Option<Duration>,
+    /// Raw librdkafka settings (`security.protocol`, `sasl.*`, …), applied last.
+    pub librdkafka_options: BTreeMap<String, String>,
+}
+
+/// What a client is for; each role gets the settings its guarantees need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Producer,
+    /// A group member whose offsets are stored only after its handler succeeded.
+    GroupConsumer,
+    /// A reader that assigns partitions itself and never commits (tail, DLQ inspection).
+    Reader,
+    Admin,
+}
+
+impl KafkaConfig {
+    pub fn new(bootstrap_servers: impl Into<String>) -> Self {
+        Self {
+            bootstrap_servers: bootstrap_servers.into(),
+            client_id: "hixbus".to_owned(),
+            statistics_interval: Some(Duration::from_secs(30)),
+            librdkafka_options: BTreeMap::new(),
+        }
+    }
+
+    pub fn with_client_id(mut self, client_id: impl Into<String>) -> Self {
+        self.client_id = client_id.into();
+        self
+    }
+
+    pub fn with_option(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.librdkafka_options.insert(key.into(), value.into());
+        self
+    }
+
+    /// The librdkafka configuration for `role`.
+    pub fn to_rdkafka(&self, role: Role) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.bootstrap_servers)
+            .set("client.id", &self.client_id);
+        if let Some(interval) = self.statistics_interval {
+            config.set("statistics.interval.ms", interval.as_millis().to_string());
+        }
+        match role {
+            Role::Producer => {
+                // Idempotence implies acks=all and bounded in-flight requests: retries can
+                // neither duplicate nor reorder records within a partition.
+                config
+                    .set("enable.idempotence", "true")
+                    .set("acks", "all")
+                    .set("linger.ms", "5")
+                    .set("message.timeout.ms", "30000");
+            }
+            Role::GroupConsumer => {
+                // librdkafka commits in the background, but only offsets the runner stored
+                // after a handler succeeded: at-least-once, never at-most-once.
+                config
+                    .set("enable.auto.commit", "true")
+                    .set("auto.commit.interval.ms", "1000")
+                    .set("enable.auto.offset.store", "false")
+                    .set("auto.offset.reset", "earliest")
+                    .set("partition.assignment.strategy", "cooperative-sticky")
+                    // Kafka answers a fetch as soon as data arrives, but some Kafka-protocol
+                    // brokers (Tansu) hold it for the full wait: keep it short so delivery is
+                    // measured in milliseconds everywhere, at the cost of idle polls.
+                    .set("fetch.wait.max.ms", "20")
+                    .set("session.timeout.ms", "10000")
+                    .set("heartbeat.interval.ms", "1000");
+            }
+            Role::Reader => {
+                config
+                    .set("enable.auto.commit", "false")
+                    .set("enable.partition.eof", "true")
+                    .set("fetch.wait.max.ms", "20")
+                    .set("auto.offset.reset", "earliest");
+            }
+            Role::Admin => {}
+        }
+        for (key, value) in &self.librdkafka_options {
+            config.set(key, value);
+        }
+        config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn producers_are_idempotent_and_wait_for_all_replicas() {
+        let config = KafkaConfig::new("b:9092").to_rdkafka(Role::Producer);
+        assert_eq!(config.get("enable.idempotence"), Some("true"));
+        assert_eq!(config.get("acks"), Some("all"));
+        assert_eq!(config.get("bootstrap.servers"), Some("b:9092"));
+    }
+
+    #[test]
+    fn group_consumers_only_commit_what_the_runner_stored() {
+        let config = KafkaConfig::new("b:9092").to_rdkafka(Role::GroupConsumer);
+        assert_eq!(config.get("enable.auto.offset.store"), Some("false"));
+    }
+
+    #[test]
+    fn raw_options_pass_through_last() {
+        let config = KafkaConfig::new("b:9092")
+            .with_option("security.protocol", "SASL_SSL")
+            .with_option("linger.ms", "50")
+            .to_rdkafka(Role::Producer);
+        assert_eq!(config.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(config.get("linger.ms"), Some("50"));
+    }
+}

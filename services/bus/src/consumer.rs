@@ -1,0 +1,624 @@
+//! The consumer-group runner every hixbus service consumes through.
+//!
+//! A service registers one handler per event type; the runner subscribes to the topics those
+//! types travel on and, for each record: decodes it, continues the producer's trace, calls the
+//! handler, and stores the offset only after the handler succeeded (librdkafka commits stored
+//! offsets in the background and on rebalance, so delivery is at-least-once; effects are made
+//! exactly-once with [`crate::Idempotency`]).
+//!
+//! Each partition has its own lane: records of one partition are handled one at a time, in
+//! order (a partition's order is the order of its effects, and one patient's events share a
+//! partition), while different partitions proceed in parallel. What goes wrong is sorted in two:
+//! transient failures (registry or database down) retry with exponential backoff, holding that
+//! partition only; records that can never succeed (undecodable, unknown schema, rejected by the
+//! handler) go to `<topic>.dlq` with their cause, and the partition keeps flowing.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use hixbus_contracts::codec::{Codec, DataError};
+use hixbus_contracts::{Catalog, Event, EventRecord};
+use opentelemetry::KeyValue;
+use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
+use rdkafka::error::KafkaError;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::config::{KafkaConfig, Role};
+use crate::context::BusContext;
+use crate::dlq::{self, CauseKind};
+use crate::headers::HeaderList;
+use crate::member::{Member, leave_off_thread};
+use crate::publisher::{PublishError, Publisher};
+use crate::reader::OwnedRecord;
+use crate::telemetry::metrics;
+use crate::trace;
+
+/// What a handler knows about the record it is handling.
+#[derive(Debug, Clone)]
+pub struct EventContext {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub schema_id: u32,
+    pub group: String,
+    /// The trace this handler runs in: the producer's, when it sent one.
+    pub trace_id: Option<String>,
+    /// 1 on first delivery to the handler, then 2, 3… on transient retries.
+    pub attempt: u32,
+    pub headers: HeaderList,
+}
+
+/// Why a handler did not apply an event.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// May succeed later (a dependency is down): retried with backoff.
+    #[error("transient: {0}")]
+    Transient(Box<dyn std::error::Error + Send + Sync>),
+    /// Can never succeed (violates a business rule, references something that does not exist):
+    /// dead-lettered with this reason.
+    #[error("rejected: {0}")]
+    Reject(String),
+}
+
+impl HandlerError {
+    pub fn transient(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        HandlerError::Transient(error.into())
+    }
+
+    pub fn reject(reason: impl Into<String>) -> Self {
+        HandlerError::Reject(reason.into())
+    }
+}
+
+/// How transient failures are retried.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    /// Dead-letter after this many handler attempts; `None` retries until shutdown, which is
+    /// right when the failure is an outage that will end (the partition waits for it).
+    pub max_attempts: Option<u32>,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(30),
+            max_attempts: None,
+        }
+    }
+}
+
+impl RetryPolicy {
+    fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(16));
+        self.initial_backoff
+            .saturating_mul(factor)
+            .min(self.max_backoff)
+    }
+}
+
+/// What a run did, for logs and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunSummary {
+    pub handled: u64,
+    pub dead_lettered: u64,
+    /// Records of event types this consumer has no handler for.
+    pub skipped: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    #[error("no handlers registered: a consumer must handle at least one event type")]
+    NoHandlers,
+    #[error("{0} has no topic in the event catalog")]
+    NotInCatalog(&'static str),
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("dead-letter producer: {0}")]
+    Publisher(#[from] PublishError),
+}
+
+type HandlerFuture = Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send>>;
+type Handler = Arc<dyn Fn(Event, EventContext) -> HandlerFuture + Send + Sync>;
+
+/// Collects handlers, then builds the [`Consumer`].
+pub struct ConsumerBuilder {
+    config: KafkaConfig,
+    codec: Arc<Codec>,
+    group: String,
+    handlers: HashMap<&'static str, Handler>,
+    topics: BTreeSet<String>,
+    retry: RetryPolicy,
+}
+
+impl std::fmt::Debug for ConsumerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsumerBuilder")
+            .field("group", &self.group)
+            .field("topics", &self.topics)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConsumerBuilder {
+    /// Handles events of type `E` with `handler`.
+    pub fn on<E, F, Fut>(mut self, handler: F) -> Result<Self, ConsumerError>
+    where
+        E: EventRecord,
+        F: Fn(E, EventContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        let entry = Catalog::embedded()
+            .entry(E::NAME)
+            .ok_or(ConsumerError::NotInCatalog(E::NAME))?;
+        self.topics.insert(entry.topic.clone());
+        let handler = Arc::new(handler);
+        let erased: Handler = Arc::new(move |event: Event, ctx: EventContext| {
+            let handler = handler.clone();
+            Box::pin(async move {
+                match E::try_from(event) {
+                    Ok(typed) => handler(typed, ctx).await,
+                    Err(other) => Err(HandlerError::reject(format!(
+                        "handler for {} was given a {}",
+                        E::NAME,
+                        other.name()
+                    ))),
+                }
+            }) as HandlerFuture
+        });
+        self.handlers.insert(E::NAME, erased);
+        Ok(self)
+    }
+
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// Joins the group and subscribes to the handled event types' topics.
+    pub fn build(self) -> Result<Consumer, ConsumerError> {
+        if self.handlers.is_empty() {
+            return Err(ConsumerError::NoHandlers);
+        }
+        let client = format!("{}-{}", self.config.client_id, self.group);
+        let consumer: StreamConsumer<BusContext> = self
+            .config
+            .to_rdkafka(Role::GroupConsumer)
+            .set("group.id", &self.group)
+            .create_with_context(BusContext::new(client))?;
+        let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics)?;
+        let dead_letters = Publisher::new(&self.config, self.codec.clone())?;
+        Ok(Consumer {
+            consumer: Arc::new(Member::new(consumer)),
+            lane: Arc::new(Lane {
+                codec: self.codec,
+                group: self.group,
+                handlers: self.handlers,
+                retry: self.retry,
+                dead_letters,
+            }),
+        })
+    }
+}
+
+/// A running member of one consumer group.
+pub struct Consumer {
+    consumer: Arc<Member>,
+    lane: Arc<Lane>,
+}
+
+/// How long a graceful stop waits for the member to commit and leave its group before it
+/// carries on and lets the leaving finish in the background.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// What every partition lane shares: how to decode, whom to call, where dead letters go.
+struct Lane {
+    codec: Arc<Codec>,
+    group: String,
+    handlers: HashMap<&'static str, Handler>,
+    retry: RetryPolicy,
+    dead_letters: Publisher,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("group", &self.lane.group)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Records fetched but not yet handled, per partition. Small: a slow partition holds back
+/// polling (and so every partition) only once its queue is full.
+const LANE_QUEUE: usize = 64;
+
+/// The queue feeding one partition's worker.
+type LaneQueue = mpsc::Sender<OwnedRecord>;
+
+/// What became of one record.
+enum Outcome {
+    Handled,
+    DeadLettered,
+    Skipped,
+    /// Shutdown arrived while the record was waiting to be retried: its offset is not stored,
+    /// so the next member of the group processes it.
+    Interrupted,
+}
+
+/// Why a record cannot be handled.
+struct Failure {
+    kind: CauseKind,
+    cause: String,
+}
+
+impl Consumer {
+    pub fn builder(
+        config: &KafkaConfig,
+        codec: Arc<Codec>,
+        group: impl Into<String>,
+    ) -> ConsumerBuilder {
+        ConsumerBuilder {
+            config: config.clone(),
+            codec,
+            group: group.into(),
+            handlers: HashMap::new(),
+            topics: BTreeSet::new(),
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    pub fn group(&self) -> &str {
+        &self.lane.group
+    }
+
+    /// Processes records until `shutdown` completes, then lets each partition finish the record
+    /// in hand, commits the stored offsets and leaves the group. Records fetched but not started
+    /// are left for the next member (their offsets were never stored).
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<RunSummary, ConsumerError> {
+        let (stop_tx, mut stop) = watch::channel(false);
+        let watcher = tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        let group = self.lane.group.clone();
+        tracing::info!(%group, handlers = ?self.lane.handlers.keys().collect::<Vec<_>>(), "consumer started");
+        let mut lanes: HashMap<(String, i32), LaneQueue> = HashMap::new();
+        // Owned by this future: if it is dropped (the task aborted, the process dying), every
+        // lane goes with it and the member leaves the group, as a killed process would.
+        let mut workers: JoinSet<RunSummary> = JoinSet::new();
+        loop {
+            let received = tokio::select! {
+                biased;
+                _ = stop.wait_for(|stopped| *stopped) => break,
+                received = self.consumer.recv() => received,
+            };
+            let record = match received {
+                Ok(message) => OwnedRecord::from_message(&message),
+                Err(e) => {
+                    // librdkafka recovers from broker and network errors by itself; report and
+                    // keep polling rather than tearing the group membership down.
+                    tracing::warn!(%group, error = %e, "consumer error");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            let key = (record.topic.clone(), record.partition);
+            let queue = lanes
+                .entry(key)
+                .or_insert_with(|| self.spawn_lane(&mut workers, stop.clone()));
+            tokio::select! {
+                biased;
+                _ = stop.wait_for(|stopped| *stopped) => break,
+                sent = queue.send(record) => {
+                    // A lane only ends early when shutdown interrupted it.
+                    if sent.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        drop(lanes);
+        let mut summary = RunSummary::default();
+        while let Some(done) = workers.join_next().await {
+            if let Ok(lane) = done {
+                summary.handled += lane.handled;
+                summary.dead_lettered += lane.dead_lettered;
+                summary.skipped += lane.skipped;
+            }
+        }
+        watcher.abort();
+        tracing::info!(%group, ?summary, "consumer stopping");
+        self.close().await;
+        Ok(summary)
+    }
+
+    /// Starts the worker of one partition: its records in order, offsets stored as they succeed.
+    fn spawn_lane(
+        &self,
+        workers: &mut JoinSet<RunSummary>,
+        mut stop: watch::Receiver<bool>,
+    ) -> LaneQueue {
+        let (queue, mut records) = mpsc::channel::<OwnedRecord>(LANE_QUEUE);
+        let (consumer, lane) = (self.consumer.clone(), self.lane.clone());
+        workers.spawn(async move {
+            let mut summary = RunSummary::default();
+            while let Some(record) = records.recv().await {
+                if *stop.borrow() {
+                    break;
+                }
+                let (topic, partition, offset) =
+                    (record.topic.clone(), record.partition, record.offset);
+                match lane.process(record, &mut stop).await {
+                    Outcome::Interrupted => break,
+                    Outcome::Handled => summary.handled += 1,
+                    Outcome::DeadLettered => summary.dead_lettered += 1,
+                    Outcome::Skipped => summary.skipped += 1,
+                }
+                if let Err(e) = consumer.store_offset(&topic, partition, offset) {
+                    // The partition was revoked meanwhile; its new owner processes the record
+                    // again, and idempotent handlers make that harmless.
+                    tracing::debug!(group = %lane.group, error = %e, "offset not stored");
+                }
+            }
+            summary
+        });
+        queue
+    }
+
+    /// Commits what was stored, then leaves the group so its partitions move at once. All of it
+    /// blocks, so it runs on a thread of its own; a member that cannot leave within
+    /// [`LEAVE_TIMEOUT`] (the broker is gone) is left to finish in the background.
+    async fn close(self) {
+        let Consumer { consumer, lane } = self;
+        let group = lane.group.clone();
+        // The lanes have finished, so this is the last reference.
+        let Some(consumer) = Arc::into_inner(consumer).and_then(Member::into_inner) else {
+            return;
+        };
+        let leaving = leave_off_thread(consumer, move |consumer| {
+            let group = &lane.group;
+            match consumer.commit_consumer_state(CommitMode::Sync) {
+                Ok(()) => {}
+                Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+                Err(e) => tracing::warn!(%group, error = %e, "final commit failed"),
+            }
+            consumer.unsubscribe();
+            if let Err(e) = lane.dead_letters.flush(Duration::from_secs(10)) {
+                tracing::warn!(%group, error = %e, "dead-letter producer flush failed");
+            }
+        });
+        if tokio::time::timeout(LEAVE_TIMEOUT, leaving).await.is_err() {
+            tracing::warn!(%group, timeout = ?LEAVE_TIMEOUT, "consumer did not leave its group in time; leaving in the background");
+        }
+    }
+}
+
+impl Lane {
+    async fn process(&self, record: OwnedRecord, stop: &mut watch::Receiver<bool>) -> Outcome {
+        let span = tracing::info_span!(
+            "hixbus.consume",
+            otel.kind = "consumer",
+            messaging.destination.name = %record.topic,
+            messaging.kafka.partition = record.partition,
+            messaging.kafka.offset = record.offset,
+            group = %self.group,
+            event_type = tracing::field::Empty,
+            event_id = tracing::field::Empty,
+        );
+        trace::continue_trace(&span, &record.headers);
+        self.process_in_span(record, &span, stop)
+            .instrument(span.clone())
+            .await
+    }
+
+    async fn process_in_span(
+        &self,
+        record: OwnedRecord,
+        span: &tracing::Span,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Outcome {
+        let mut attempt = 0u32;
+        let failure = loop {
+            attempt += 1;
+            match self.attempt(&record, span, attempt).await {
+                Ok(outcome) => return outcome,
+                Err(Attempt::Failed(failure)) => break failure,
+                Err(Attempt::Retry(reason)) => {
+                    let labels = [KeyValue::new("group", self.group.clone())];
+                    metrics().handler_retries.add(1, &labels);
+                    if self.retry.max_attempts.is_some_and(|max| attempt >= max) {
+                        break Failure {
+                            kind: CauseKind::RetriesExhausted,
+                            cause: format!("gave up after {attempt} attempts: {reason}"),
+                        };
+                    }
+                    let wait = self.retry.backoff(attempt);
+                    tracing::warn!(attempt, ?wait, %reason, "transient failure; retrying");
+                    if sleep_or_stop(wait, stop).await {
+                        return Outcome::Interrupted;
+                    }
+                }
+            }
+        };
+        self.dead_letter(&record, failure, stop).await
+    }
+
+    /// One try at decoding and handling the record.
+    async fn attempt(
+        &self,
+        record: &OwnedRecord,
+        span: &tracing::Span,
+        attempt: u32,
+    ) -> Result<Outcome, Attempt> {
+        let Some(payload) = record.payload.as_deref() else {
+            return Err(Attempt::Failed(Failure {
+                kind: CauseKind::Undecodable,
+                cause: "record has no value".to_owned(),
+            }));
+        };
+        let decoded = match self.codec.decode(payload).await {
+            Err(transient) => return Err(Attempt::Retry(transient.to_string())),
+            Ok(Err(data)) => return Err(Attempt::Failed(data_failure(&data))),
+            Ok(Ok(decoded)) => decoded,
+        };
+        let name = decoded.event.name();
+        span.record("event_type", name);
+        span.record("event_id", decoded.event.envelope().event_id.as_str());
+        let Some(handler) = self.handlers.get(name) else {
+            tracing::debug!(event_type = name, "no handler for this event type; skipped");
+            return Ok(Outcome::Skipped);
+        };
+        let ctx = EventContext {
+            topic: record.topic.clone(),
+            partition: record.partition,
+            offset: record.offset,
+            schema_id: decoded.schema_id,
+            group: self.group.clone(),
+            trace_id: trace::trace_id(span),
+            attempt,
+            headers: record.headers.clone(),
+        };
+        let started = Instant::now();
+        let result = handler(decoded.event, ctx).await;
+        let labels = [
+            KeyValue::new("group", self.group.clone()),
+            KeyValue::new("event_type", name),
+        ];
+        metrics()
+            .handler_duration
+            .record(started.elapsed().as_secs_f64(), &labels);
+        match result {
+            Ok(()) => {
+                metrics().consumed.add(1, &labels);
+                Ok(Outcome::Handled)
+            }
+            Err(HandlerError::Reject(reason)) => Err(Attempt::Failed(Failure {
+                kind: CauseKind::Rejected,
+                cause: reason,
+            })),
+            Err(HandlerError::Transient(e)) => Err(Attempt::Retry(e.to_string())),
+        }
+    }
+
+    /// Sends the record to `<topic>.dlq`, retrying until the broker takes it: the offset must
+    /// not move past a record that is neither handled nor safely dead-lettered.
+    async fn dead_letter(
+        &self,
+        record: &OwnedRecord,
+        failure: Failure,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Outcome {
+        let dlq_topic = crate::dlq_topic(&record.topic);
+        tracing::warn!(
+            dlq = %dlq_topic,
+            cause_kind = failure.kind.as_str(),
+            cause = %failure.cause,
+            "dead-lettering record"
+        );
+        let list = dlq::dead_letter_headers(
+            record,
+            failure.kind,
+            &failure.cause,
+            &self.group,
+            Utc::now(),
+        );
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let sent = self
+                .dead_letters
+                .send_raw(
+                    &dlq_topic,
+                    record.key.as_deref().unwrap_or_default(),
+                    record.payload.as_deref().unwrap_or_default(),
+                    &list,
+                )
+                .await;
+            match sent {
+                Ok(_) => {
+                    let labels = [
+                        KeyValue::new("topic", record.topic.clone()),
+                        KeyValue::new("cause_kind", failure.kind.as_str()),
+                    ];
+                    metrics().dead_lettered.add(1, &labels);
+                    return Outcome::DeadLettered;
+                }
+                Err(e) => {
+                    let wait = self.retry.backoff(attempt);
+                    tracing::error!(error = %e, ?wait, "cannot write the dead letter; retrying");
+                    if sleep_or_stop(wait, stop).await {
+                        return Outcome::Interrupted;
+                    }
+                }
+            }
+        }
+    }
+}
+
+enum Attempt {
+    Retry(String),
+    Failed(Failure),
+}
+
+fn data_failure(error: &DataError) -> Failure {
+    let kind = match error {
+        DataError::UnknownSchemaId(_)
+        | DataError::UnknownEventType { .. }
+        | DataError::InvalidWriterSchema { .. }
+        | DataError::Incompatible { .. } => CauseKind::UnknownSchema,
+        DataError::Framing(_) | DataError::Body { .. } => CauseKind::Undecodable,
+    };
+    Failure {
+        kind,
+        cause: error.to_string(),
+    }
+}
+
+/// Sleeps for `wait`; true if shutdown was requested first.
+async fn sleep_or_stop(wait: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = stop.wait_for(|stopped| *stopped) => true,
+        () = tokio::time::sleep(wait) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_ceiling() {
+        let policy = RetryPolicy {
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+            max_attempts: None,
+        };
+        let waits: Vec<_> = (1..=6).map(|a| policy.backoff(a).as_millis()).collect();
+        assert_eq!(waits, [100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(policy.backoff(u32::MAX), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn unknown_schemas_and_bad_bytes_are_told_apart() {
+        assert_eq!(
+            data_failure(&DataError::UnknownSchemaId(9)).kind,
+            CauseKind::UnknownSchema
+        );
+        let framing = DataError::Framing(hixbus_contracts::wire::WireError::BadMagic(7));
+        let failure = data_failure(&framing);
+        assert_eq!(failure.kind, CauseKind::Undecodable);
+        assert!(failure.cause.contains("magic"), "{}", failure.cause);
+    }
+}

@@ -1,0 +1,74 @@
+//! A hixbus service with an HTTP API and a consumer that feeds it: bound, served and stopped
+//! the same way for every service.
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use tokio::net::TcpListener;
+
+use crate::{Consumer, shutdown};
+
+/// An HTTP API and its consumer, bound and ready to run.
+#[derive(Debug)]
+pub struct HttpService {
+    listener: TcpListener,
+    app: Router,
+    consumer: Consumer,
+    closing: Vec<shutdown::Trigger>,
+}
+
+impl HttpService {
+    /// Binds `listen` (port 0 picks a free port, as tests do).
+    pub async fn bind(
+        listen: SocketAddr,
+        app: Router,
+        consumer: Consumer,
+    ) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(listen).await?;
+        Ok(Self {
+            listener,
+            app,
+            consumer,
+            closing: Vec::new(),
+        })
+    }
+
+    /// Also fires `trigger` when shutdown begins. A graceful shutdown waits for every open
+    /// connection, and a live stream (server-sent events) never ends by itself: routes that
+    /// stream end their streams on this trigger's signal, or the service could never stop.
+    pub fn closing(mut self, trigger: shutdown::Trigger) -> Self {
+        self.closing.push(trigger);
+        self
+    }
+
+    pub fn url(&self) -> String {
+        match self.listener.local_addr() {
+            Ok(addr) => format!("http://{addr}"),
+            Err(_) => "http://(unbound)".to_owned(),
+        }
+    }
+
+    /// Serves and consumes until `shutdown`, then drains both.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let (listener, app, closing) = (self.listener, self.app, self.closing);
+        let shutdown = async move {
+            shutdown.await;
+            for trigger in &closing {
+                trigger.fire();
+            }
+        };
+        shutdown::run_beside(
+            self.consumer,
+            |signal| async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(signal.wait())
+                    .await
+            },
+            shutdown,
+        )
+        .await
+    }
+}

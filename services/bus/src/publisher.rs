@@ -1,0 +1,196 @@
+//! Typed publishing: an event goes to its catalog topic, keyed by patient, and the call returns
+//! only once the broker acknowledged it (`acks=all`, idempotent producer).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hixbus_contracts::codec::{Codec, EncodeError, Encoded};
+use hixbus_contracts::{Catalog, Event, EventRecord};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use tracing::Instrument;
+
+use crate::config::{KafkaConfig, Role};
+use crate::context::BusContext;
+use crate::headers::{self, HeaderList};
+use crate::telemetry::metrics;
+use crate::trace;
+
+/// Where the broker stored a record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("cannot encode {event}: {source}")]
+    Encode {
+        event: &'static str,
+        source: EncodeError,
+    },
+    #[error("{0} has no topic in the event catalog")]
+    NotInCatalog(String),
+    #[error("the broker did not acknowledge the record for {topic}: {source}")]
+    Broker { topic: String, source: KafkaError },
+    #[error("cannot create the Kafka producer: {0}")]
+    Client(KafkaError),
+}
+
+impl PublishError {
+    /// Whether the same publish may succeed later (broker or registry unreachable).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            PublishError::Encode { source, .. } => matches!(source, EncodeError::Transient { .. }),
+            PublishError::Broker { .. } => true,
+            PublishError::NotInCatalog(_) | PublishError::Client(_) => false,
+        }
+    }
+}
+
+/// A cheap-to-clone handle on one idempotent producer.
+#[derive(Clone)]
+pub struct Publisher {
+    producer: FutureProducer<BusContext>,
+    codec: Arc<Codec>,
+    queue_timeout: Duration,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher").finish_non_exhaustive()
+    }
+}
+
+impl Publisher {
+    pub fn new(config: &KafkaConfig, codec: Arc<Codec>) -> Result<Self, PublishError> {
+        let producer = config
+            .to_rdkafka(Role::Producer)
+            .create_with_context(BusContext::new(format!("{}-producer", config.client_id)))
+            .map_err(PublishError::Client)?;
+        Ok(Self {
+            producer,
+            codec,
+            queue_timeout: Duration::from_secs(30),
+        })
+    }
+
+    pub fn codec(&self) -> &Arc<Codec> {
+        &self.codec
+    }
+
+    /// Publishes `event` to its topic and waits for the broker's acknowledgement.
+    pub async fn publish<E: EventRecord>(&self, event: &E) -> Result<Delivery, PublishError> {
+        let encoded = self
+            .codec
+            .encode(event)
+            .await
+            .map_err(|source| PublishError::Encode {
+                event: E::NAME,
+                source,
+            });
+        self.send_encoded(E::NAME, event.envelope(), encoded).await
+    }
+
+    /// Publishes an event whose type is only known at run time.
+    pub async fn publish_event(&self, event: &Event) -> Result<Delivery, PublishError> {
+        let encoded = self
+            .codec
+            .encode_event(event)
+            .await
+            .map_err(|source| PublishError::Encode {
+                event: event.name(),
+                source,
+            });
+        self.send_encoded(event.name(), event.envelope(), encoded)
+            .await
+    }
+
+    async fn send_encoded(
+        &self,
+        name: &'static str,
+        envelope: &hixbus_contracts::Envelope,
+        encoded: Result<Encoded, PublishError>,
+    ) -> Result<Delivery, PublishError> {
+        let topic = Catalog::embedded()
+            .entry(name)
+            .map(|entry| entry.topic.clone())
+            .ok_or_else(|| PublishError::NotInCatalog(name.to_owned()))?;
+        let span = tracing::info_span!(
+            "hixbus.publish",
+            otel.kind = "producer",
+            messaging.destination.name = %topic,
+            event_type = name,
+            event_id = %envelope.event_id,
+        );
+        let encoded = encoded?;
+        let mut list: HeaderList = vec![
+            (headers::EVENT_TYPE.to_owned(), name.as_bytes().to_vec()),
+            (
+                headers::EVENT_ID.to_owned(),
+                envelope.event_id.as_bytes().to_vec(),
+            ),
+            (
+                headers::SCHEMA_ID.to_owned(),
+                encoded.schema_id.to_string().into_bytes(),
+            ),
+            (
+                headers::PRODUCER_ORG.to_owned(),
+                envelope.producer_org.as_bytes().to_vec(),
+            ),
+        ];
+        trace::inject(&span, &mut list);
+        self.send_raw(
+            &topic,
+            envelope.patient_ref.as_bytes(),
+            &encoded.payload,
+            &list,
+        )
+        .instrument(span)
+        .await
+    }
+
+    /// Publishes bytes as they are (dead letters, redrives). Waits for the acknowledgement.
+    pub async fn send_raw(
+        &self,
+        topic: &str,
+        key: &[u8],
+        payload: &[u8],
+        list: &HeaderList,
+    ) -> Result<Delivery, PublishError> {
+        let record = FutureRecord::to(topic)
+            .key(key)
+            .payload(payload)
+            .headers(headers::to_owned_headers(list));
+        let label = [opentelemetry::KeyValue::new("topic", topic.to_owned())];
+        match self
+            .producer
+            .send(record, Timeout::After(self.queue_timeout))
+            .await
+        {
+            Ok(delivery) => {
+                metrics().published.add(1, &label);
+                Ok(Delivery {
+                    topic: topic.to_owned(),
+                    partition: delivery.partition,
+                    offset: delivery.offset,
+                })
+            }
+            Err((source, _)) => {
+                metrics().publish_failures.add(1, &label);
+                Err(PublishError::Broker {
+                    topic: topic.to_owned(),
+                    source,
+                })
+            }
+        }
+    }
+
+    /// Waits until every record handed to the producer was acknowledged or failed.
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.producer.flush(Timeout::After(timeout))
+    }
+}

@@ -1,0 +1,158 @@
+//! Reading a topic without joining a consumer group: for `hixbus tail` and the DLQ tools, which
+//! must never move a service's offsets.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer as _, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::config::{KafkaConfig, Role};
+use crate::context::BusContext;
+use crate::headers::{self, HeaderList};
+use crate::member::Member;
+
+/// A record copied out of librdkafka's buffers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedRecord {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    /// Milliseconds since the epoch, when the broker reports one.
+    pub timestamp_ms: Option<i64>,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: HeaderList,
+}
+
+impl OwnedRecord {
+    pub fn from_message<M: Message>(message: &M) -> Self {
+        Self {
+            topic: message.topic().to_owned(),
+            partition: message.partition(),
+            offset: message.offset(),
+            timestamp_ms: message.timestamp().to_millis(),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec),
+            headers: headers::to_list(message.headers()),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("topic {0} does not exist")]
+    UnknownTopic(String),
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("no record arrived for {0:?} although the partitions are not at their end")]
+    Stalled(Duration),
+}
+
+/// Where reading starts in every partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    Beginning,
+    End,
+}
+
+/// Reads every partition of one topic.
+pub struct TopicReader {
+    consumer: Member,
+    not_at_end: BTreeSet<i32>,
+    idle_timeout: Duration,
+}
+
+impl std::fmt::Debug for TopicReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TopicReader")
+            .field("not_at_end", &self.not_at_end)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TopicReader {
+    pub fn open(config: &KafkaConfig, topic: &str, start: Start) -> Result<Self, ReadError> {
+        let offset = match start {
+            Start::Beginning => Offset::Beginning,
+            Start::End => Offset::End,
+        };
+        Self::open_at(config, topic, |_| offset)
+    }
+
+    /// Opens `topic` with a start offset chosen per partition.
+    pub fn open_at(
+        config: &KafkaConfig,
+        topic: &str,
+        start: impl Fn(i32) -> Offset,
+    ) -> Result<Self, ReadError> {
+        let consumer: StreamConsumer<BusContext> = config
+            .to_rdkafka(Role::Reader)
+            // Readers never commit; librdkafka still wants a group id to create a consumer.
+            .set("group.id", format!("hixbus-reader-{}", std::process::id()))
+            .create_with_context(BusContext::new(format!("{}-reader", config.client_id)))?;
+        let partitions = partitions(&consumer, topic)?;
+        let mut assignment = TopicPartitionList::new();
+        for partition in &partitions {
+            assignment.add_partition_offset(topic, *partition, start(*partition))?;
+        }
+        consumer.assign(&assignment)?;
+        Ok(Self {
+            consumer: Member::new(consumer),
+            not_at_end: partitions.into_iter().collect(),
+            idle_timeout: Duration::from_secs(15),
+        })
+    }
+
+    /// The next record; with `until_end`, `None` once every partition reached its end.
+    pub async fn next(&mut self, until_end: bool) -> Option<Result<OwnedRecord, ReadError>> {
+        loop {
+            if until_end && self.not_at_end.is_empty() {
+                return None;
+            }
+            let received = if until_end {
+                match tokio::time::timeout(self.idle_timeout, self.consumer.recv()).await {
+                    Ok(received) => received,
+                    Err(_) => return Some(Err(ReadError::Stalled(self.idle_timeout))),
+                }
+            } else {
+                self.consumer.recv().await
+            };
+            match received {
+                Ok(message) => {
+                    return Some(Ok(OwnedRecord::from_message(&message)));
+                }
+                Err(KafkaError::PartitionEOF(partition)) => {
+                    self.not_at_end.remove(&partition);
+                }
+                Err(e) => return Some(Err(e.into())),
+            }
+        }
+    }
+
+    /// Every record from the start position to the current end.
+    pub async fn read_to_end(mut self) -> Result<Vec<OwnedRecord>, ReadError> {
+        let mut records = Vec::new();
+        while let Some(record) = self.next(true).await {
+            records.push(record?);
+        }
+        Ok(records)
+    }
+}
+
+/// The partitions of `topic`, from the cluster's metadata.
+pub fn partitions<C: rdkafka::consumer::Consumer<BusContext>>(
+    consumer: &C,
+    topic: &str,
+) -> Result<Vec<i32>, ReadError> {
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let found = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+        .ok_or_else(|| ReadError::UnknownTopic(topic.to_owned()))?;
+    Ok(found.partitions().iter().map(|p| p.id()).collect())
+}

@@ -1,0 +1,14 @@
+//! The clinic gateway: clinic systems POST FHIR R4 prescriptions (a JP e-prescription document
+//! `Bundle` or a single `MedicationRequest`); the gateway authenticates the clinic, validates and
+//! maps the prescription to one `PrescriptionIssued` event, publishes it, and answers with the
+//! prescription id and the access code the patient shows at any pharmacy. It also keeps the
+//! clinic view (what became of each prescription, from the events) and takes cancellations.
+
+pub mod fhir;
+pub mod outcome;
+pub mod routes;
+pub mod startup;
+pub mod store;
+pub mod view;
+
+pub use startup::{GROUP, Gateway, StartupError, build};

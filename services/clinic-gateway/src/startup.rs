@@ -1,0 +1,82 @@
+//! Builds the gateway; tests run the real thing on port 0.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use hixbus_access::Directory;
+use hixbus_bus::consumer::ConsumerError;
+use hixbus_bus::http::HttpService;
+use hixbus_bus::{KafkaConfig, Publisher};
+use hixbus_storage::{AuditLog, Database};
+
+use crate::routes::{self, AppState};
+use crate::store::Submissions;
+use crate::view::{self, ClinicView};
+
+/// FHIR prescription bundles are tens of kilobytes; this bounds memory, not use.
+const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
+
+/// The consumer group of every gateway replica (it feeds the clinic view).
+pub const GROUP: &str = "hixbus-clinic-gateway";
+
+/// The clinic gateway, bound and ready to run.
+pub type Gateway = HttpService;
+
+/// Connects the service to its database and the bus and binds `listen`.
+pub async fn build(
+    listen: SocketAddr,
+    directory: Arc<Directory>,
+    kafka: &KafkaConfig,
+    publisher: Publisher,
+    db: Database,
+) -> Result<Gateway, StartupError> {
+    let submissions = Submissions::new(db.clone()).await?;
+    let view = ClinicView::new(db.clone()).await?;
+    let audit = AuditLog::new(db).await?;
+    let consumer = view::consumer(kafka, publisher.codec().clone(), GROUP, &view)?;
+    let state = AppState {
+        directory,
+        publisher,
+        submissions,
+        view,
+        audit,
+    };
+    HttpService::bind(listen, app(state), consumer)
+        .await
+        .map_err(|source| StartupError::Listen {
+            addr: listen,
+            source,
+        })
+}
+
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/fhir/Bundle", post(routes::post_bundle))
+        .route(
+            "/fhir/MedicationRequest",
+            post(routes::post_medication_request),
+        )
+        .route("/clinic/prescriptions", get(routes::list_issued))
+        .route("/clinic/prescriptions/{id}", get(routes::get_issued))
+        .route("/clinic/prescriptions/{id}/cancel", post(routes::cancel))
+        .route("/health", get(routes::health))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("consumer: {0}")]
+    Consumer(#[from] ConsumerError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}

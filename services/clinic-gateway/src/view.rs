@@ -1,0 +1,283 @@
+//! The clinic view: what became of each prescription a clinic issued (claimed, dispensed with
+//! what, cancelled, alerts), built from the events alone — no calls between services.
+//!
+//! Every update is idempotent (inserts ignore duplicates, updates are conditional or
+//! overwrite with the same value), so redelivery changes nothing.
+
+use std::sync::Arc;
+
+use hixbus_bus::consumer::ConsumerError;
+use hixbus_bus::{Consumer, EventContext, HandlerError, KafkaConfig};
+use hixbus_contracts::codec::Codec;
+use hixbus_contracts::{
+    EventRecord, MedicationAlert, PrescriptionCancelled, PrescriptionClaimed,
+    PrescriptionDispensed, PrescriptionIssued,
+};
+use hixbus_storage::Database;
+use serde_json::{Value, json};
+use sqlx::Row;
+
+const MIGRATION: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS clinic_prescriptions (
+        prescription_id TEXT PRIMARY KEY,
+        issuer_org TEXT NOT NULL,
+        patient_ref TEXT NOT NULL,
+        status TEXT NOT NULL,
+        claimed_by TEXT,
+        cancelled TEXT,
+        dispensed TEXT,
+        issued TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    )",
+    "CREATE INDEX IF NOT EXISTS clinic_prescriptions_by_issuer
+        ON clinic_prescriptions (issuer_org)",
+    // One row per prescription an alert involves: both prescribers and both pharmacies see it.
+    "CREATE TABLE IF NOT EXISTS clinic_alerts (
+        alert_event_id TEXT NOT NULL,
+        prescription_id TEXT NOT NULL,
+        alert TEXT NOT NULL,
+        PRIMARY KEY (alert_event_id, prescription_id)
+    )",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ViewError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("stored JSON is unreadable: {0}")]
+    Json(#[from] serde_json::Error),
+    /// An event about a prescription whose `PrescriptionIssued` has not been applied yet (it
+    /// travels on another topic); retried until it has.
+    #[error("prescription {0} has not arrived yet")]
+    NotYet(String),
+}
+
+/// A prescription as its issuing clinic sees it.
+#[derive(Debug, Clone)]
+pub struct ClinicPrescription {
+    pub prescription_id: String,
+    pub issuer_org: String,
+    pub patient_ref: String,
+    pub status: String,
+    pub claimed_by: Option<String>,
+    pub cancelled: Option<Value>,
+    pub dispensed: Option<Value>,
+    pub issued: Value,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClinicView {
+    db: Database,
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339()
+}
+
+impl ClinicView {
+    pub async fn new(db: Database) -> Result<Self, sqlx::Error> {
+        db.migrate(726_146, MIGRATION).await?;
+        Ok(Self { db })
+    }
+
+    async fn issued(&self, e: &PrescriptionIssued) -> Result<(), ViewError> {
+        sqlx::query(
+            "INSERT INTO clinic_prescriptions
+                 (prescription_id, issuer_org, patient_ref, status, issued, updated_at)
+             VALUES ($1, $2, $3, 'issued', $4, $5)
+             ON CONFLICT (prescription_id) DO NOTHING",
+        )
+        .bind(&e.prescription_id)
+        .bind(&e.envelope.producer_org)
+        .bind(&e.envelope.patient_ref)
+        .bind(serde_json::to_string(e)?)
+        .bind(now())
+        .execute(&self.db.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn claimed(&self, e: &PrescriptionClaimed) -> Result<(), ViewError> {
+        sqlx::query(
+            "UPDATE clinic_prescriptions SET claimed_by = $2,
+                 status = CASE WHEN status = 'issued' THEN 'claimed' ELSE status END,
+                 updated_at = $3
+             WHERE prescription_id = $1",
+        )
+        .bind(&e.prescription_id)
+        .bind(&e.pharmacy.org_id)
+        .bind(now())
+        .execute(&self.db.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn cancelled(&self, e: &PrescriptionCancelled) -> Result<(), ViewError> {
+        sqlx::query(
+            "UPDATE clinic_prescriptions SET status = 'cancelled', cancelled = $2, updated_at = $3
+             WHERE prescription_id = $1 AND status IN ('issued', 'claimed')",
+        )
+        .bind(&e.prescription_id)
+        .bind(serde_json::to_string(e)?)
+        .bind(now())
+        .execute(&self.db.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn dispensed(&self, e: &PrescriptionDispensed) -> Result<(), ViewError> {
+        let changed = sqlx::query(
+            "UPDATE clinic_prescriptions SET status = 'dispensed', dispensed = $2, updated_at = $3
+             WHERE prescription_id = $1",
+        )
+        .bind(&e.prescription_id)
+        .bind(serde_json::to_string(e)?)
+        .bind(now())
+        .execute(&self.db.pool)
+        .await?
+        .rows_affected();
+        if changed == 0 {
+            return Err(ViewError::NotYet(e.prescription_id.clone()));
+        }
+        Ok(())
+    }
+
+    /// Attaches an alert to every prescription it involves: the clinic that prescribed the
+    /// earlier drug learns of the duplication too.
+    async fn alert(&self, e: &MedicationAlert) -> Result<(), ViewError> {
+        let body = serde_json::to_string(e)?;
+        let mut ids = vec![e.prescription_id.as_str()];
+        ids.extend(e.involved.iter().map(|l| l.prescription_id.as_str()));
+        ids.sort_unstable();
+        ids.dedup();
+        for prescription_id in ids {
+            sqlx::query(
+                "INSERT INTO clinic_alerts (alert_event_id, prescription_id, alert)
+                 VALUES ($1, $2, $3) ON CONFLICT (alert_event_id, prescription_id) DO NOTHING",
+            )
+            .bind(&e.envelope.event_id)
+            .bind(prescription_id)
+            .bind(&body)
+            .execute(&self.db.pool)
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// The issuer's prescription `id`, or `None` (also when another clinic issued it).
+    pub async fn get(
+        &self,
+        issuer: &str,
+        id: &str,
+    ) -> Result<Option<ClinicPrescription>, ViewError> {
+        let row = sqlx::query(&format!(
+            "{SELECT} WHERE prescription_id = $1 AND issuer_org = $2"
+        ))
+        .bind(id)
+        .bind(issuer)
+        .fetch_optional(&self.db.pool)
+        .await?;
+        row.map(|r| read(&r)).transpose()
+    }
+
+    pub async fn list(&self, issuer: &str) -> Result<Vec<ClinicPrescription>, ViewError> {
+        let rows = sqlx::query(&format!(
+            "{SELECT} WHERE issuer_org = $1 ORDER BY prescription_id"
+        ))
+        .bind(issuer)
+        .fetch_all(&self.db.pool)
+        .await?;
+        rows.iter().map(read).collect()
+    }
+
+    pub async fn alerts(&self, id: &str) -> Result<Vec<Value>, ViewError> {
+        let rows = sqlx::query(
+            "SELECT alert FROM clinic_alerts WHERE prescription_id = $1 ORDER BY alert_event_id",
+        )
+        .bind(id)
+        .fetch_all(&self.db.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok(serde_json::from_str(&r.try_get::<String, _>(0)?)?))
+            .collect()
+    }
+
+    /// The JSON a clinic sees for one prescription.
+    pub async fn describe(&self, p: &ClinicPrescription) -> Result<Value, ViewError> {
+        Ok(json!({
+            "prescription_id": p.prescription_id,
+            "status": p.status,
+            "patient_ref": p.patient_ref,
+            "claimed_by": p.claimed_by,
+            "dispensed": p.dispensed,
+            "cancelled": p.cancelled,
+            "alerts": self.alerts(&p.prescription_id).await?,
+            "prescription": p.issued,
+        }))
+    }
+}
+
+const SELECT: &str = "SELECT prescription_id, issuer_org, patient_ref, status, claimed_by,
+    cancelled, dispensed, issued FROM clinic_prescriptions";
+
+fn read(r: &sqlx::any::AnyRow) -> Result<ClinicPrescription, ViewError> {
+    let json = |i: usize| -> Result<Option<Value>, ViewError> {
+        let text: Option<String> = r.try_get(i)?;
+        Ok(text.map(|t| serde_json::from_str(&t)).transpose()?)
+    };
+    Ok(ClinicPrescription {
+        prescription_id: r.try_get(0)?,
+        issuer_org: r.try_get(1)?,
+        patient_ref: r.try_get(2)?,
+        status: r.try_get(3)?,
+        claimed_by: r.try_get(4)?,
+        cancelled: json(5)?,
+        dispensed: json(6)?,
+        issued: json(7)?.unwrap_or(Value::Null),
+    })
+}
+
+type Applied = futures::future::BoxFuture<'static, Result<(), ViewError>>;
+
+fn project<E, F>(
+    builder: hixbus_bus::ConsumerBuilder,
+    view: &ClinicView,
+    apply: F,
+) -> Result<hixbus_bus::ConsumerBuilder, ConsumerError>
+where
+    E: EventRecord,
+    F: Fn(ClinicView, E) -> Applied + Send + Sync + 'static,
+{
+    let view = view.clone();
+    let apply = Arc::new(apply);
+    builder.on(move |event: E, _: EventContext| {
+        let (view, apply) = (view.clone(), apply.clone());
+        async move { apply(view, event).await.map_err(HandlerError::transient) }
+    })
+}
+
+/// The consumer that feeds the clinic view.
+pub fn consumer(
+    kafka: &KafkaConfig,
+    codec: Arc<Codec>,
+    group: &str,
+    view: &ClinicView,
+) -> Result<Consumer, ConsumerError> {
+    let b = Consumer::builder(kafka, codec, group);
+    let b = project(b, view, |v, e: PrescriptionIssued| {
+        Box::pin(async move { v.issued(&e).await })
+    })?;
+    let b = project(b, view, |v, e: PrescriptionClaimed| {
+        Box::pin(async move { v.claimed(&e).await })
+    })?;
+    let b = project(b, view, |v, e: PrescriptionCancelled| {
+        Box::pin(async move { v.cancelled(&e).await })
+    })?;
+    let b = project(b, view, |v, e: PrescriptionDispensed| {
+        Box::pin(async move { v.dispensed(&e).await })
+    })?;
+    let b = project(b, view, |v, e: MedicationAlert| {
+        Box::pin(async move { v.alert(&e).await })
+    })?;
+    b.build()
+}

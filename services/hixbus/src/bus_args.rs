@@ -1,0 +1,57 @@
+//! Connection settings shared by every command that talks to the bus.
+
+use std::sync::Arc;
+
+use clap::Args;
+use hixbus_bus::KafkaConfig;
+use hixbus_contracts::codec::{Codec, SchemaIdStrategy};
+use hixbus_contracts::registry::RegistryClient;
+
+pub const DEFAULT_BOOTSTRAP: &str = "127.0.0.1:9092";
+pub const DEFAULT_REGISTRY_URL: &str = "http://127.0.0.1:8081";
+
+#[derive(Debug, Clone, Args)]
+pub struct BusArgs {
+    /// Kafka bootstrap servers (host:port,…).
+    #[arg(
+        long,
+        env = "HIXBUS_BOOTSTRAP_SERVERS",
+        default_value = DEFAULT_BOOTSTRAP
+    )]
+    pub bootstrap_servers: String,
+    /// Confluent-compatible schema registry.
+    #[arg(
+        long,
+        env = "HIXBUS_REGISTRY_URL",
+        default_value = DEFAULT_REGISTRY_URL
+    )]
+    pub registry_url: String,
+    /// Extra librdkafka setting, KEY=VALUE (repeatable), e.g. security.protocol=SASL_SSL.
+    #[arg(long = "kafka-option", value_name = "KEY=VALUE", value_parser = parse_option)]
+    pub kafka_options: Vec<(String, String)>,
+}
+
+impl BusArgs {
+    pub fn kafka(&self, client_id: &str) -> KafkaConfig {
+        kafka_config(&self.bootstrap_servers, client_id, &self.kafka_options)
+    }
+
+    pub fn codec(&self, strategy: SchemaIdStrategy) -> anyhow::Result<Arc<Codec>> {
+        let registry = RegistryClient::new(&self.registry_url)?;
+        Ok(Arc::new(Codec::new(registry, strategy)))
+    }
+}
+
+pub fn kafka_config(bootstrap: &str, client_id: &str, options: &[(String, String)]) -> KafkaConfig {
+    options.iter().fold(
+        KafkaConfig::new(bootstrap).with_client_id(client_id),
+        |config, (k, v)| config.with_option(k, v),
+    )
+}
+
+pub fn parse_option(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got {text:?}")),
+    }
+}

@@ -1,0 +1,56 @@
+//! `hixbus demo`: inputs for trying the flow by hand.
+
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use serde_json::{Value, json};
+
+/// A real example from the Japanese e-prescription implementation guide (two lines: an oral
+/// drug for 7 days and eye drops).
+const EXAMPLE_BUNDLE: &str = include_str!(
+    "../../../tests/fixtures/fhir/jp-eprescription/Bundle-Bundle-for-JP-MedReq-ePreBundleExample01.json"
+);
+
+#[derive(Debug, Subcommand)]
+pub enum DemoCommand {
+    /// Print the JP e-prescription example Bundle, dated today and with a fresh identifier, ready
+    /// to POST to the clinic gateway (the example itself is from 2020 and long expired).
+    FhirBundle,
+}
+
+pub fn run(cmd: DemoCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        DemoCommand::FhirBundle => {
+            let bundle = fresh_bundle()?;
+            println!("{}", serde_json::to_string_pretty(&bundle)?);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn fresh_bundle() -> anyhow::Result<Value> {
+    let mut bundle: Value = serde_json::from_str(EXAMPLE_BUNDLE)?;
+    let now = chrono::Utc::now().to_rfc3339();
+    bundle["identifier"]["value"] = json!(format!("urn:uuid:{}", uuid::Uuid::new_v4()));
+    bundle["timestamp"] = json!(now);
+    for entry in bundle["entry"].as_array_mut().into_iter().flatten() {
+        match entry["resource"]["resourceType"].as_str() {
+            Some("Composition") => entry["resource"]["date"] = json!(now),
+            Some("MedicationRequest") => entry["resource"]["authoredOn"] = json!(now),
+            _ => {}
+        }
+    }
+    Ok(bundle)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn each_demo_bundle_is_new_and_dated_today() {
+        let a = super::fresh_bundle().unwrap();
+        let b = super::fresh_bundle().unwrap();
+        assert_ne!(a["identifier"]["value"], b["identifier"]["value"]);
+        let today = chrono::Utc::now().date_naive().to_string();
+        assert!(a["timestamp"].as_str().unwrap().starts_with(&today));
+    }
+}

@@ -1,0 +1,354 @@
+//! `hixbus up`: the whole stack in one process, for a first look and for development.
+//!
+//! With no cluster named, it starts an in-memory broker (librdkafka's mock cluster) and the
+//! schema registry on in-memory SQLite — loudly labelled: nothing persists, nothing is secured.
+//! With `--bootstrap-servers` / `--registry-url` (or `HIXBUS_BOOTSTRAP_SERVERS` /
+//! `HIXBUS_REGISTRY_URL`) the same command runs against a real cluster and registry instead.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use hixbus_access::Directory;
+use hixbus_bus::Publisher;
+use hixbus_bus::dev::DevCluster;
+use hixbus_bus::topics::{self, TopicSpec};
+use hixbus_contracts::codec::{Codec, SchemaIdStrategy};
+use hixbus_contracts::registry::RegistryClient;
+use hixbus_contracts::{Catalog, Timestamp, gate, samples};
+use hixbus_schema_registry::{RegistryConfig, RegistryServer};
+use hixbus_storage::Database;
+use tokio::sync::watch;
+
+use crate::bus_args::{DEFAULT_BOOTSTRAP, DEFAULT_REGISTRY_URL, kafka_config, parse_option};
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Use this Kafka cluster instead of the in-memory dev broker.
+    #[arg(long, env = "HIXBUS_BOOTSTRAP_SERVERS")]
+    bootstrap_servers: Option<String>,
+    /// Use this schema registry instead of starting one.
+    #[arg(long, env = "HIXBUS_REGISTRY_URL")]
+    registry_url: Option<String>,
+    /// Where the in-memory broker accepts clients.
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    kafka_listen: SocketAddr,
+    /// Where the embedded registry listens.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    registry_listen: SocketAddr,
+    /// Where the clinic gateway listens.
+    #[arg(long, default_value = "127.0.0.1:8090")]
+    gateway_listen: SocketAddr,
+    /// Where the pharmacy service listens.
+    #[arg(long, default_value = "127.0.0.1:8091")]
+    pharmacy_listen: SocketAddr,
+    /// Milliseconds between demo events; 0 turns the demo clinic off.
+    #[arg(long, default_value_t = 1000)]
+    demo_interval_ms: u64,
+    /// Extra librdkafka setting, KEY=VALUE (repeatable).
+    #[arg(long = "kafka-option", value_name = "KEY=VALUE", value_parser = parse_option)]
+    kafka_options: Vec<(String, String)>,
+}
+
+pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
+    let specs = topics::specs(topics::EMBEDDED, Catalog::embedded())?;
+    let (stop_tx, stop) = watch::channel(false);
+
+    // The broker: a real cluster, or the in-memory one.
+    let (bootstrap, _dev_cluster, broker_label) = match &args.bootstrap_servers {
+        Some(servers) => {
+            let config = kafka_config(servers, "hixbus-up", &args.kafka_options);
+            topics::create(&config, &specs).await?;
+            (servers.clone(), None, "Kafka cluster".to_owned())
+        }
+        None => {
+            let cluster = DevCluster::start(Some(args.kafka_listen), &specs)
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "{e} (is another broker running? try --kafka-listen 127.0.0.1:0)"
+                    )
+                })?;
+            let label = format!(
+                "IN-MEMORY dev broker (librdkafka mock cluster, broker at {})",
+                cluster.broker_address()
+            );
+            (cluster.bootstrap_servers().to_owned(), Some(cluster), label)
+        }
+    };
+
+    // The registry: a real one, or the embedded one on in-memory SQLite.
+    let (registry_url, registry_task, registry_label) = match &args.registry_url {
+        Some(url) => (url.clone(), None, "schema registry".to_owned()),
+        None => {
+            let server =
+                RegistryServer::build(RegistryConfig::new(args.registry_listen, "sqlite::memory:"))
+                    .await
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "{e} (is another registry running? try --registry-listen 127.0.0.1:0)"
+                        )
+                    })?;
+            let url = server.url();
+            let mut stopped = stop.clone();
+            let task = tokio::spawn(server.run_until(async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            }));
+            (
+                url,
+                Some(task),
+                "IN-MEMORY schema registry (SQLite in memory)".to_owned(),
+            )
+        }
+    };
+    let registry = RegistryClient::new(&registry_url)?;
+    let registered = gate::register(&registry, Catalog::embedded()).await?;
+
+    let kafka = kafka_config(&bootstrap, "hixbus-up", &args.kafka_options);
+    let codec = Arc::new(Codec::new(registry, SchemaIdStrategy::Lookup));
+    let services = start_services(&args, &kafka, &codec, &stop).await?;
+    let demo = (args.demo_interval_ms > 0).then(|| {
+        let publisher = Publisher::new(&kafka, codec.clone());
+        let interval = Duration::from_millis(args.demo_interval_ms);
+        let stopped = stop.clone();
+        tokio::spawn(async move { demo_clinic(publisher?, interval, stopped).await })
+    });
+
+    Banner {
+        bootstrap: &bootstrap,
+        broker_label: &broker_label,
+        registry_url: &registry_url,
+        registry_label: &registry_label,
+        schemas: registered.len(),
+        specs: &specs,
+        demo_interval_ms: args.demo_interval_ms,
+        in_memory: args.bootstrap_servers.is_none(),
+        services: &services,
+    }
+    .print();
+
+    crate::registry::shutdown_signal().await;
+    let _ = stop_tx.send(true);
+    if let Some(demo) = demo {
+        match demo.await {
+            Ok(Ok(sent)) => println!("demo clinic stopped after {sent} events"),
+            Ok(Err(e)) => eprintln!("demo clinic failed: {e}"),
+            Err(e) => eprintln!("demo clinic crashed: {e}"),
+        }
+    }
+    for (name, task) in services.tasks {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("{name} stopped with an error: {e}"),
+            Err(e) => eprintln!("{name} crashed: {e}"),
+        }
+    }
+    if let Some(task) = registry_task {
+        task.await??;
+    }
+    println!("hixbus stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The demo organizations; each gets a fresh API key at every start.
+const DEMO_ORGANIZATIONS: &str = include_str!("../../../infra/organizations.demo.toml");
+
+/// The prescription services `up` runs, their addresses and the demo keys.
+struct Services {
+    gateway: String,
+    pharmacy: String,
+    keys: Vec<(String, &'static str, String)>,
+    tasks: Vec<(&'static str, tokio::task::JoinHandle<anyhow::Result<()>>)>,
+}
+
+async fn start_services(
+    args: &UpArgs,
+    kafka: &hixbus_bus::KafkaConfig,
+    codec: &Arc<Codec>,
+    stop: &watch::Receiver<bool>,
+) -> anyhow::Result<Services> {
+    let mut directory = Directory::from_toml(DEMO_ORGANIZATIONS)?;
+    let mut ids: Vec<(String, &'static str)> = directory
+        .organizations()
+        .map(|o| (o.id.clone(), o.role.as_str()))
+        .collect();
+    ids.sort();
+    let mut keys = Vec::new();
+    for (id, role) in ids {
+        let key = directory.issue_key(&id)?;
+        keys.push((id, role, key.expose().to_owned()));
+    }
+    let directory = Arc::new(directory);
+    let stopped = |stop: &watch::Receiver<bool>| {
+        let mut stop = stop.clone();
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }
+    };
+    let gateway = hixbus_clinic_gateway::build(
+        args.gateway_listen,
+        directory.clone(),
+        kafka,
+        Publisher::new(kafka, codec.clone())?,
+        Database::connect("sqlite::memory:").await?,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("clinic gateway: {e} (try --gateway-listen 127.0.0.1:0)"))?;
+    let pharmacy = hixbus_pharmacy::build(
+        args.pharmacy_listen,
+        directory,
+        kafka,
+        Publisher::new(kafka, codec.clone())?,
+        Database::connect("sqlite::memory:").await?,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("pharmacy service: {e} (try --pharmacy-listen 127.0.0.1:0)"))?;
+    let safety = hixbus_medication_safety::start(
+        kafka,
+        Publisher::new(kafka, codec.clone())?,
+        hixbus_medication_safety::Rules::embedded()?,
+    )
+    .await?;
+    let (gateway_url, pharmacy_url) = (gateway.url(), pharmacy.url());
+    let s1 = stopped(stop);
+    let s2 = stopped(stop);
+    let s3 = stopped(stop);
+    let tasks: Vec<(&'static str, tokio::task::JoinHandle<anyhow::Result<()>>)> = vec![
+        (
+            "clinic gateway",
+            tokio::spawn(async move { Ok(gateway.run_until(s1).await?) }),
+        ),
+        (
+            "pharmacy service",
+            tokio::spawn(async move { Ok(pharmacy.run_until(s2).await?) }),
+        ),
+        (
+            "medication-safety check",
+            tokio::spawn(async move { safety.run(s3).await.map(drop).map_err(Into::into) }),
+        ),
+    ];
+    Ok(Services {
+        gateway: gateway_url,
+        pharmacy: pharmacy_url,
+        keys,
+        tasks,
+    })
+}
+
+/// Publishes a realistic event every `interval`, cycling through every event type and twenty
+/// fictional patients, until stopped. Returns how many the broker acknowledged.
+async fn demo_clinic(
+    publisher: Publisher,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) -> Result<u64, hixbus_bus::PublishError> {
+    let mut sent = 0u64;
+    let mut ticker = tokio::time::interval(interval);
+    for round in 0u64.. {
+        let patient = format!("patient:demo-{:04}", round % 20 + 1);
+        for mut event in samples::one_of_each(&patient) {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return Ok(sent),
+                _ = ticker.tick() => {}
+            }
+            event.envelope_mut().occurred_at = Timestamp::now();
+            match publisher.publish_event(&event).await {
+                Ok(_) => sent += 1,
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(error = %e, "demo event not published; will try the next one");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(sent)
+}
+
+/// What `hixbus up` tells the user it started.
+struct Banner<'a> {
+    bootstrap: &'a str,
+    broker_label: &'a str,
+    registry_url: &'a str,
+    registry_label: &'a str,
+    schemas: usize,
+    specs: &'a [TopicSpec],
+    demo_interval_ms: u64,
+    in_memory: bool,
+    services: &'a Services,
+}
+
+impl Banner<'_> {
+    fn print(&self) {
+        let rule = "=".repeat(78);
+        println!("{rule}");
+        if self.in_memory {
+            println!(" hixbus dev stack: IN-MEMORY, DEV ONLY. Nothing is persisted or secured;");
+            println!(" everything is gone when this process stops.");
+        } else {
+            println!(" hixbus stack on an external cluster");
+        }
+        println!("{rule}");
+        println!(
+            " Kafka bootstrap   {:<24} {}",
+            self.bootstrap, self.broker_label
+        );
+        println!(
+            " Schema registry   {:<24} {}, {} schemas",
+            self.registry_url, self.registry_label, self.schemas
+        );
+        let topics: Vec<&str> = self
+            .specs
+            .iter()
+            .map(|s| s.name.as_str())
+            .filter(|n| !n.ends_with(hixbus_bus::dlq::SUFFIX))
+            .collect();
+        println!(" Topics            {} (+ .dlq for each)", topics.join(", "));
+        if self.demo_interval_ms > 0 {
+            println!(
+                " Demo clinic       one sample event every {} ms, all event types",
+                self.demo_interval_ms
+            );
+        }
+        println!();
+        let mut flags = String::new();
+        if self.bootstrap != DEFAULT_BOOTSTRAP {
+            flags.push_str(&format!(" --bootstrap-servers {}", self.bootstrap));
+        }
+        if self.registry_url != DEFAULT_REGISTRY_URL {
+            flags.push_str(&format!(" --registry-url {}", self.registry_url));
+        }
+        println!(
+            " Clinic gateway    {:<24} FHIR R4 prescriptions in, clinic view",
+            self.services.gateway
+        );
+        println!(
+            " Pharmacy service  {:<24} inboxes (live), claims, dispensing",
+            self.services.pharmacy
+        );
+        println!(" Medication safety running on the stream");
+        println!();
+        println!(" Demo API keys (new at every start):");
+        for (id, role, key) in &self.services.keys {
+            let var = id.split('-').next_back().unwrap_or(id).to_uppercase();
+            println!("   export {var}_KEY={key}   # {id} ({role})");
+        }
+        println!();
+        println!(" In another terminal:");
+        println!("   cargo run -p hixbus -- tail prescriptions --from-beginning{flags}");
+        println!("   curl {}/subjects", self.registry_url);
+        println!("   cargo run -p hixbus -- demo fhir-bundle > rx.json");
+        println!(
+            "   curl -X POST '{}/fhir/Bundle?target_pharmacy=pharmacy-aozora' -H \"Authorization: Bearer $SAKURA_KEY\" -H 'Content-Type: application/fhir+json' --data @rx.json",
+            self.services.gateway
+        );
+        println!(
+            "   curl -N {}/pharmacy/inbox/stream -H \"Authorization: Bearer $AOZORA_KEY\"",
+            self.services.pharmacy
+        );
+        println!();
+        println!(" Ctrl-C stops everything.");
+        println!("{rule}");
+    }
+}

@@ -1,0 +1,245 @@
+//! Each patient's active medication lines, from every institution's prescriptions and
+//! dispensing, and what a new prescription conflicts with.
+
+use std::collections::HashMap;
+
+use hixbus_contracts::{
+    AlertLine, CodedConcept, Date, PrescriptionCancelled, PrescriptionDispensed, PrescriptionIssued,
+};
+
+use crate::rules::{Finding, Recognized, Rules};
+
+/// Lines without a days supply (ointments, eye drops, as-needed doses) count as active for this
+/// long: long enough to catch the usual duplications, short enough not to alert for months.
+pub const DEFAULT_ACTIVE_DAYS: i32 = 14;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActiveLine {
+    pub prescription_id: String,
+    pub issuer_org: String,
+    pub line_no: i32,
+    pub drug: CodedConcept,
+    pub recognized: Recognized,
+    pub from: Date,
+    /// Last day taken (inclusive).
+    pub until: Date,
+}
+
+impl ActiveLine {
+    fn overlaps(&self, other: &ActiveLine) -> bool {
+        self.from <= other.until && other.from <= self.until
+    }
+
+    pub fn alert_line(&self) -> AlertLine {
+        AlertLine {
+            prescription_id: self.prescription_id.clone(),
+            line_no: self.line_no,
+            issuer_org: self.issuer_org.clone(),
+            drug: self.drug.clone(),
+            active_from: self.from,
+            active_until: Some(self.until),
+        }
+    }
+}
+
+/// A problem between a line of the new prescription and an active line of another.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conflict {
+    pub finding: Finding,
+    pub new: ActiveLine,
+    pub existing: ActiveLine,
+}
+
+#[derive(Debug, Default)]
+pub struct Medications {
+    by_patient: HashMap<String, Vec<ActiveLine>>,
+}
+
+fn active_until(from: Date, days_supply: Option<i32>) -> Date {
+    from.plus_days(
+        days_supply
+            .filter(|d| *d > 0)
+            .unwrap_or(DEFAULT_ACTIVE_DAYS)
+            - 1,
+    )
+}
+
+impl Medications {
+    /// Records a prescription and returns its conflicts with the patient's other prescriptions.
+    /// Applying the same prescription again gives the same conflicts and changes nothing.
+    pub fn issued(&mut self, rules: &Rules, e: &PrescriptionIssued) -> Vec<Conflict> {
+        let lines: Vec<ActiveLine> = e
+            .lines
+            .iter()
+            .filter_map(|line| {
+                let recognized = rules.recognize(line)?;
+                Some(ActiveLine {
+                    prescription_id: e.prescription_id.clone(),
+                    issuer_org: e.envelope.producer_org.clone(),
+                    line_no: line.line_no,
+                    drug: line.drug.clone(),
+                    recognized,
+                    from: e.issued_on,
+                    until: active_until(e.issued_on, line.days_supply),
+                })
+            })
+            .collect();
+        let active = self
+            .by_patient
+            .entry(e.envelope.patient_ref.clone())
+            .or_default();
+        active.retain(|l| l.prescription_id != e.prescription_id);
+        let mut conflicts = Vec::new();
+        for new in &lines {
+            for existing in active.iter().filter(|l| new.overlaps(l)) {
+                let name = new.drug.display.as_deref().unwrap_or(&new.drug.code);
+                if let Some(finding) = rules.check(&new.recognized, &existing.recognized, name) {
+                    conflicts.push(Conflict {
+                        finding,
+                        new: new.clone(),
+                        existing: existing.clone(),
+                    });
+                }
+            }
+        }
+        active.extend(lines);
+        conflicts
+    }
+
+    pub fn cancelled(&mut self, e: &PrescriptionCancelled) {
+        if let Some(active) = self.by_patient.get_mut(&e.envelope.patient_ref) {
+            active.retain(|l| l.prescription_id != e.prescription_id);
+        }
+    }
+
+    /// What was handed over replaces what was prescribed, from the day it was handed over.
+    pub fn dispensed(&mut self, rules: &Rules, e: &PrescriptionDispensed) {
+        let Some(active) = self.by_patient.get_mut(&e.envelope.patient_ref) else {
+            return;
+        };
+        let from = e
+            .envelope
+            .occurred_at
+            .to_datetime()
+            .map(|t| Date::from(t.date_naive()));
+        for dispensed in &e.lines {
+            let Some(line) = active.iter_mut().find(|l| {
+                l.prescription_id == e.prescription_id
+                    && l.line_no == dispensed.prescription_line_no
+            }) else {
+                continue;
+            };
+            if let Some(from) = from {
+                line.from = from;
+                line.until = active_until(from, dispensed.days_supply);
+            }
+            if dispensed.substituted {
+                if let Some(recognized) = rules.recognize_codes([&dispensed.drug]) {
+                    line.recognized = recognized;
+                }
+                line.drug = dispensed.drug.clone();
+            }
+        }
+    }
+
+    pub fn active(&self, patient_ref: &str) -> &[ActiveLine] {
+        self.by_patient.get(patient_ref).map_or(&[], Vec::as_slice)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hixbus_contracts::{AlertKind, samples};
+
+    fn rx(
+        patient: &str,
+        id: &str,
+        org: &str,
+        issued_on: Date,
+        codes: &[(&str, &str)],
+    ) -> PrescriptionIssued {
+        let mut e = samples::prescription_issued(patient, codes.len());
+        e.prescription_id = id.to_owned();
+        e.envelope.producer_org = org.to_owned();
+        e.issued_on = issued_on;
+        for (line, (code, name)) in e.lines.iter_mut().zip(codes) {
+            line.drug = CodedConcept::new(samples::HOT9, *code, Some(name));
+            line.other_codes.clear();
+            line.days_supply = Some(7);
+        }
+        e
+    }
+
+    const LOXONIN: (&str, &str) = ("107602401", "ロキソニン錠６０ｍｇ");
+    const VOLTAREN: (&str, &str) = ("100795402", "ボルタレン錠２５ｍｇ");
+    const GASTER: (&str, &str) = ("106238001", "ガスター錠２０ｍｇ");
+
+    fn day(n: i32) -> Date {
+        Date::from_ymd(2026, 11, 1).unwrap().plus_days(n)
+    }
+
+    #[test]
+    fn the_same_drug_from_a_second_clinic_while_the_first_is_taken_is_a_duplicate() {
+        let rules = Rules::embedded().unwrap();
+        let mut meds = Medications::default();
+        assert!(
+            meds.issued(
+                &rules,
+                &rx("p", "rx-1", "clinic-a", day(0), &[LOXONIN, GASTER])
+            )
+            .is_empty()
+        );
+        let conflicts = meds.issued(&rules, &rx("p", "rx-2", "clinic-b", day(3), &[LOXONIN]));
+        assert_eq!(conflicts.len(), 1);
+        let c = &conflicts[0];
+        assert_eq!(c.finding.kind, AlertKind::DuplicateIngredient);
+        assert_eq!(
+            (
+                c.new.prescription_id.as_str(),
+                c.existing.prescription_id.as_str()
+            ),
+            ("rx-2", "rx-1")
+        );
+        assert_eq!(c.existing.issuer_org, "clinic-a");
+        // Applying the same prescription again (a redelivery) finds the same, stores nothing new.
+        let again = meds.issued(&rules, &rx("p", "rx-2", "clinic-b", day(3), &[LOXONIN]));
+        assert_eq!(again, conflicts);
+        assert_eq!(meds.active("p").len(), 3);
+    }
+
+    #[test]
+    fn no_overlap_no_other_patient_and_cancelled_prescriptions_raise_nothing() {
+        let rules = Rules::embedded().unwrap();
+        let mut meds = Medications::default();
+        meds.issued(&rules, &rx("p", "rx-1", "clinic-a", day(0), &[LOXONIN]));
+        // Seven days from day 0 end on day 6; day 7 does not overlap.
+        assert!(
+            meds.issued(&rules, &rx("p", "rx-2", "clinic-b", day(7), &[LOXONIN]))
+                .is_empty()
+        );
+        assert!(
+            meds.issued(&rules, &rx("q", "rx-3", "clinic-b", day(1), &[LOXONIN]))
+                .is_empty()
+        );
+        let mut cancel = samples::prescription_cancelled("p");
+        cancel.prescription_id = "rx-2".to_owned();
+        meds.cancelled(&cancel);
+        assert!(
+            meds.issued(&rules, &rx("p", "rx-4", "clinic-c", day(8), &[LOXONIN]))
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn two_nsaids_from_two_clinics_are_a_class_duplicate() {
+        let rules = Rules::embedded().unwrap();
+        let mut meds = Medications::default();
+        meds.issued(&rules, &rx("p", "rx-1", "clinic-a", day(0), &[VOLTAREN]));
+        let conflicts = meds.issued(&rules, &rx("p", "rx-2", "clinic-b", day(1), &[LOXONIN]));
+        assert_eq!(
+            conflicts[0].finding.kind,
+            AlertKind::DuplicateTherapeuticClass
+        );
+    }
+}

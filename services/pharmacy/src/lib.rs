@@ -1,0 +1,11 @@
+//! The pharmacy service. Prescriptions arrive from the `prescriptions` topic into a read model;
+//! each pharmacy sees its inbox (prescriptions addressed to it, and open ones it claimed with
+//! the patient's access code), live over server-sent events, with any medication-safety alerts;
+//! dispensing publishes `PrescriptionDispensed`, at most once per prescription.
+
+pub mod projector;
+pub mod routes;
+pub mod startup;
+pub mod store;
+
+pub use startup::{GROUP, PharmacyService, StartupError, build};

@@ -1,0 +1,89 @@
+//! Builds the pharmacy service: its HTTP API and the consumer that feeds its read model.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use hixbus_access::Directory;
+use hixbus_bus::consumer::ConsumerError;
+use hixbus_bus::http::HttpService;
+use hixbus_bus::shutdown;
+use hixbus_bus::{KafkaConfig, Publisher};
+use hixbus_storage::{AuditLog, Database};
+
+use crate::projector::{self, Changes};
+use crate::routes::{self, AppState};
+use crate::store::Store;
+
+/// The consumer group of every pharmacy-service replica.
+pub const GROUP: &str = "hixbus-pharmacy";
+
+/// The pharmacy service, bound and ready to run.
+pub type PharmacyService = HttpService;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("consumer: {0}")]
+    Consumer(#[from] ConsumerError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Connects the service to its database and the bus and binds `listen`.
+pub async fn build(
+    listen: SocketAddr,
+    directory: Arc<Directory>,
+    kafka: &KafkaConfig,
+    publisher: Publisher,
+    db: Database,
+) -> Result<PharmacyService, StartupError> {
+    let store = Store::new(db.clone()).await?;
+    let audit = AuditLog::new(db).await?;
+    // Live inbox streams end when the service stops (see `HttpService::closing`).
+    let (closing, streams_end) = shutdown::signal();
+    let changes = Changes::new(streams_end);
+    let consumer = projector::consumer(
+        kafka,
+        publisher.codec().clone(),
+        GROUP,
+        store.clone(),
+        changes.clone(),
+    )?;
+    let state = AppState {
+        directory,
+        publisher,
+        store,
+        audit,
+        changes,
+    };
+    let service = HttpService::bind(listen, app(state), consumer)
+        .await
+        .map_err(|source| StartupError::Listen {
+            addr: listen,
+            source,
+        })?;
+    Ok(service.closing(closing))
+}
+
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/pharmacy/inbox", get(routes::inbox))
+        .route("/pharmacy/inbox/stream", get(routes::stream))
+        .route("/pharmacy/claims", post(routes::claim))
+        .route("/pharmacy/prescriptions/{id}", get(routes::prescription))
+        .route(
+            "/pharmacy/prescriptions/{id}/dispense",
+            post(routes::dispense),
+        )
+        .route("/health", get(routes::health))
+        .layer(DefaultBodyLimit::max(256 * 1024))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}

@@ -1,0 +1,341 @@
+//! The pharmacy read model: every prescription a pharmacy may act on, its status and its alerts.
+//!
+//! Rows are written by the projector from the topics (so the model can be rebuilt by replaying
+//! them) and by the dispense and claim requests, whose conditional updates are what make a
+//! prescription dispensable exactly once across any number of service replicas.
+
+use hixbus_contracts::{MedicationAlert, PrescriptionDispensed, PrescriptionIssued};
+use hixbus_storage::Database;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+const MIGRATION: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS pharmacy_prescriptions (
+        prescription_id TEXT PRIMARY KEY,
+        issuer_org TEXT NOT NULL,
+        patient_ref TEXT NOT NULL,
+        target_pharmacy TEXT,
+        holder TEXT,
+        access_code_sha256 TEXT NOT NULL,
+        status TEXT NOT NULL,
+        dispensed_by TEXT,
+        expires_on BIGINT,
+        issued TEXT NOT NULL,
+        dispensed TEXT,
+        updated_at TEXT NOT NULL
+    )",
+    "CREATE INDEX IF NOT EXISTS pharmacy_prescriptions_by_holder
+        ON pharmacy_prescriptions (holder)",
+    "CREATE INDEX IF NOT EXISTS pharmacy_prescriptions_by_code
+        ON pharmacy_prescriptions (access_code_sha256)",
+    // One row per prescription an alert involves: both prescribers and both pharmacies see it.
+    "CREATE TABLE IF NOT EXISTS pharmacy_alerts (
+        alert_event_id TEXT NOT NULL,
+        prescription_id TEXT NOT NULL,
+        alert TEXT NOT NULL,
+        PRIMARY KEY (alert_event_id, prescription_id)
+    )",
+    "CREATE INDEX IF NOT EXISTS pharmacy_alerts_by_prescription
+        ON pharmacy_alerts (prescription_id)",
+];
+
+/// Where a prescription stands, as this service sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Issued,
+    Claimed,
+    /// A pharmacy is publishing its dispensing right now; nobody else may start.
+    Dispensing,
+    Dispensed,
+    Cancelled,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Issued => "issued",
+            Status::Claimed => "claimed",
+            Status::Dispensing => "dispensing",
+            Status::Dispensed => "dispensed",
+            Status::Cancelled => "cancelled",
+        }
+    }
+
+    fn parse(text: &str) -> Self {
+        match text {
+            "claimed" => Status::Claimed,
+            "dispensing" => Status::Dispensing,
+            "dispensed" => Status::Dispensed,
+            "cancelled" => Status::Cancelled,
+            _ => Status::Issued,
+        }
+    }
+}
+
+/// One prescription in the read model.
+#[derive(Debug, Clone)]
+pub struct PrescriptionRow {
+    pub prescription_id: String,
+    pub issuer_org: String,
+    pub patient_ref: String,
+    pub target_pharmacy: Option<String>,
+    pub holder: Option<String>,
+    pub status: Status,
+    pub dispensed_by: Option<String>,
+    pub issued: PrescriptionIssued,
+    pub dispensed: Option<PrescriptionDispensed>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("stored JSON is unreadable: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: Database,
+}
+
+pub fn access_code_digest(code: &str) -> String {
+    let normalized: String = code
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != '-')
+        .map(|c| c.to_ascii_uppercase())
+        .collect();
+    Sha256::digest(normalized.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339()
+}
+
+impl Store {
+    pub async fn new(db: Database) -> Result<Self, sqlx::Error> {
+        db.migrate(726_145, MIGRATION).await?;
+        Ok(Self { db })
+    }
+
+    /// Records an issued prescription; a redelivery changes nothing.
+    pub async fn insert_issued(&self, issued: &PrescriptionIssued) -> Result<bool, StoreError> {
+        let inserted = sqlx::query(
+            "INSERT INTO pharmacy_prescriptions (prescription_id, issuer_org, patient_ref,
+                 target_pharmacy, holder, access_code_sha256, status, expires_on, issued, updated_at)
+             VALUES ($1, $2, $3, $4, $4, $5, 'issued', $6, $7, $8)
+             ON CONFLICT (prescription_id) DO NOTHING",
+        )
+        .bind(&issued.prescription_id)
+        .bind(&issued.envelope.producer_org)
+        .bind(&issued.envelope.patient_ref)
+        .bind(issued.target_pharmacy_org.as_deref())
+        .bind(access_code_digest(&issued.access_code))
+        .bind(issued.expires_on.map(|d| i64::from(d.days_since_epoch())))
+        .bind(serde_json::to_string(issued)?)
+        .bind(now())
+        .execute(&self.db.pool)
+        .await?
+        .rows_affected();
+        Ok(inserted == 1)
+    }
+
+    /// Marks a prescription cancelled unless it is already being or was dispensed.
+    pub async fn cancel(&self, prescription_id: &str) -> Result<bool, StoreError> {
+        let changed = sqlx::query(
+            "UPDATE pharmacy_prescriptions SET status = 'cancelled', updated_at = $2
+             WHERE prescription_id = $1 AND status IN ('issued', 'claimed')",
+        )
+        .bind(prescription_id)
+        .bind(now())
+        .execute(&self.db.pool)
+        .await?
+        .rows_affected();
+        Ok(changed == 1)
+    }
+
+    /// Gives an open, undispensed prescription to `pharmacy`; false if someone else has it.
+    pub async fn claim(&self, prescription_id: &str, pharmacy: &str) -> Result<bool, StoreError> {
+        let changed = sqlx::query(
+            "UPDATE pharmacy_prescriptions SET holder = $2, status = 'claimed', updated_at = $3
+             WHERE prescription_id = $1 AND status = 'issued'
+               AND (holder IS NULL OR holder = $2) AND target_pharmacy IS NULL",
+        )
+        .bind(prescription_id)
+        .bind(pharmacy)
+        .bind(now())
+        .execute(&self.db.pool)
+        .await?
+        .rows_affected();
+        Ok(changed == 1)
+    }
+
+    /// Undoes a claim whose event could not be published.
+    pub async fn unclaim(&self, prescription_id: &str, pharmacy: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE pharmacy_prescriptions SET holder = NULL, status = 'issued', updated_at = $3
+             WHERE prescription_id = $1 AND holder = $2 AND status = 'claimed'
+               AND target_pharmacy IS NULL",
+        )
+        .bind(prescription_id)
+        .bind(pharmacy)
+        .bind(now())
+        .execute(&self.db.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Takes the right to dispense: at most one caller ever gets `true` for a prescription.
+    pub async fn begin_dispensing(
+        &self,
+        prescription_id: &str,
+        pharmacy: &str,
+    ) -> Result<bool, StoreError> {
+        let changed = sqlx::query(
+            "UPDATE pharmacy_prescriptions SET status = 'dispensing', dispensed_by = $2,
+                 updated_at = $3
+             WHERE prescription_id = $1 AND holder = $2 AND status IN ('issued', 'claimed')",
+        )
+        .bind(prescription_id)
+        .bind(pharmacy)
+        .bind(now())
+        .execute(&self.db.pool)
+        .await?
+        .rows_affected();
+        Ok(changed == 1)
+    }
+
+    /// Gives the right back when the dispensing event could not be published.
+    pub async fn abort_dispensing(&self, prescription_id: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE pharmacy_prescriptions
+             SET status = CASE WHEN target_pharmacy IS NULL THEN 'claimed' ELSE 'issued' END,
+                 dispensed_by = NULL, updated_at = $2
+             WHERE prescription_id = $1 AND status = 'dispensing'",
+        )
+        .bind(prescription_id)
+        .bind(now())
+        .execute(&self.db.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records a dispensing (from this service's request or from the topic).
+    pub async fn record_dispensed(
+        &self,
+        dispensed: &PrescriptionDispensed,
+    ) -> Result<bool, StoreError> {
+        let changed = sqlx::query(
+            "UPDATE pharmacy_prescriptions SET status = 'dispensed', dispensed_by = $2,
+                 dispensed = $3, updated_at = $4
+             WHERE prescription_id = $1 AND (dispensed IS NULL)",
+        )
+        .bind(&dispensed.prescription_id)
+        .bind(&dispensed.pharmacy.org_id)
+        .bind(serde_json::to_string(dispensed)?)
+        .bind(now())
+        .execute(&self.db.pool)
+        .await?
+        .rows_affected();
+        Ok(changed == 1)
+    }
+
+    /// Attaches an alert to every prescription it involves; returns those newly attached.
+    pub async fn add_alert(&self, alert: &MedicationAlert) -> Result<Vec<String>, StoreError> {
+        let body = serde_json::to_string(alert)?;
+        let mut attached = Vec::new();
+        for prescription_id in involved(alert) {
+            let inserted = sqlx::query(
+                "INSERT INTO pharmacy_alerts (alert_event_id, prescription_id, alert)
+                 VALUES ($1, $2, $3) ON CONFLICT (alert_event_id, prescription_id) DO NOTHING",
+            )
+            .bind(&alert.envelope.event_id)
+            .bind(&prescription_id)
+            .bind(&body)
+            .execute(&self.db.pool)
+            .await?
+            .rows_affected();
+            if inserted == 1 {
+                attached.push(prescription_id);
+            }
+        }
+        Ok(attached)
+    }
+
+    pub async fn get(&self, prescription_id: &str) -> Result<Option<PrescriptionRow>, StoreError> {
+        let row = sqlx::query(&format!("{SELECT} WHERE prescription_id = $1"))
+            .bind(prescription_id)
+            .fetch_optional(&self.db.pool)
+            .await?;
+        row.map(|r| read_row(&r)).transpose()
+    }
+
+    /// Open prescriptions (no pharmacy yet) with this access code.
+    pub async fn find_open_by_code(&self, code: &str) -> Result<Vec<PrescriptionRow>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "{SELECT} WHERE access_code_sha256 = $1 AND target_pharmacy IS NULL
+             ORDER BY prescription_id"
+        ))
+        .bind(access_code_digest(code))
+        .fetch_all(&self.db.pool)
+        .await?;
+        rows.iter().map(read_row).collect()
+    }
+
+    /// What `pharmacy` may see: prescriptions addressed to it or claimed by it.
+    pub async fn inbox(&self, pharmacy: &str) -> Result<Vec<PrescriptionRow>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "{SELECT} WHERE holder = $1 ORDER BY prescription_id"
+        ))
+        .bind(pharmacy)
+        .fetch_all(&self.db.pool)
+        .await?;
+        rows.iter().map(read_row).collect()
+    }
+
+    pub async fn alerts(&self, prescription_id: &str) -> Result<Vec<Value>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT alert FROM pharmacy_alerts WHERE prescription_id = $1 ORDER BY alert_event_id",
+        )
+        .bind(prescription_id)
+        .fetch_all(&self.db.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok(serde_json::from_str(&r.try_get::<String, _>(0)?)?))
+            .collect()
+    }
+}
+
+/// The prescriptions an alert is about, each once.
+pub fn involved(alert: &MedicationAlert) -> Vec<String> {
+    let mut ids = vec![alert.prescription_id.clone()];
+    for line in &alert.involved {
+        if !ids.contains(&line.prescription_id) {
+            ids.push(line.prescription_id.clone());
+        }
+    }
+    ids
+}
+
+const SELECT: &str = "SELECT prescription_id, issuer_org, patient_ref, target_pharmacy, holder,
+    status, dispensed_by, issued, dispensed FROM pharmacy_prescriptions";
+
+fn read_row(r: &AnyRow) -> Result<PrescriptionRow, StoreError> {
+    let dispensed: Option<String> = r.try_get(8)?;
+    Ok(PrescriptionRow {
+        prescription_id: r.try_get(0)?,
+        issuer_org: r.try_get(1)?,
+        patient_ref: r.try_get(2)?,
+        target_pharmacy: r.try_get(3)?,
+        holder: r.try_get(4)?,
+        status: Status::parse(&r.try_get::<String, _>(5)?),
+        dispensed_by: r.try_get(6)?,
+        issued: serde_json::from_str(&r.try_get::<String, _>(7)?)?,
+        dispensed: dispensed.map(|d| serde_json::from_str(&d)).transpose()?,
+    })
+}

@@ -1,0 +1,118 @@
+//! The audit trail every service keeps: who read or changed which patient's data, and when.
+//! One table shape everywhere, so a patient's trail can be gathered from every service the same
+//! way.
+
+use sqlx::Row;
+
+use crate::Database;
+
+const MIGRATION: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS audit_log (
+        at TEXT NOT NULL,
+        org_id TEXT NOT NULL,
+        action TEXT NOT NULL,
+        subject_id TEXT NOT NULL,
+        patient_ref TEXT NOT NULL
+    )",
+    "CREATE INDEX IF NOT EXISTS audit_log_by_patient ON audit_log (patient_ref)",
+];
+
+/// One audited access.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// RFC 3339.
+    pub at: String,
+    pub org_id: String,
+    /// What was done, e.g. `inbox.read`, `dispense`.
+    pub action: String,
+    /// What was touched, e.g. a prescription id.
+    pub subject_id: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditLog {
+    db: Database,
+}
+
+impl AuditLog {
+    pub async fn new(db: Database) -> Result<Self, sqlx::Error> {
+        db.migrate(726_147, MIGRATION).await?;
+        Ok(Self { db })
+    }
+
+    pub async fn record(
+        &self,
+        org_id: &str,
+        action: &str,
+        subject_id: &str,
+        patient_ref: &str,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO audit_log (at, org_id, action, subject_id, patient_ref)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+        .bind(org_id)
+        .bind(action)
+        .bind(subject_id)
+        .bind(patient_ref)
+        .execute(&self.db.pool)
+        .await
+        .map(drop)
+    }
+
+    /// Everything recorded about one patient, oldest first.
+    pub async fn for_patient(&self, patient_ref: &str) -> Result<Vec<AuditEntry>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT at, org_id, action, subject_id FROM audit_log
+             WHERE patient_ref = $1 ORDER BY at",
+        )
+        .bind(patient_ref)
+        .fetch_all(&self.db.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditEntry {
+                    at: r.try_get(0)?,
+                    org_id: r.try_get(1)?,
+                    action: r.try_get(2)?,
+                    subject_id: r.try_get(3)?,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_patients_trail_lists_who_did_what_in_order() {
+        let dir = std::env::temp_dir().join(format!("hixbus-audit-{}.db", std::process::id()));
+        let db = Database::connect(&format!("sqlite://{}", dir.display()))
+            .await
+            .unwrap();
+        let log = AuditLog::new(db).await.unwrap();
+        log.record("pharmacy-a", "inbox.read", "rx-1", "patient-1")
+            .await
+            .unwrap();
+        log.record("pharmacy-a", "dispense", "rx-1", "patient-1")
+            .await
+            .unwrap();
+        log.record("clinic-b", "clinic.read", "rx-2", "patient-2")
+            .await
+            .unwrap();
+        let trail = log.for_patient("patient-1").await.unwrap();
+        let actions: Vec<(&str, &str)> = trail
+            .iter()
+            .map(|e| (e.org_id.as_str(), e.action.as_str()))
+            .collect();
+        assert_eq!(
+            actions,
+            [("pharmacy-a", "inbox.read"), ("pharmacy-a", "dispense")]
+        );
+        assert!(trail[0].at <= trail[1].at);
+        let _ = std::fs::remove_file(dir);
+    }
+}

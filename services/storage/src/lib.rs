@@ -1,0 +1,121 @@
+//! One way for every hixbus component to reach its database.
+//!
+//! Components write one SQL dialect that PostgreSQL and SQLite both accept (sqlx's `Any` driver,
+//! `$N` parameters, `ON CONFLICT`, no vendor functions), so the embedded demo on SQLite runs the
+//! same queries production runs on PostgreSQL.
+
+mod audit;
+
+pub use audit::{AuditEntry, AuditLog};
+
+use std::time::Duration;
+
+use sqlx::AnyPool;
+use sqlx::any::AnyPoolOptions;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+/// A connection pool and the engine behind it.
+#[derive(Debug, Clone)]
+pub struct Database {
+    pub pool: AnyPool,
+    pub backend: Backend,
+}
+
+impl Database {
+    /// Connects to `postgres://…` or `sqlite://…` (the file is created if missing) or
+    /// `sqlite::memory:`.
+    pub async fn connect(database_url: &str) -> Result<Self, sqlx::Error> {
+        sqlx::any::install_default_drivers();
+        let (backend, url) = if database_url.starts_with("postgres") {
+            (Backend::Postgres, database_url.to_owned())
+        } else if database_url.starts_with("sqlite:") {
+            (Backend::Sqlite, sqlite_url(database_url))
+        } else {
+            return Err(sqlx::Error::Configuration(
+                format!("unsupported database URL {database_url:?}: use postgres:// or sqlite://")
+                    .into(),
+            ));
+        };
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let mut options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(10));
+        options = match (backend, in_memory) {
+            // Every connection to `sqlite::memory:` is a separate, empty database: keep exactly
+            // one, forever.
+            (Backend::Sqlite, true) => options
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None),
+            (Backend::Sqlite, false) => options.max_connections(4),
+            (Backend::Postgres, _) => options.max_connections(10),
+        };
+        let pool = options.connect(&url).await?;
+        Ok(Self { pool, backend })
+    }
+
+    /// Runs `statements` (idempotent DDL) in one transaction. On PostgreSQL an advisory lock
+    /// keyed by `lock_key` serializes replicas migrating at once, because concurrent
+    /// `CREATE TABLE IF NOT EXISTS` can still collide in its catalog.
+    pub async fn migrate(&self, lock_key: i64, statements: &[&str]) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(lock_key)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for statement in statements {
+            sqlx::query(statement).execute(&mut *tx).await?;
+        }
+        tx.commit().await
+    }
+}
+
+/// Database URLs may carry passwords; logs and messages must not.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}://{user}:***@{}", &url[..scheme_end], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// SQLite refuses to create a missing file unless asked to.
+fn sqlite_url(url: &str) -> String {
+    if url.contains(":memory:") || url.contains("mode=") {
+        url.to_owned()
+    } else if url.contains('?') {
+        format!("{url}&mode=rwc")
+    } else {
+        format!("{url}?mode=rwc")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{redact, sqlite_url};
+
+    #[test]
+    fn passwords_never_reach_the_logs() {
+        assert_eq!(redact("postgres://u:secret@db/x"), "postgres://u:***@db/x");
+        assert_eq!(redact("sqlite://r.db"), "sqlite://r.db");
+    }
+
+    #[test]
+    fn sqlite_files_are_created_on_demand() {
+        assert_eq!(sqlite_url("sqlite://a.db"), "sqlite://a.db?mode=rwc");
+        assert_eq!(
+            sqlite_url("sqlite://a.db?x=1"),
+            "sqlite://a.db?x=1&mode=rwc"
+        );
+        assert_eq!(sqlite_url("sqlite::memory:"), "sqlite::memory:");
+    }
+}

@@ -1,0 +1,264 @@
+//! Accept-to-inbox latency of the prescription flow at a steady rate, on a real broker.
+//!
+//!   cargo bench -p hixbus-tests --bench prescription_latency
+//!
+//! A clinic posts JP e-prescription Bundles to the gateway at `HIXBUS_BENCH_RATE` per second
+//! (default 500) for `HIXBUS_BENCH_SECONDS` (default 10); the pharmacy's screen is a live inbox
+//! stream (SSE). For each prescription it records when the gateway answered 202 ("accepted")
+//! and when the prescription arrived on the screen ("in inbox"), and prints percentiles. The
+//! medication-safety check runs too, as in production. Not a test: numbers go to
+//! docs/performance.md.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hixbus_access::Directory;
+use hixbus_storage::Database;
+use hixbus_tests::{Backend, BusStack, fresh_database};
+use serde_json::{Value, json};
+
+const BUNDLE: &str = include_str!(
+    "../fixtures/fhir/jp-eprescription/Bundle-Bundle-for-JP-MedReq-ePreBundleExample01.json"
+);
+const ORGANIZATIONS: &str = r#"
+[[organization]]
+id = "clinic-sakura"
+role = "clinic"
+name = "さくら内科クリニック"
+
+[[organization]]
+id = "pharmacy-aozora"
+role = "pharmacy"
+name = "あおぞら薬局"
+"#;
+
+#[tokio::main]
+async fn main() {
+    let smoke = !std::env::args().any(|a| a == "--bench");
+    let env = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let rate = env("HIXBUS_BENCH_RATE", if smoke { 50 } else { 500 });
+    let seconds = env("HIXBUS_BENCH_SECONDS", if smoke { 1 } else { 10 });
+    let total = (rate * seconds) as usize;
+    if smoke {
+        println!("smoke run (no --bench): the numbers below mean nothing");
+    }
+
+    let mut stack = BusStack::start().await;
+    // How long the broker may hold a fetch (see docs/performance.md): the runtime's default is
+    // 20 ms; the benchmark can try others.
+    if let Ok(wait) = std::env::var("HIXBUS_BENCH_FETCH_WAIT_MS") {
+        stack.kafka = stack.kafka.clone().with_option("fetch.wait.max.ms", wait);
+    }
+    let mut directory = Directory::from_toml(ORGANIZATIONS).unwrap();
+    let clinic_key = directory.issue_key("clinic-sakura").unwrap();
+    let pharmacy_key = directory.issue_key("pharmacy-aozora").unwrap();
+    let directory = Arc::new(directory);
+    let any = "127.0.0.1:0".parse().unwrap();
+    let db = || async {
+        Database::connect(&fresh_database(Backend::Postgres).await)
+            .await
+            .unwrap()
+    };
+    let gateway = hixbus_clinic_gateway::build(
+        any,
+        directory.clone(),
+        &stack.kafka,
+        stack.publisher(),
+        db().await,
+    )
+    .await
+    .unwrap();
+    let pharmacy =
+        hixbus_pharmacy::build(any, directory, &stack.kafka, stack.publisher(), db().await)
+            .await
+            .unwrap();
+    let (gateway_url, pharmacy_url) = (gateway.url(), pharmacy.url());
+    tokio::spawn(gateway.run_until(std::future::pending()));
+    tokio::spawn(pharmacy.run_until(std::future::pending()));
+    let safety = hixbus_medication_safety::start(
+        &stack.kafka,
+        stack.publisher(),
+        hixbus_medication_safety::Rules::embedded().unwrap(),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(safety.run(std::future::pending()));
+
+    let http = reqwest::Client::new();
+    // The pharmacy's screen: first arrival of each prescription on the live stream.
+    let arrived: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let mut stream = http
+        .get(format!("{pharmacy_url}/pharmacy/inbox/stream"))
+        .bearer_auth(pharmacy_key.expose())
+        .send()
+        .await
+        .unwrap();
+    {
+        let arrived = arrived.clone();
+        tokio::spawn(async move {
+            let mut pending = String::new();
+            while let Ok(Some(chunk)) = stream.chunk().await {
+                let now = Instant::now();
+                pending.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(end) = pending.find("\n\n") {
+                    let event: String = pending.drain(..end + 2).collect();
+                    if let Some(id) = prescription_id(&event) {
+                        arrived.lock().unwrap().entry(id).or_insert(now);
+                    }
+                }
+            }
+        });
+    }
+
+    // Warm up (connections, consumer groups) before the clock matters.
+    for n in 0..20 {
+        post(
+            &http,
+            &gateway_url,
+            clinic_key.expose(),
+            &bundle(1_000_000 + n),
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let accepted: Arc<Mutex<HashMap<String, (Instant, Instant)>>> = Arc::default();
+    let started = Instant::now();
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+    let mut requests = Vec::with_capacity(total);
+    for n in 0..total {
+        ticker.tick().await;
+        let (http, url, key, accepted) = (
+            http.clone(),
+            gateway_url.clone(),
+            clinic_key.expose().to_owned(),
+            accepted.clone(),
+        );
+        let body = bundle(n);
+        requests.push(tokio::spawn(async move {
+            let sent = Instant::now();
+            let id = post(&http, &url, &key, &body).await;
+            accepted.lock().unwrap().insert(id, (sent, Instant::now()));
+        }));
+    }
+    for r in requests {
+        r.await.unwrap();
+    }
+    let offered = started.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let done = {
+            let arrived = arrived.lock().unwrap();
+            accepted
+                .lock()
+                .unwrap()
+                .keys()
+                .all(|id| arrived.contains_key(id))
+        };
+        if done || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let accepted = accepted.lock().unwrap();
+    let arrived = arrived.lock().unwrap();
+    let mut accept_to_inbox = Vec::new();
+    let mut request_to_accept = Vec::new();
+    let mut missing = 0;
+    for (id, (sent, acked)) in accepted.iter() {
+        request_to_accept.push(acked.duration_since(*sent).as_secs_f64() * 1000.0);
+        match arrived.get(id) {
+            Some(at) => {
+                accept_to_inbox.push(at.saturating_duration_since(*acked).as_secs_f64() * 1000.0)
+            }
+            None => missing += 1,
+        }
+    }
+    println!(
+        "{total} prescriptions offered at {rate}/s over {:.1} s ({:.0}/s achieved); {missing} never reached the inbox",
+        offered.as_secs_f64(),
+        total as f64 / offered.as_secs_f64()
+    );
+    println!();
+    println!("| Latency | p50 | p95 | p99 | max |");
+    println!("|---|---|---|---|---|");
+    for (what, samples) in [
+        (
+            "POST to 202 (gateway: validate, map, record, publish acks=all)",
+            request_to_accept,
+        ),
+        ("202 to pharmacy screen (SSE)", accept_to_inbox),
+    ] {
+        let q = percentiles(samples);
+        println!(
+            "| {what} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms |",
+            q[0], q[1], q[2], q[3]
+        );
+    }
+    assert_eq!(missing, 0, "every accepted prescription reaches the inbox");
+}
+
+/// The example bundle as a new prescription `n`, for a patient of its own (most prescriptions
+/// raise no alert; the duplicate path is measured by the tests, not here), dated today.
+fn bundle(n: usize) -> String {
+    let mut bundle: Value = serde_json::from_str(BUNDLE).unwrap();
+    let now = chrono::Utc::now().to_rfc3339();
+    bundle["identifier"]["value"] = json!(format!("urn:uuid:bench-{n}-{}", uuid::Uuid::new_v4()));
+    for entry in bundle["entry"].as_array_mut().unwrap() {
+        let resource = &mut entry["resource"];
+        match resource["resourceType"].as_str() {
+            Some("Composition") => resource["date"] = json!(now),
+            Some("MedicationRequest") => resource["authoredOn"] = json!(now),
+            Some("Coverage") => {
+                for ext in resource["extension"].as_array_mut().into_iter().flatten() {
+                    if ext["url"]
+                        .as_str()
+                        .is_some_and(|u| u.ends_with("InsuredPersonNumber"))
+                    {
+                        ext["valueString"] = json!(format!("{}", 1_000_000 + n));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    bundle.to_string()
+}
+
+async fn post(http: &reqwest::Client, gateway: &str, key: &str, body: &str) -> String {
+    let response = http
+        .post(format!(
+            "{gateway}/fhir/Bundle?target_pharmacy=pharmacy-aozora"
+        ))
+        .bearer_auth(key)
+        .header("content-type", "application/fhir+json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+    let answer: Value = response.json().await.unwrap();
+    answer["prescription_id"].as_str().unwrap().to_owned()
+}
+
+fn prescription_id(event: &str) -> Option<String> {
+    let data = event.lines().find_map(|l| l.strip_prefix("data:"))?;
+    let item: Value = serde_json::from_str(data.trim()).ok()?;
+    item["prescription_id"].as_str().map(str::to_owned)
+}
+
+fn percentiles(mut samples: Vec<f64>) -> [f64; 4] {
+    if samples.is_empty() {
+        return [f64::NAN; 4];
+    }
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+    [at(0.50), at(0.95), at(0.99), *samples.last().unwrap()]
+}

@@ -1,0 +1,1076 @@
+//! Prescriptions end to end on a real broker: clinic gateway → pharmacy → dispensing back to
+//! the clinic view, with the real JP e-prescription examples.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hixbus_access::{ApiKey, Directory};
+use hixbus_bus::http::HttpService;
+use hixbus_storage::Database;
+use hixbus_tests::{Backend, BusStack, fresh_database};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+const FIXTURES: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/fixtures/fhir/jp-eprescription"
+);
+
+const ORGANIZATIONS: &str = r#"
+[[organization]]
+id = "clinic-sakura"
+role = "clinic"
+name = "さくら内科クリニック"
+institution_code = "1310000001"
+
+[[organization]]
+id = "hospital-daiichi"
+role = "hospital"
+name = "第一病院"
+institution_code = "1311234567"
+
+[[organization]]
+id = "pharmacy-aozora"
+role = "pharmacy"
+name = "あおぞら薬局"
+institution_code = "1340000007"
+
+[[organization]]
+id = "pharmacy-midori"
+role = "pharmacy"
+name = "みどり薬局"
+
+[[organization]]
+id = "insurer-kenpo"
+role = "insurer"
+name = "サンプル健康保険組合"
+"#;
+
+/// The flow's services on one real broker, each on its own fresh PostgreSQL database.
+/// Services are declared first so they stop before the broker does.
+struct Flow {
+    gateway_service: Option<Service>,
+    pharmacy_service: Option<Service>,
+    safety: Option<SafetyCheck>,
+    stack: BusStack,
+    gateway: String,
+    pharmacy: String,
+    directory: Arc<Directory>,
+    gateway_db: String,
+    pharmacy_db: String,
+    keys: HashMap<&'static str, ApiKey>,
+    http: reqwest::Client,
+}
+
+/// An HTTP service running until stopped.
+struct Service {
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Service {
+    fn spawn<F>(run: impl FnOnce(oneshot::Receiver<()>) -> F) -> Self
+    where
+        F: Future<Output = std::io::Result<()>> + Send + 'static,
+    {
+        let (stop, stopped) = oneshot::channel();
+        Self {
+            stop,
+            task: tokio::spawn(run(stopped)),
+        }
+    }
+
+    /// Graceful stop: in-flight requests finish, consumers commit and leave.
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+fn spawn_service(service: HttpService) -> (String, Service) {
+    let url = service.url();
+    let service = Service::spawn(|stopped| {
+        service.run_until(async move {
+            let _ = stopped.await;
+        })
+    });
+    (url, service)
+}
+
+async fn start_gateway(
+    stack: &BusStack,
+    directory: &Arc<Directory>,
+    db: &str,
+) -> (String, Service) {
+    let db = Database::connect(db).await.unwrap();
+    let any = "127.0.0.1:0".parse().unwrap();
+    spawn_service(
+        hixbus_clinic_gateway::build(any, directory.clone(), &stack.kafka, stack.publisher(), db)
+            .await
+            .unwrap(),
+    )
+}
+
+async fn start_pharmacy(
+    stack: &BusStack,
+    directory: &Arc<Directory>,
+    db: &str,
+) -> (String, Service) {
+    let db = Database::connect(db).await.unwrap();
+    let any = "127.0.0.1:0".parse().unwrap();
+    spawn_service(
+        hixbus_pharmacy::build(any, directory.clone(), &stack.kafka, stack.publisher(), db)
+            .await
+            .unwrap(),
+    )
+}
+
+/// The medication-safety check, running until stopped.
+struct SafetyCheck {
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<
+        Result<hixbus_bus::RunSummary, hixbus_bus::consumer::ConsumerError>,
+    >,
+}
+
+impl SafetyCheck {
+    /// Starts from scratch: the state is rebuilt from the topics.
+    async fn start(stack: &BusStack) -> Self {
+        let consumer = hixbus_medication_safety::start(
+            &stack.kafka,
+            stack.publisher(),
+            hixbus_medication_safety::Rules::embedded().unwrap(),
+        )
+        .await
+        .unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(consumer.run(async move {
+            let _ = stopped.await;
+        }));
+        Self { stop, task }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+impl Flow {
+    async fn start() -> Self {
+        let stack = BusStack::start().await;
+        let mut directory = Directory::from_toml(ORGANIZATIONS).unwrap();
+        let mut keys = HashMap::new();
+        for id in [
+            "clinic-sakura",
+            "hospital-daiichi",
+            "pharmacy-aozora",
+            "pharmacy-midori",
+            "insurer-kenpo",
+        ] {
+            keys.insert(id, directory.issue_key(id).unwrap());
+        }
+        let directory = Arc::new(directory);
+        let gateway_db = fresh_database(Backend::Postgres).await;
+        let pharmacy_db = fresh_database(Backend::Postgres).await;
+        let (gateway, gateway_service) = start_gateway(&stack, &directory, &gateway_db).await;
+        let (pharmacy, pharmacy_service) = start_pharmacy(&stack, &directory, &pharmacy_db).await;
+        let safety = Some(SafetyCheck::start(&stack).await);
+        Self {
+            gateway_service: Some(gateway_service),
+            pharmacy_service: Some(pharmacy_service),
+            safety,
+            stack,
+            gateway,
+            pharmacy,
+            directory,
+            gateway_db,
+            pharmacy_db,
+            keys,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// (organization, action) of every audit entry about `prescription_id`, from both services.
+    async fn audit(&self, prescription_id: &str) -> Vec<(String, String)> {
+        let mut entries = Vec::new();
+        for db in [&self.gateway_db, &self.pharmacy_db] {
+            let db = Database::connect(db).await.unwrap();
+            let rows: Vec<(String, String)> = sqlx::query_as(
+                "SELECT org_id, action FROM audit_log WHERE subject_id = $1 ORDER BY at",
+            )
+            .bind(prescription_id)
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+            entries.extend(rows);
+        }
+        entries
+    }
+
+    /// Stops every service gracefully while the broker is still up: consumers commit and leave
+    /// their groups instead of being torn down with the test's runtime.
+    async fn stop(mut self) {
+        if let Some(gateway) = self.gateway_service.take() {
+            gateway.stop().await;
+        }
+        if let Some(pharmacy) = self.pharmacy_service.take() {
+            pharmacy.stop().await;
+        }
+        if let Some(safety) = self.safety.take() {
+            safety.stop().await;
+        }
+    }
+
+    /// Stops the gateway (gracefully) and starts a new one on the same database.
+    async fn restart_gateway(&mut self) {
+        if let Some(old) = self.gateway_service.take() {
+            old.stop().await;
+        }
+        let (url, service) = start_gateway(&self.stack, &self.directory, &self.gateway_db).await;
+        self.gateway_service = Some(service);
+        self.gateway = url;
+    }
+
+    /// Stops the pharmacy service (gracefully) and starts a new one on the same database.
+    async fn restart_pharmacy(&mut self) {
+        if let Some(old) = self.pharmacy_service.take() {
+            old.stop().await;
+        }
+        let (url, service) = start_pharmacy(&self.stack, &self.directory, &self.pharmacy_db).await;
+        self.pharmacy_service = Some(service);
+        self.pharmacy = url;
+    }
+
+    /// (status, JSON body) of a call as `org` (None: no credentials).
+    async fn call(
+        &self,
+        org: Option<&str>,
+        method: &str,
+        url: String,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        // A service that stops answering fails the test rather than hanging it.
+        let mut request = self
+            .http
+            .request(method, url)
+            .timeout(Duration::from_secs(30));
+        if let Some(org) = org {
+            request = request.bearer_auth(self.keys[org].expose());
+        }
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/fhir+json")
+                .body(body.to_string());
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn issue(&self, clinic: &str, resource: &Value, pharmacy: Option<&str>) -> (u16, Value) {
+        let kind = resource["resourceType"].as_str().unwrap();
+        let query = pharmacy.map_or(String::new(), |p| format!("?target_pharmacy={p}"));
+        self.call(
+            Some(clinic),
+            "POST",
+            format!("{}/fhir/{kind}{query}", self.gateway),
+            Some(resource.clone()),
+        )
+        .await
+    }
+
+    async fn inbox(&self, pharmacy: &str) -> Vec<Value> {
+        let (status, body) = self
+            .call(
+                Some(pharmacy),
+                "GET",
+                format!("{}/pharmacy/inbox", self.pharmacy),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["prescriptions"].as_array().unwrap().clone()
+    }
+
+    /// Waits until `pharmacy`'s inbox shows `id` (in the state `ready` accepts).
+    async fn in_inbox(&self, pharmacy: &str, id: &str, ready: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let inbox = self.inbox(pharmacy).await;
+            if let Some(item) = inbox.into_iter().find(|p| p["prescription_id"] == id)
+                && ready(&item)
+            {
+                return item;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{id} never reached {pharmacy}'s inbox"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until the issuing clinic sees `id` with `status`.
+    async fn clinic_sees(&self, clinic: &str, id: &str, status: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (code, body) = self
+                .call(
+                    Some(clinic),
+                    "GET",
+                    format!("{}/clinic/prescriptions/{id}", self.gateway),
+                    None,
+                )
+                .await;
+            if code == 200 && body["status"] == status {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{clinic} never saw {id} as {status}: {code} {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn dispense(&self, pharmacy: &str, id: &str, body: Value) -> (u16, Value) {
+        self.call(
+            Some(pharmacy),
+            "POST",
+            format!("{}/pharmacy/prescriptions/{id}/dispense", self.pharmacy),
+            Some(body),
+        )
+        .await
+    }
+}
+
+/// A fixture as a clinic would send it today (the examples were written in 2020, and a
+/// prescription is valid for four days).
+fn fixture(name: &str) -> Value {
+    let mut resource = as_written(name);
+    let now = chrono::Utc::now().to_rfc3339();
+    match resource["resourceType"].as_str() {
+        Some("Bundle") => {
+            for entry in resource["entry"].as_array_mut().unwrap() {
+                match entry["resource"]["resourceType"].as_str() {
+                    Some("Composition") => entry["resource"]["date"] = json!(now),
+                    Some("MedicationRequest") => entry["resource"]["authoredOn"] = json!(now),
+                    _ => {}
+                }
+            }
+        }
+        _ => resource["authoredOn"] = json!(now),
+    }
+    resource
+}
+
+fn as_written(name: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(format!("{FIXTURES}/{name}")).unwrap()).unwrap()
+}
+
+fn pharmacist() -> Value {
+    json!({ "pharmacist": { "id": "ph-007", "name": "薬剤 花子", "department": null } })
+}
+
+/// The MedicationRequests of a fixture, in order.
+fn requests(resource: &Value) -> Vec<Value> {
+    match resource["resourceType"].as_str() {
+        Some("Bundle") => resource["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["resource"].clone())
+            .filter(|r| r["resourceType"] == "MedicationRequest")
+            .collect(),
+        _ => vec![resource.clone()],
+    }
+}
+
+#[tokio::test]
+async fn every_jp_example_reaches_the_target_pharmacy_with_its_drugs_dosage_and_quantity() {
+    let flow = Flow::start().await;
+    // The two example bundles share their identifier, so each comes from a different issuer
+    // (the same identifier from the same issuer would be a resubmission).
+    let cases = [
+        (
+            "hospital-daiichi",
+            "Bundle-Bundle-for-JP-MedReq-ePreBundleExample01.json",
+        ),
+        (
+            "clinic-sakura",
+            "Bundle-Bundle-for-JP-MedReq-ePreData-Example01.json",
+        ),
+        (
+            "clinic-sakura",
+            "MedicationRequest-JP-MedReq-ePreData-Example-naihuku.json",
+        ),
+        (
+            "hospital-daiichi",
+            "MedicationRequest-JP-MedReq-ePreData-Example-gaiyou03.json",
+        ),
+    ];
+    for (clinic, name) in cases {
+        let resource = fixture(name);
+        let (status, accepted) = flow.issue(clinic, &resource, Some("pharmacy-aozora")).await;
+        assert_eq!(status, 202, "{name}: {accepted}");
+        let id = accepted["prescription_id"].as_str().unwrap();
+        assert_eq!(accepted["access_code"].as_str().unwrap().len(), 8);
+
+        let item = flow.in_inbox("pharmacy-aozora", id, |_| true).await;
+        assert_eq!(item["issuer_org"], clinic, "{name}");
+        assert_eq!(item["status"], "issued");
+        let lines = item["lines"].as_array().unwrap();
+        let expected = requests(&resource);
+        assert_eq!(lines.len(), expected.len(), "{name}");
+        for (line, request) in lines.iter().zip(&expected) {
+            let coding = &request["medicationCodeableConcept"]["coding"][0];
+            assert_eq!(line["drug"]["code"], coding["code"], "{name}");
+            assert_eq!(line["drug"]["display"], coding["display"], "{name}");
+            assert_eq!(
+                line["timing_text"], request["dosageInstruction"][0]["text"],
+                "{name}"
+            );
+            let quantity = &request["dispenseRequest"]["quantity"];
+            assert_eq!(
+                line["quantity"]["value"].as_f64(),
+                quantity["value"].as_f64(),
+                "{name}"
+            );
+            assert_eq!(line["quantity"]["unit"], quantity["unit"], "{name}");
+            let timing_code =
+                &request["dosageInstruction"][0]["timing"]["code"]["coding"][0]["code"];
+            if !timing_code.is_null() {
+                assert_eq!(line["timing_code"]["code"], *timing_code, "{name}");
+            }
+        }
+    }
+    flow.stop().await;
+}
+
+#[tokio::test]
+async fn dispensing_shows_at_the_clinic_and_a_second_dispense_is_refused() {
+    let flow = Flow::start().await;
+    let bundle = fixture("Bundle-Bundle-for-JP-MedReq-ePreBundleExample01.json");
+    let (_, accepted) = flow
+        .issue("hospital-daiichi", &bundle, Some("pharmacy-aozora"))
+        .await;
+    let id = accepted["prescription_id"].as_str().unwrap();
+    flow.in_inbox("pharmacy-aozora", id, |_| true).await;
+    flow.clinic_sees("hospital-daiichi", id, "issued").await;
+
+    // Line 1 is 変更不可 (no substitution); line 2 may be substituted.
+    let mut body = pharmacist();
+    body["lines"] = json!([{ "line_no": 1, "substitute": { "system": "urn:oid:1.2.392.200119.4.403.1", "code": "999999999", "display": "後発品" } }]);
+    let (status, refused) = flow.dispense("pharmacy-aozora", id, body).await;
+    assert_eq!(status, 422, "{refused}");
+    assert!(
+        refused["reason"]
+            .as_str()
+            .unwrap()
+            .contains("did not allow substitution")
+    );
+
+    let (status, dispensed) = flow.dispense("pharmacy-aozora", id, pharmacist()).await;
+    assert_eq!(status, 200, "{dispensed}");
+    assert_eq!(dispensed["partial"], false);
+
+    let seen = flow.clinic_sees("hospital-daiichi", id, "dispensed").await;
+    assert_eq!(seen["dispensed"]["pharmacy"]["org_id"], "pharmacy-aozora");
+    assert_eq!(seen["dispensed"]["lines"].as_array().unwrap().len(), 2);
+    assert_eq!(seen["dispensed"]["lines"][0]["drug"]["code"], "103831601");
+
+    let (status, again) = flow.dispense("pharmacy-aozora", id, pharmacist()).await;
+    assert_eq!(status, 409, "{again}");
+    // The example as written in 2020 has long expired.
+    let old = as_written("Bundle-Bundle-for-JP-MedReq-ePreBundleExample01.json");
+    let (_, accepted) = flow
+        .issue("clinic-sakura", &old, Some("pharmacy-aozora"))
+        .await;
+    let old_id = accepted["prescription_id"].as_str().unwrap();
+    flow.in_inbox("pharmacy-aozora", old_id, |_| true).await;
+    let (status, expired) = flow.dispense("pharmacy-aozora", old_id, pharmacist()).await;
+    assert_eq!(
+        (status, expired["error"].as_str()),
+        (409, Some("expired")),
+        "{expired}"
+    );
+    assert_eq!(again["error"], "already_dispensed");
+    assert!(
+        again["reason"]
+            .as_str()
+            .unwrap()
+            .contains("already dispensed by pharmacy-aozora")
+    );
+    let (status, elsewhere) = flow.dispense("pharmacy-midori", id, pharmacist()).await;
+    assert_eq!(
+        status, 404,
+        "another pharmacy cannot even see it: {elsewhere}"
+    );
+
+    // Every read and change of the patient's prescription left an audit entry.
+    let audit = flow.audit(id).await;
+    for expected in [
+        ("hospital-daiichi", "prescription.issue"),
+        ("hospital-daiichi", "clinic.read"),
+        ("pharmacy-aozora", "inbox.read"),
+        ("pharmacy-aozora", "dispense"),
+    ] {
+        assert!(
+            audit
+                .iter()
+                .any(|(org, action)| (org.as_str(), action.as_str()) == expected),
+            "{expected:?} missing from {audit:?}"
+        );
+    }
+
+    let (status, _) = flow
+        .call(
+            Some("hospital-daiichi"),
+            "POST",
+            format!("{}/clinic/prescriptions/{id}/cancel", flow.gateway),
+            Some(json!({ "reason": "誤り", "cancelled_by": { "id": "doc-1", "name": null, "department": null } })),
+        )
+        .await;
+    assert_eq!(status, 409, "a dispensed prescription cannot be cancelled");
+    flow.stop().await;
+}
+
+#[tokio::test]
+async fn an_open_prescription_is_claimed_with_the_access_code_and_then_only_that_pharmacy_sees_it()
+{
+    let flow = Flow::start().await;
+    let request = fixture("MedicationRequest-JP-MedReq-ePreData-Example-naihuku.json");
+    let (status, accepted) = flow.issue("clinic-sakura", &request, None).await;
+    assert_eq!(status, 202, "{accepted}");
+    let id = accepted["prescription_id"].as_str().unwrap().to_owned();
+    let code = accepted["access_code"].as_str().unwrap().to_owned();
+
+    let claim = |pharmacy: &'static str, code: String| {
+        let flow = &flow;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let answer = flow
+                    .call(
+                        Some(pharmacy),
+                        "POST",
+                        format!("{}/pharmacy/claims", flow.pharmacy),
+                        Some(json!({ "access_code": code })),
+                    )
+                    .await;
+                // The prescription reaches the pharmacy service within milliseconds; until
+                // then the code is unknown.
+                if answer.0 != 404 || Instant::now() > deadline {
+                    return answer;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let (status, wrong) = flow
+        .call(
+            Some("pharmacy-midori"),
+            "POST",
+            format!("{}/pharmacy/claims", flow.pharmacy),
+            Some(json!({ "access_code": "ZZZZZZZZ" })),
+        )
+        .await;
+    assert_eq!(status, 404, "{wrong}");
+    let (status, claimed) = claim("pharmacy-midori", code.to_lowercase()).await;
+    assert_eq!(status, 200, "{claimed}");
+    assert_eq!(claimed["claimed"], json!([id]));
+    flow.in_inbox("pharmacy-midori", &id, |item| item["status"] == "claimed")
+        .await;
+
+    let (status, _) = flow
+        .call(
+            Some("pharmacy-aozora"),
+            "POST",
+            format!("{}/pharmacy/claims", flow.pharmacy),
+            Some(json!({ "access_code": code })),
+        )
+        .await;
+    assert_eq!(
+        status, 404,
+        "a claimed prescription cannot be claimed again"
+    );
+    assert!(
+        flow.inbox("pharmacy-aozora")
+            .await
+            .iter()
+            .all(|p| p["prescription_id"] != id.as_str())
+    );
+    let seen = flow.clinic_sees("clinic-sakura", &id, "claimed").await;
+    assert_eq!(seen["claimed_by"], "pharmacy-midori");
+
+    let (status, _) = flow.dispense("pharmacy-midori", &id, pharmacist()).await;
+    assert_eq!(status, 200);
+    flow.clinic_sees("clinic-sakura", &id, "dispensed").await;
+    flow.stop().await;
+}
+
+#[tokio::test]
+async fn nobody_sees_or_does_more_than_their_role_and_their_own_prescriptions_allow() {
+    let flow = Flow::start().await;
+    let bundle = fixture("Bundle-Bundle-for-JP-MedReq-ePreData-Example01.json");
+    let (_, accepted) = flow
+        .issue("clinic-sakura", &bundle, Some("pharmacy-aozora"))
+        .await;
+    let id = accepted["prescription_id"].as_str().unwrap();
+    flow.in_inbox("pharmacy-aozora", id, |_| true).await;
+    flow.clinic_sees("clinic-sakura", id, "issued").await;
+
+    let g = &flow.gateway;
+    let p = &flow.pharmacy;
+    // Another pharmacy: not in its inbox, not readable, not dispensable.
+    assert!(flow.inbox("pharmacy-midori").await.is_empty());
+    let (status, body) = flow
+        .call(
+            Some("pharmacy-midori"),
+            "GET",
+            format!("{p}/pharmacy/prescriptions/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
+    // Another clinic: not in its list, not readable, not cancellable.
+    let (status, body) = flow
+        .call(
+            Some("hospital-daiichi"),
+            "GET",
+            format!("{g}/clinic/prescriptions"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(body["prescriptions"].as_array().unwrap().is_empty());
+    let (status, _) = flow
+        .call(
+            Some("hospital-daiichi"),
+            "GET",
+            format!("{g}/clinic/prescriptions/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+    let cancel =
+        json!({ "reason": "x", "cancelled_by": { "id": "d", "name": null, "department": null } });
+    let (status, _) = flow
+        .call(
+            Some("hospital-daiichi"),
+            "POST",
+            format!("{g}/clinic/prescriptions/{id}/cancel"),
+            Some(cancel.clone()),
+        )
+        .await;
+    assert_eq!(status, 404);
+    // Roles: pharmacies do not issue, clinics do not dispense or read inboxes, insurers neither.
+    let (status, body) = flow.issue("pharmacy-aozora", &bundle, None).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"], "forbidden");
+    for (org, method, url) in [
+        ("clinic-sakura", "GET", format!("{p}/pharmacy/inbox")),
+        (
+            "clinic-sakura",
+            "POST",
+            format!("{p}/pharmacy/prescriptions/{id}/dispense"),
+        ),
+        ("insurer-kenpo", "GET", format!("{p}/pharmacy/inbox")),
+        ("insurer-kenpo", "GET", format!("{g}/clinic/prescriptions")),
+        (
+            "pharmacy-aozora",
+            "GET",
+            format!("{g}/clinic/prescriptions/{id}"),
+        ),
+    ] {
+        let (status, body) = flow
+            .call(Some(org), method, url.clone(), Some(pharmacist()))
+            .await;
+        assert_eq!(status, 403, "{org} {method} {url}: {body}");
+        assert!(body["reason"].as_str().unwrap().contains(org));
+    }
+    // No credentials at all.
+    for url in [
+        format!("{p}/pharmacy/inbox"),
+        format!("{g}/clinic/prescriptions"),
+    ] {
+        let (status, body) = flow.call(None, "GET", url, None).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (401, Some("unauthenticated"))
+        );
+    }
+    // The owner can cancel; then it cannot be dispensed.
+    let (status, _) = flow
+        .call(
+            Some("clinic-sakura"),
+            "POST",
+            format!("{g}/clinic/prescriptions/{id}/cancel"),
+            Some(cancel),
+        )
+        .await;
+    assert_eq!(status, 202);
+    flow.in_inbox("pharmacy-aozora", id, |item| item["status"] == "cancelled")
+        .await;
+    let (status, body) = flow.dispense("pharmacy-aozora", id, pharmacist()).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (409, Some("cancelled")),
+        "{body}"
+    );
+    flow.clinic_sees("clinic-sakura", id, "cancelled").await;
+    flow.stop().await;
+}
+
+#[tokio::test]
+async fn bad_submissions_get_an_operation_outcome_and_a_resubmission_issues_nothing_new() {
+    let flow = Flow::start().await;
+    let url = format!("{}/fhir/Bundle", flow.gateway);
+    let send = |body: String, content_type: &'static str| {
+        let request = flow
+            .http
+            .post(url.clone())
+            .bearer_auth(flow.keys["clinic-sakura"].expose())
+            .header("content-type", content_type)
+            .body(body);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let body: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+            assert_eq!(body["resourceType"], "OperationOutcome", "{body}");
+            (status, body)
+        }
+    };
+    let (status, outcome) = send("{not json".to_owned(), "application/fhir+json").await;
+    assert_eq!(status, 400);
+    assert!(
+        outcome["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("not valid JSON")
+    );
+    let (status, _) = send(
+        json!({"resourceType": "Patient"}).to_string(),
+        "application/fhir+json",
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, _) = send("{}".to_owned(), "text/plain").await;
+    assert_eq!(status, 415);
+
+    let mut bundle = fixture("Bundle-Bundle-for-JP-MedReq-ePreBundleExample01.json");
+    for entry in bundle["entry"].as_array_mut().unwrap() {
+        if entry["resource"]["resourceType"] == "MedicationRequest" {
+            entry["resource"]["dispenseRequest"]
+                .as_object_mut()
+                .unwrap()
+                .remove("quantity");
+        }
+    }
+    let (status, outcome) = send(bundle.to_string(), "application/fhir+json").await;
+    assert_eq!(status, 422);
+    let issues = outcome["issue"].as_array().unwrap();
+    assert_eq!(issues.len(), 2, "one issue per line: {outcome}");
+    assert!(issues.iter().all(|i| {
+        i["expression"][0]
+            .as_str()
+            .unwrap()
+            .ends_with("dispenseRequest.quantity")
+    }));
+
+    // The same bundle twice: one prescription, the same answer, one event on the topic.
+    let good = fixture("Bundle-Bundle-for-JP-MedReq-ePreBundleExample01.json");
+    let (status, first) = flow
+        .issue("clinic-sakura", &good, Some("pharmacy-aozora"))
+        .await;
+    assert_eq!(status, 202);
+    assert_eq!(first["replayed"], false);
+    let (status, second) = flow
+        .issue("clinic-sakura", &good, Some("pharmacy-aozora"))
+        .await;
+    assert_eq!(status, 202);
+    assert_eq!(second["replayed"], true);
+    for field in ["prescription_id", "event_id", "access_code"] {
+        assert_eq!(first[field], second[field], "{field}");
+    }
+    let records = hixbus_bus::reader::TopicReader::open(
+        &flow.stack.kafka,
+        "prescriptions",
+        hixbus_bus::reader::Start::Beginning,
+    )
+    .unwrap()
+    .read_to_end()
+    .await
+    .unwrap();
+    let codec = flow.stack.codec();
+    let mut issued = 0;
+    for record in &records {
+        if let Ok(Ok(decoded)) = codec.decode(record.payload.as_deref().unwrap()).await
+            && let hixbus_contracts::Event::PrescriptionIssued(e) = decoded.event
+            && e.prescription_id == first["prescription_id"]
+        {
+            issued += 1;
+        }
+    }
+    assert_eq!(issued, 1, "a resubmission publishes nothing");
+    flow.stop().await;
+}
+
+#[tokio::test]
+async fn a_pharmacy_screen_updates_live_over_server_sent_events() {
+    let flow = Flow::start().await;
+    let mut stream = flow
+        .http
+        .get(format!("{}/pharmacy/inbox/stream", flow.pharmacy))
+        .bearer_auth(flow.keys["pharmacy-aozora"].expose())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status().as_u16(), 200);
+    assert!(
+        stream.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+
+    let request = fixture("MedicationRequest-JP-MedReq-ePreData-Example-gaiyou03.json");
+    let (_, accepted) = flow
+        .issue("clinic-sakura", &request, Some("pharmacy-aozora"))
+        .await;
+    let id = accepted["prescription_id"].as_str().unwrap();
+    // Another pharmacy's prescription must not appear on this screen.
+    let (_, other) = flow
+        .issue("hospital-daiichi", &request, Some("pharmacy-midori"))
+        .await;
+    let other_id = other["prescription_id"].as_str().unwrap();
+
+    let mut received = String::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !received.contains(id) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let chunk = tokio::time::timeout(left, stream.chunk())
+            .await
+            .expect("the new prescription is pushed to the screen")
+            .unwrap()
+            .expect("stream open");
+        received.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(received.contains("event: prescription"), "{received}");
+    assert!(
+        !received.contains(other_id),
+        "another pharmacy's prescription leaked: {received}"
+    );
+    flow.stop().await;
+}
+
+#[tokio::test]
+async fn a_duplicate_from_a_second_clinic_raises_an_alert_both_sides_see_even_after_a_restart() {
+    let flow = Flow::start().await;
+    // Both examples are for the same insured patient and prescribe carbocisteine for 7 days.
+    let first = fixture("Bundle-Bundle-for-JP-MedReq-ePreBundleExample01.json");
+    let (_, a) = flow
+        .issue("hospital-daiichi", &first, Some("pharmacy-aozora"))
+        .await;
+    let first_id = a["prescription_id"].as_str().unwrap().to_owned();
+    flow.in_inbox("pharmacy-aozora", &first_id, |_| true).await;
+    let second = fixture("Bundle-Bundle-for-JP-MedReq-ePreData-Example01.json");
+    let (_, b) = flow
+        .issue("clinic-sakura", &second, Some("pharmacy-midori"))
+        .await;
+    let second_id = b["prescription_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        a["patient_ref"], b["patient_ref"],
+        "one patient, recognized by insurance card"
+    );
+
+    let has_duplicate = |item: &Value| {
+        item["alerts"].as_array().is_some_and(|alerts| {
+            alerts.iter().any(|alert| {
+                alert["kind"] == "DUPLICATE_INGREDIENT"
+                    && alert["message"]
+                        .as_str()
+                        .unwrap_or("")
+                        .contains("カルボシステイン")
+            })
+        })
+    };
+    // Both pharmacies see it next to the prescription they hold …
+    let at_midori = flow
+        .in_inbox("pharmacy-midori", &second_id, has_duplicate)
+        .await;
+    flow.in_inbox("pharmacy-aozora", &first_id, has_duplicate)
+        .await;
+    let alert = at_midori["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["kind"] == "DUPLICATE_INGREDIENT")
+        .unwrap()
+        .clone();
+    let involved: Vec<&str> = alert["involved"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["prescription_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(involved, [second_id.as_str(), first_id.as_str()]);
+    assert_eq!(alert["involved"][1]["issuer_org"], "hospital-daiichi");
+    // … and both prescribers see it in their view.
+    for (clinic, id) in [
+        ("clinic-sakura", &second_id),
+        ("hospital-daiichi", &first_id),
+    ] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, seen) = flow
+                .call(
+                    Some(clinic),
+                    "GET",
+                    format!("{}/clinic/prescriptions/{id}", flow.gateway),
+                    None,
+                )
+                .await;
+            if has_duplicate(&seen) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{clinic} never saw the alert: {seen}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    // The check restarts with no state of its own: it rebuilds the medications from the
+    // topics, so a third prescription of the same drug is still checked against the others.
+    let mut flow = flow;
+    flow.safety.take().unwrap().stop().await;
+    flow.safety = Some(SafetyCheck::start(&flow.stack).await);
+    let mut third = fixture("Bundle-Bundle-for-JP-MedReq-ePreBundleExample01.json");
+    third["identifier"]["value"] = json!("urn:uuid:5b0e1d6a-3f0c-4c55-9a57-2f7b1f0c9d11");
+    let (_, c) = flow
+        .issue("hospital-daiichi", &third, Some("pharmacy-aozora"))
+        .await;
+    let third_id = c["prescription_id"].as_str().unwrap().to_owned();
+    // Two alerts: one against each earlier prescription; they may arrive a moment apart.
+    let against = |item: &Value| -> std::collections::BTreeSet<String> {
+        item["alerts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|a| a["kind"] == "DUPLICATE_INGREDIENT")
+            .filter_map(|a| {
+                a["involved"][1]["prescription_id"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .collect()
+    };
+    let both = |item: &Value| {
+        let others = against(item);
+        others.contains(&first_id) && others.contains(&second_id)
+    };
+    let item = flow.in_inbox("pharmacy-aozora", &third_id, both).await;
+    let others = against(&item);
+    assert!(
+        others.contains(&first_id) && others.contains(&second_id),
+        "checked against both earlier prescriptions after the restart: {others:?}"
+    );
+    flow.stop().await;
+}
+
+/// The example bundle as prescription `n` of its own patient.
+fn numbered_bundle(n: usize) -> Value {
+    let mut bundle = fixture("Bundle-Bundle-for-JP-MedReq-ePreBundleExample01.json");
+    bundle["identifier"]["value"] = json!(format!("urn:uuid:restart-{n}"));
+    for entry in bundle["entry"].as_array_mut().unwrap() {
+        if entry["resource"]["resourceType"] == "Coverage" {
+            for ext in entry["resource"]["extension"]
+                .as_array_mut()
+                .into_iter()
+                .flatten()
+            {
+                if ext["url"]
+                    .as_str()
+                    .is_some_and(|u| u.ends_with("InsuredPersonNumber"))
+                {
+                    ext["valueString"] = json!(format!("{}", 50_000 + n));
+                }
+            }
+        }
+    }
+    bundle
+}
+
+#[tokio::test]
+async fn restarting_the_gateway_and_the_pharmacy_mid_stream_loses_and_duplicates_nothing() {
+    let mut flow = Flow::start().await;
+    let total = 30;
+    let mut issued = Vec::new();
+    for n in 0..total {
+        if n == 10 {
+            flow.restart_pharmacy().await;
+        }
+        if n == 20 {
+            flow.restart_gateway().await;
+        }
+        let (status, accepted) = flow
+            .issue(
+                "clinic-sakura",
+                &numbered_bundle(n),
+                Some("pharmacy-aozora"),
+            )
+            .await;
+        assert_eq!(status, 202, "{accepted}");
+        issued.push(accepted["prescription_id"].as_str().unwrap().to_owned());
+    }
+    // A resubmission from before the gateway restart is still recognized.
+    let (_, again) = flow
+        .issue(
+            "clinic-sakura",
+            &numbered_bundle(5),
+            Some("pharmacy-aozora"),
+        )
+        .await;
+    assert_eq!(again["prescription_id"], issued[5].as_str());
+    assert_eq!(again["replayed"], true);
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let inbox = loop {
+        let inbox = flow.inbox("pharmacy-aozora").await;
+        if inbox.len() >= total || Instant::now() > deadline {
+            break inbox;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut seen: Vec<&str> = inbox
+        .iter()
+        .map(|p| p["prescription_id"].as_str().unwrap())
+        .collect();
+    seen.sort_unstable();
+    let mut expected: Vec<&str> = issued.iter().map(String::as_str).collect();
+    expected.sort_unstable();
+    assert_eq!(
+        seen, expected,
+        "every prescription exactly once in the inbox"
+    );
+
+    let (_, list) = flow
+        .call(
+            Some("clinic-sakura"),
+            "GET",
+            format!("{}/clinic/prescriptions", flow.gateway),
+            None,
+        )
+        .await;
+    assert_eq!(list["prescriptions"].as_array().unwrap().len(), total);
+    flow.stop().await;
+}

@@ -1,0 +1,499 @@
+//! The registry's REST API, checked as raw HTTP so the status codes, content types and JSON
+//! shapes are exactly what a Confluent client in any language would receive.
+
+use hixbus_tests::{TestRegistry, schema_body};
+use serde_json::{Value, json};
+
+use crate::on_both_backends;
+
+const V1: &str = r#"{"type":"record","name":"Patient","namespace":"t","fields":[{"name":"id","type":"string"},{"name":"name","type":"string"}]}"#;
+/// V1 plus an optional field with a default: compatible in every direction.
+const V2: &str = r#"{"type":"record","name":"Patient","namespace":"t","fields":[{"name":"id","type":"string"},{"name":"name","type":"string"},{"name":"email","type":["null","string"],"default":null}]}"#;
+/// V2 without the required `name`: old readers cannot read it (FORWARD fails).
+const V3_DROPS_NAME: &str = r#"{"type":"record","name":"Patient","namespace":"t","fields":[{"name":"id","type":"string"},{"name":"email","type":["null","string"],"default":null}]}"#;
+
+const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
+
+async fn register(registry: &TestRegistry, subject: &str, schema: &str) -> i64 {
+    let r = registry
+        .call(
+            "POST",
+            &format!("/subjects/{subject}/versions"),
+            Some(&schema_body(schema)),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.content_type, CONTENT_TYPE);
+    let id = r.body["id"].as_i64().expect("id");
+    assert_eq!(r.body, json!({ "id": id }), "register answers only the id");
+    id
+}
+
+fn same_schema(a: &str, b: &str) -> bool {
+    let a = apache_avro::Schema::parse_str(a).unwrap();
+    let b = apache_avro::Schema::parse_str(b).unwrap();
+    serde_json::to_value(&a).unwrap() == serde_json::to_value(&b).unwrap()
+}
+
+async fn registering_is_idempotent_and_ids_are_global(registry: &TestRegistry) {
+    let id1 = register(registry, "patients-value", V1).await;
+    // The same schema with other whitespace and key order is the same schema.
+    let reordered = r#"{ "namespace": "t", "name": "Patient", "type": "record",
+        "fields": [ {"type": "string", "name": "id"}, {"name": "name", "type": "string"} ] }"#;
+    assert_eq!(register(registry, "patients-value", reordered).await, id1);
+    assert_eq!(
+        registry
+            .call("GET", "/subjects/patients-value/versions", None)
+            .await
+            .body,
+        json!([1])
+    );
+
+    // Ids are global: another subject with the same schema gets the same id.
+    assert_eq!(register(registry, "archive-value", V1).await, id1);
+    let id2 = register(registry, "patients-value", V2).await;
+    assert_ne!(id2, id1);
+    assert_eq!(
+        registry
+            .call("GET", "/subjects/patients-value/versions", None)
+            .await
+            .body,
+        json!([1, 2])
+    );
+    assert_eq!(
+        registry.call("GET", "/subjects", None).await.body,
+        json!(["archive-value", "patients-value"])
+    );
+
+    let latest = registry
+        .call("GET", "/subjects/patients-value/versions/latest", None)
+        .await;
+    assert_eq!(latest.status, 200);
+    assert_eq!(latest.content_type, CONTENT_TYPE);
+    let keys: Vec<&String> = latest.body.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["subject", "version", "id", "schema"]);
+    assert_eq!(
+        (
+            &latest.body["subject"],
+            &latest.body["version"],
+            &latest.body["id"]
+        ),
+        (&json!("patients-value"), &json!(2), &json!(id2))
+    );
+    assert!(same_schema(latest.body["schema"].as_str().unwrap(), V2));
+
+    let by_id = registry
+        .call("GET", &format!("/schemas/ids/{id1}"), None)
+        .await;
+    assert_eq!(
+        by_id.body.as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["schema"]
+    );
+    assert!(same_schema(by_id.body["schema"].as_str().unwrap(), V1));
+    // The bare-schema resources return the schema itself as the JSON document.
+    let raw = registry
+        .call("GET", &format!("/schemas/ids/{id1}/schema"), None)
+        .await;
+    assert!(same_schema(&raw.body.to_string(), V1));
+    let raw_version = registry
+        .call("GET", "/subjects/patients-value/versions/1/schema", None)
+        .await;
+    assert_eq!(raw_version.body, raw.body);
+
+    assert_eq!(
+        registry
+            .call("GET", &format!("/schemas/ids/{id1}/versions"), None)
+            .await
+            .body,
+        json!([{"subject": "archive-value", "version": 1}, {"subject": "patients-value", "version": 1}])
+    );
+    assert_eq!(
+        registry
+            .call("GET", &format!("/schemas/ids/{id1}/subjects"), None)
+            .await
+            .body,
+        json!(["archive-value", "patients-value"])
+    );
+    assert_eq!(
+        registry.call("GET", "/schemas/types", None).await.body,
+        json!(["AVRO"])
+    );
+}
+
+async fn lookup_finds_versions_and_reports_what_is_missing(registry: &TestRegistry) {
+    let id1 = register(registry, "lookup-value", V1).await;
+    register(registry, "lookup-value", V2).await;
+    let found = registry
+        .call("POST", "/subjects/lookup-value", Some(&schema_body(V1)))
+        .await;
+    assert_eq!(found.status, 200);
+    assert_eq!(
+        (&found.body["version"], &found.body["id"]),
+        (&json!(1), &json!(id1))
+    );
+
+    let missing = registry
+        .call(
+            "POST",
+            "/subjects/lookup-value",
+            Some(&schema_body(V3_DROPS_NAME)),
+        )
+        .await;
+    assert_eq!((missing.status, missing.error_code()), (404, Some(40403)));
+    let no_subject = registry
+        .call("POST", "/subjects/nobody", Some(&schema_body(V1)))
+        .await;
+    assert_eq!(
+        (no_subject.status, no_subject.error_code()),
+        (404, Some(40401))
+    );
+    assert_eq!(
+        no_subject.body["message"],
+        json!("Subject 'nobody' not found.")
+    );
+    assert_eq!(no_subject.content_type, CONTENT_TYPE);
+}
+
+async fn compatibility_is_enforced_by_avro_resolution(registry: &TestRegistry) {
+    let set = registry
+        .call(
+            "PUT",
+            "/config/compat-value",
+            Some(r#"{"compatibility":"FULL_TRANSITIVE"}"#),
+        )
+        .await;
+    assert_eq!(
+        (set.status, &set.body),
+        (200, &json!({"compatibility": "FULL_TRANSITIVE"}))
+    );
+    register(registry, "compat-value", V1).await;
+
+    let ok = registry
+        .call(
+            "POST",
+            "/compatibility/subjects/compat-value/versions/latest",
+            Some(&schema_body(V2)),
+        )
+        .await;
+    assert_eq!(
+        (ok.status, &ok.body),
+        (200, &json!({"is_compatible": true}))
+    );
+    register(registry, "compat-value", V2).await;
+
+    let verbose = registry
+        .call(
+            "POST",
+            "/compatibility/subjects/compat-value/versions/latest?verbose=true",
+            Some(&schema_body(V3_DROPS_NAME)),
+        )
+        .await;
+    assert_eq!(verbose.body["is_compatible"], json!(false));
+    let messages = verbose.body["messages"].as_array().unwrap();
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.as_str().unwrap().contains("FORWARD")),
+        "{messages:?}"
+    );
+
+    let refused = registry
+        .call(
+            "POST",
+            "/subjects/compat-value/versions",
+            Some(&schema_body(V3_DROPS_NAME)),
+        )
+        .await;
+    assert_eq!((refused.status, refused.error_code()), (409, Some(409)));
+    assert!(
+        refused.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("incompatible")
+    );
+    assert_eq!(
+        registry
+            .call("GET", "/subjects/compat-value/versions", None)
+            .await
+            .body,
+        json!([1, 2]),
+        "a refused schema is not stored"
+    );
+
+    // Under NONE anything goes.
+    registry
+        .call(
+            "PUT",
+            "/config/compat-value",
+            Some(r#"{"compatibility":"none"}"#),
+        )
+        .await;
+    register(registry, "compat-value", V3_DROPS_NAME).await;
+}
+
+async fn deletes_follow_confluent_soft_then_permanent_rules(registry: &TestRegistry) {
+    let id1 = register(registry, "del-value", V1).await;
+    register(registry, "del-value", V2).await;
+
+    let not_soft = registry
+        .call(
+            "DELETE",
+            "/subjects/del-value/versions/1?permanent=true",
+            None,
+        )
+        .await;
+    assert_eq!((not_soft.status, not_soft.error_code()), (404, Some(40407)));
+    let soft = registry
+        .call("DELETE", "/subjects/del-value/versions/1", None)
+        .await;
+    assert_eq!((soft.status, &soft.body), (200, &json!(1)));
+    let again = registry
+        .call("DELETE", "/subjects/del-value/versions/1", None)
+        .await;
+    assert_eq!(again.error_code(), Some(40406));
+    assert_eq!(
+        registry
+            .call("GET", "/subjects/del-value/versions", None)
+            .await
+            .body,
+        json!([2])
+    );
+    assert_eq!(
+        registry
+            .call("GET", "/subjects/del-value/versions?deleted=true", None)
+            .await
+            .body,
+        json!([1, 2])
+    );
+    let gone = registry
+        .call("GET", "/subjects/del-value/versions/1", None)
+        .await;
+    assert_eq!((gone.status, gone.error_code()), (404, Some(40402)));
+    // Consumers must still decode old records: ids of soft-deleted versions stay readable.
+    assert_eq!(
+        registry
+            .call("GET", &format!("/schemas/ids/{id1}?deleted=true"), None)
+            .await
+            .status,
+        200
+    );
+
+    let subject_not_soft = registry
+        .call("DELETE", "/subjects/del-value?permanent=true", None)
+        .await;
+    assert_eq!(subject_not_soft.error_code(), Some(40405));
+    let soft_subject = registry.call("DELETE", "/subjects/del-value", None).await;
+    assert_eq!(soft_subject.body, json!([2]));
+    assert_eq!(
+        registry
+            .call("DELETE", "/subjects/del-value", None)
+            .await
+            .error_code(),
+        Some(40404)
+    );
+    assert_eq!(
+        registry.call("GET", "/subjects", None).await.body,
+        json!([])
+    );
+    assert_eq!(
+        registry
+            .call("GET", "/subjects?deleted=true", None)
+            .await
+            .body,
+        json!(["del-value"])
+    );
+    let hard = registry
+        .call("DELETE", "/subjects/del-value?permanent=true", None)
+        .await;
+    assert_eq!(hard.body, json!([1, 2]));
+    let unknown = registry
+        .call("GET", &format!("/schemas/ids/{id1}"), None)
+        .await;
+    assert_eq!((unknown.status, unknown.error_code()), (404, Some(40403)));
+
+    // Ids are stable: the same schema registered again gets its old id back.
+    assert_eq!(register(registry, "del-value", V1).await, id1);
+    assert_eq!(
+        registry
+            .call("GET", "/subjects/del-value/versions", None)
+            .await
+            .body,
+        json!([1])
+    );
+}
+
+async fn bad_input_gets_a_confluent_error_and_stores_nothing(registry: &TestRegistry) {
+    register(registry, "good-value", V1).await;
+    let cases: [(&str, &str, Option<&str>, u16, i64); 10] = [
+        (
+            "POST",
+            "/subjects/bad-value/versions",
+            Some("{not json"),
+            400,
+            400,
+        ),
+        (
+            "POST",
+            "/subjects/bad-value/versions",
+            Some(r#"{"schema":"{\"type\":\"recordd\"}"}"#),
+            422,
+            42201,
+        ),
+        (
+            "POST",
+            "/subjects/bad-value/versions",
+            Some(r#"{"schema":"not avro at all"}"#),
+            422,
+            42201,
+        ),
+        (
+            "POST",
+            "/subjects/bad-value/versions",
+            Some(r#"{"schemaType":"AVRO"}"#),
+            422,
+            42201,
+        ),
+        (
+            "POST",
+            "/subjects/bad-value/versions",
+            Some(r#"{"schema":"syntax = \"proto3\";","schemaType":"PROTOBUF"}"#),
+            422,
+            42201,
+        ),
+        (
+            "POST",
+            "/subjects/bad-value/versions",
+            Some(
+                r#"{"schema":"\"string\"","references":[{"name":"x","subject":"y","version":1}]}"#,
+            ),
+            422,
+            42201,
+        ),
+        (
+            "GET",
+            "/subjects/good-value/versions/zero",
+            None,
+            422,
+            42202,
+        ),
+        (
+            "GET",
+            "/subjects/good-value/versions/2147483648",
+            None,
+            422,
+            42202,
+        ),
+        (
+            "GET",
+            "/subjects/unknown-value/versions/1",
+            None,
+            404,
+            40401,
+        ),
+        (
+            "PUT",
+            "/config",
+            Some(r#"{"compatibility":"SIDEWAYS"}"#),
+            422,
+            42203,
+        ),
+    ];
+    for (method, path, body, status, code) in cases {
+        let r = registry.call(method, path, body).await;
+        assert_eq!(
+            (r.status, r.error_code()),
+            (status, Some(code)),
+            "{method} {path} {body:?}: {r:?}"
+        );
+        assert_eq!(r.content_type, CONTENT_TYPE, "{method} {path}");
+        assert!(
+            !r.body["message"].as_str().unwrap_or_default().is_empty(),
+            "{method} {path}: a reason"
+        );
+    }
+
+    let control_char = registry
+        .call(
+            "POST",
+            "/subjects/bad%07value/versions",
+            Some(&schema_body(V1)),
+        )
+        .await;
+    assert_eq!(control_char.error_code(), Some(42208));
+
+    // An oversized body (the limit is 1 MiB) is refused before it is parsed.
+    let huge = format!(r#"{{"schema":"{}"}}"#, "x".repeat(2 * 1024 * 1024));
+    let too_large = registry
+        .call("POST", "/subjects/bad-value/versions", Some(&huge))
+        .await;
+    assert_eq!((too_large.status, too_large.error_code()), (413, Some(413)));
+
+    let nowhere = registry.call("GET", "/no/such/resource", None).await;
+    assert_eq!((nowhere.status, nowhere.error_code()), (404, Some(404)));
+    let wrong_method = registry.call("PATCH", "/subjects", None).await;
+    assert_eq!(
+        (wrong_method.status, wrong_method.error_code()),
+        (405, Some(405))
+    );
+
+    assert_eq!(
+        registry
+            .call("GET", "/subjects?deleted=true", None)
+            .await
+            .body,
+        json!(["good-value"]),
+        "nothing from the bad requests was stored"
+    );
+}
+
+async fn compatibility_config_resources(registry: &TestRegistry) {
+    let global = registry.call("GET", "/config", None).await;
+    assert_eq!(global.body, json!({"compatibilityLevel": "BACKWARD"}));
+    let unset = registry.call("GET", "/config/cfg-value", None).await;
+    assert_eq!((unset.status, unset.error_code()), (404, Some(40408)));
+    let fallback = registry
+        .call("GET", "/config/cfg-value?defaultToGlobal=true", None)
+        .await;
+    assert_eq!(fallback.body, json!({"compatibilityLevel": "BACKWARD"}));
+
+    registry
+        .call("PUT", "/config", Some(r#"{"compatibility":"FORWARD"}"#))
+        .await;
+    registry
+        .call(
+            "PUT",
+            "/config/cfg-value",
+            Some(r#"{"compatibility":"FULL"}"#),
+        )
+        .await;
+    assert_eq!(
+        registry.call("GET", "/config", None).await.body,
+        json!({"compatibilityLevel": "FORWARD"})
+    );
+    assert_eq!(
+        registry.call("GET", "/config/cfg-value", None).await.body,
+        json!({"compatibilityLevel": "FULL"})
+    );
+    let deleted = registry.call("DELETE", "/config/cfg-value", None).await;
+    assert_eq!(deleted.body, json!({"compatibilityLevel": "FULL"}));
+    assert_eq!(
+        registry
+            .call("GET", "/config/cfg-value", None)
+            .await
+            .error_code(),
+        Some(40408)
+    );
+    assert_eq!(
+        registry.call("GET", "/", None).await.body,
+        Value::Object(Default::default())
+    );
+}
+
+on_both_backends!(
+    registering_is_idempotent_and_ids_are_global,
+    lookup_finds_versions_and_reports_what_is_missing,
+    compatibility_is_enforced_by_avro_resolution,
+    deletes_follow_confluent_soft_then_permanent_rules,
+    bad_input_gets_a_confluent_error_and_stores_nothing,
+    compatibility_config_resources,
+);

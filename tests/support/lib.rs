@@ -1,0 +1,228 @@
+//! Helpers shared by the end-to-end tests: a real registry on a fresh database, and plain HTTP
+//! calls for checking answers byte-for-byte as a client in another language would see them.
+
+mod broker;
+mod watchdog;
+
+pub use broker::{Engine, Tansu, TestBroker};
+pub use watchdog::watch;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use hixbus_contracts::registry::RegistryClient;
+use hixbus_schema_registry::{RegistryConfig, RegistryServer};
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Where the registry keeps its data in a test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The PostgreSQL server tests create their databases on. CI and these machines run one at
+/// 127.0.0.1:5432 with trust auth; `HIXBUS_TEST_POSTGRES_URL` points elsewhere.
+pub fn postgres_admin_url() -> String {
+    std::env::var("HIXBUS_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A new, empty database URL for `backend`.
+pub async fn fresh_database(backend: Backend) -> String {
+    watch();
+    let name = format!("hixbus_test_{}", uuid::Uuid::new_v4().simple());
+    match backend {
+        Backend::Sqlite => {
+            let path: PathBuf = std::env::temp_dir().join(format!("{name}.db"));
+            format!("sqlite://{}", path.display())
+        }
+        Backend::Postgres => {
+            sqlx::any::install_default_drivers();
+            let admin = postgres_admin_url();
+            let pool = sqlx::AnyPool::connect(&admin).await.unwrap_or_else(|e| {
+                panic!("PostgreSQL is required for these tests ({admin}): {e}. Start it or set HIXBUS_TEST_POSTGRES_URL.")
+            });
+            sqlx::query(&format!("CREATE DATABASE {name}"))
+                .execute(&pool)
+                .await
+                .expect("create test database");
+            pool.close().await;
+            let mut url = url::Url::parse(&admin).expect("admin URL");
+            url.set_path(&name);
+            url.to_string()
+        }
+    }
+}
+
+/// The real registry, serving on a free port until stopped or dropped.
+#[derive(Debug)]
+pub struct TestRegistry {
+    pub url: String,
+    pub addr: SocketAddr,
+    pub database_url: String,
+    pub client: RegistryClient,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestRegistry {
+    pub async fn fresh(backend: Backend) -> Self {
+        Self::start(&fresh_database(backend).await).await
+    }
+
+    pub async fn start(database_url: &str) -> Self {
+        watch();
+        let config = RegistryConfig::new("127.0.0.1:0".parse().unwrap(), database_url);
+        let server = RegistryServer::build(config)
+            .await
+            .expect("registry starts");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let url = server.url();
+        let addr = server.local_addr();
+        let task = tokio::spawn(server.run_until(async {
+            let _ = stopped.await;
+        }));
+        Self {
+            client: RegistryClient::new(&url).expect("registry url"),
+            url,
+            addr,
+            database_url: database_url.to_owned(),
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Stops serving and waits until the listener is closed.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("registry task").expect("registry served");
+        }
+    }
+
+    /// A raw HTTP call: (status, content type, body parsed as JSON or kept as a string).
+    pub async fn call(&self, method: &str, path: &str, body: Option<&str>) -> Response {
+        call(&format!("{}{path}", self.url), method, body).await
+    }
+}
+
+impl Drop for TestRegistry {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub content_type: String,
+    pub body: Value,
+}
+
+impl Response {
+    /// The Confluent error code of an error answer.
+    pub fn error_code(&self) -> Option<i64> {
+        self.body.get("error_code").and_then(Value::as_i64)
+    }
+}
+
+pub async fn call(url: &str, method: &str, body: Option<&str>) -> Response {
+    let client = reqwest::Client::new();
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+    let mut request = client
+        .request(method, url)
+        .header("content-type", "application/vnd.schemaregistry.v1+json");
+    if let Some(body) = body {
+        request = request.body(body.to_owned());
+    }
+    let response = request.send().await.expect("request sent");
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let text = response.text().await.expect("body");
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Response {
+        status,
+        content_type,
+        body,
+    }
+}
+
+/// The request body Confluent clients send to register or look up an Avro schema.
+pub fn schema_body(schema: &str) -> String {
+    serde_json::json!({ "schema": schema }).to_string()
+}
+
+/// Everything a bus test talks to: a real broker with the catalog's topics, and a real registry.
+#[derive(Debug)]
+pub struct BusStack {
+    pub broker: TestBroker,
+    pub registry: TestRegistry,
+    pub kafka: hixbus_bus::KafkaConfig,
+}
+
+impl BusStack {
+    pub async fn start() -> Self {
+        init_tracing();
+        let broker = TestBroker::start();
+        let registry = TestRegistry::fresh(Backend::Sqlite).await;
+        Self::on(broker, registry).await
+    }
+
+    /// The stack on a given broker (a durable one, say).
+    pub async fn on(broker: TestBroker, registry: TestRegistry) -> Self {
+        init_tracing();
+        let kafka = hixbus_bus::KafkaConfig::new(&broker.bootstrap).with_client_id("hixbus-test");
+        let specs = hixbus_bus::topics::specs(
+            hixbus_bus::topics::EMBEDDED,
+            hixbus_contracts::Catalog::embedded(),
+        )
+        .expect("topics file");
+        hixbus_bus::topics::create(&kafka, &specs)
+            .await
+            .expect("topics created");
+        Self {
+            broker,
+            registry,
+            kafka,
+        }
+    }
+
+    /// A codec that registers schemas on first use, as a fresh dev stack does.
+    pub fn codec(&self) -> std::sync::Arc<hixbus_contracts::codec::Codec> {
+        std::sync::Arc::new(hixbus_contracts::codec::Codec::new(
+            self.registry.client.clone(),
+            hixbus_contracts::codec::SchemaIdStrategy::Register,
+        ))
+    }
+
+    pub fn publisher(&self) -> hixbus_bus::Publisher {
+        hixbus_bus::Publisher::new(&self.kafka, self.codec()).expect("publisher")
+    }
+}
+
+/// A name no other test uses: for patients, groups and anything else tests could share.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Tracing with OpenTelemetry ids, once per test process, as every hixbus process has it.
+pub fn init_tracing() {
+    watch();
+    static TELEMETRY: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    TELEMETRY.get_or_init(|| {
+        // Leaked on purpose: the providers must outlive every test in the process.
+        std::mem::forget(hixbus_bus::telemetry::init("hixbus-tests"));
+    });
+}
