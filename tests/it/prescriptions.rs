@@ -233,13 +233,13 @@ impl Flow {
         self.gateway = url;
     }
 
-    /// Stops the pharmacy service (gracefully) and starts a new one on the same database.
+    /// A rolling restart of the pharmacy service, as a deployment does it: a new replica on the
+    /// same database joins the consumer group, then the old one stops (gracefully) and leaves.
     async fn restart_pharmacy(&mut self) {
-        if let Some(old) = self.pharmacy_service.take() {
+        let (url, service) = start_pharmacy(&self.stack, &self.directory, &self.pharmacy_db).await;
+        if let Some(old) = self.pharmacy_service.replace(service) {
             old.stop().await;
         }
-        let (url, service) = start_pharmacy(&self.stack, &self.directory, &self.pharmacy_db).await;
-        self.pharmacy_service = Some(service);
         self.pharmacy = url;
     }
 
