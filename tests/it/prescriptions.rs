@@ -566,11 +566,16 @@ async fn an_open_prescription_is_claimed_with_the_access_code_and_then_only_that
                     )
                     .await;
                 // The prescription reaches the pharmacy service within milliseconds; until
-                // then the code is unknown.
-                if answer.0 != 404 || Instant::now() > deadline {
+                // then the code is unknown. Claims are rate-limited, so retry gently.
+                let wait = match answer.0 {
+                    404 => Duration::from_millis(200),
+                    429 => Duration::from_secs(3),
+                    _ => return answer,
+                };
+                if Instant::now() > deadline {
                     return answer;
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(wait).await;
             }
         }
     };
@@ -613,6 +618,46 @@ async fn an_open_prescription_is_claimed_with_the_access_code_and_then_only_that
     let (status, _) = flow.dispense("pharmacy-midori", &id, pharmacist()).await;
     assert_eq!(status, 200);
     flow.clinic_sees("clinic-sakura", &id, "dispensed").await;
+    flow.stop().await;
+}
+
+/// Access codes are short enough to read out at a counter; guessing them must be hopeless.
+#[tokio::test]
+async fn guessing_access_codes_is_cut_off_per_pharmacy() {
+    let flow = Flow::start().await;
+    let guess = |pharmacy: &'static str, n: usize| {
+        flow.call(
+            Some(pharmacy),
+            "POST",
+            format!("{}/pharmacy/claims", flow.pharmacy),
+            Some(json!({ "access_code": format!("GUESS{n:03}") })),
+        )
+    };
+    for n in 0..hixbus_pharmacy::claims::CLAIMS_PER_MINUTE as usize {
+        let (status, body) = guess("pharmacy-aozora", n).await;
+        assert_eq!(status, 404, "guess {n}: {body}");
+    }
+    let response = flow
+        .http
+        .post(format!("{}/pharmacy/claims", flow.pharmacy))
+        .bearer_auth(flow.keys["pharmacy-aozora"].expose())
+        .body(json!({ "access_code": "GUESS999" }).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 429);
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "too_many_claims", "{body}");
+
+    // Another pharmacy is not held back by this one.
+    let (status, body) = guess("pharmacy-midori", 0).await;
+    assert_eq!(status, 404, "{body}");
     flow.stop().await;
 }
 

@@ -3,11 +3,12 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{FromRef, Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt as _};
@@ -21,6 +22,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
+use crate::claims::{CLAIMS_PER_MINUTE, ClaimLimiter};
 use crate::projector::Changes;
 use crate::store::{PrescriptionRow, Status, Store, StoreError};
 use hixbus_storage::AuditLog;
@@ -32,6 +34,7 @@ pub struct AppState {
     pub store: Store,
     pub audit: AuditLog,
     pub changes: Changes,
+    pub claims: Arc<ClaimLimiter>,
 }
 
 impl FromRef<AppState> for Arc<Directory> {
@@ -46,6 +49,8 @@ pub struct ApiError {
     status: StatusCode,
     error: &'static str,
     reason: String,
+    /// Sent as `Retry-After` (whole seconds, rounded up).
+    retry_after: Option<Duration>,
 }
 
 impl ApiError {
@@ -54,6 +59,7 @@ impl ApiError {
             status,
             error,
             reason: reason.into(),
+            retry_after: None,
         }
     }
 
@@ -70,11 +76,18 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        let mut response = (
             self.status,
             Json(json!({ "error": self.error, "reason": self.reason })),
         )
-            .into_response()
+            .into_response();
+        if let Some(wait) = self.retry_after {
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }
 
@@ -243,6 +256,20 @@ pub async fn claim(
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let org = caller.require(Action::DispensePrescription)?;
+    if let Err(wait) = state.claims.check(&org.id) {
+        tracing::warn!(org = %org.id, "access-code claims over the limit; refused");
+        return Err(ApiError {
+            retry_after: Some(wait),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_claims",
+                format!(
+                    "more than {CLAIMS_PER_MINUTE} access-code claims a minute; retry in {} s",
+                    wait.as_secs().max(1)
+                ),
+            )
+        });
+    }
     let request: ClaimRequest = parse_body(&body)?;
     let candidates = state.store.find_open_by_code(&request.access_code).await?;
     let mut claimed = Vec::new();

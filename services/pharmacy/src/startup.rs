@@ -62,6 +62,7 @@ pub async fn build(
         store,
         audit,
         changes,
+        claims: Arc::default(),
     };
     let service = HttpService::bind(listen, app(state), consumer)
         .await
