@@ -30,6 +30,7 @@ grep -q "Ctrl-C stops everything" "$work/up.out" || { cat "$work/up.out" "$work/
 ready=$(python3 -c "import time; print(f'{time.time() - $started:.2f}')")
 grep -q "IN-MEMORY, DEV ONLY" "$work/up.out" || { echo "dev mode is not labelled" >&2; exit 1; }
 
+HIXBUS_OPERATOR=smoke-test HIXBUS_AUDIT_DATABASE="sqlite://$work/operator-audit.db" \
 timeout 60 "$bin" tail prescriptions --from-beginning --max-records 3 \
   --bootstrap-servers "$kafka" --registry-url "http://$registry" >"$work/tail.out" 2>"$work/tail.err" \
   || { cat "$work/tail.err"; echo "hixbus tail failed" >&2; exit 1; }
@@ -43,6 +44,16 @@ for line in open(sys.argv[1]):
     assert record["event"]["event_type"].startswith("Prescription"), record
     assert record["key"] == record["event"]["envelope"]["patient_ref"], record
     assert "traceparent" in record["headers"], record
+PY
+# Every record tail printed was audited first, under the operator's name, with its patient.
+python3 - "$work/tail.out" "$work/operator-audit.db" <<'PY'
+import json, sqlite3, sys
+printed = [json.loads(line) for line in open(sys.argv[1])]
+rows = sqlite3.connect(sys.argv[2]).execute(
+    "SELECT org_id, action, subject_id, patient_ref FROM audit_log").fetchall()
+expected = {("operator:smoke-test", "tail.read", f"{r['topic']}/{r['partition']}/{r['offset']}", r["key"])
+            for r in printed}
+assert set(rows) == expected, (rows, expected)
 PY
 
 # The README's prescription flow, with the keys `up` printed.
@@ -72,4 +83,4 @@ for _ in $(seq 1 100); do kill -0 "$up" 2>/dev/null || break; sleep 0.1; done
 if kill -0 "$up" 2>/dev/null; then echo "hixbus up ignored Ctrl-C" >&2; exit 1; fi
 wait "$up" || { cat "$work/up.err"; echo "hixbus up exited with an error" >&2; exit 1; }
 grep -q "hixbus stopped" "$work/up.out" || { echo "no clean shutdown" >&2; exit 1; }
-echo "hixbus up: ready in ${ready}s, tail saw 3 demo events, a prescription went clinic → pharmacy → dispensed → clinic, Ctrl-C stopped it cleanly"
+echo "hixbus up: ready in ${ready}s, tail saw 3 demo events (each audited), a prescription went clinic → pharmacy → dispensed → clinic, Ctrl-C stopped it cleanly"

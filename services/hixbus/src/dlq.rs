@@ -7,6 +7,7 @@ use hixbus_bus::{Publisher, dlq};
 use hixbus_contracts::codec::SchemaIdStrategy;
 
 use crate::bus_args::BusArgs;
+use crate::operator::OperatorArgs;
 
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
@@ -19,6 +20,8 @@ pub enum DlqCommand {
         json: bool,
         #[command(flatten)]
         bus: BusArgs,
+        #[command(flatten)]
+        operator: OperatorArgs,
     },
     /// One dead letter in full: cause, origin, headers, and the event if it decodes.
     Show {
@@ -27,6 +30,8 @@ pub enum DlqCommand {
         at: Position,
         #[command(flatten)]
         bus: BusArgs,
+        #[command(flatten)]
+        operator: OperatorArgs,
     },
     /// Republish dead letters to their source topic: one (--partition/--offset), or every one
     /// not redriven before.
@@ -53,8 +58,19 @@ pub struct Position {
 
 pub async fn run(cmd: DlqCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        DlqCommand::List { topic, json, bus } => {
+        DlqCommand::List {
+            topic,
+            json,
+            bus,
+            operator,
+        } => {
+            let audit = operator.open("dlq.list").await?;
             let letters = dlq::list(&bus.kafka("hixbus-dlq"), &topic).await?;
+            let dlq_topic = hixbus_bus::dlq_topic(&topic);
+            for l in &letters {
+                let position = format!("{dlq_topic}/{}/{}", l.dlq_partition, l.dlq_offset);
+                audit.read_at(&position, l.key.as_deref()).await?;
+            }
             if json {
                 for letter in &letters {
                     println!("{}", serde_json::to_string(letter)?);
@@ -82,9 +98,16 @@ pub async fn run(cmd: DlqCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        DlqCommand::Show { topic, at, bus } => {
+        DlqCommand::Show {
+            topic,
+            at,
+            bus,
+            operator,
+        } => {
+            let audit = operator.open("dlq.show").await?;
             let config = bus.kafka("hixbus-dlq");
             let record = dlq::find(&config, &topic, at.partition, at.offset).await?;
+            audit.read(&record).await?;
             let codec = bus.codec(SchemaIdStrategy::Lookup)?;
             let letter = dlq::DeadLetter::from_record(&record);
             let mut shown = serde_json::to_value(&letter)?;

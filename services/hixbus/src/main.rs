@@ -3,6 +3,7 @@
 mod bus_args;
 mod demo;
 mod dlq;
+mod operator;
 mod registry;
 mod schemas;
 mod services;

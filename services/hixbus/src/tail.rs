@@ -10,6 +10,7 @@ use hixbus_contracts::codec::{Codec, SchemaIdStrategy};
 use serde_json::{Value, json};
 
 use crate::bus_args::BusArgs;
+use crate::operator::OperatorArgs;
 
 #[derive(Debug, Args)]
 pub struct TailArgs {
@@ -26,10 +27,13 @@ pub struct TailArgs {
     max_records: Option<u64>,
     #[command(flatten)]
     bus: BusArgs,
+    #[command(flatten)]
+    operator: OperatorArgs,
 }
 
 pub async fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
     let codec = args.bus.codec(SchemaIdStrategy::Lookup)?;
+    let audit = args.operator.open("tail.read").await?;
     let start = if args.from_beginning {
         Start::Beginning
     } else {
@@ -47,7 +51,9 @@ pub async fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
             () = crate::registry::shutdown_signal() => break,
         };
         let Some(record) = next else { break };
-        let line = describe(&codec, &record?).await;
+        let record = record?;
+        audit.read(&record).await?;
+        let line = describe(&codec, &record).await;
         writeln!(out, "{line}")?;
         out.flush()?;
         printed += 1;
