@@ -916,6 +916,55 @@ async fn a_pharmacy_screen_updates_live_over_server_sent_events() {
     flow.stop().await;
 }
 
+/// A screen is connected to whichever pharmacy replica its load balancer chose; it must hear of
+/// every change, whichever replica consumed it.
+#[tokio::test]
+async fn a_screen_on_one_replica_sees_what_another_replica_consumed() {
+    let flow = Flow::start().await;
+    let (second, second_service) =
+        start_pharmacy(&flow.stack, &flow.directory, &flow.pharmacy_db).await;
+    let mut stream = flow
+        .http
+        .get(format!("{second}/pharmacy/inbox/stream"))
+        .bearer_auth(flow.keys["pharmacy-aozora"].expose())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status().as_u16(), 200);
+
+    // Twelve patients: their prescriptions spread over the partitions both replicas share.
+    let mut ids = Vec::new();
+    for n in 0..12 {
+        let (status, accepted) = flow
+            .issue(
+                "clinic-sakura",
+                &numbered_bundle(n),
+                Some("pharmacy-aozora"),
+            )
+            .await;
+        assert_eq!(status, 202, "{accepted}");
+        ids.push(accepted["prescription_id"].as_str().unwrap().to_owned());
+    }
+
+    let mut received = String::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ids.iter().all(|id| received.contains(id.as_str())) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(chunk) = tokio::time::timeout(left, stream.chunk()).await else {
+            let missing: Vec<_> = ids
+                .iter()
+                .filter(|id| !received.contains(id.as_str()))
+                .collect();
+            panic!("the screen on the second replica never heard of {missing:?}");
+        };
+        received.push_str(&String::from_utf8_lossy(
+            &chunk.unwrap().expect("stream open"),
+        ));
+    }
+    Service::stop(second_service).await;
+    flow.stop().await;
+}
+
 #[tokio::test]
 async fn a_duplicate_from_a_second_clinic_raises_an_alert_both_sides_see_even_after_a_restart() {
     let flow = Flow::start().await;

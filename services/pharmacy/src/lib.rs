@@ -3,6 +3,7 @@
 //! the patient's access code), live over server-sent events, with any medication-safety alerts;
 //! dispensing publishes `PrescriptionDispensed`, at most once per prescription.
 
+pub mod changes;
 pub mod claims;
 pub mod projector;
 pub mod routes;

@@ -22,8 +22,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
+use crate::changes::{Changed, Changes};
 use crate::claims::{CLAIMS_PER_MINUTE, ClaimLimiter};
-use crate::projector::Changes;
 use crate::store::{PrescriptionRow, Status, Store, StoreError};
 use hixbus_storage::AuditLog;
 
@@ -201,15 +201,20 @@ pub async fn stream(
         |(mut receiver, store, audit, org)| async move {
             loop {
                 let event = match receiver.recv().await {
-                    Ok(changed) if changed.holder.as_deref() == Some(org.id.as_str()) => {
-                        match delivery(&store, &audit, &org, &changed.prescription_id).await {
+                    Ok(Changed::Prescription {
+                        holder,
+                        prescription_id,
+                    }) if holder.as_deref() == Some(org.id.as_str()) => {
+                        match delivery(&store, &audit, &org, &prescription_id).await {
                             Some(event) => event,
                             None => continue,
                         }
                     }
-                    Ok(_) => continue,
-                    // Too slow to keep up: tell the screen to reload the inbox.
-                    Err(RecvError::Lagged(_)) => SseEvent::default().event("resync").data("{}"),
+                    Ok(Changed::Prescription { .. }) => continue,
+                    // Too slow to keep up, or changes were missed: the screen reloads its inbox.
+                    Ok(Changed::Missed) | Err(RecvError::Lagged(_)) => {
+                        SseEvent::default().event("resync").data("{}")
+                    }
                     Err(RecvError::Closed) => return None,
                 };
                 return Some((Ok(event), (receiver, store, audit, org)));

@@ -13,7 +13,8 @@ use hixbus_bus::shutdown;
 use hixbus_bus::{KafkaConfig, Publisher};
 use hixbus_storage::{AuditLog, Database};
 
-use crate::projector::{self, Changes};
+use crate::changes::Changes;
+use crate::projector;
 use crate::routes::{self, AppState};
 use crate::store::Store;
 
@@ -45,10 +46,11 @@ pub async fn build(
     db: Database,
 ) -> Result<PharmacyService, StartupError> {
     let store = Store::new(db.clone()).await?;
-    let audit = AuditLog::new(db).await?;
-    // Live inbox streams end when the service stops (see `HttpService::closing`).
+    let audit = AuditLog::new(db.clone()).await?;
+    // Live inbox streams, and the listener feeding them, end when the service stops (see
+    // `HttpService::closing`).
     let (closing, streams_end) = shutdown::signal();
-    let changes = Changes::new(streams_end);
+    let changes = Changes::start(&db, &store, streams_end).await?;
     let consumer = projector::consumer(
         kafka,
         publisher.codec().clone(),

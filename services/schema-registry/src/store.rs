@@ -5,7 +5,7 @@
 //! two registry replicas racing on one database both try the same number, one insert fails with
 //! a unique violation, and the loser retries with the next number. No id is ever handed out twice.
 
-use hixbus_storage::{Backend, Database};
+use hixbus_storage::Database;
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 
@@ -42,7 +42,7 @@ pub const GLOBAL: &str = "";
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
-    backend: Backend,
+    db: Database,
 }
 
 /// One version of a subject, with its schema.
@@ -58,17 +58,16 @@ pub struct VersionRow {
 impl Store {
     /// Connects to `postgres://…` or `sqlite://…` (the file is created if missing).
     pub async fn connect(database_url: &str) -> Result<Self, sqlx::Error> {
-        let Database { pool, backend } = Database::connect(database_url).await?;
-        Ok(Self { pool, backend })
+        let db = Database::connect(database_url).await?;
+        Ok(Self {
+            pool: db.pool.clone(),
+            db,
+        })
     }
 
     /// Creates the tables if they are missing. Safe to run from several replicas at once.
     pub async fn migrate(&self) -> Result<(), sqlx::Error> {
-        let db = Database {
-            pool: self.pool.clone(),
-            backend: self.backend,
-        };
-        db.migrate(726_142, MIGRATION).await
+        self.db.migrate(726_142, MIGRATION).await
     }
 
     pub async fn ping(&self) -> Result<(), sqlx::Error> {

@@ -20,10 +20,22 @@ pub enum Backend {
 }
 
 /// A connection pool and the engine behind it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Database {
     pub pool: AnyPool,
     pub backend: Backend,
+    /// As given to `connect`: dedicated connections (PostgreSQL's LISTEN) need it. It may hold a
+    /// password, so it is never printed.
+    url: std::sync::Arc<str>,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database")
+            .field("backend", &self.backend)
+            .field("url", &redact(&self.url))
+            .finish_non_exhaustive()
+    }
 }
 
 impl Database {
@@ -55,7 +67,17 @@ impl Database {
             (Backend::Postgres, _) => options.max_connections(10),
         };
         let pool = options.connect(&url).await?;
-        Ok(Self { pool, backend })
+        Ok(Self {
+            pool,
+            backend,
+            url: database_url.into(),
+        })
+    }
+
+    /// The URL this database was connected with (it may hold a password: do not log it; see
+    /// [`redact`]).
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     /// Runs `statements` (idempotent DDL) in one transaction. On PostgreSQL an advisory lock
