@@ -6,7 +6,22 @@ use std::net::SocketAddr;
 use axum::Router;
 use tokio::net::TcpListener;
 
+use crate::consumer::ConsumerError;
 use crate::{Consumer, shutdown};
+
+/// Why a service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("consumer: {0}")]
+    Consumer(#[from] ConsumerError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
 
 /// An HTTP API and its consumer, bound and ready to run.
 #[derive(Debug)]
@@ -23,8 +38,13 @@ impl HttpService {
         listen: SocketAddr,
         app: Router,
         consumer: Consumer,
-    ) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(listen).await?;
+    ) -> Result<Self, StartupError> {
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|source| StartupError::Listen {
+                addr: listen,
+                source,
+            })?;
         Ok(Self {
             listener,
             app,

@@ -7,8 +7,8 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use hixbus_access::Directory;
-use hixbus_bus::consumer::ConsumerError;
 use hixbus_bus::http::HttpService;
+pub use hixbus_bus::http::StartupError;
 use hixbus_bus::{KafkaConfig, Publisher};
 use hixbus_storage::{AuditLog, Database};
 
@@ -44,12 +44,7 @@ pub async fn build(
         view,
         audit,
     };
-    HttpService::bind(listen, app(state), consumer)
-        .await
-        .map_err(|source| StartupError::Listen {
-            addr: listen,
-            source,
-        })
+    HttpService::bind(listen, app(state), consumer).await
 }
 
 pub fn app(state: AppState) -> Router {
@@ -66,17 +61,4 @@ pub fn app(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StartupError {
-    #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
-    #[error("consumer: {0}")]
-    Consumer(#[from] ConsumerError),
-    #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
 }

@@ -7,8 +7,8 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use hixbus_access::Directory;
-use hixbus_bus::consumer::ConsumerError;
 use hixbus_bus::http::HttpService;
+pub use hixbus_bus::http::StartupError;
 use hixbus_bus::shutdown;
 use hixbus_bus::{KafkaConfig, Publisher};
 use hixbus_storage::{AuditLog, Database};
@@ -23,19 +23,6 @@ pub const GROUP: &str = "hixbus-pharmacy";
 
 /// The pharmacy service, bound and ready to run.
 pub type PharmacyService = HttpService;
-
-#[derive(Debug, thiserror::Error)]
-pub enum StartupError {
-    #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
-    #[error("consumer: {0}")]
-    Consumer(#[from] ConsumerError),
-    #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-}
 
 /// Connects the service to its database and the bus and binds `listen`.
 pub async fn build(
@@ -66,12 +53,7 @@ pub async fn build(
         changes,
         claims: Arc::default(),
     };
-    let service = HttpService::bind(listen, app(state), consumer)
-        .await
-        .map_err(|source| StartupError::Listen {
-            addr: listen,
-            source,
-        })?;
+    let service = HttpService::bind(listen, app(state), consumer).await?;
     Ok(service.closing(closing))
 }
 

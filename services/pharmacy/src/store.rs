@@ -145,49 +145,61 @@ impl Store {
         Ok(inserted == 1)
     }
 
+    /// One conditional status change: `sql` takes the prescription id as `$1`, the pharmacy as
+    /// `$2` when given, and the time last. The conditions in its `WHERE` are the state machine;
+    /// true if this call made the change (a concurrent or repeated one finds nothing to do).
+    async fn transition(
+        &self,
+        sql: &str,
+        prescription_id: &str,
+        pharmacy: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let mut query = sqlx::query(sql).bind(prescription_id);
+        if let Some(pharmacy) = pharmacy {
+            query = query.bind(pharmacy);
+        }
+        let changed = query
+            .bind(now())
+            .execute(&self.db.pool)
+            .await?
+            .rows_affected();
+        Ok(changed == 1)
+    }
+
     /// Marks a prescription cancelled unless it is already being or was dispensed.
     pub async fn cancel(&self, prescription_id: &str) -> Result<bool, StoreError> {
-        let changed = sqlx::query(
+        self.transition(
             "UPDATE pharmacy_prescriptions SET status = 'cancelled', updated_at = $2
              WHERE prescription_id = $1 AND status IN ('issued', 'claimed')",
+            prescription_id,
+            None,
         )
-        .bind(prescription_id)
-        .bind(now())
-        .execute(&self.db.pool)
-        .await?
-        .rows_affected();
-        Ok(changed == 1)
+        .await
     }
 
     /// Gives an open, undispensed prescription to `pharmacy`; false if someone else has it.
     pub async fn claim(&self, prescription_id: &str, pharmacy: &str) -> Result<bool, StoreError> {
-        let changed = sqlx::query(
+        self.transition(
             "UPDATE pharmacy_prescriptions SET holder = $2, status = 'claimed', updated_at = $3
              WHERE prescription_id = $1 AND status = 'issued'
                AND (holder IS NULL OR holder = $2) AND target_pharmacy IS NULL",
+            prescription_id,
+            Some(pharmacy),
         )
-        .bind(prescription_id)
-        .bind(pharmacy)
-        .bind(now())
-        .execute(&self.db.pool)
-        .await?
-        .rows_affected();
-        Ok(changed == 1)
+        .await
     }
 
     /// Undoes a claim whose event could not be published.
     pub async fn unclaim(&self, prescription_id: &str, pharmacy: &str) -> Result<(), StoreError> {
-        sqlx::query(
+        self.transition(
             "UPDATE pharmacy_prescriptions SET holder = NULL, status = 'issued', updated_at = $3
              WHERE prescription_id = $1 AND holder = $2 AND status = 'claimed'
                AND target_pharmacy IS NULL",
+            prescription_id,
+            Some(pharmacy),
         )
-        .bind(prescription_id)
-        .bind(pharmacy)
-        .bind(now())
-        .execute(&self.db.pool)
-        .await?;
-        Ok(())
+        .await
+        .map(drop)
     }
 
     /// Takes the right to dispense: at most one caller ever gets `true` for a prescription.
@@ -196,33 +208,28 @@ impl Store {
         prescription_id: &str,
         pharmacy: &str,
     ) -> Result<bool, StoreError> {
-        let changed = sqlx::query(
+        self.transition(
             "UPDATE pharmacy_prescriptions SET status = 'dispensing', dispensed_by = $2,
                  updated_at = $3
              WHERE prescription_id = $1 AND holder = $2 AND status IN ('issued', 'claimed')",
+            prescription_id,
+            Some(pharmacy),
         )
-        .bind(prescription_id)
-        .bind(pharmacy)
-        .bind(now())
-        .execute(&self.db.pool)
-        .await?
-        .rows_affected();
-        Ok(changed == 1)
+        .await
     }
 
     /// Gives the right back when the dispensing event could not be published.
     pub async fn abort_dispensing(&self, prescription_id: &str) -> Result<(), StoreError> {
-        sqlx::query(
+        self.transition(
             "UPDATE pharmacy_prescriptions
              SET status = CASE WHEN target_pharmacy IS NULL THEN 'claimed' ELSE 'issued' END,
                  dispensed_by = NULL, updated_at = $2
              WHERE prescription_id = $1 AND status = 'dispensing'",
+            prescription_id,
+            None,
         )
-        .bind(prescription_id)
-        .bind(now())
-        .execute(&self.db.pool)
-        .await?;
-        Ok(())
+        .await
+        .map(drop)
     }
 
     /// Records a dispensing (from this service's request or from the topic).
