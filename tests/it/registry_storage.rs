@@ -113,3 +113,51 @@ async fn replicas_on_one_postgres_database_never_share_an_id() {
     assert_eq!(same_ids.len(), 1, "{same_ids:?}");
     assert_eq!(one.client.versions("same-value").await.unwrap(), [1]);
 }
+
+/// Two schemas that each extend v1 compatibly but contradict each other (`x` as int, `x` as
+/// string), registered at the same moment through two replicas: only one may become v2, since
+/// the other is not BACKWARD compatible with it. A registration checked against a stale history
+/// must not slip in after the winner.
+#[tokio::test]
+async fn racing_registrations_are_each_checked_against_the_version_before_them() {
+    let database_url = fresh_database(Backend::Postgres).await;
+    let one = TestRegistry::start(&database_url).await;
+    let two = TestRegistry::start(&database_url).await;
+    let extended = |x_type: &str, default: &str| {
+        format!(
+            r#"{{"type":"record","name":"R","fields":[{{"name":"f","type":"long"}},{{"name":"x","type":"{x_type}","default":{default}}}]}}"#
+        )
+    };
+    let (as_int, as_string) = (extended("int", "0"), extended("string", "\"\""));
+
+    let mut races = Vec::new();
+    for n in 0..12 {
+        let subject = format!("race{n}-value");
+        one.client
+            .set_compatibility_level(Some(&subject), "BACKWARD")
+            .await
+            .unwrap();
+        one.client
+            .register(&subject, &schema(0).replace("R0", "R"))
+            .await
+            .unwrap();
+        let (a, b) = (one.client.clone(), two.client.clone());
+        let (as_int, as_string) = (as_int.clone(), as_string.clone());
+        races.push(tokio::spawn(async move {
+            let (x_int, x_string) = tokio::join!(
+                a.register(&subject, &as_int),
+                b.register(&subject, &as_string)
+            );
+            let versions = a.versions(&subject).await.unwrap();
+            (subject, x_int.is_ok(), x_string.is_ok(), versions)
+        }));
+    }
+    for race in races {
+        let (subject, int_won, string_won, versions) = race.await.unwrap();
+        assert!(
+            int_won ^ string_won,
+            "{subject}: exactly one of the contradicting schemas is registered (int {int_won}, string {string_won})"
+        );
+        assert_eq!(versions, [1, 2], "{subject}");
+    }
+}

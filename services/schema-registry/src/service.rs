@@ -77,8 +77,14 @@ impl Registry {
                     messages,
                 });
             }
+            // Soft-deleted versions keep their numbers: the next one follows every row.
+            let latest = rows.iter().map(|r| r.version).max().unwrap_or(0);
             let id = self.store.schema_id_for(&parsed).await?;
-            if let Some(version) = self.store.insert_version(subject.as_str(), id).await? {
+            if let Some(version) = self
+                .store
+                .insert_version(subject.as_str(), id, latest)
+                .await?
+            {
                 tracing::info!(%subject, version, id, "schema registered");
                 return Ok(id);
             }

@@ -125,24 +125,29 @@ impl Store {
         }
     }
 
-    /// Adds the next version of `subject`. `None` when a concurrent registration won the race;
-    /// the caller re-reads the subject and decides again.
+    /// Adds version `latest + 1` of `subject`, where `latest` is the newest version the caller
+    /// checked compatibility against. `None` when the subject moved on meanwhile (a concurrent
+    /// registration won the race): the caller re-reads the subject and checks again, so no
+    /// version is ever registered without being checked against the one before it.
     pub async fn insert_version(
         &self,
         subject: &str,
         schema_id: i64,
+        latest: i64,
     ) -> Result<Option<i64>, sqlx::Error> {
         let inserted = sqlx::query(
             "INSERT INTO registry_versions (subject, version, schema_id, deleted)
-             SELECT $1, COALESCE(MAX(version), 0) + 1, $2, 0 FROM registry_versions WHERE subject = $1
+             SELECT $1, $3 + 1, $2, 0
+             WHERE (SELECT COALESCE(MAX(version), 0) FROM registry_versions WHERE subject = $1) = $3
              RETURNING version",
         )
         .bind(subject)
         .bind(schema_id)
-        .fetch_one(&self.pool)
+        .bind(latest)
+        .fetch_optional(&self.pool)
         .await;
         match inserted {
-            Ok(row) => row.try_get(0).map(Some),
+            Ok(row) => row.map(|r| r.try_get(0)).transpose(),
             Err(e) if is_unique_violation(&e) => Ok(None),
             Err(e) => Err(e),
         }
