@@ -385,6 +385,7 @@ impl Consumer {
         let group = lane.group.clone();
         // The lanes have finished, so this is the last reference.
         let Some(consumer) = Arc::into_inner(consumer).and_then(Member::into_inner) else {
+            tracing::warn!(%group, "consumer still shared at close; it leaves without a final commit");
             return;
         };
         let leaving = leave_off_thread(consumer, move |consumer| {
