@@ -29,6 +29,10 @@ use tokio::sync::Notify;
 const IN_FLIGHT: usize = 1000;
 const BARE_TOPIC: &str = "bench-bare";
 
+/// The allocator the `hixbus` binary runs with; both sides of the comparison use it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() {
     // `cargo test --all-targets` runs bench binaries without `--bench`: keep that to a quick
