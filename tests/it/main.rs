@@ -6,6 +6,7 @@ mod confluent_clients;
 mod gate;
 mod prescriptions;
 mod registry_api;
+mod registry_auth;
 mod registry_storage;
 
 /// Runs each listed scenario once on SQLite and once on PostgreSQL, against a fresh database.

@@ -98,8 +98,17 @@ impl TestRegistry {
     }
 
     pub async fn start(database_url: &str) -> Self {
+        Self::start_with(RegistryConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            database_url,
+        ))
+        .await
+    }
+
+    /// A registry with settings of its own (an organizations directory, say).
+    pub async fn start_with(config: RegistryConfig) -> Self {
         watch();
-        let config = RegistryConfig::new("127.0.0.1:0".parse().unwrap(), database_url);
+        let database_url = config.database_url.clone();
         let server = RegistryServer::build(config)
             .await
             .expect("registry starts");
@@ -113,7 +122,7 @@ impl TestRegistry {
             client: RegistryClient::new(&url).expect("registry url"),
             url,
             addr,
-            database_url: database_url.to_owned(),
+            database_url,
             stop: Some(stop),
             task: Some(task),
         }

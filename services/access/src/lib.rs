@@ -1,10 +1,11 @@
 //! Who is calling and what they may do.
 //!
-//! Every organization on the bus (clinic, hospital, pharmacy, insurer, lab) is declared in a
-//! directory file with its role and the SHA-256 digests of its API keys; the keys themselves are
-//! shown once, when issued, and never stored. A request authenticates with
-//! `Authorization: Bearer <key>`; its role decides what it may do, and handlers decide which
-//! records are its own (a pharmacy's inbox, a clinic's prescriptions).
+//! Every organization on the bus (clinic, hospital, pharmacy, insurer, lab, and the operator
+//! running the bus) is declared in a directory file with its role and the SHA-256 digests of its
+//! API keys; the keys themselves are shown once, when issued, and never stored. A request
+//! authenticates with `Authorization: Bearer <key>`, or with HTTP Basic `<org id>:<key>` (what
+//! Confluent's clients send to a schema registry); its role decides what it may do, and handlers
+//! decide which records are its own (a pharmacy's inbox, a clinic's prescriptions).
 //!
 //! API keys are 256-bit random values, so a fast hash is enough: there is no low-entropy secret
 //! to stretch, unlike a password.
@@ -28,6 +29,8 @@ pub enum Role {
     Pharmacy,
     Insurer,
     Lab,
+    /// Runs the bus: manages the schema registry. Sees no patient data.
+    Operator,
 }
 
 /// Things a caller can ask to do. Ownership (which prescriptions) is checked by the handler.
@@ -38,17 +41,25 @@ pub enum Action {
     ViewIssuedPrescriptions,
     ViewPharmacyInbox,
     DispensePrescription,
+    /// Read schemas from the registry (every producer and consumer needs to).
+    ReadSchemas,
+    /// Register schemas, change compatibility, delete subjects.
+    ManageSchemas,
 }
 
 impl Role {
     pub fn may(self, action: Action) -> bool {
         use Action::*;
+        if action == ReadSchemas {
+            return true;
+        }
         match self {
             Role::Clinic | Role::Hospital => matches!(
                 action,
                 IssuePrescription | CancelPrescription | ViewIssuedPrescriptions
             ),
             Role::Pharmacy => matches!(action, ViewPharmacyInbox | DispensePrescription),
+            Role::Operator => action == ManageSchemas,
             Role::Insurer | Role::Lab => false,
         }
     }
@@ -60,6 +71,7 @@ impl Role {
             Role::Pharmacy => "pharmacy",
             Role::Insurer => "insurer",
             Role::Lab => "lab",
+            Role::Operator => "operator",
         }
     }
 }
@@ -200,27 +212,52 @@ impl Directory {
         self.organizations.values()
     }
 
-    /// The organization an `Authorization` header value belongs to.
+    /// The organization an `Authorization` header value belongs to: `Bearer <key>`, or
+    /// `Basic base64(<org id>:<key>)` where the key must be that organization's.
     pub fn authenticate(&self, authorization: Option<&str>) -> Result<Arc<Organization>, Denied> {
         let value = authorization.ok_or(Denied::Unauthenticated(
-            "send Authorization: Bearer <API key>",
+            "send Authorization: Bearer <API key>, or Basic <organization id>:<API key>",
         ))?;
-        let key = value
-            .strip_prefix("Bearer ")
-            .map(str::trim)
-            .filter(|k| !k.is_empty())
-            .ok_or(Denied::Unauthenticated(
-                "the Authorization header must be 'Bearer <API key>'",
+        let (claimed, key) = if let Some(key) = value.strip_prefix("Bearer ") {
+            (None, key.trim().to_owned())
+        } else if let Some(encoded) = value.strip_prefix("Basic ") {
+            let (org, key) = basic_credentials(encoded.trim()).ok_or(Denied::Unauthenticated(
+                "Basic credentials must be base64 of '<organization id>:<API key>'",
             ))?;
+            (Some(org), key)
+        } else {
+            return Err(Denied::Unauthenticated(
+                "the Authorization header must be 'Bearer <API key>' or Basic '<organization id>:<API key>'",
+            ));
+        };
+        if key.is_empty() {
+            return Err(Denied::Unauthenticated("the API key is empty"));
+        }
         let owner = self
             .keys
-            .get(&digest(key))
+            .get(&digest(&key))
             .ok_or(Denied::Unauthenticated("unknown or revoked API key"))?;
+        if claimed.is_some_and(|org| &org != owner) {
+            return Err(Denied::Unauthenticated(
+                "the API key does not belong to the organization named",
+            ));
+        }
         self.organizations
             .get(owner)
             .cloned()
             .ok_or(Denied::Unauthenticated("unknown or revoked API key"))
     }
+}
+
+/// `(organization id, key)` from the base64 part of a Basic header.
+fn basic_credentials(encoded: &str) -> Option<(String, String)> {
+    use base64::Engine as _;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (org, key) = text.split_once(':')?;
+    Some((org.to_owned(), key.to_owned()))
 }
 
 /// Why a request is refused, as the caller sees it.
@@ -280,6 +317,8 @@ fn describe(action: Action) -> &'static str {
         Action::ViewIssuedPrescriptions => "view issued prescriptions",
         Action::ViewPharmacyInbox => "view a pharmacy inbox",
         Action::DispensePrescription => "dispense prescriptions",
+        Action::ReadSchemas => "read schemas",
+        Action::ManageSchemas => "register or change schemas",
     }
 }
 
@@ -341,11 +380,31 @@ mod tests {
     }
 
     #[test]
+    fn basic_credentials_work_only_under_the_keys_own_organization() {
+        use base64::Engine as _;
+        let (d, clinic, _) = directory();
+        let basic = |user: &str| {
+            let pair = format!("{user}:{}", clinic.expose());
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(pair)
+            )
+        };
+        assert_eq!(
+            d.authenticate(Some(&basic("clinic-sakura"))).unwrap().id,
+            "clinic-sakura"
+        );
+        let refused = d.authenticate(Some(&basic("pharmacy-aozora"))).unwrap_err();
+        assert!(refused.to_string().contains("does not belong"), "{refused}");
+    }
+
+    #[test]
     fn missing_malformed_and_unknown_keys_are_told_apart() {
         let (d, _, _) = directory();
         let reason = |h: Option<&str>| d.authenticate(h).unwrap_err().to_string();
         assert!(reason(None).contains("send Authorization"));
-        assert!(reason(Some("Basic abc")).contains("must be 'Bearer"));
+        assert!(reason(Some("Token abc")).contains("must be 'Bearer"));
+        assert!(reason(Some("Basic !!!")).contains("base64"));
         assert!(reason(Some("Bearer hxb_nope")).contains("unknown or revoked"));
     }
 
@@ -356,6 +415,10 @@ mod tests {
         assert!(Role::Pharmacy.may(Action::DispensePrescription));
         assert!(!Role::Pharmacy.may(Action::IssuePrescription));
         assert!(!Role::Insurer.may(Action::ViewPharmacyInbox));
+        assert!(Role::Pharmacy.may(Action::ReadSchemas));
+        assert!(!Role::Pharmacy.may(Action::ManageSchemas));
+        assert!(Role::Operator.may(Action::ManageSchemas));
+        assert!(!Role::Operator.may(Action::ViewPharmacyInbox));
     }
 
     #[test]

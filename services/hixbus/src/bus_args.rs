@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use anyhow::Context as _;
 use clap::Args;
 use hixbus_bus::KafkaConfig;
 use hixbus_contracts::codec::{Codec, SchemaIdStrategy};
@@ -26,6 +27,10 @@ pub struct BusArgs {
         default_value = DEFAULT_REGISTRY_URL
     )]
     pub registry_url: String,
+    /// Credentials for a registry that requires them, ORGANIZATION:API_KEY (sent as HTTP Basic,
+    /// as Confluent's clients do).
+    #[arg(long, env = "HIXBUS_REGISTRY_AUTH", value_name = "ORG:KEY", value_parser = parse_credentials)]
+    pub registry_auth: Option<RegistryCredentials>,
     /// Extra librdkafka setting, KEY=VALUE (repeatable), e.g. security.protocol=SASL_SSL.
     #[arg(long = "kafka-option", value_name = "KEY=VALUE", value_parser = parse_option)]
     pub kafka_options: Vec<(String, String)>,
@@ -37,9 +42,44 @@ impl BusArgs {
     }
 
     pub fn codec(&self, strategy: SchemaIdStrategy) -> anyhow::Result<Arc<Codec>> {
-        let registry = RegistryClient::new(&self.registry_url)?;
+        let registry = registry_client(&self.registry_url, self.registry_auth.as_ref())?;
         Ok(Arc::new(Codec::new(registry, strategy)))
     }
+}
+
+/// An organization's id and API key for the registry. Never printed.
+#[derive(Clone)]
+pub struct RegistryCredentials {
+    org: String,
+    key: String,
+}
+
+impl std::fmt::Debug for RegistryCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RegistryCredentials({}:***)", self.org)
+    }
+}
+
+pub fn parse_credentials(text: &str) -> Result<RegistryCredentials, String> {
+    match text.split_once(':') {
+        Some((org, key)) if !org.is_empty() && !key.is_empty() => Ok(RegistryCredentials {
+            org: org.to_owned(),
+            key: key.to_owned(),
+        }),
+        _ => Err("expected ORGANIZATION:API_KEY".to_owned()),
+    }
+}
+
+/// A client for the registry at `url`, authenticating when credentials are given.
+pub fn registry_client(
+    url: &str,
+    auth: Option<&RegistryCredentials>,
+) -> anyhow::Result<RegistryClient> {
+    let client = RegistryClient::new(url).with_context(|| format!("registry URL {url}"))?;
+    Ok(match auth {
+        Some(c) => client.with_basic_auth(&c.org, &c.key),
+        None => client,
+    })
 }
 
 pub fn kafka_config(bootstrap: &str, client_id: &str, options: &[(String, String)]) -> KafkaConfig {

@@ -1,5 +1,7 @@
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Args, Subcommand};
 use hixbus_contracts::registry::RegistryClient;
@@ -45,6 +47,11 @@ pub struct ServeArgs {
     /// through the compatibility gate, `hixbus schemas register`).
     #[arg(long, env = "HIXBUS_REGISTRY_REGISTER_CATALOG")]
     register_catalog: bool,
+    /// The organizations file. With it every request authenticates (Bearer key, or Basic
+    /// ORGANIZATION:KEY), every organization may read, and only operators may register, change
+    /// compatibility or delete. Without it the registry is open to anyone who reaches it.
+    #[arg(long, env = "HIXBUS_REGISTRY_ORGANIZATIONS")]
+    organizations: Option<PathBuf>,
 }
 
 pub async fn run(cmd: RegistryCommand) -> anyhow::Result<ExitCode> {
@@ -66,6 +73,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .map_err(|e| anyhow::anyhow!("--default-compatibility: {e}"))?;
     let mut config = RegistryConfig::new(args.listen, &args.db.database);
     config.default_compatibility = level;
+    if let Some(path) = &args.organizations {
+        if args.register_catalog {
+            anyhow::bail!(
+                "--register-catalog needs an open registry; with --organizations, register with `hixbus schemas register --registry-auth OPERATOR:KEY`"
+            );
+        }
+        config.organizations = Some(Arc::new(crate::services::load_directory(path)?));
+    }
     let server = RegistryServer::build(config).await?;
     let url = server.url();
     tracing::info!(%url, database = %redact(&args.db.database), "schema registry listening");

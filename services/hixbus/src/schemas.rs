@@ -7,6 +7,8 @@ use hixbus_contracts::gate::{self, Verdict};
 use hixbus_contracts::registry::RegistryClient;
 use hixbus_contracts::{Catalog, docs};
 
+use crate::bus_args::{RegistryCredentials, parse_credentials, registry_client};
+
 #[derive(Debug, Subcommand)]
 pub enum SchemasCommand {
     /// List each event with its topic and subject.
@@ -43,6 +45,10 @@ pub struct RegistryArgs {
         default_value = "http://127.0.0.1:8081"
     )]
     registry_url: String,
+    /// Credentials for a registry that requires them, ORGANIZATION:API_KEY (an operator's, to
+    /// register).
+    #[arg(long, env = "HIXBUS_REGISTRY_AUTH", value_name = "ORG:KEY", value_parser = parse_credentials)]
+    registry_auth: Option<RegistryCredentials>,
     #[command(flatten)]
     source: SourceArgs,
 }
@@ -101,8 +107,7 @@ fn doc(catalog: &Catalog, output: &PathBuf, check: bool) -> anyhow::Result<ExitC
 }
 
 fn client(args: &RegistryArgs) -> anyhow::Result<RegistryClient> {
-    RegistryClient::new(&args.registry_url)
-        .with_context(|| format!("registry URL {}", args.registry_url))
+    registry_client(&args.registry_url, args.registry_auth.as_ref())
 }
 
 async fn check(args: &RegistryArgs) -> anyhow::Result<ExitCode> {

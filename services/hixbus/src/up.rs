@@ -16,13 +16,15 @@ use hixbus_bus::Publisher;
 use hixbus_bus::dev::DevCluster;
 use hixbus_bus::topics::{self, TopicSpec};
 use hixbus_contracts::codec::{Codec, SchemaIdStrategy};
-use hixbus_contracts::registry::RegistryClient;
 use hixbus_contracts::{Catalog, Timestamp, gate, samples};
 use hixbus_schema_registry::{RegistryConfig, RegistryServer};
 use hixbus_storage::Database;
 use tokio::sync::watch;
 
-use crate::bus_args::{DEFAULT_BOOTSTRAP, DEFAULT_REGISTRY_URL, kafka_config, parse_option};
+use crate::bus_args::{
+    DEFAULT_BOOTSTRAP, DEFAULT_REGISTRY_URL, RegistryCredentials, kafka_config, parse_credentials,
+    parse_option, registry_client,
+};
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
@@ -32,6 +34,10 @@ pub struct UpArgs {
     /// Use this schema registry instead of starting one.
     #[arg(long, env = "HIXBUS_REGISTRY_URL")]
     registry_url: Option<String>,
+    /// Credentials for that registry, ORGANIZATION:API_KEY (an operator's: `up` registers the
+    /// catalog).
+    #[arg(long, env = "HIXBUS_REGISTRY_AUTH", value_name = "ORG:KEY", value_parser = parse_credentials)]
+    registry_auth: Option<RegistryCredentials>,
     /// Where the in-memory broker accepts clients.
     #[arg(long, default_value = "127.0.0.1:9092")]
     kafka_listen: SocketAddr,
@@ -103,7 +109,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             )
         }
     };
-    let registry = RegistryClient::new(&registry_url)?;
+    let registry = registry_client(&registry_url, args.registry_auth.as_ref())?;
     let registered = gate::register(&registry, Catalog::embedded()).await?;
 
     let kafka = kafka_config(&bootstrap, "hixbus-up", &args.kafka_options);

@@ -1,4 +1,7 @@
 use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hixbus_access::Directory;
 
 use crate::domain::CompatibilityLevel;
 
@@ -11,6 +14,8 @@ pub struct RegistryConfig {
     pub default_compatibility: CompatibilityLevel,
     /// Largest request body accepted; Avro schemas are small, so this guards memory, not use.
     pub max_body_bytes: usize,
+    /// Who may read and change schemas (see `auth.rs`); `None` leaves the registry open.
+    pub organizations: Option<Arc<Directory>>,
 }
 
 impl RegistryConfig {
@@ -20,6 +25,7 @@ impl RegistryConfig {
             database_url: database_url.into(),
             default_compatibility: CompatibilityLevel::Backward,
             max_body_bytes: 1024 * 1024,
+            organizations: None,
         }
     }
 }

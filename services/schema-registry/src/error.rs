@@ -58,6 +58,10 @@ pub enum RegistryError {
     MethodNotAllowed,
     #[error("Error in the backend data store: {0}")]
     Store(String),
+    #[error("Unauthorized: {0}")]
+    Unauthenticated(String),
+    #[error("Forbidden: {0}")]
+    Forbidden(String),
 }
 
 impl RegistryError {
@@ -82,6 +86,8 @@ impl RegistryError {
             NoSuchResource => (StatusCode::NOT_FOUND, 404),
             MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, 405),
             Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, 50001),
+            Unauthenticated(_) => (StatusCode::UNAUTHORIZED, 40101),
+            Forbidden(_) => (StatusCode::FORBIDDEN, 40301),
         }
     }
 
@@ -107,6 +113,12 @@ impl IntoResponse for RegistryError {
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"hixbus-registry\""),
+            );
+        }
         response
     }
 }

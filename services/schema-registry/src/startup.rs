@@ -4,10 +4,14 @@
 use std::future::Future;
 use std::net::SocketAddr;
 
-use axum::Router;
+use std::sync::Arc;
+
+use axum::{Router, middleware};
+use hixbus_access::Directory;
 use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 
+use crate::auth;
 use crate::config::RegistryConfig;
 use crate::routes::{AppState, router};
 use crate::service::Registry;
@@ -51,7 +55,7 @@ impl RegistryServer {
         })?;
         Ok(Self {
             listener,
-            app: app(registry, config.max_body_bytes),
+            app: app(registry, config.max_body_bytes, config.organizations),
             addr,
         })
     }
@@ -77,10 +81,23 @@ impl RegistryServer {
 }
 
 /// The registry's HTTP application, for embedding in another server.
-pub fn app(registry: Registry, max_body_bytes: usize) -> Router {
-    router(AppState {
+pub fn app(
+    registry: Registry,
+    max_body_bytes: usize,
+    organizations: Option<Arc<Directory>>,
+) -> Router {
+    let app = router(AppState {
         registry,
         max_body_bytes,
-    })
-    .layer(TraceLayer::new_for_http())
+    });
+    let app = match organizations {
+        Some(directory) => app.layer(middleware::from_fn_with_state(directory, auth::require)),
+        None => {
+            tracing::warn!(
+                "schema registry without an organizations directory: anyone may change it"
+            );
+            app
+        }
+    };
+    app.layer(TraceLayer::new_for_http())
 }

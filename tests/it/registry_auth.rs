@@ -1,0 +1,131 @@
+//! A registry given an organizations directory: everyone authenticates, every organization may
+//! read schemas, only the operator may change them. Confluent's clients authenticate with HTTP
+//! Basic, so that is tested with schema_registry_converter as well as with our own client.
+
+use std::sync::Arc;
+
+use hixbus_access::{ApiKey, Directory};
+use hixbus_contracts::registry::RegistryClient;
+use hixbus_schema_registry::RegistryConfig;
+use hixbus_tests::{Backend, TestRegistry, fresh_database, schema_body};
+use schema_registry_converter::async_impl::schema_registry::{SrSettings, get_schema_by_id};
+
+const ORGANIZATIONS: &str = r#"
+[[organization]]
+id = "hixbus-ops"
+role = "operator"
+name = "hixbus operations"
+
+[[organization]]
+id = "pharmacy-aozora"
+role = "pharmacy"
+name = "あおぞら薬局"
+"#;
+
+const SCHEMA: &str = r#"{"type":"record","name":"Guarded","fields":[{"name":"f","type":"long"}]}"#;
+
+async fn guarded() -> (TestRegistry, ApiKey, ApiKey) {
+    let mut directory = Directory::from_toml(ORGANIZATIONS).unwrap();
+    let operator = directory.issue_key("hixbus-ops").unwrap();
+    let pharmacy = directory.issue_key("pharmacy-aozora").unwrap();
+    let mut config = RegistryConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        fresh_database(Backend::Sqlite).await,
+    );
+    config.organizations = Some(Arc::new(directory));
+    (TestRegistry::start_with(config).await, operator, pharmacy)
+}
+
+/// (status, Confluent error code, WWW-Authenticate) of a raw call.
+async fn raw(
+    registry: &TestRegistry,
+    method: &str,
+    path: &str,
+    authorization: Option<String>,
+    body: Option<String>,
+) -> (u16, Option<i64>, Option<String>) {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut request = reqwest::Client::new()
+        .request(method, format!("{}{path}", registry.url))
+        .header("content-type", "application/vnd.schemaregistry.v1+json");
+    if let Some(value) = authorization {
+        request = request.header("authorization", value);
+    }
+    if let Some(body) = body {
+        request = request.body(body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let challenge = response
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    (status, body["error_code"].as_i64(), challenge)
+}
+
+fn basic(org: &str, key: &ApiKey) -> String {
+    use base64::Engine as _;
+    let pair = format!("{org}:{}", key.expose());
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    )
+}
+
+#[tokio::test]
+async fn strangers_are_refused_and_only_the_operator_changes_schemas() {
+    let (registry, operator, pharmacy) = guarded().await;
+
+    let (status, code, challenge) = raw(&registry, "GET", "/subjects", None, None).await;
+    assert_eq!((status, code), (401, Some(40101)));
+    assert_eq!(
+        challenge.as_deref(),
+        Some("Basic realm=\"hixbus-registry\"")
+    );
+    let (status, _, _) = raw(&registry, "GET", "/health", None, None).await;
+    assert_eq!(status, 200, "health checks need no key");
+    let wrong = basic("hixbus-ops", &pharmacy);
+    let (status, code, _) = raw(&registry, "GET", "/subjects", Some(wrong), None).await;
+    assert_eq!(
+        (status, code),
+        (401, Some(40101)),
+        "a key under another organization's name"
+    );
+
+    // The pharmacy reads but changes nothing.
+    let as_pharmacy = || Some(basic("pharmacy-aozora", &pharmacy));
+    let (status, _, _) = raw(&registry, "GET", "/subjects", as_pharmacy(), None).await;
+    assert_eq!(status, 200);
+    for (method, path, body) in [
+        (
+            "POST",
+            "/subjects/guarded-value/versions",
+            Some(schema_body(SCHEMA)),
+        ),
+        (
+            "PUT",
+            "/config",
+            Some(r#"{"compatibility":"NONE"}"#.to_owned()),
+        ),
+        ("DELETE", "/subjects/guarded-value", None),
+    ] {
+        let (status, code, _) = raw(&registry, method, path, as_pharmacy(), body).await;
+        assert_eq!((status, code), (403, Some(40301)), "{method} {path}");
+    }
+
+    // The operator registers; the pharmacy, through a stock Confluent client, fetches it.
+    let ops = RegistryClient::new(&registry.url)
+        .unwrap()
+        .with_basic_auth("hixbus-ops", operator.expose());
+    let id = ops.register("guarded-value", SCHEMA).await.unwrap();
+    let settings = SrSettings::new_builder(registry.url.clone())
+        .set_basic_authorization("pharmacy-aozora", Some(pharmacy.expose()))
+        .build()
+        .unwrap();
+    let fetched = get_schema_by_id(id, &settings).await.unwrap();
+    assert!(fetched.schema.contains("Guarded"), "{}", fetched.schema);
+    let anonymous = SrSettings::new(registry.url.clone());
+    assert!(get_schema_by_id(id, &anonymous).await.is_err());
+    registry.stop().await;
+}
