@@ -1,6 +1,7 @@
 //! A registry given an organizations directory: everyone authenticates, every organization may
 //! read schemas, only the operator may change them. Confluent's clients authenticate with HTTP
-//! Basic, so that is tested with schema_registry_converter as well as with our own client.
+//! Basic, so that is tested with schema_registry_converter and Confluent's Python client as well
+//! as with our own client.
 
 use std::sync::Arc;
 
@@ -127,5 +128,46 @@ async fn strangers_are_refused_and_only_the_operator_changes_schemas() {
     assert!(fetched.schema.contains("Guarded"), "{}", fetched.schema);
     let anonymous = SrSettings::new(registry.url.clone());
     assert!(get_schema_by_id(id, &anonymous).await.is_err());
+    registry.stop().await;
+}
+
+/// Confluent's own Python client, configured as its documentation says for a registry behind
+/// HTTP Basic (`basic.auth.user.info`), reads from a guarded registry; without it, it is refused.
+#[tokio::test]
+async fn confluents_python_client_authenticates_with_basic_user_info() {
+    let python = std::env::var("HIXBUS_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let (registry, operator, pharmacy) = guarded().await;
+    let ops = RegistryClient::new(&registry.url)
+        .unwrap()
+        .with_basic_auth("hixbus-ops", operator.expose());
+    let id = ops.register("guarded-value", SCHEMA).await.unwrap();
+
+    const SCRIPT: &str = r#"
+import sys
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.error import SchemaRegistryError
+url, user_info, schema_id = sys.argv[1], sys.argv[2], int(sys.argv[3])
+print(SchemaRegistryClient({"url": url, "basic.auth.user.info": user_info}).get_schema(schema_id).schema_str)
+try:
+    SchemaRegistryClient({"url": url}).get_schema(schema_id)
+    print("anonymous: allowed")
+except SchemaRegistryError as e:
+    print(f"anonymous: {e.http_status_code} {e.error_code}")
+"#;
+    let run = tokio::process::Command::new(&python)
+        .args(["-c", SCRIPT, &registry.url])
+        .arg(format!("pharmacy-aozora:{}", pharmacy.expose()))
+        .arg(id.to_string())
+        .output()
+        .await
+        .expect("Confluent's Python client (tests/run installs it; or set HIXBUS_PYTHON)");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(stdout.contains("Guarded"), "{stdout}");
+    assert!(stdout.contains("anonymous: 401 40101"), "{stdout}");
     registry.stop().await;
 }
