@@ -171,3 +171,55 @@ except SchemaRegistryError as e:
     assert!(stdout.contains("anonymous: 401 40101"), "{stdout}");
     registry.stop().await;
 }
+
+/// Confluent Cloud, and most production registries, are https-only. Our client reaches a
+/// registry over TLS, trusting a private CA when it is given one, and refuses a certificate it
+/// cannot verify.
+#[tokio::test]
+async fn our_client_reaches_a_registry_over_tls_and_refuses_an_unverified_one() {
+    let registry = TestRegistry::fresh(Backend::Sqlite).await;
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .unwrap();
+    let key = rustls::pki_types::PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der());
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![certified.cert.der().clone()], key.into())
+    .unwrap();
+    // A TLS terminator in front of the registry, as a load balancer would be.
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let upstream = registry.addr;
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                if let Ok(mut plain) = tokio::net::TcpStream::connect(upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                }
+            });
+        }
+    });
+
+    let url = format!("https://127.0.0.1:{port}");
+    let trusting = RegistryClient::new(&url)
+        .unwrap()
+        .with_root_certificate(certified.cert.pem().as_bytes())
+        .unwrap();
+    let id = trusting.register("tls-value", SCHEMA).await.unwrap();
+    assert!(trusting.schema_by_id(id).await.unwrap().contains("Guarded"));
+    let untrusting = RegistryClient::new(&url).unwrap();
+    assert!(
+        untrusting.register("tls-value", SCHEMA).await.is_err(),
+        "a self-signed certificate nobody vouched for is refused"
+    );
+    registry.stop().await;
+}

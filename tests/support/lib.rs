@@ -167,6 +167,7 @@ impl Response {
 }
 
 pub async fn call(url: &str, method: &str, body: Option<&str>) -> Response {
+    watch();
     let client = reqwest::Client::new();
     let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
     let mut request = client

@@ -32,8 +32,10 @@ thread_local! {
     static REGISTERED: RefCell<Option<Registration>> = const { RefCell::new(None) };
 }
 
-/// Puts the calling test under the watchdog (once; later calls do nothing).
+/// Puts the calling test under the watchdog (once; later calls do nothing). Every helper calls
+/// this first, so it also installs the TLS provider the tests' HTTP clients need.
 pub fn watch() {
+    hixbus_contracts::registry::install_tls_provider();
     let limit = limit();
     REGISTERED.with(|registered| {
         let mut registered = registered.borrow_mut();

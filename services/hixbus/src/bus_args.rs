@@ -1,5 +1,6 @@
 //! Connection settings shared by every command that talks to the bus.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -27,10 +28,8 @@ pub struct BusArgs {
         default_value = DEFAULT_REGISTRY_URL
     )]
     pub registry_url: String,
-    /// Credentials for a registry that requires them, ORGANIZATION:API_KEY (sent as HTTP Basic,
-    /// as Confluent's clients do).
-    #[arg(long, env = "HIXBUS_REGISTRY_AUTH", value_name = "ORG:KEY", value_parser = parse_credentials)]
-    pub registry_auth: Option<RegistryCredentials>,
+    #[command(flatten)]
+    pub registry_access: RegistryAccess,
     /// Extra librdkafka setting, KEY=VALUE (repeatable), e.g. security.protocol=SASL_SSL.
     #[arg(long = "kafka-option", value_name = "KEY=VALUE", value_parser = parse_option)]
     pub kafka_options: Vec<(String, String)>,
@@ -42,7 +41,7 @@ impl BusArgs {
     }
 
     pub fn codec(&self, strategy: SchemaIdStrategy) -> anyhow::Result<Arc<Codec>> {
-        let registry = registry_client(&self.registry_url, self.registry_auth.as_ref())?;
+        let registry = registry_client(&self.registry_url, &self.registry_access)?;
         Ok(Arc::new(Codec::new(registry, strategy)))
     }
 }
@@ -70,13 +69,29 @@ pub fn parse_credentials(text: &str) -> Result<RegistryCredentials, String> {
     }
 }
 
-/// A client for the registry at `url`, authenticating when credentials are given.
-pub fn registry_client(
-    url: &str,
-    auth: Option<&RegistryCredentials>,
-) -> anyhow::Result<RegistryClient> {
-    let client = RegistryClient::new(url).with_context(|| format!("registry URL {url}"))?;
-    Ok(match auth {
+/// How to reach a registry that requires credentials or TLS with a private CA.
+#[derive(Debug, Clone, Args)]
+pub struct RegistryAccess {
+    /// Credentials for a registry that requires them, ORGANIZATION:API_KEY (sent as HTTP Basic,
+    /// as Confluent's clients do).
+    #[arg(long, env = "HIXBUS_REGISTRY_AUTH", value_name = "ORG:KEY", value_parser = parse_credentials)]
+    pub registry_auth: Option<RegistryCredentials>,
+    /// A PEM certificate to trust for an https:// registry (a private CA or a self-signed
+    /// certificate); public CAs are trusted as the system trusts them.
+    #[arg(long, env = "HIXBUS_REGISTRY_CA", value_name = "PEM_FILE")]
+    pub registry_ca: Option<PathBuf>,
+}
+
+/// A client for the registry at `url`, authenticating and trusting as `access` says.
+pub fn registry_client(url: &str, access: &RegistryAccess) -> anyhow::Result<RegistryClient> {
+    let mut client = RegistryClient::new(url).with_context(|| format!("registry URL {url}"))?;
+    if let Some(path) = &access.registry_ca {
+        let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        client = client
+            .with_root_certificate(&pem)
+            .with_context(|| format!("certificate {}", path.display()))?;
+    }
+    Ok(match &access.registry_auth {
         Some(c) => client.with_basic_auth(&c.org, &c.key),
         None => client,
     })

@@ -7,7 +7,7 @@ use hixbus_contracts::gate::{self, Verdict};
 use hixbus_contracts::registry::RegistryClient;
 use hixbus_contracts::{Catalog, docs};
 
-use crate::bus_args::{RegistryCredentials, parse_credentials, registry_client};
+use crate::bus_args::{RegistryAccess, registry_client};
 
 #[derive(Debug, Subcommand)]
 pub enum SchemasCommand {
@@ -45,10 +45,8 @@ pub struct RegistryArgs {
         default_value = "http://127.0.0.1:8081"
     )]
     registry_url: String,
-    /// Credentials for a registry that requires them, ORGANIZATION:API_KEY (an operator's, to
-    /// register).
-    #[arg(long, env = "HIXBUS_REGISTRY_AUTH", value_name = "ORG:KEY", value_parser = parse_credentials)]
-    registry_auth: Option<RegistryCredentials>,
+    #[command(flatten)]
+    registry_access: RegistryAccess,
     #[command(flatten)]
     source: SourceArgs,
 }
@@ -107,7 +105,7 @@ fn doc(catalog: &Catalog, output: &PathBuf, check: bool) -> anyhow::Result<ExitC
 }
 
 fn client(args: &RegistryArgs) -> anyhow::Result<RegistryClient> {
-    registry_client(&args.registry_url, args.registry_auth.as_ref())
+    registry_client(&args.registry_url, &args.registry_access)
 }
 
 async fn check(args: &RegistryArgs) -> anyhow::Result<ExitCode> {

@@ -22,8 +22,8 @@ use hixbus_storage::Database;
 use tokio::sync::watch;
 
 use crate::bus_args::{
-    DEFAULT_BOOTSTRAP, DEFAULT_REGISTRY_URL, RegistryCredentials, kafka_config, parse_credentials,
-    parse_option, registry_client,
+    DEFAULT_BOOTSTRAP, DEFAULT_REGISTRY_URL, RegistryAccess, kafka_config, parse_option,
+    registry_client,
 };
 
 #[derive(Debug, Args)]
@@ -34,10 +34,8 @@ pub struct UpArgs {
     /// Use this schema registry instead of starting one.
     #[arg(long, env = "HIXBUS_REGISTRY_URL")]
     registry_url: Option<String>,
-    /// Credentials for that registry, ORGANIZATION:API_KEY (an operator's: `up` registers the
-    /// catalog).
-    #[arg(long, env = "HIXBUS_REGISTRY_AUTH", value_name = "ORG:KEY", value_parser = parse_credentials)]
-    registry_auth: Option<RegistryCredentials>,
+    #[command(flatten)]
+    registry_access: RegistryAccess,
     /// Where the in-memory broker accepts clients.
     #[arg(long, default_value = "127.0.0.1:9092")]
     kafka_listen: SocketAddr,
@@ -109,7 +107,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             )
         }
     };
-    let registry = registry_client(&registry_url, args.registry_auth.as_ref())?;
+    let registry = registry_client(&registry_url, &args.registry_access)?;
     let registered = gate::register(&registry, Catalog::embedded()).await?;
 
     let kafka = kafka_config(&bootstrap, "hixbus-up", &args.kafka_options);

@@ -184,6 +184,27 @@ struct ConfigResponse {
     compatibility_level: String,
 }
 
+/// Makes rustls's ring provider the process default. reqwest is built without one (the default,
+/// aws-lc, needs cmake to build), so any other `reqwest::Client` in the process needs this
+/// first; a second call does nothing.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// The HTTP client for registry calls: bounded waits, TLS through rustls with the ring provider.
+fn http_client(
+    extra_root: Option<reqwest::Certificate>,
+) -> Result<reqwest::Client, reqwest::Error> {
+    install_tls_provider();
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30));
+    if let Some(root) = extra_root {
+        builder = builder.add_root_certificate(root);
+    }
+    builder.build()
+}
+
 impl RegistryClient {
     /// `base_url` is the registry root, e.g. `http://127.0.0.1:8081`.
     pub fn new(base_url: &str) -> Result<Self, url::ParseError> {
@@ -192,16 +213,18 @@ impl RegistryClient {
         if !base.path().ends_with('/') {
             base.set_path(&format!("{}/", base.path()));
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap_or_default();
         Ok(Self {
-            http,
+            http: http_client(None).unwrap_or_default(),
             base,
             basic_auth: None,
         })
+    }
+
+    /// Also trusts `pem` (a private CA's or a self-signed certificate) for an `https://`
+    /// registry; public CAs are trusted as the platform trusts them.
+    pub fn with_root_certificate(mut self, pem: &[u8]) -> Result<Self, reqwest::Error> {
+        self.http = http_client(Some(reqwest::Certificate::from_pem(pem)?))?;
+        Ok(self)
     }
 
     /// Credentials for registries behind HTTP basic auth (Confluent Cloud API keys, say).
