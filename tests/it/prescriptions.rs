@@ -286,6 +286,17 @@ impl Flow {
         .await
     }
 
+    /// Issues `resource` to `pharmacy` and waits until both the pharmacy's inbox and the
+    /// clinic's view show it; the prescription id.
+    async fn issue_delivered(&self, clinic: &str, resource: &Value, pharmacy: &str) -> String {
+        let (status, accepted) = self.issue(clinic, resource, Some(pharmacy)).await;
+        assert_eq!(status, 202, "{accepted}");
+        let id = accepted["prescription_id"].as_str().unwrap().to_owned();
+        self.in_inbox(pharmacy, &id, |_| true).await;
+        self.clinic_sees(clinic, &id, "issued").await;
+        id
+    }
+
     async fn inbox(&self, pharmacy: &str) -> Vec<Value> {
         let (status, body) = self
             .call(
@@ -458,12 +469,9 @@ async fn every_jp_example_reaches_the_target_pharmacy_with_its_drugs_dosage_and_
 async fn dispensing_shows_at_the_clinic_and_a_second_dispense_is_refused() {
     let flow = Flow::start().await;
     let bundle = fixture("Bundle-Bundle-for-JP-MedReq-ePreBundleExample01.json");
-    let (_, accepted) = flow
-        .issue("hospital-daiichi", &bundle, Some("pharmacy-aozora"))
+    let id = &flow
+        .issue_delivered("hospital-daiichi", &bundle, "pharmacy-aozora")
         .await;
-    let id = accepted["prescription_id"].as_str().unwrap();
-    flow.in_inbox("pharmacy-aozora", id, |_| true).await;
-    flow.clinic_sees("hospital-daiichi", id, "issued").await;
 
     // Line 1 is 変更不可 (no substitution); line 2 may be substituted.
     let mut body = pharmacist();
@@ -665,12 +673,9 @@ async fn guessing_access_codes_is_cut_off_per_pharmacy() {
 async fn nobody_sees_or_does_more_than_their_role_and_their_own_prescriptions_allow() {
     let flow = Flow::start().await;
     let bundle = fixture("Bundle-Bundle-for-JP-MedReq-ePreData-Example01.json");
-    let (_, accepted) = flow
-        .issue("clinic-sakura", &bundle, Some("pharmacy-aozora"))
+    let id = &flow
+        .issue_delivered("clinic-sakura", &bundle, "pharmacy-aozora")
         .await;
-    let id = accepted["prescription_id"].as_str().unwrap();
-    flow.in_inbox("pharmacy-aozora", id, |_| true).await;
-    flow.clinic_sees("clinic-sakura", id, "issued").await;
 
     let g = &flow.gateway;
     let p = &flow.pharmacy;

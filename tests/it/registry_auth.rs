@@ -8,7 +8,7 @@ use std::sync::Arc;
 use hixbus_access::{ApiKey, Directory};
 use hixbus_contracts::registry::RegistryClient;
 use hixbus_schema_registry::RegistryConfig;
-use hixbus_tests::{Backend, TestRegistry, fresh_database, schema_body};
+use hixbus_tests::{Backend, TestRegistry, call_as, fresh_database, schema_body};
 use schema_registry_converter::async_impl::schema_registry::{SrSettings, get_schema_by_id};
 
 const ORGANIZATIONS: &str = r#"
@@ -45,24 +45,9 @@ async fn raw(
     authorization: Option<String>,
     body: Option<String>,
 ) -> (u16, Option<i64>, Option<String>) {
-    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-    let mut request = reqwest::Client::new()
-        .request(method, format!("{}{path}", registry.url))
-        .header("content-type", "application/vnd.schemaregistry.v1+json");
-    if let Some(value) = authorization {
-        request = request.header("authorization", value);
-    }
-    if let Some(body) = body {
-        request = request.body(body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    let challenge = response
-        .headers()
-        .get("www-authenticate")
-        .map(|v| v.to_str().unwrap().to_owned());
-    let body: serde_json::Value = response.json().await.unwrap_or_default();
-    (status, body["error_code"].as_i64(), challenge)
+    let url = format!("{}{path}", registry.url);
+    let answer = call_as(&url, method, body.as_deref(), authorization.as_deref()).await;
+    (answer.status, answer.error_code(), answer.challenge)
 }
 
 fn basic(org: &str, key: &ApiKey) -> String {

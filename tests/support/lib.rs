@@ -157,6 +157,8 @@ pub struct Response {
     pub status: u16,
     pub content_type: String,
     pub body: Value,
+    /// `WWW-Authenticate`, on a 401.
+    pub challenge: Option<String>,
 }
 
 impl Response {
@@ -167,6 +169,16 @@ impl Response {
 }
 
 pub async fn call(url: &str, method: &str, body: Option<&str>) -> Response {
+    call_as(url, method, body, None).await
+}
+
+/// [`call`] with an `Authorization` header.
+pub async fn call_as(
+    url: &str,
+    method: &str,
+    body: Option<&str>,
+    authorization: Option<&str>,
+) -> Response {
     watch();
     let client = reqwest::Client::new();
     let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
@@ -176,7 +188,15 @@ pub async fn call(url: &str, method: &str, body: Option<&str>) -> Response {
     if let Some(body) = body {
         request = request.body(body.to_owned());
     }
+    if let Some(authorization) = authorization {
+        request = request.header("authorization", authorization);
+    }
     let response = request.send().await.expect("request sent");
+    let challenge = response
+        .headers()
+        .get("www-authenticate")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let status = response.status().as_u16();
     let content_type = response
         .headers()
@@ -190,6 +210,7 @@ pub async fn call(url: &str, method: &str, body: Option<&str>) -> Response {
         status,
         content_type,
         body,
+        challenge,
     }
 }
 

@@ -6,6 +6,7 @@
 //! committed, and every replica `LISTEN`s and passes it on to its own screens. On SQLite (the
 //! single-process demo) it goes straight to this process's screens.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use hixbus_bus::shutdown::Signal;
@@ -14,19 +15,17 @@ use sqlx::AnyPool;
 use sqlx::postgres::PgListener;
 use tokio::sync::broadcast;
 
-use crate::store::Store;
+use crate::store::{PrescriptionRow, Store};
 
 /// The PostgreSQL channel changes travel on; the payload is the prescription id.
 const CHANNEL: &str = "hixbus_pharmacy_changes";
 
 /// What a screen hears.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Changed {
-    /// A prescription changed; `holder` is the pharmacy whose inbox shows it, if any.
-    Prescription {
-        holder: Option<String>,
-        prescription_id: String,
-    },
+    /// A prescription changed: as it now reads, so every screen showing it skips the re-read.
+    /// `row.holder` is the pharmacy whose inbox shows it, if any.
+    Prescription(Arc<PrescriptionRow>),
     /// Changes may have been missed (the notification connection dropped): screens reload.
     Missed,
 }
@@ -97,14 +96,16 @@ impl Changes {
         if self.feed.receiver_count() == 0 {
             return;
         }
-        let holder = match store.get(prescription_id).await {
-            Ok(row) => row.and_then(|r| r.holder),
-            Err(_) => None,
-        };
-        let _ = self.feed.send(Changed::Prescription {
-            holder,
-            prescription_id: prescription_id.to_owned(),
-        });
+        match store.get(prescription_id).await {
+            Ok(Some(row)) => {
+                let _ = self.feed.send(Changed::Prescription(Arc::new(row)));
+            }
+            Ok(None) => {}
+            // The screens cannot be told what changed; they reload.
+            Err(_) => {
+                let _ = self.feed.send(Changed::Missed);
+            }
+        }
     }
 }
 

@@ -201,16 +201,15 @@ pub async fn stream(
         |(mut receiver, store, audit, org)| async move {
             loop {
                 let event = match receiver.recv().await {
-                    Ok(Changed::Prescription {
-                        holder,
-                        prescription_id,
-                    }) if holder.as_deref() == Some(org.id.as_str()) => {
-                        match delivery(&store, &audit, &org, &prescription_id).await {
+                    Ok(Changed::Prescription(row))
+                        if row.holder.as_deref() == Some(org.id.as_str()) =>
+                    {
+                        match delivery(&store, &audit, &org, &row).await {
                             Some(event) => event,
                             None => continue,
                         }
                     }
-                    Ok(Changed::Prescription { .. }) => continue,
+                    Ok(Changed::Prescription(_)) => continue,
                     // Too slow to keep up, or changes were missed: the screen reloads its inbox.
                     Ok(Changed::Missed) | Err(RecvError::Lagged(_)) => {
                         SseEvent::default().event("resync").data("{}")
@@ -225,22 +224,24 @@ pub async fn stream(
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
 
-/// The stream event for one changed prescription; every delivery is audited.
+/// The stream event for one changed prescription, already checked to be `org`'s; every
+/// delivery is audited.
 async fn delivery(
     store: &Store,
     audit: &AuditLog,
     org: &Organization,
-    id: &str,
+    row: &PrescriptionRow,
 ) -> Option<SseEvent> {
-    let row = store.get(id).await.ok().flatten()?;
-    if row.holder.as_deref() != Some(org.id.as_str()) {
-        return None;
-    }
     audit
-        .record(&org.id, "inbox.stream", id, &row.patient_ref)
+        .record(
+            &org.id,
+            "inbox.stream",
+            &row.prescription_id,
+            &row.patient_ref,
+        )
         .await
         .ok()?;
-    let item = inbox_item(store, &row).await.ok()?;
+    let item = inbox_item(store, row).await.ok()?;
     Some(
         SseEvent::default()
             .event("prescription")
