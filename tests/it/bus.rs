@@ -208,14 +208,7 @@ async fn a_poison_record_is_dead_lettered_with_its_cause_and_the_partition_keeps
     );
 
     // Both poison records are on prescriptions.dlq, with the original bytes and the cause.
-    let mut letters = Vec::new();
-    for _ in 0..100 {
-        letters = own_letters(&stack, &patient).await;
-        if letters.len() >= 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let letters = own_letters_once(&stack, &patient, 2).await;
     assert_eq!(letters.len(), 2, "{letters:#?}");
     let bad = &letters[0];
     assert_eq!(bad.cause_kind.as_deref(), Some("undecodable"));
@@ -270,6 +263,99 @@ async fn a_poison_record_is_dead_lettered_with_its_cause_and_the_partition_keeps
 
     let summary = running.stop().await;
     assert!(summary.dead_lettered >= 2, "{summary:?}");
+}
+
+#[tokio::test]
+async fn an_event_waiting_for_another_is_applied_when_it_comes_and_dead_lettered_if_it_never_does()
+{
+    let stack = BusStack::start().await;
+    let publisher = stack.publisher();
+    let patient = unique("patient");
+    let rx = |n: &str| {
+        let mut e = samples::prescription_issued(&patient, 1);
+        e.prescription_id = format!("{patient}-{n}");
+        e
+    };
+    // Same key, same partition, in this order.
+    publisher.publish(&rx("late")).await.unwrap();
+    let never = publisher.publish(&rx("never")).await.unwrap();
+    publisher.publish(&rx("last")).await.unwrap();
+
+    // "late" waits for something that comes by its third attempt; "never" for something that
+    // never comes.
+    let handled: Arc<Mutex<Vec<(String, u32)>>> = Arc::default();
+    let wanted = patient.clone();
+    let consumer = Consumer::builder(&stack.kafka, stack.codec(), unique("clinic-view"))
+        .on({
+            let handled = handled.clone();
+            move |e: PrescriptionIssued, ctx: EventContext| {
+                let (handled, wanted) = (handled.clone(), wanted.clone());
+                async move {
+                    if e.envelope.patient_ref != wanted {
+                        return Ok(());
+                    }
+                    let id = e.prescription_id;
+                    if id.ends_with("-never") || (id.ends_with("-late") && ctx.attempt < 3) {
+                        return Err(HandlerError::not_yet(format!("the order for {id}")));
+                    }
+                    handled.lock().unwrap().push((id, ctx.attempt));
+                    Ok(())
+                }
+            }
+        })
+        .unwrap()
+        .retry(hixbus_bus::RetryPolicy {
+            initial_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(100),
+            max_attempts: None,
+            not_yet_attempts: 5,
+        })
+        .build()
+        .unwrap();
+    let running = Running::spawn(consumer);
+    eventually(
+        Duration::from_secs(30),
+        "the record after the waiting ones",
+        || handled.lock().unwrap().len() >= 2,
+    )
+    .await;
+    assert_eq!(
+        *handled.lock().unwrap(),
+        [
+            (format!("{patient}-late"), 3),
+            (format!("{patient}-last"), 1)
+        ]
+    );
+
+    let letters = own_letters_once(&stack, &patient, 1).await;
+    assert_eq!(
+        letters.len(),
+        1,
+        "only the one that never came: {letters:#?}"
+    );
+    assert_eq!(letters[0].cause_kind.as_deref(), Some("dependency_missing"));
+    assert_eq!(
+        letters[0].cause.as_deref(),
+        Some(
+            format!("gave up after 5 attempts: the order for {patient}-never has not arrived")
+                .as_str()
+        )
+    );
+    assert_eq!(letters[0].source_offset, Some(never.offset));
+    running.stop().await;
+}
+
+/// `patient`'s dead letters once there are at least `count` (or after 10 s, whatever is there).
+async fn own_letters_once(stack: &BusStack, patient: &str, count: usize) -> Vec<dlq::DeadLetter> {
+    let mut letters = Vec::new();
+    for _ in 0..100 {
+        letters = own_letters(stack, patient).await;
+        if letters.len() >= count {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    letters
 }
 
 async fn own_letters(stack: &BusStack, patient: &str) -> Vec<dlq::DeadLetter> {

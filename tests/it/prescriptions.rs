@@ -1173,3 +1173,37 @@ async fn restarting_the_gateway_and_the_pharmacy_mid_stream_loses_and_duplicates
     assert_eq!(list["prescriptions"].as_array().unwrap().len(), total);
     flow.stop().await;
 }
+
+/// Dispensings travel on their own topic, so a replay, a pharmacy system publishing to the bus
+/// directly, or a redriven prescription can put one ahead of its prescription. It must wait for
+/// the prescription, not be lost: a lost dispensing would let the prescription be dispensed
+/// again.
+#[tokio::test]
+async fn a_dispensing_read_before_its_prescription_waits_for_it_and_is_not_lost() {
+    let flow = Flow::start().await;
+    let patient = hixbus_tests::unique("patient");
+    let publisher = flow.stack.publisher();
+    let dispensed = hixbus_contracts::samples::prescription_dispensed(&patient);
+    let issued = hixbus_contracts::samples::prescription_issued(&patient, 2);
+    let id = issued.prescription_id.clone();
+    assert_eq!(dispensed.prescription_id, id);
+
+    publisher.publish(&dispensed).await.unwrap();
+    // Long enough for both services to read the dispensing and find nothing to attach it to.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    publisher.publish(&issued).await.unwrap();
+
+    let item = flow
+        .in_inbox("pharmacy-aozora", &id, |item| item["status"] == "dispensed")
+        .await;
+    assert_eq!(item["dispensed"]["pharmacist"]["id"], "ph-007", "{item}");
+    let seen = flow.clinic_sees("clinic-sakura", &id, "dispensed").await;
+    assert_eq!(
+        seen["dispensed"]["pharmacy"]["org_id"], "pharmacy-aozora",
+        "{seen}"
+    );
+    let pharmacist = json!({ "pharmacist": { "id": "ph-2", "name": null, "department": null } });
+    let (status, refusal) = flow.dispense("pharmacy-aozora", &id, pharmacist).await;
+    assert_eq!(status, 409, "{refusal}");
+    flow.stop().await;
+}

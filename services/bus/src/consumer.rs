@@ -64,6 +64,12 @@ pub enum HandlerError {
     /// dead-lettered with this reason.
     #[error("rejected: {0}")]
     Reject(String),
+    /// Needs an event this consumer has not applied yet, one that travels on another topic or
+    /// partition (a dispensing read before its prescription). Retried like a transient failure,
+    /// but only [`RetryPolicy::not_yet_attempts`] times, then dead-lettered: an event that never
+    /// comes must not stall the partition. Redrive it once the awaited event is there.
+    #[error("waiting for: {0}")]
+    NotYet(String),
 }
 
 impl HandlerError {
@@ -73,6 +79,11 @@ impl HandlerError {
 
     pub fn reject(reason: impl Into<String>) -> Self {
         HandlerError::Reject(reason.into())
+    }
+
+    /// `awaited` names what has not arrived, e.g. "prescription rx-1".
+    pub fn not_yet(awaited: impl Into<String>) -> Self {
+        HandlerError::NotYet(awaited.into())
     }
 }
 
@@ -84,6 +95,10 @@ pub struct RetryPolicy {
     /// Dead-letter after this many handler attempts; `None` retries until shutdown, which is
     /// right when the failure is an outage that will end (the partition waits for it).
     pub max_attempts: Option<u32>,
+    /// Attempts a [`HandlerError::NotYet`] gets before it is dead-lettered. With the default
+    /// backoff, 12 attempts wait about two minutes: far longer than two topics drift apart in
+    /// normal running, short enough that a missing event shows up in the DLQ the same day.
+    pub not_yet_attempts: u32,
 }
 
 impl Default for RetryPolicy {
@@ -92,6 +107,7 @@ impl Default for RetryPolicy {
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(30),
             max_attempts: None,
+            not_yet_attempts: 12,
         }
     }
 }
@@ -102,6 +118,24 @@ impl RetryPolicy {
         self.initial_backoff
             .saturating_mul(factor)
             .min(self.max_backoff)
+    }
+
+    /// The dead letter for a failure that `attempt` attempts did not cure, if it is time for one.
+    fn give_up(&self, attempt: u32, retry: &Retry) -> Option<Failure> {
+        let (limit, kind) = match retry.kind {
+            RetryKind::Transient => (self.max_attempts, CauseKind::RetriesExhausted),
+            RetryKind::NotYet => (
+                Some(
+                    self.not_yet_attempts
+                        .min(self.max_attempts.unwrap_or(u32::MAX)),
+                ),
+                CauseKind::NeverArrived,
+            ),
+        };
+        limit.filter(|&max| attempt >= max).map(|_| Failure {
+            kind,
+            cause: format!("gave up after {attempt} attempts: {}", retry.reason),
+        })
     }
 }
 
@@ -436,17 +470,22 @@ impl Lane {
             match self.attempt(&record, span, attempt).await {
                 Ok(outcome) => return outcome,
                 Err(Attempt::Failed(failure)) => break failure,
-                Err(Attempt::Retry(reason)) => {
+                Err(Attempt::Retry(retry)) => {
                     let labels = [KeyValue::new("group", self.group.clone())];
                     metrics().handler_retries.add(1, &labels);
-                    if self.retry.max_attempts.is_some_and(|max| attempt >= max) {
-                        break Failure {
-                            kind: CauseKind::RetriesExhausted,
-                            cause: format!("gave up after {attempt} attempts: {reason}"),
-                        };
+                    if let Some(failure) = self.retry.give_up(attempt, &retry) {
+                        break failure;
                     }
                     let wait = self.retry.backoff(attempt);
-                    tracing::warn!(attempt, ?wait, %reason, "transient failure; retrying");
+                    let reason = &retry.reason;
+                    match retry.kind {
+                        RetryKind::Transient => {
+                            tracing::warn!(attempt, ?wait, %reason, "transient failure; retrying")
+                        }
+                        RetryKind::NotYet => {
+                            tracing::info!(attempt, ?wait, %reason, "waiting for an earlier event")
+                        }
+                    }
                     if sleep_or_stop(wait, stop).await {
                         return Outcome::Interrupted;
                     }
@@ -470,7 +509,7 @@ impl Lane {
             }));
         };
         let decoded = match self.codec.decode(payload).await {
-            Err(transient) => return Err(Attempt::Retry(transient.to_string())),
+            Err(transient) => return Err(Attempt::Retry(Retry::transient(transient))),
             Ok(Err(data)) => return Err(Attempt::Failed(data_failure(&data))),
             Ok(Ok(decoded)) => decoded,
         };
@@ -509,7 +548,11 @@ impl Lane {
                 kind: CauseKind::Rejected,
                 cause: reason,
             })),
-            Err(HandlerError::Transient(e)) => Err(Attempt::Retry(e.to_string())),
+            Err(HandlerError::Transient(e)) => Err(Attempt::Retry(Retry::transient(e))),
+            Err(HandlerError::NotYet(awaited)) => Err(Attempt::Retry(Retry {
+                kind: RetryKind::NotYet,
+                reason: format!("{awaited} has not arrived"),
+            })),
         }
     }
 
@@ -569,8 +612,31 @@ impl Lane {
 }
 
 enum Attempt {
-    Retry(String),
+    Retry(Retry),
     Failed(Failure),
+}
+
+/// A failed attempt that may succeed later.
+struct Retry {
+    kind: RetryKind,
+    reason: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RetryKind {
+    /// Something is down; wait as long as the policy's `max_attempts` allows.
+    Transient,
+    /// An earlier event has not been applied; wait `not_yet_attempts` at most.
+    NotYet,
+}
+
+impl Retry {
+    fn transient(error: impl std::fmt::Display) -> Self {
+        Self {
+            kind: RetryKind::Transient,
+            reason: error.to_string(),
+        }
+    }
 }
 
 fn data_failure(error: &DataError) -> Failure {
@@ -604,11 +670,43 @@ mod tests {
         let policy = RetryPolicy {
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(1),
-            max_attempts: None,
+            ..RetryPolicy::default()
         };
         let waits: Vec<_> = (1..=6).map(|a| policy.backoff(a).as_millis()).collect();
         assert_eq!(waits, [100, 200, 400, 800, 1000, 1000]);
         assert_eq!(policy.backoff(u32::MAX), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn an_outage_is_waited_out_but_a_missing_event_is_dead_lettered_after_its_budget() {
+        let outage = Retry::transient("database down");
+        let missing = Retry {
+            kind: RetryKind::NotYet,
+            reason: "prescription rx-1 has not arrived".to_owned(),
+        };
+        let unbounded = RetryPolicy::default();
+        assert!(unbounded.give_up(1_000, &outage).is_none());
+        assert!(unbounded.give_up(11, &missing).is_none());
+        let failure = unbounded.give_up(12, &missing).expect("budget spent");
+        assert_eq!(failure.kind, CauseKind::NeverArrived);
+        assert_eq!(
+            failure.cause,
+            "gave up after 12 attempts: prescription rx-1 has not arrived"
+        );
+
+        // A tighter overall limit binds both kinds.
+        let bounded = RetryPolicy {
+            max_attempts: Some(3),
+            ..RetryPolicy::default()
+        };
+        assert_eq!(
+            bounded.give_up(3, &outage).map(|f| f.kind),
+            Some(CauseKind::RetriesExhausted)
+        );
+        assert_eq!(
+            bounded.give_up(3, &missing).map(|f| f.kind),
+            Some(CauseKind::NeverArrived)
+        );
     }
 
     #[test]

@@ -46,6 +46,8 @@ pub enum CauseKind {
     Rejected,
     /// The handler kept failing transiently past the retry policy's limit.
     RetriesExhausted,
+    /// The handler waited for an earlier event (`HandlerError::NotYet`) that never came.
+    NeverArrived,
 }
 
 impl CauseKind {
@@ -55,6 +57,7 @@ impl CauseKind {
             CauseKind::UnknownSchema => "unknown_schema",
             CauseKind::Rejected => "rejected",
             CauseKind::RetriesExhausted => "retries_exhausted",
+            CauseKind::NeverArrived => "dependency_missing",
         }
     }
 }

@@ -47,7 +47,8 @@ pub enum ViewError {
     #[error("stored JSON is unreadable: {0}")]
     Json(#[from] serde_json::Error),
     /// An event about a prescription whose `PrescriptionIssued` has not been applied yet (it
-    /// travels on another topic); retried until it has.
+    /// travels on another topic): retried for a while, then dead-lettered (see
+    /// `HandlerError::NotYet`).
     #[error("prescription {0} has not arrived yet")]
     NotYet(String),
 }
@@ -252,8 +253,17 @@ where
     let apply = Arc::new(apply);
     builder.on(move |event: E, _: EventContext| {
         let (view, apply) = (view.clone(), apply.clone());
-        async move { apply(view, event).await.map_err(HandlerError::transient) }
+        async move { apply(view, event).await.map_err(handler_error) }
     })
+}
+
+fn handler_error(e: ViewError) -> HandlerError {
+    match e {
+        ViewError::NotYet(prescription_id) => {
+            HandlerError::not_yet(format!("prescription {prescription_id}"))
+        }
+        other => HandlerError::transient(other),
+    }
 }
 
 /// The consumer that feeds the clinic view.

@@ -2,6 +2,8 @@
 //!
 //! Every handler is idempotent on its own (inserts ignore duplicates, updates are conditional),
 //! so redelivery after a crash or rebalance changes nothing and no claims table is needed.
+//! Claims and cancellations share the prescription's topic and key, so they never overtake it;
+//! a dispensing can, and waits for it (`HandlerError::NotYet`).
 
 use std::sync::Arc;
 
@@ -95,19 +97,28 @@ pub fn consumer(
             })
         },
     )?;
-    let builder = project(
-        builder,
-        &store,
-        &changes,
-        |store, e: PrescriptionDispensed| {
-            Box::pin(async move {
-                Ok(store
+    // Dispensings travel on their own topic, so one can be read before its prescription (a
+    // replay, a pharmacy system publishing directly, a redriven prescription). Recording it
+    // then would find no row and lose it: the prescription would later look dispensable.
+    let builder = builder.on({
+        let (store, changes) = (store.clone(), changes.clone());
+        move |e: PrescriptionDispensed, _: EventContext| {
+            let (store, changes) = (store.clone(), changes.clone());
+            async move {
+                let id = &e.prescription_id;
+                if store
                     .record_dispensed(&e)
-                    .await?
-                    .then_some(e.prescription_id))
-            })
-        },
-    )?;
+                    .await
+                    .map_err(HandlerError::transient)?
+                {
+                    changes.announce(&store, id).await;
+                } else if !store.contains(id).await.map_err(HandlerError::transient)? {
+                    return Err(HandlerError::not_yet(format!("prescription {id}")));
+                }
+                Ok(())
+            }
+        }
+    })?;
     let builder = builder.on({
         let (store, changes) = (store.clone(), changes.clone());
         move |e: MedicationAlert, _: EventContext| {

@@ -274,6 +274,15 @@ impl Store {
         Ok(attached)
     }
 
+    /// Whether the prescription's `PrescriptionIssued` has been recorded.
+    pub async fn contains(&self, prescription_id: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT 1 FROM pharmacy_prescriptions WHERE prescription_id = $1")
+            .bind(prescription_id)
+            .fetch_optional(&self.db.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
     pub async fn get(&self, prescription_id: &str) -> Result<Option<PrescriptionRow>, StoreError> {
         let row = sqlx::query(&format!("{SELECT} WHERE prescription_id = $1"))
             .bind(prescription_id)
