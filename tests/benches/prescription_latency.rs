@@ -8,6 +8,12 @@
 //! and when the prescription arrived on the screen ("in inbox"), and prints percentiles. The
 //! medication-safety check runs too, as in production. Not a test: numbers go to
 //! docs/performance.md.
+//!
+//! `HIXBUS_BENCH_BROKER=mock` runs the same flow on librdkafka's in-memory mock cluster (the
+//! broker of `hixbus up`) instead of Tansu. Tansu ends every fetch with a sleep for whatever is
+//! left of `fetch.wait.max.ms`, even when it found data, so each hop through it costs one to two
+//! waits; the mock, like Kafka, answers as soon as data is there. Running both on the same
+//! machine tells the test broker's share of the latency from hixbus's own.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,8 +21,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hixbus_access::Directory;
+use hixbus_bus::dev::DevCluster;
 use hixbus_storage::Database;
-use hixbus_tests::{Backend, BusStack, drop_database, fresh_database};
+use hixbus_tests::{
+    Backend, BusStack, TestBroker, TestRegistry, drop_database, fresh_database, init_tracing,
+};
 use serde_json::{Value, json};
 
 const BUNDLE: &str = include_str!(
@@ -54,7 +63,15 @@ async fn main() {
         println!("smoke run (no --bench): the numbers below mean nothing");
     }
 
-    let mut stack = BusStack::start().await;
+    let (mut stack, mock) = stack().await;
+    println!(
+        "broker: {}",
+        if mock.is_some() {
+            "librdkafka mock cluster (in memory, in this process)"
+        } else {
+            "Tansu (memory engine)"
+        }
+    );
     // How long the broker may hold a fetch (see docs/performance.md): the runtime's default is
     // 20 ms; the benchmark can try others.
     if let Ok(wait) = std::env::var("HIXBUS_BENCH_FETCH_WAIT_MS") {
@@ -217,6 +234,29 @@ async fn main() {
         drop_database(url).await;
     }
     assert_eq!(missing, 0, "every accepted prescription reaches the inbox");
+}
+
+/// The broker and registry of the run: Tansu, or the mock cluster with
+/// `HIXBUS_BENCH_BROKER=mock` (kept alive by the second value).
+async fn stack() -> (BusStack, Option<DevCluster>) {
+    if std::env::var("HIXBUS_BENCH_BROKER").as_deref() != Ok("mock") {
+        return (BusStack::start().await, None);
+    }
+    init_tracing();
+    // The mock cannot create topics through the admin API: they are made with the cluster.
+    let specs = hixbus_bus::topics::specs(
+        hixbus_bus::topics::EMBEDDED,
+        hixbus_contracts::Catalog::embedded(),
+    )
+    .unwrap();
+    let cluster = DevCluster::start(None, &specs).await.unwrap();
+    let bootstrap = cluster.bootstrap_servers().to_owned();
+    let stack = BusStack {
+        kafka: hixbus_bus::KafkaConfig::new(&bootstrap).with_client_id("hixbus-bench"),
+        broker: TestBroker::external(bootstrap),
+        registry: TestRegistry::fresh(Backend::Sqlite).await,
+    };
+    (stack, Some(cluster))
 }
 
 /// Prints the run's percentiles; returns how many accepted prescriptions never arrived.
