@@ -58,6 +58,11 @@ impl KafkaConfig {
         config
             .set("bootstrap.servers", &self.bootstrap_servers)
             .set("client.id", &self.client_id);
+        // librdkafka leaves Nagle's algorithm on: a small request sent while the previous one
+        // is unacknowledged then waits for the broker's delayed ACK (40 ms on Linux), which
+        // showed up as a 40 ms step in delivery latency. Every hixbus client sends small
+        // requests and wants them out now.
+        config.set("socket.nagle.disable", "true");
         if let Some(interval) = self.statistics_interval {
             config.set("statistics.interval.ms", interval.as_millis().to_string());
         }
@@ -119,6 +124,19 @@ mod tests {
     fn group_consumers_only_commit_what_the_runner_stored() {
         let config = KafkaConfig::new("b:9092").to_rdkafka(Role::GroupConsumer);
         assert_eq!(config.get("enable.auto.offset.store"), Some("false"));
+    }
+
+    #[test]
+    fn no_client_waits_for_delayed_acks() {
+        for role in [
+            Role::Producer,
+            Role::GroupConsumer,
+            Role::Reader,
+            Role::Admin,
+        ] {
+            let config = KafkaConfig::new("b:9092").to_rdkafka(role);
+            assert_eq!(config.get("socket.nagle.disable"), Some("true"), "{role:?}");
+        }
     }
 
     #[test]
