@@ -39,18 +39,21 @@ impl Submissions {
     }
 
     /// The row for `(org_id, identifier)`: `fresh` if this is the first submission, else the
-    /// one stored by the first.
+    /// one stored by the first. One statement: the no-op update on conflict makes `RETURNING`
+    /// give the stored row, so a resubmission costs no second round trip and two racing ones
+    /// get the same answer.
     pub async fn claim(
         &self,
         org_id: &str,
         identifier: &str,
         fresh: &SubmissionRow,
     ) -> Result<SubmissionRow, sqlx::Error> {
-        sqlx::query(
+        let row = sqlx::query(
             "INSERT INTO gateway_submissions
                  (org_id, identifier, prescription_id, event_id, access_code, published, created_at)
              VALUES ($1, $2, $3, $4, $5, 0, $6)
-             ON CONFLICT (org_id, identifier) DO NOTHING",
+             ON CONFLICT (org_id, identifier) DO UPDATE SET org_id = excluded.org_id
+             RETURNING prescription_id, event_id, access_code, published",
         )
         .bind(org_id)
         .bind(identifier)
@@ -58,14 +61,6 @@ impl Submissions {
         .bind(&fresh.event_id)
         .bind(&fresh.access_code)
         .bind(chrono::Utc::now().to_rfc3339())
-        .execute(&self.db.pool)
-        .await?;
-        let row = sqlx::query(
-            "SELECT prescription_id, event_id, access_code, published
-             FROM gateway_submissions WHERE org_id = $1 AND identifier = $2",
-        )
-        .bind(org_id)
-        .bind(identifier)
         .fetch_one(&self.db.pool)
         .await?;
         Ok(SubmissionRow {
@@ -82,5 +77,54 @@ impl Submissions {
             .execute(&self.db.pool)
             .await
             .map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fresh(n: u32) -> SubmissionRow {
+        SubmissionRow {
+            prescription_id: format!("rx-{n}"),
+            event_id: format!("ev-{n}"),
+            access_code: format!("CODE{n}"),
+            published: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_resubmission_gets_the_first_rows_ids_and_sees_it_published() {
+        let db = Database::connect("sqlite::memory:").await.unwrap();
+        let submissions = Submissions::new(db).await.unwrap();
+
+        let first = submissions
+            .claim("clinic-a", "bundle-1", &fresh(1))
+            .await
+            .unwrap();
+        assert_eq!(first, fresh(1));
+        let again = submissions
+            .claim("clinic-a", "bundle-1", &fresh(2))
+            .await
+            .unwrap();
+        assert_eq!(again, fresh(1), "the same ids, access code and event");
+
+        submissions.mark_published("rx-1").await.unwrap();
+        let after = submissions
+            .claim("clinic-a", "bundle-1", &fresh(3))
+            .await
+            .unwrap();
+        assert!(
+            after.published,
+            "a resubmission after publishing publishes nothing"
+        );
+
+        // The identifier is the clinic's own: another clinic's same identifier is another
+        // prescription.
+        let other = submissions
+            .claim("clinic-b", "bundle-1", &fresh(4))
+            .await
+            .unwrap();
+        assert_eq!(other, fresh(4));
     }
 }

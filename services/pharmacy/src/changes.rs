@@ -63,6 +63,12 @@ impl Changes {
         Ok(changes)
     }
 
+    /// The PostgreSQL channel a statement may notify itself (`pg_notify`, delivered at its
+    /// commit) instead of calling [`Changes::announce`] afterwards; `None` on SQLite.
+    pub fn channel(&self) -> Option<&'static str> {
+        self.relay.as_ref().map(|_| CHANNEL)
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<Changed> {
         self.feed.subscribe()
     }

@@ -62,11 +62,13 @@ pub fn consumer(
         move |e: PrescriptionIssued, _: EventContext| {
             let (store, changes) = (store.clone(), changes.clone());
             async move {
-                if store
-                    .insert_issued(&e)
+                let channel = changes.channel();
+                let inserted = store
+                    .insert_issued(&e, channel)
                     .await
-                    .map_err(HandlerError::transient)?
-                {
+                    .map_err(HandlerError::transient)?;
+                // On PostgreSQL the insert announced itself.
+                if inserted && channel.is_none() {
                     changes.announce(&store, &e.prescription_id).await;
                 }
                 Ok(())

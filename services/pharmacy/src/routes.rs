@@ -125,12 +125,11 @@ fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> 
 }
 
 /// What a pharmacy sees of one prescription.
-async fn inbox_item(store: &Store, row: &PrescriptionRow) -> Result<Value, ApiError> {
-    let alerts = store.alerts(&row.prescription_id).await?;
+fn inbox_item(row: &PrescriptionRow) -> Value {
     let date = |d: Option<hixbus_contracts::Date>| {
         d.and_then(|d| d.to_naive_date()).map(|d| d.to_string())
     };
-    Ok(json!({
+    json!({
         "prescription_id": row.prescription_id,
         "status": row.status.as_str(),
         "issuer_org": row.issuer_org,
@@ -142,9 +141,9 @@ async fn inbox_item(store: &Store, row: &PrescriptionRow) -> Result<Value, ApiEr
         "issuer": row.issued.issuer,
         "lines": row.issued.lines,
         "notes": row.issued.notes,
-        "alerts": alerts,
+        "alerts": row.alerts,
         "dispensed": row.dispensed,
-    }))
+    })
 }
 
 pub async fn inbox(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
@@ -161,7 +160,7 @@ pub async fn inbox(State(state): State<AppState>, caller: Caller) -> Result<Json
                 &row.patient_ref,
             )
             .await?;
-        items.push(inbox_item(&state.store, row).await?);
+        items.push(inbox_item(row));
     }
     Ok(Json(json!({ "pharmacy": org.id, "prescriptions": items })))
 }
@@ -177,7 +176,7 @@ pub async fn prescription(
         .audit
         .record(&org.id, "prescription.read", &id, &row.patient_ref)
         .await?;
-    Ok(Json(inbox_item(&state.store, &row).await?))
+    Ok(Json(inbox_item(&row)))
 }
 
 async fn own_row(store: &Store, org: &Organization, id: &str) -> Result<PrescriptionRow, ApiError> {
@@ -195,28 +194,23 @@ pub async fn stream(
     let org = caller.require(Action::ViewPharmacyInbox)?.clone();
     let receiver = state.changes.subscribe();
     let ending = state.changes.ending();
-    let (store, audit) = (state.store.clone(), state.audit.clone());
+    let audit = state.audit.clone();
     let events = futures::stream::unfold(
-        (receiver, store, audit, org),
-        |(mut receiver, store, audit, org)| async move {
+        (receiver, audit, org),
+        |(mut receiver, audit, org)| async move {
             loop {
                 let event = match receiver.recv().await {
                     Ok(Changed::Prescription(row))
                         if row.holder.as_deref() == Some(org.id.as_str()) =>
                     {
-                        match delivery(&store, &audit, &org, &row).await {
-                            Some(event) => event,
-                            None => continue,
-                        }
+                        delivery(&audit, &org, &row).await
                     }
                     Ok(Changed::Prescription(_)) => continue,
                     // Too slow to keep up, or changes were missed: the screen reloads its inbox.
-                    Ok(Changed::Missed) | Err(RecvError::Lagged(_)) => {
-                        SseEvent::default().event("resync").data("{}")
-                    }
+                    Ok(Changed::Missed) | Err(RecvError::Lagged(_)) => resync(),
                     Err(RecvError::Closed) => return None,
                 };
-                return Some((Ok(event), (receiver, store, audit, org)));
+                return Some((Ok(event), (receiver, audit, org)));
             }
         },
     )
@@ -224,29 +218,30 @@ pub async fn stream(
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
 
-/// The stream event for one changed prescription, already checked to be `org`'s; every
-/// delivery is audited.
-async fn delivery(
-    store: &Store,
-    audit: &AuditLog,
-    org: &Organization,
-    row: &PrescriptionRow,
-) -> Option<SseEvent> {
-    audit
+/// The stream event for one changed prescription, already checked to be `org`'s. Nothing is
+/// delivered unaudited: if the audit cannot be written, the screen is told to reload instead
+/// (through the inbox, which audits or answers 503), so it neither sees unaudited data nor
+/// silently misses the change.
+async fn delivery(audit: &AuditLog, org: &Organization, row: &PrescriptionRow) -> SseEvent {
+    let audited = audit
         .record(
             &org.id,
             "inbox.stream",
             &row.prescription_id,
             &row.patient_ref,
         )
-        .await
-        .ok()?;
-    let item = inbox_item(store, row).await.ok()?;
-    Some(
-        SseEvent::default()
-            .event("prescription")
-            .data(item.to_string()),
-    )
+        .await;
+    if let Err(e) = audited {
+        tracing::error!(error = %e, prescription_id = %row.prescription_id, "delivery audit failed; screen told to reload");
+        return resync();
+    }
+    SseEvent::default()
+        .event("prescription")
+        .data(inbox_item(row).to_string())
+}
+
+fn resync() -> SseEvent {
+    SseEvent::default().event("resync").data("{}")
 }
 
 #[derive(Debug, Deserialize)]
