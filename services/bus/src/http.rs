@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 
 use axum::Router;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::consumer::ConsumerError;
@@ -83,6 +84,14 @@ impl HttpService {
         shutdown::run_beside(
             self.consumer,
             |signal| async move {
+                // Server-sent events are a run of small writes: with Nagle's algorithm on, each
+                // one written while the previous is unacknowledged waits for the client's
+                // delayed ACK (40 ms on Linux).
+                let listener = listener.tap_io(|tcp| {
+                    if let Err(e) = tcp.set_nodelay(true) {
+                        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                    }
+                });
                 axum::serve(listener, app)
                     .with_graceful_shutdown(signal.wait())
                     .await
