@@ -129,7 +129,7 @@ impl RetryPolicy {
                     self.not_yet_attempts
                         .min(self.max_attempts.unwrap_or(u32::MAX)),
                 ),
-                CauseKind::NeverArrived,
+                CauseKind::DependencyMissing,
             ),
         };
         limit.filter(|&max| attempt >= max).map(|_| Failure {
@@ -688,7 +688,7 @@ mod tests {
         assert!(unbounded.give_up(1_000, &outage).is_none());
         assert!(unbounded.give_up(11, &missing).is_none());
         let failure = unbounded.give_up(12, &missing).expect("budget spent");
-        assert_eq!(failure.kind, CauseKind::NeverArrived);
+        assert_eq!(failure.kind, CauseKind::DependencyMissing);
         assert_eq!(
             failure.cause,
             "gave up after 12 attempts: prescription rx-1 has not arrived"
@@ -705,7 +705,7 @@ mod tests {
         );
         assert_eq!(
             bounded.give_up(3, &missing).map(|f| f.kind),
-            Some(CauseKind::NeverArrived)
+            Some(CauseKind::DependencyMissing)
         );
     }
 

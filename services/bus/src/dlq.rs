@@ -47,7 +47,7 @@ pub enum CauseKind {
     /// The handler kept failing transiently past the retry policy's limit.
     RetriesExhausted,
     /// The handler waited for an earlier event (`HandlerError::NotYet`) that never came.
-    NeverArrived,
+    DependencyMissing,
 }
 
 impl CauseKind {
@@ -57,7 +57,7 @@ impl CauseKind {
             CauseKind::UnknownSchema => "unknown_schema",
             CauseKind::Rejected => "rejected",
             CauseKind::RetriesExhausted => "retries_exhausted",
-            CauseKind::NeverArrived => "dependency_missing",
+            CauseKind::DependencyMissing => "dependency_missing",
         }
     }
 }
