@@ -13,6 +13,11 @@ use crate::rules::{Finding, Recognized, Rules};
 /// long: long enough to catch the usual duplications, short enough not to alert for months.
 pub const DEFAULT_ACTIVE_DAYS: i32 = 14;
 
+/// A line is forgotten once it ended this long before the latest issue date seen. Without it
+/// the state would hold every prescription ever issued. The margin keeps lines a backdated
+/// prescription (issued on an earlier day than one already seen) could still overlap.
+pub const FORGET_AFTER_DAYS: i32 = 30;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ActiveLine {
     pub prescription_id: String,
@@ -53,6 +58,8 @@ pub struct Conflict {
 #[derive(Debug, Default)]
 pub struct Medications {
     by_patient: HashMap<String, Vec<ActiveLine>>,
+    /// The latest issue date the whole state was swept for (see [`FORGET_AFTER_DAYS`]).
+    swept_for: Option<Date>,
 }
 
 fn active_until(from: Date, days_supply: Option<i32>) -> Date {
@@ -68,6 +75,7 @@ impl Medications {
     /// Records a prescription and returns its conflicts with the patient's other prescriptions.
     /// Applying the same prescription again gives the same conflicts and changes nothing.
     pub fn issued(&mut self, rules: &Rules, e: &PrescriptionIssued) -> Vec<Conflict> {
+        self.forget_ended(e.issued_on);
         let lines: Vec<ActiveLine> = e
             .lines
             .iter()
@@ -104,6 +112,20 @@ impl Medications {
         }
         active.extend(lines);
         conflicts
+    }
+
+    /// Drops every line that ended [`FORGET_AFTER_DAYS`] before `latest`, and patients left
+    /// with none: once per new issue date, so the cost is one pass a day.
+    fn forget_ended(&mut self, latest: Date) {
+        if self.swept_for.is_some_and(|swept| swept >= latest) {
+            return;
+        }
+        self.swept_for = Some(latest);
+        let horizon = latest.plus_days(-FORGET_AFTER_DAYS);
+        self.by_patient.retain(|_, lines| {
+            lines.retain(|l| l.until >= horizon);
+            !lines.is_empty()
+        });
     }
 
     pub fn cancelled(&mut self, e: &PrescriptionCancelled) {
@@ -229,6 +251,34 @@ mod tests {
             meds.issued(&rules, &rx("p", "rx-4", "clinic-c", day(8), &[LOXONIN]))
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn lines_that_ended_long_before_a_new_prescription_are_forgotten() {
+        let rules = Rules::embedded().unwrap();
+        let mut meds = Medications::default();
+        meds.issued(&rules, &rx("p", "rx-1", "clinic-a", day(0), &[LOXONIN]));
+        meds.issued(&rules, &rx("q", "rx-2", "clinic-a", day(0), &[LOXONIN]));
+        // rx-1 ended on day 6: still kept 30 days later, for a backdated prescription.
+        meds.issued(&rules, &rx("p", "rx-3", "clinic-b", day(36), &[GASTER]));
+        assert_eq!(meds.active("p").len(), 2);
+        // A backdated one still meets it.
+        let backdated = meds.issued(&rules, &rx("p", "rx-4", "clinic-c", day(2), &[LOXONIN]));
+        assert_eq!(backdated.len(), 1, "{backdated:?}");
+        meds.issued(&rules, &rx("p", "rx-5", "clinic-b", day(39), &[GASTER]));
+        let ids: Vec<_> = meds
+            .active("p")
+            .iter()
+            .map(|l| l.prescription_id.as_str())
+            .collect();
+        assert_eq!(
+            ids,
+            ["rx-3", "rx-5"],
+            "rx-1 and rx-4 ended more than 30 days before"
+        );
+        // Another patient's ended lines go in the same sweep, and the patient with them.
+        assert!(meds.active("q").is_empty());
+        assert!(!meds.by_patient.contains_key("q"));
     }
 
     #[test]
