@@ -58,8 +58,42 @@ pub struct Conflict {
 #[derive(Debug, Default)]
 pub struct Medications {
     by_patient: HashMap<String, Vec<ActiveLine>>,
+    /// Dispensings read before their prescription (they travel on another topic), by
+    /// prescription id: applied when it comes, forgotten like ended lines if it never does.
+    early: HashMap<String, PrescriptionDispensed>,
     /// The latest issue date the whole state was swept for (see [`FORGET_AFTER_DAYS`]).
     swept_for: Option<Date>,
+}
+
+/// The day the dispensing happened (in UTC).
+fn dispensed_on(e: &PrescriptionDispensed) -> Option<Date> {
+    e.envelope
+        .occurred_at
+        .to_datetime()
+        .map(|t| Date::from(t.date_naive()))
+}
+
+/// Moves the dispensed lines' active days to start on the dispensing day, and puts in the drug
+/// actually handed over when it was substituted.
+fn apply_dispensing(rules: &Rules, e: &PrescriptionDispensed, lines: &mut [ActiveLine]) {
+    let from = dispensed_on(e);
+    for dispensed in &e.lines {
+        let Some(line) = lines.iter_mut().find(|l| {
+            l.prescription_id == e.prescription_id && l.line_no == dispensed.prescription_line_no
+        }) else {
+            continue;
+        };
+        if let Some(from) = from {
+            line.from = from;
+            line.until = active_until(from, dispensed.days_supply);
+        }
+        if dispensed.substituted {
+            if let Some(recognized) = rules.recognize_codes([&dispensed.drug]) {
+                line.recognized = recognized;
+            }
+            line.drug = dispensed.drug.clone();
+        }
+    }
 }
 
 fn active_until(from: Date, days_supply: Option<i32>) -> Date {
@@ -76,7 +110,7 @@ impl Medications {
     /// Applying the same prescription again gives the same conflicts and changes nothing.
     pub fn issued(&mut self, rules: &Rules, e: &PrescriptionIssued) -> Vec<Conflict> {
         self.forget_ended(e.issued_on);
-        let lines: Vec<ActiveLine> = e
+        let mut lines: Vec<ActiveLine> = e
             .lines
             .iter()
             .filter_map(|line| {
@@ -92,6 +126,9 @@ impl Medications {
                 })
             })
             .collect();
+        if let Some(dispensing) = self.early.remove(&e.prescription_id) {
+            apply_dispensing(rules, &dispensing, &mut lines);
+        }
         let active = self
             .by_patient
             .entry(e.envelope.patient_ref.clone())
@@ -126,6 +163,8 @@ impl Medications {
             lines.retain(|l| l.until >= horizon);
             !lines.is_empty()
         });
+        self.early
+            .retain(|_, d| dispensed_on(d).is_some_and(|day| day >= horizon));
     }
 
     pub fn cancelled(&mut self, e: &PrescriptionCancelled) {
@@ -136,31 +175,23 @@ impl Medications {
 
     /// What was handed over replaces what was prescribed, from the day it was handed over.
     pub fn dispensed(&mut self, rules: &Rules, e: &PrescriptionDispensed) {
-        let Some(active) = self.by_patient.get_mut(&e.envelope.patient_ref) else {
-            return;
-        };
-        let from = e
-            .envelope
-            .occurred_at
-            .to_datetime()
-            .map(|t| Date::from(t.date_naive()));
-        for dispensed in &e.lines {
-            let Some(line) = active.iter_mut().find(|l| {
-                l.prescription_id == e.prescription_id
-                    && l.line_no == dispensed.prescription_line_no
-            }) else {
-                continue;
-            };
-            if let Some(from) = from {
-                line.from = from;
-                line.until = active_until(from, dispensed.days_supply);
+        match self.by_patient.get_mut(&e.envelope.patient_ref) {
+            Some(active)
+                if active
+                    .iter()
+                    .any(|l| l.prescription_id == e.prescription_id) =>
+            {
+                apply_dispensing(rules, e, active);
             }
-            if dispensed.substituted {
-                if let Some(recognized) = rules.recognize_codes([&dispensed.drug]) {
-                    line.recognized = recognized;
-                }
-                line.drug = dispensed.drug.clone();
+            // Not read yet, or nothing in it the rules know: keep only what could matter.
+            _ if e
+                .lines
+                .iter()
+                .any(|l| rules.recognize_codes([&l.drug]).is_some()) =>
+            {
+                self.early.insert(e.prescription_id.clone(), e.clone());
             }
+            _ => {}
         }
     }
 
@@ -279,6 +310,48 @@ mod tests {
         // Another patient's ended lines go in the same sweep, and the patient with them.
         assert!(meds.active("q").is_empty());
         assert!(!meds.by_patient.contains_key("q"));
+    }
+
+    /// The dispensing of `rx-1` (one LOXONIN line, 7 days) at noon on `on`.
+    fn dispensing(patient: &str, on: Date) -> PrescriptionDispensed {
+        let mut d = samples::prescription_dispensed(patient);
+        d.prescription_id = "rx-1".to_owned();
+        d.lines.truncate(1);
+        d.lines[0].drug = CodedConcept::new(samples::HOT9, LOXONIN.0, Some(LOXONIN.1));
+        d.lines[0].days_supply = Some(7);
+        let noon = on.to_naive_date().unwrap().and_hms_opt(12, 0, 0).unwrap();
+        d.envelope.occurred_at = hixbus_contracts::Timestamp::from(noon.and_utc());
+        d
+    }
+
+    #[test]
+    fn a_dispensing_read_before_its_prescription_counts_once_the_prescription_comes() {
+        let rules = Rules::embedded().unwrap();
+        let in_order = {
+            let mut meds = Medications::default();
+            meds.issued(&rules, &rx("p", "rx-1", "clinic-a", day(0), &[LOXONIN]));
+            meds.dispensed(&rules, &dispensing("p", day(10)));
+            meds.active("p").to_vec()
+        };
+        assert_eq!((in_order[0].from, in_order[0].until), (day(10), day(16)));
+
+        let mut meds = Medications::default();
+        meds.dispensed(&rules, &dispensing("p", day(10)));
+        meds.issued(&rules, &rx("p", "rx-1", "clinic-a", day(0), &[LOXONIN]));
+        assert_eq!(meds.active("p"), in_order.as_slice());
+        assert!(meds.early.is_empty());
+    }
+
+    #[test]
+    fn a_dispensing_whose_prescription_never_comes_is_forgotten_with_the_ended_lines() {
+        let rules = Rules::embedded().unwrap();
+        let mut meds = Medications::default();
+        meds.dispensed(&rules, &dispensing("p", day(0)));
+        assert_eq!(meds.early.len(), 1);
+        meds.issued(&rules, &rx("q", "rx-9", "clinic-a", day(29), &[GASTER]));
+        assert_eq!(meds.early.len(), 1, "kept within 30 days");
+        meds.issued(&rules, &rx("q", "rx-10", "clinic-a", day(31), &[GASTER]));
+        assert!(meds.early.is_empty());
     }
 
     #[test]
