@@ -18,10 +18,17 @@ use hixbus_contracts::{
 use crate::changes::Changes;
 use crate::store::{Store, StoreError};
 
-type Applied = futures::future::BoxFuture<'static, Result<Option<String>, StoreError>>;
+/// The prescriptions a projection changed, to be announced to the screens.
+type Applied = futures::future::BoxFuture<'static, Result<Vec<String>, HandlerError>>;
 
-/// Registers `apply` for `E`: it updates the store and returns the prescription to announce
-/// when something changed.
+impl From<StoreError> for HandlerError {
+    /// The store is a database: whatever fails there may work on a retry.
+    fn from(e: StoreError) -> Self {
+        HandlerError::transient(e)
+    }
+}
+
+/// Registers `apply` for `E`: it updates the store and returns the prescriptions to announce.
 fn project<E, F>(
     builder: ConsumerBuilder,
     store: &Store,
@@ -30,22 +37,24 @@ fn project<E, F>(
 ) -> Result<ConsumerBuilder, ConsumerError>
 where
     E: EventRecord,
-    F: Fn(Store, E) -> Applied + Send + Sync + 'static,
+    F: Fn(Store, Changes, E) -> Applied + Send + Sync + 'static,
 {
     let (store, changes) = (store.clone(), changes.clone());
     let apply = Arc::new(apply);
     builder.on(move |event: E, _: EventContext| {
         let (store, changes, apply) = (store.clone(), changes.clone(), apply.clone());
         async move {
-            let changed = apply(store.clone(), event)
-                .await
-                .map_err(HandlerError::transient)?;
-            if let Some(prescription_id) = changed {
+            for prescription_id in apply(store.clone(), changes.clone(), event).await? {
                 changes.announce(&store, &prescription_id).await;
             }
             Ok(())
         }
     })
+}
+
+/// `id` when `changed`: what a single-prescription projection announces.
+fn changed(changed: bool, id: String) -> Vec<String> {
+    if changed { vec![id] } else { vec![] }
 }
 
 /// The consumer that feeds the read model.
@@ -57,34 +66,16 @@ pub fn consumer(
     changes: Changes,
 ) -> Result<Consumer, ConsumerError> {
     let builder = Consumer::builder(kafka, codec, group);
-    let builder = builder.on({
-        let (store, changes) = (store.clone(), changes.clone());
-        move |e: PrescriptionIssued, _: EventContext| {
-            let (store, changes) = (store.clone(), changes.clone());
-            async move {
-                let channel = changes.channel();
-                let inserted = store
-                    .insert_issued(&e, channel)
-                    .await
-                    .map_err(HandlerError::transient)?;
-                // On PostgreSQL the insert announced itself.
-                if inserted && channel.is_none() {
-                    changes.announce(&store, &e.prescription_id).await;
-                }
-                Ok(())
-            }
-        }
-    })?;
     let builder = project(
         builder,
         &store,
         &changes,
-        |store, e: PrescriptionCancelled| {
+        |store, changes, e: PrescriptionIssued| {
             Box::pin(async move {
-                Ok(store
-                    .cancel(&e.prescription_id)
-                    .await?
-                    .then_some(e.prescription_id))
+                // On PostgreSQL the insert announces itself, in the same statement.
+                let channel = changes.channel();
+                let inserted = store.insert_issued(&e, channel).await?;
+                Ok(changed(inserted && channel.is_none(), e.prescription_id))
             })
         },
     )?;
@@ -92,47 +83,44 @@ pub fn consumer(
         builder,
         &store,
         &changes,
-        |store, e: PrescriptionClaimed| {
+        |store, _, e: PrescriptionCancelled| {
+            Box::pin(async move {
+                let cancelled = store.cancel(&e.prescription_id).await?;
+                Ok(changed(cancelled, e.prescription_id))
+            })
+        },
+    )?;
+    let builder = project(
+        builder,
+        &store,
+        &changes,
+        |store, _, e: PrescriptionClaimed| {
             Box::pin(async move {
                 let claimed = store.claim(&e.prescription_id, &e.pharmacy.org_id).await?;
-                Ok(claimed.then_some(e.prescription_id))
+                Ok(changed(claimed, e.prescription_id))
             })
         },
     )?;
     // Dispensings travel on their own topic, so one can be read before its prescription (a
     // replay, a pharmacy system publishing directly, a redriven prescription). Recording it
     // then would find no row and lose it: the prescription would later look dispensable.
-    let builder = builder.on({
-        let (store, changes) = (store.clone(), changes.clone());
-        move |e: PrescriptionDispensed, _: EventContext| {
-            let (store, changes) = (store.clone(), changes.clone());
-            async move {
-                let id = &e.prescription_id;
-                if store
-                    .record_dispensed(&e)
-                    .await
-                    .map_err(HandlerError::transient)?
-                {
-                    changes.announce(&store, id).await;
-                } else if !store.contains(id).await.map_err(HandlerError::transient)? {
+    let builder = project(
+        builder,
+        &store,
+        &changes,
+        |store, _, e: PrescriptionDispensed| {
+            Box::pin(async move {
+                let recorded = store.record_dispensed(&e).await?;
+                let id = e.prescription_id;
+                if !recorded && !store.contains(&id).await? {
                     return Err(HandlerError::not_yet(format!("prescription {id}")));
                 }
-                Ok(())
-            }
-        }
-    })?;
-    let builder = builder.on({
-        let (store, changes) = (store.clone(), changes.clone());
-        move |e: MedicationAlert, _: EventContext| {
-            let (store, changes) = (store.clone(), changes.clone());
-            async move {
-                let attached = store.add_alert(&e).await.map_err(HandlerError::transient)?;
-                for prescription_id in attached {
-                    changes.announce(&store, &prescription_id).await;
-                }
-                Ok(())
-            }
-        }
+                Ok(changed(recorded, id))
+            })
+        },
+    )?;
+    let builder = project(builder, &store, &changes, |store, _, e: MedicationAlert| {
+        Box::pin(async move { Ok(store.add_alert(&e).await?) })
     })?;
     builder.build()
 }
