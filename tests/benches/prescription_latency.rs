@@ -86,12 +86,14 @@ async fn main() {
         fresh_database(Backend::Postgres).await,
         fresh_database(Backend::Postgres).await,
     ];
+    let codes = hixbus_access::codes::CodeKeys::ephemeral();
     let gateway = hixbus_clinic_gateway::build(
         any,
         directory.clone(),
         &stack.kafka,
         stack.publisher(),
         Database::connect(&databases[0]).await.unwrap(),
+        codes.clone(),
     )
     .await
     .unwrap();
@@ -101,6 +103,7 @@ async fn main() {
         &stack.kafka,
         stack.publisher(),
         Database::connect(&databases[1]).await.unwrap(),
+        codes,
     )
     .await
     .unwrap();

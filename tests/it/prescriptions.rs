@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hixbus_access::codes::CodeKeys;
 use hixbus_access::{ApiKey, Directory};
 use hixbus_bus::http::HttpService;
 use hixbus_storage::Database;
@@ -98,6 +99,12 @@ fn spawn_service(service: HttpService) -> (String, Service) {
     (url, service)
 }
 
+/// The access-code key every test flow's gateway and pharmacy share.
+fn codes() -> CodeKeys {
+    static KEYS: std::sync::OnceLock<CodeKeys> = std::sync::OnceLock::new();
+    KEYS.get_or_init(CodeKeys::ephemeral).clone()
+}
+
 async fn start_gateway(
     stack: &BusStack,
     directory: &Arc<Directory>,
@@ -106,9 +113,16 @@ async fn start_gateway(
     let db = Database::connect(db).await.unwrap();
     let any = "127.0.0.1:0".parse().unwrap();
     spawn_service(
-        hixbus_clinic_gateway::build(any, directory.clone(), &stack.kafka, stack.publisher(), db)
-            .await
-            .unwrap(),
+        hixbus_clinic_gateway::build(
+            any,
+            directory.clone(),
+            &stack.kafka,
+            stack.publisher(),
+            db,
+            codes(),
+        )
+        .await
+        .unwrap(),
     )
 }
 
@@ -120,9 +134,16 @@ async fn start_pharmacy(
     let db = Database::connect(db).await.unwrap();
     let any = "127.0.0.1:0".parse().unwrap();
     spawn_service(
-        hixbus_pharmacy::build(any, directory.clone(), &stack.kafka, stack.publisher(), db)
-            .await
-            .unwrap(),
+        hixbus_pharmacy::build(
+            any,
+            directory.clone(),
+            &stack.kafka,
+            stack.publisher(),
+            db,
+            codes(),
+        )
+        .await
+        .unwrap(),
     )
 }
 
@@ -496,14 +517,37 @@ async fn dispensing_shows_at_the_clinic_and_a_second_dispense_is_refused() {
 
     let (status, again) = flow.dispense("pharmacy-aozora", id, pharmacist()).await;
     assert_eq!(status, 409, "{again}");
-    // The example as written in 2020 has long expired.
+    // The example as written in 2020 has long expired: the gateway refuses to issue it.
     let old = as_written("Bundle-Bundle-for-JP-MedReq-ePreBundleExample01.json");
-    let (_, accepted) = flow
+    let (status, refused) = flow
         .issue("clinic-sakura", &old, Some("pharmacy-aozora"))
         .await;
-    let old_id = accepted["prescription_id"].as_str().unwrap();
-    flow.in_inbox("pharmacy-aozora", old_id, |_| true).await;
-    let (status, expired) = flow.dispense("pharmacy-aozora", old_id, pharmacist()).await;
+    assert_eq!(status, 422, "{refused}");
+    assert_eq!(refused["issue"][0]["expression"][0], "Composition.date");
+    assert!(
+        refused["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("expired on 2020-08-24"),
+        "{refused}"
+    );
+    // One that expired while waiting in the inbox (here: issued five days ago, straight onto
+    // the bus) is refused at the counter, by the date in Japan.
+    let mut stale = hixbus_contracts::samples::prescription_issued("patient:stale", 1);
+    stale.envelope.event_id = uuid::Uuid::now_v7().to_string();
+    stale.prescription_id = hixbus_tests::unique("rx-stale");
+    stale.issuer.org_id = "clinic-sakura".to_owned();
+    stale.envelope.producer_org = "clinic-sakura".to_owned();
+    stale.target_pharmacy_org = Some("pharmacy-aozora".to_owned());
+    let today = hixbus_contracts::lifecycle::today_in_japan();
+    stale.issued_on = today.plus_days(-5);
+    stale.expires_on = Some(today.plus_days(-2));
+    flow.stack.publisher().publish(&stale).await.unwrap();
+    flow.in_inbox("pharmacy-aozora", &stale.prescription_id, |_| true)
+        .await;
+    let (status, expired) = flow
+        .dispense("pharmacy-aozora", &stale.prescription_id, pharmacist())
+        .await;
     assert_eq!(
         (status, expired["error"].as_str()),
         (409, Some("expired")),
@@ -641,7 +685,7 @@ async fn guessing_access_codes_is_cut_off_per_pharmacy() {
             Some(json!({ "access_code": format!("GUESS{n:03}") })),
         )
     };
-    for n in 0..hixbus_pharmacy::claims::CLAIMS_PER_MINUTE as usize {
+    for n in 0..hixbus_pharmacy::claims::FAILURES_PER_MINUTE {
         let (status, body) = guess("pharmacy-aozora", n).await;
         assert_eq!(status, 404, "guess {n}: {body}");
     }
@@ -1059,18 +1103,15 @@ async fn a_duplicate_from_a_second_clinic_raises_an_alert_both_sides_see_even_af
         .issue("hospital-daiichi", &third, Some("pharmacy-aozora"))
         .await;
     let third_id = c["prescription_id"].as_str().unwrap().to_owned();
-    // Two alerts: one against each earlier prescription; they may arrive a moment apart.
+    // One alert for the duplicated drug, listing the lines of both earlier prescriptions.
     let against = |item: &Value| -> std::collections::BTreeSet<String> {
         item["alerts"]
             .as_array()
             .into_iter()
             .flatten()
             .filter(|a| a["kind"] == "DUPLICATE_INGREDIENT")
-            .filter_map(|a| {
-                a["involved"][1]["prescription_id"]
-                    .as_str()
-                    .map(str::to_owned)
-            })
+            .flat_map(|a| a["involved"].as_array().cloned().unwrap_or_default())
+            .filter_map(|l| l["prescription_id"].as_str().map(str::to_owned))
             .collect()
     };
     let both = |item: &Value| {

@@ -8,10 +8,16 @@
 //! decide which records are its own (a pharmacy's inbox, a clinic's prescriptions).
 //!
 //! API keys are 256-bit random values, so a fast hash is enough: there is no low-entropy secret
-//! to stretch, unlike a password.
+//! to stretch, unlike a password. Every key has an expiry date (at most
+//! [`MAX_KEY_VALIDITY_DAYS`] away): a key that leaks stops working by itself, and a directory
+//! cannot hold a key that is valid forever.
+
+pub mod codes;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+
+use chrono::{NaiveDate, Utc};
 
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
@@ -87,10 +93,37 @@ pub struct Organization {
     /// The national medical-institution or pharmacy code, when it has one.
     #[serde(default)]
     pub institution_code: Option<String>,
-    /// SHA-256 (hex) of each valid API key; several during a key rotation.
-    #[serde(default)]
-    pub api_key_sha256: Vec<String>,
+    /// Its API keys (digests and expiry); several during a key rotation.
+    #[serde(default, rename = "api_key")]
+    pub api_keys: Vec<KeyEntry>,
 }
+
+/// One API key of an organization, as the directory file holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyEntry {
+    /// SHA-256 (hex) of the key; the key itself is never stored.
+    pub sha256: String,
+    /// The first day (UTC) the key is refused: a TOML date, `expires_on = 2027-04-01`.
+    #[serde(deserialize_with = "toml_date")]
+    pub expires_on: NaiveDate,
+}
+
+/// A TOML date (or a `YYYY-MM-DD` string) as a calendar date.
+fn toml_date<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<NaiveDate, D::Error> {
+    use serde::de::Error as _;
+    let value = toml::Value::deserialize(deserializer)?;
+    let text = match &value {
+        toml::Value::Datetime(d) => d.to_string(),
+        toml::Value::String(s) => s.clone(),
+        other => return Err(D::Error::custom(format!("expected a date, got {other:?}"))),
+    };
+    NaiveDate::parse_from_str(&text, "%Y-%m-%d")
+        .map_err(|e| D::Error::custom(format!("expires_on {text:?}: {e} (write YYYY-MM-DD)")))
+}
+
+/// The longest a key may be valid: a directory with a key that expires later is refused.
+pub const MAX_KEY_VALIDITY_DAYS: i64 = 730;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -101,6 +134,10 @@ struct DirectoryFile {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DirectoryError {
+    #[error(
+        "organization {0:?}: `api_key_sha256` lists keys without an expiry; write each as [[organization.api_key]] with sha256 and expires_on (see docs/prescriptions.md)"
+    )]
+    KeysWithoutExpiry(String),
     #[error("organizations file: {0}")]
     Parse(#[from] toml::de::Error),
     #[error("organization {0:?} is declared twice")]
@@ -117,7 +154,8 @@ pub enum DirectoryError {
 #[derive(Debug, Clone, Default)]
 pub struct Directory {
     organizations: HashMap<String, Arc<Organization>>,
-    keys: HashMap<String, String>,
+    /// Key digest → (owner, first day refused).
+    keys: HashMap<String, (String, NaiveDate)>,
 }
 
 /// A freshly issued API key: give it to the organization, it is not stored anywhere.
@@ -136,16 +174,29 @@ impl std::fmt::Debug for ApiKey {
     }
 }
 
+/// How long [`Directory::issue_key`] makes a key valid.
+pub const DEFAULT_KEY_VALIDITY_DAYS: i64 = 365;
+
+/// A new 256-bit key: `hxb_` and 64 hex digits from the OS-seeded CSPRNG.
+pub fn new_key() -> ApiKey {
+    let bytes: [u8; 32] = rand::random();
+    ApiKey(format!("hxb_{}", hex::encode(bytes)))
+}
+
 /// The digest a directory stores for `key`.
 pub fn digest(key: &str) -> String {
-    Sha256::digest(key.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(Sha256::digest(key.as_bytes()))
 }
 
 impl Directory {
     pub fn from_toml(text: &str) -> Result<Self, DirectoryError> {
+        if let Ok(raw) = toml::from_str::<toml::Table>(text)
+            && let Some(toml::Value::Array(orgs)) = raw.get("organization")
+            && let Some(org) = orgs.iter().find(|o| o.get("api_key_sha256").is_some())
+        {
+            let id = org.get("id").and_then(toml::Value::as_str).unwrap_or("?");
+            return Err(DirectoryError::KeysWithoutExpiry(id.to_owned()));
+        }
         let file: DirectoryFile = toml::from_str(text)?;
         let mut directory = Directory::default();
         for org in file.organizations {
@@ -169,39 +220,60 @@ impl Directory {
         if self.organizations.contains_key(&org.id) {
             return Err(DirectoryError::DuplicateId(org.id));
         }
-        for key in &org.api_key_sha256 {
-            if key.len() != 64 || !key.chars().all(|c| c.is_ascii_hexdigit()) {
+        let latest = Utc::now().date_naive() + chrono::Duration::days(MAX_KEY_VALIDITY_DAYS);
+        for key in &org.api_keys {
+            if key.sha256.len() != 64 || !key.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
                 return Err(DirectoryError::Invalid(
                     org.id,
-                    "api_key_sha256 entries are 64 hex digits",
+                    "api_key sha256 entries are 64 hex digits",
                 ));
             }
-            if let Some(owner) = self.keys.get(&key.to_ascii_lowercase()) {
+            if key.expires_on > latest {
+                return Err(DirectoryError::Invalid(
+                    org.id,
+                    "an API key may be valid for at most 730 days: set an earlier expires_on",
+                ));
+            }
+            if let Some((owner, _)) = self.keys.get(&key.sha256.to_ascii_lowercase()) {
                 return Err(DirectoryError::SharedKey(owner.clone(), org.id));
             }
         }
-        for key in &org.api_key_sha256 {
-            self.keys.insert(key.to_ascii_lowercase(), org.id.clone());
+        for key in &org.api_keys {
+            self.keys.insert(
+                key.sha256.to_ascii_lowercase(),
+                (org.id.clone(), key.expires_on),
+            );
         }
         self.organizations.insert(org.id.clone(), Arc::new(org));
         Ok(())
     }
 
-    /// Issues a new API key for `org_id` and accepts it from now on.
+    /// Issues a new API key for `org_id`, accepted from now until [`DEFAULT_KEY_VALIDITY_DAYS`]
+    /// from today.
     pub fn issue_key(&mut self, org_id: &str) -> Result<ApiKey, DirectoryError> {
+        let expires_on =
+            Utc::now().date_naive() + chrono::Duration::days(DEFAULT_KEY_VALIDITY_DAYS);
+        self.issue_key_until(org_id, expires_on)
+    }
+
+    /// Issues a new API key for `org_id`, refused from `expires_on` (UTC) on.
+    pub fn issue_key_until(
+        &mut self,
+        org_id: &str,
+        expires_on: NaiveDate,
+    ) -> Result<ApiKey, DirectoryError> {
         let org = self
             .organizations
             .get_mut(org_id)
             .ok_or_else(|| DirectoryError::Unknown(org_id.to_owned()))?;
-        let key = format!(
-            "hxb_{}{}",
-            uuid::Uuid::new_v4().simple(),
-            uuid::Uuid::new_v4().simple()
-        );
-        let hashed = digest(&key);
-        Arc::make_mut(org).api_key_sha256.push(hashed.clone());
-        self.keys.insert(hashed, org_id.to_owned());
-        Ok(ApiKey(key))
+        let key = new_key();
+        let hashed = digest(key.expose());
+        Arc::make_mut(org).api_keys.push(KeyEntry {
+            sha256: hashed.clone(),
+            expires_on,
+        });
+        self.keys.insert(hashed, (org_id.to_owned(), expires_on));
+        Ok(key)
     }
 
     pub fn get(&self, id: &str) -> Option<&Arc<Organization>> {
@@ -233,10 +305,15 @@ impl Directory {
         if key.is_empty() {
             return Err(Denied::Unauthenticated("the API key is empty"));
         }
-        let owner = self
+        let (owner, expires_on) = self
             .keys
             .get(&digest(&key))
             .ok_or(Denied::Unauthenticated("unknown or revoked API key"))?;
+        if Utc::now().date_naive() >= *expires_on {
+            return Err(Denied::Unauthenticated(
+                "this API key has expired: ask the exchange operator for a new one",
+            ));
+        }
         if claimed.is_some_and(|org| &org != owner) {
             return Err(Denied::Unauthenticated(
                 "the API key does not belong to the organization named",
@@ -375,7 +452,7 @@ mod tests {
             .authenticate(Some(&format!("Bearer {}", clinic.expose())))
             .unwrap();
         assert_eq!(org.id, "clinic-sakura");
-        assert_eq!(org.api_key_sha256, [digest(clinic.expose())]);
+        assert_eq!(org.api_keys[0].sha256, digest(clinic.expose()));
         assert!(!format!("{clinic:?}").contains(clinic.expose()));
     }
 
@@ -406,6 +483,45 @@ mod tests {
         assert!(reason(Some("Token abc")).contains("must be 'Bearer"));
         assert!(reason(Some("Basic !!!")).contains("base64"));
         assert!(reason(Some("Bearer hxb_nope")).contains("unknown or revoked"));
+    }
+
+    #[test]
+    fn an_expired_key_is_refused_and_keys_without_an_expiry_are_not_loaded() {
+        let mut d = Directory::from_toml(FILE).unwrap();
+        let today = Utc::now().date_naive();
+        let expired = d.issue_key_until("clinic-sakura", today).unwrap();
+        let valid = d
+            .issue_key_until("clinic-sakura", today + chrono::Duration::days(1))
+            .unwrap();
+        let refused = d
+            .authenticate(Some(&format!("Bearer {}", expired.expose())))
+            .unwrap_err();
+        assert!(refused.to_string().contains("expired"), "{refused}");
+        assert!(
+            d.authenticate(Some(&format!("Bearer {}", valid.expose())))
+                .is_ok()
+        );
+
+        let legacy = format!("{FILE}api_key_sha256 = [\"{}\"]\n", "a".repeat(64));
+        assert!(matches!(
+            Directory::from_toml(&legacy),
+            Err(DirectoryError::KeysWithoutExpiry(id)) if id == "pharmacy-aozora"
+        ));
+        let forever = format!(
+            "{FILE}[[organization.api_key]]\nsha256 = \"{}\"\nexpires_on = 2999-01-01\n",
+            "b".repeat(64)
+        );
+        assert!(matches!(
+            Directory::from_toml(&forever),
+            Err(DirectoryError::Invalid(..))
+        ));
+        let fine = format!(
+            "{FILE}[[organization.api_key]]\nsha256 = \"{}\"\nexpires_on = {}\n",
+            "b".repeat(64),
+            today + chrono::Duration::days(30)
+        );
+        let loaded = Directory::from_toml(&fine).unwrap();
+        assert_eq!(loaded.get("pharmacy-aozora").unwrap().api_keys.len(), 1);
     }
 
     #[test]

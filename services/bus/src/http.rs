@@ -92,6 +92,8 @@ impl HttpService {
                         tracing::debug!(error = %e, "cannot set TCP_NODELAY");
                     }
                 });
+                // Handlers see the client's address (`ConnectInfo`), e.g. to limit per client.
+                let app = app.into_make_service_with_connect_info::<SocketAddr>();
                 axum::serve(listener, app)
                     .with_graceful_shutdown(signal.wait())
                     .await

@@ -11,12 +11,8 @@ use chrono::Utc;
 use hixbus_storage::Database;
 use sqlx::{Any, AnyConnection, Transaction};
 
-const MIGRATION: &[&str] = &["CREATE TABLE IF NOT EXISTS bus_processed_events (
-        consumer TEXT NOT NULL,
-        event_id TEXT NOT NULL,
-        processed_at TEXT NOT NULL,
-        PRIMARY KEY (consumer, event_id)
-    )"];
+/// The claims table (versions 2000–2999).
+static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Claims event ids for one consumer (usually the consumer group name).
 #[derive(Debug, Clone)]
@@ -45,7 +41,7 @@ impl Claim {
 impl Idempotency {
     /// Uses `db` (creating the claims table if needed) for `consumer`'s claims.
     pub async fn new(db: Database, consumer: impl Into<String>) -> Result<Self, sqlx::Error> {
-        db.migrate(726_143, MIGRATION).await?;
+        db.migrate(&MIGRATIONS).await?;
         Ok(Self {
             db,
             consumer: consumer.into(),

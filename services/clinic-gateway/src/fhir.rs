@@ -10,13 +10,20 @@
 //! patient is known only to the issuing organization (`local:<org>:<patient id>`), and the
 //! medication-safety check then cannot see their prescriptions from elsewhere.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::NaiveDate;
+use hixbus_contracts::lifecycle::{self, MAX_LINES};
 use hixbus_contracts::{CodedConcept, Date, MedicationLine, PractitionerRef, Quantity};
+use hixbus_service::text;
+use serde::Serialize;
 use serde_json::Value;
 
 use crate::outcome::Issue;
+
+/// The longest identifier (of a Bundle, a patient, a prescriber) accepted: FHIR ids are at most
+/// 64 characters and real identifier values far shorter.
+pub const MAX_IDENTIFIER_CHARS: usize = 256;
 
 /// JP drug code systems, in order of preference for the line's main code: HOT9, then YJ, then
 /// anything else the clinic sent.
@@ -32,16 +39,34 @@ const INSURED_BRANCH: &str =
     "http://jpfhir.jp/fhir/core/Extension/StructureDefinition/JP_Coverage_InsuredPersonSubNumber";
 const SUBSTITUTION_NOT_ALLOWED: &str = "urn:oid:1.2.392.100495.20.2.41";
 
-/// What the gateway takes from a submission, before ids and envelope are added.
-#[derive(Debug, Clone, PartialEq)]
+/// What the gateway takes from a submission, before ids and envelope are added. Serialized, it
+/// is the normalized request a resubmission is compared by.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Submission {
     /// The clinic's own identifier of this prescription (`system|value`): the idempotency key.
     pub identifier: String,
     pub patient_ref: String,
     pub prescriber: PractitionerRef,
     pub issued_on: Date,
+    /// Where the issue date was read (for an error about it).
+    #[serde(skip)]
+    pub issued_on_at: &'static str,
     pub lines: Vec<MedicationLine>,
     pub notes: Option<String>,
+}
+
+/// Every string in the request that contains a control or bidi character or is over-long,
+/// as `value` problems at their location (see `hixbus_service::text`).
+pub fn text_problems(body: &Value) -> Vec<Issue> {
+    let root = body
+        .get("resourceType")
+        .and_then(Value::as_str)
+        .filter(|r| r.len() <= 64 && r.chars().all(|c| c.is_ascii_alphabetic()))
+        .unwrap_or("$");
+    text::scan_json(body, root, text::MAX_STRING_CHARS)
+        .into_iter()
+        .map(|(at, problem)| Issue::new("value", at, format!("the text {problem}")))
+        .collect()
 }
 
 /// Reads a prescription document `Bundle` (`type` = `document`, with a `Composition`, the
@@ -71,12 +96,13 @@ pub fn read_bundle(body: &Value, org_id: &str) -> Result<Submission, Vec<Issue>>
         ));
     }
     let identifier = identifier_key(body.get("identifier"));
-    if identifier.is_none() {
-        issues.push(Issue::new(
+    match &identifier {
+        None => issues.push(Issue::new(
             "required",
             "Bundle.identifier",
             "the Bundle needs an identifier (system and value): it makes resubmission safe",
-        ));
+        )),
+        Some(key) => check_identifier(key, "Bundle.identifier", &mut issues),
     }
     let entries = body
         .get("entry")
@@ -91,6 +117,17 @@ pub fn read_bundle(body: &Value, org_id: &str) -> Result<Submission, Vec<Issue>>
         ));
     }
     let resources = Resources::index(&entries);
+    issues.extend(resources.duplicates.iter().cloned());
+    for kind in ["Patient", "Composition"] {
+        let count = resources.all(kind).count();
+        if count > 1 {
+            issues.push(Issue::new(
+                "value",
+                "Bundle.entry",
+                format!("the Bundle has {count} {kind} resources; a prescription has exactly one"),
+            ));
+        }
+    }
 
     let patient = resources.first("Patient");
     let patient_ref = match patient {
@@ -144,13 +181,24 @@ pub fn read_bundle(body: &Value, org_id: &str) -> Result<Submission, Vec<Issue>>
         .and_then(parse_date);
 
     let mut lines = Vec::new();
-    let requests: Vec<_> = resources.all("MedicationRequest").collect();
+    let mut requests: Vec<_> = resources.all("MedicationRequest").collect();
     if requests.is_empty() {
         issues.push(Issue::new(
             "required",
             "Bundle.entry",
             "the Bundle has no MedicationRequest",
         ));
+    }
+    if requests.len() > MAX_LINES {
+        issues.push(Issue::new(
+            "value",
+            "Bundle.entry",
+            format!(
+                "the Bundle has {} MedicationRequests; a prescription has at most {MAX_LINES} lines",
+                requests.len()
+            ),
+        ));
+        requests.clear();
     }
     let mut authored = None;
     for (index, request) in requests {
@@ -166,6 +214,11 @@ pub fn read_bundle(body: &Value, org_id: &str) -> Result<Submission, Vec<Issue>>
             Err(mut problems) => issues.append(&mut problems),
         }
     }
+    let issued_on_at = if issued_on.is_some() {
+        "Composition.date"
+    } else {
+        "MedicationRequest.authoredOn"
+    };
     let issued_on = issued_on.or(authored);
     if issued_on.is_none() {
         issues.push(Issue::new(
@@ -188,9 +241,16 @@ pub fn read_bundle(body: &Value, org_id: &str) -> Result<Submission, Vec<Issue>>
         patient_ref: patient_ref.unwrap_or_default(),
         prescriber,
         issued_on: issued_on.unwrap_or(Date::from_days_since_epoch(0)),
+        issued_on_at,
         lines,
         notes,
     })
+}
+
+fn check_identifier(key: &str, at: &str, issues: &mut Vec<Issue>) {
+    if let Err(problem) = text::check_line(key, MAX_IDENTIFIER_CHARS) {
+        issues.push(Issue::new("value", at, format!("the identifier {problem}")));
+    }
 }
 
 /// Reads one `MedicationRequest` sent on its own: a one-line prescription whose patient is the
@@ -213,12 +273,13 @@ pub fn read_medication_request(body: &Value, org_id: &str) -> Result<Submission,
                 .and_then(Value::as_str)
                 .map(|id| format!("MedicationRequest|{id}"))
         });
-    if identifier.is_none() {
-        issues.push(Issue::new(
+    match &identifier {
+        None => issues.push(Issue::new(
             "required",
             "MedicationRequest.identifier",
             "the MedicationRequest needs an identifier or id: it makes resubmission safe",
-        ));
+        )),
+        Some(key) => check_identifier(key, "MedicationRequest.identifier", &mut issues),
     }
     let patient_ref = body
         .pointer("/subject/identifier/value")
@@ -229,12 +290,13 @@ pub fn read_medication_request(body: &Value, org_id: &str) -> Result<Submission,
                 .and_then(Value::as_str)
                 .map(|r| format!("local:{org_id}:{}", r.trim_start_matches("Patient/")))
         });
-    if patient_ref.is_none() {
-        issues.push(Issue::new(
+    match &patient_ref {
+        None => issues.push(Issue::new(
             "required",
             "MedicationRequest.subject",
             "the MedicationRequest does not say which patient it is for",
-        ));
+        )),
+        Some(patient) => check_identifier(patient, "MedicationRequest.subject", &mut issues),
     }
     let issued_on = body
         .get("authoredOn")
@@ -276,6 +338,7 @@ pub fn read_medication_request(body: &Value, org_id: &str) -> Result<Submission,
             department: None,
         },
         issued_on: issued_on.unwrap_or(Date::from_days_since_epoch(0)),
+        issued_on_at: "MedicationRequest.authoredOn",
         lines: line.into_iter().collect(),
         notes: body
             .pointer("/note/0/text")
@@ -329,10 +392,14 @@ fn medication_line(request: &Value, line_no: i32, at: &str) -> Result<Medication
             format!("{at}.dispenseRequest.quantity"),
             "the quantity to dispense (value and unit) is required",
         )),
-        Some(q) if !(q.value > 0.0 && q.value.is_finite()) => issues.push(Issue::new(
+        Some(q) if !lifecycle::plausible_quantity(q.value) => issues.push(Issue::new(
             "value",
             format!("{at}.dispenseRequest.quantity.value"),
-            format!("the quantity must be positive, got {}", q.value),
+            format!(
+                "the quantity must be positive and at most {}, got {}",
+                lifecycle::MAX_QUANTITY,
+                q.value
+            ),
         )),
         Some(_) => {}
     }
@@ -354,20 +421,28 @@ fn medication_line(request: &Value, line_no: i32, at: &str) -> Result<Medication
             "the dosage instruction text (how and when to take it) is required",
         ));
     }
-    let days_supply = request
+    let days_supply = match request
         .pointer("/dispenseRequest/expectedSupplyDuration/value")
         .or_else(|| dosage.and_then(|d| d.pointer("/timing/repeat/boundsDuration/value")))
         .and_then(Value::as_f64)
-        .map(|d| d.round() as i32);
-    if let Some(days) = days_supply
-        && days <= 0
     {
-        issues.push(Issue::new(
-            "value",
-            format!("{at}.dispenseRequest.expectedSupplyDuration.value"),
-            format!("days supply must be positive, got {days}"),
-        ));
-    }
+        None => None,
+        // Whole days within the bound; anything else is refused rather than rounded or clamped.
+        Some(days) if days.fract() == 0.0 && lifecycle::plausible_days_supply(days as i32) => {
+            Some(days as i32)
+        }
+        Some(days) => {
+            issues.push(Issue::new(
+                "value",
+                format!("{at}.dispenseRequest.expectedSupplyDuration.value"),
+                format!(
+                    "days supply must be a whole number of days from 1 to {}, got {days}",
+                    lifecycle::MAX_DAYS_SUPPLY
+                ),
+            ));
+            None
+        }
+    };
     let (Some(drug), Some(to_dispense), Some(timing_text), true) =
         (drug, to_dispense, timing_text, issues.is_empty())
     else {
@@ -427,30 +502,48 @@ fn medication_line(request: &Value, line_no: i32, at: &str) -> Result<Medication
 struct Resources<'a> {
     entries: Vec<(usize, &'a Value)>,
     by_reference: HashMap<String, &'a Value>,
+    /// Entries that repeat an earlier one (same `fullUrl`, same type and id, or the same
+    /// resource): each would otherwise become an extra medication line or be silently ignored.
+    duplicates: Vec<Issue>,
 }
 
 impl<'a> Resources<'a> {
     fn index(entries: &'a [Value]) -> Self {
         let mut by_reference = HashMap::new();
         let mut list = Vec::new();
+        let mut duplicates = Vec::new();
+        let mut seen_resources = HashSet::new();
         for (i, entry) in entries.iter().enumerate() {
             let Some(resource) = entry.get("resource") else {
                 continue;
             };
-            list.push((i, resource));
+            let at = format!("Bundle.entry[{i}]");
+            let mut repeated = !seen_resources.insert(resource.to_string());
             if let Some(url) = entry.get("fullUrl").and_then(Value::as_str) {
-                by_reference.insert(url.to_owned(), resource);
+                repeated |= by_reference.insert(url.to_owned(), resource).is_some();
             }
             if let (Some(kind), Some(id)) = (
                 resource.get("resourceType").and_then(Value::as_str),
                 resource.get("id").and_then(Value::as_str),
             ) {
-                by_reference.insert(format!("{kind}/{id}"), resource);
+                repeated |= by_reference
+                    .insert(format!("{kind}/{id}"), resource)
+                    .is_some();
             }
+            if repeated {
+                duplicates.push(Issue::new(
+                    "value",
+                    at,
+                    "this entry repeats an earlier one (same fullUrl, id or content); send each resource once",
+                ));
+                continue;
+            }
+            list.push((i, resource));
         }
         Self {
             entries: list,
             by_reference,
+            duplicates,
         }
     }
 

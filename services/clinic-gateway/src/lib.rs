@@ -12,3 +12,6 @@ pub mod store;
 pub mod view;
 
 pub use startup::{GROUP, Gateway, StartupError, build};
+
+/// The gateway's tables: submissions and the clinic view (versions 4000–4999).
+pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

@@ -3,26 +3,35 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{FromRef, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use hixbus_access::codes::{self, CodeKeys};
 use hixbus_access::{Action, Caller, Directory, Organization, Role};
 use hixbus_bus::Publisher;
+use hixbus_contracts::lifecycle;
 use hixbus_contracts::{
     Envelope, InstitutionRef, PractitionerRef, PrescriptionCancelled, PrescriptionIssued, Timestamp,
 };
+use hixbus_service::{ApiError, body, require_json, text};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 
-use crate::fhir::{self, Submission};
+use crate::fhir::{self, MAX_IDENTIFIER_CHARS, Submission};
 use crate::outcome::{Issue, operation_outcome};
 use crate::store::{SubmissionRow, Submissions};
 use crate::view::{ClinicView, ViewError};
 use hixbus_storage::AuditLog;
 
-/// A prescription is valid for four days including the day of issue (Japanese rule).
-const VALID_DAYS_AFTER_ISSUE: i32 = 3;
+/// FHIR prescription bundles are tens of kilobytes; this bounds memory, not use.
+pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
+/// A cancellation is a reason and a practitioner.
+const MAX_CANCEL_BYTES: usize = 16 * 1024;
+/// Clinic-view pages: the default and the most one request may ask for.
+const DEFAULT_PAGE: u32 = 100;
+const MAX_PAGE: u32 = 500;
 
 #[derive(Debug, Clone)]
 pub struct AppState {
@@ -31,6 +40,7 @@ pub struct AppState {
     pub submissions: Submissions,
     pub view: ClinicView,
     pub audit: AuditLog,
+    pub codes: Arc<CodeKeys>,
 }
 
 impl FromRef<AppState> for Arc<Directory> {
@@ -49,6 +59,10 @@ pub struct Rejected {
 impl Rejected {
     fn new(status: StatusCode, issues: Vec<Issue>) -> Self {
         Self { status, issues }
+    }
+
+    fn one(status: StatusCode, code: &'static str, at: &str, why: impl Into<String>) -> Self {
+        Self::new(status, vec![Issue::new(code, at, why)])
     }
 }
 
@@ -78,9 +92,9 @@ pub async fn post_bundle(
     caller: Caller,
     Query(params): Query<IssueParams>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, Response> {
-    submit(&state, &caller, params, &headers, &body, fhir::read_bundle).await
+    submit(&state, &caller, params, &headers, body, fhir::read_bundle).await
 }
 
 pub async fn post_medication_request(
@@ -88,14 +102,14 @@ pub async fn post_medication_request(
     caller: Caller,
     Query(params): Query<IssueParams>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, Response> {
     submit(
         &state,
         &caller,
         params,
         &headers,
-        &body,
+        body,
         fhir::read_medication_request,
     )
     .await
@@ -106,14 +120,33 @@ async fn submit(
     caller: &Caller,
     params: IssueParams,
     headers: &HeaderMap,
-    body: &[u8],
+    body: Body,
     read: Reader,
 ) -> Result<Response, Response> {
     let org = caller
         .require(Action::IssuePrescription)
         .map_err(IntoResponse::into_response)?;
-    let json = parse_fhir_json(headers, body).map_err(IntoResponse::into_response)?;
+    check_fhir_media_type(headers).map_err(IntoResponse::into_response)?;
+    let body = body::read(body, MAX_BODY_BYTES).await.map_err(|e| {
+        Rejected::one(e.status(), "too-costly", "$", format!("{e}")).into_response()
+    })?;
+    let json = parse_fhir_json(&body).map_err(IntoResponse::into_response)?;
+    let problems = fhir::text_problems(&json);
+    if !problems.is_empty() {
+        return Err(invalid(problems).into_response());
+    }
     let submission = read(&json, &org.id).map_err(|issues| invalid(issues).into_response())?;
+    if let Err(problem) =
+        lifecycle::check_issue_date(submission.issued_on, lifecycle::today_in_japan())
+    {
+        return Err(Rejected::one(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "value",
+            submission.issued_on_at,
+            problem.to_string(),
+        )
+        .into_response());
+    }
     issue(state, org, submission, params).await
 }
 
@@ -128,32 +161,40 @@ fn invalid(issues: Vec<Issue>) -> Rejected {
     Rejected::new(status, issues)
 }
 
-fn parse_fhir_json(headers: &HeaderMap, body: &[u8]) -> Result<Value, Rejected> {
+fn check_fhir_media_type(headers: &HeaderMap) -> Result<(), Rejected> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let media = content_type.split(';').next().unwrap_or("").trim();
-    if !matches!(media, "application/fhir+json" | "application/json") {
-        return Err(Rejected::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            vec![Issue::new(
-                "not-supported",
-                "Content-Type",
-                format!("send application/fhir+json, not {content_type:?}"),
-            )],
-        ));
+    if matches!(media, "application/fhir+json" | "application/json") {
+        return Ok(());
     }
+    let shown: String = content_type.chars().take(64).collect();
+    Err(Rejected::one(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "not-supported",
+        "Content-Type",
+        format!("send application/fhir+json, not {shown:?}"),
+    ))
+}
+
+fn parse_fhir_json(body: &[u8]) -> Result<Value, Rejected> {
     serde_json::from_slice(body).map_err(|e| {
-        Rejected::new(
+        Rejected::one(
             StatusCode::BAD_REQUEST,
-            vec![Issue::new(
-                "structure",
-                "$",
-                format!("the body is not valid JSON: {e}"),
-            )],
+            "structure",
+            "$",
+            format!("the body is not valid JSON: {e}"),
         )
     })
+}
+
+/// The digest a resubmission is compared by: the normalized submission (what the gateway read
+/// from the request, so formatting and key order do not matter) and where it is addressed.
+fn request_digest(submission: &Submission, target_pharmacy: Option<&str>) -> String {
+    let normalized = json!({ "submission": submission, "target_pharmacy": target_pharmacy });
+    hex::encode(Sha256::digest(normalized.to_string().as_bytes()))
 }
 
 async fn issue(
@@ -168,19 +209,22 @@ async fn issue(
             .get(pharmacy)
             .is_some_and(|o| o.role == Role::Pharmacy);
         if !known {
+            let shown: String = pharmacy.chars().take(64).collect();
             return Err(invalid(vec![Issue::new(
                 "value",
                 "target_pharmacy",
-                format!("{pharmacy:?} is not a pharmacy on the exchange"),
+                format!("{shown:?} is not a pharmacy on the exchange"),
             )])
             .into_response());
         }
     }
+    let digest = request_digest(&submission, params.target_pharmacy.as_deref());
     let fresh = SubmissionRow {
         prescription_id: format!("rx-{}", uuid::Uuid::now_v7().simple()),
         event_id: uuid::Uuid::now_v7().to_string(),
-        access_code: access_code(),
+        access_code: codes::new_code(),
         published: false,
+        request_sha256: Some(digest.clone()),
     };
     let row = state
         .submissions
@@ -188,7 +232,19 @@ async fn issue(
         .await
         .map_err(|e| unavailable(&format!("cannot record the submission: {e}")))?;
     let replayed = row.prescription_id != fresh.prescription_id;
-    let event = prescription_issued(org, submission, &row, params.target_pharmacy);
+    if replayed && row.request_sha256.as_ref().is_some_and(|d| *d != digest) {
+        return Err(Rejected::one(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "duplicate",
+            "Bundle.identifier",
+            format!(
+                "the identifier {:?} was already used for prescription {} with other content; a resubmission must be the same request, and a new prescription needs a new identifier",
+                submission.identifier, row.prescription_id
+            ),
+        )
+        .into_response());
+    }
+    let event = prescription_issued(org, submission, &row, params.target_pharmacy, &state.codes);
     if !row.published {
         let delivery = state
             .publisher
@@ -237,6 +293,7 @@ fn prescription_issued(
     submission: Submission,
     row: &SubmissionRow,
     target_pharmacy: Option<String>,
+    codes: &CodeKeys,
 ) -> PrescriptionIssued {
     PrescriptionIssued {
         envelope: Envelope {
@@ -255,76 +312,70 @@ fn prescription_issued(
             name: Some(org.name.clone()),
         },
         target_pharmacy_org: target_pharmacy,
-        access_code: row.access_code.clone(),
+        access_code: String::new(),
         issued_on: submission.issued_on,
-        expires_on: Some(submission.issued_on.plus_days(VALID_DAYS_AFTER_ISSUE)),
+        expires_on: Some(lifecycle::expires_on(submission.issued_on)),
         lines: submission.lines,
         notes: submission.notes,
+        access_code_digest: Some(codes.digest(&row.access_code)),
     }
 }
 
 /// 503: nothing was issued; the same request may be sent again.
 fn unavailable(reason: &str) -> Response {
     tracing::warn!(reason, "submission failed");
-    Rejected::new(
+    Rejected::one(
         StatusCode::SERVICE_UNAVAILABLE,
-        vec![Issue::new(
-            "transient",
-            "$",
-            format!("{reason}; retry the same request"),
-        )],
+        "transient",
+        "$",
+        format!("{reason}; retry the same request"),
     )
     .into_response()
 }
 
-/// Eight characters a patient can read out at a pharmacy: no 0/O or 1/I/L to confuse.
-fn access_code() -> String {
-    const ALPHABET: &[u8] = b"23456789ABCDEFGHJKMNPQRSTUVWXYZ";
-    uuid::Uuid::new_v4()
-        .as_bytes()
-        .iter()
-        .take(8)
-        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
-        .collect()
-}
-
-/// A clinic-view error: `{"error": …, "reason": …}`.
-fn error(status: StatusCode, error: &str, reason: impl Into<String>) -> Response {
-    (
-        status,
-        Json(json!({ "error": error, "reason": reason.into() })),
-    )
-        .into_response()
-}
-
-fn view_failed(e: impl Into<ViewError>) -> Response {
+fn view_failed(e: impl Into<ViewError>) -> ApiError {
     let e: ViewError = e.into();
     tracing::error!(error = %e, "clinic view failed");
-    error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "unavailable",
-        "the clinic view is unavailable; retry",
-    )
+    ApiError::unavailable("the clinic view is unavailable; retry")
 }
 
-fn not_found(id: &str) -> Response {
+fn not_found(id: &str) -> ApiError {
     // Also for another clinic's prescription: whether it exists is not theirs to know.
-    error(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        format!("you issued no prescription {id}"),
-    )
+    let shown: String = id.chars().take(64).collect();
+    ApiError::not_found(format!("you issued no prescription {shown}"))
 }
 
-/// Every prescription the caller issued, with its status.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    #[serde(default)]
+    limit: Option<u32>,
+    /// The `next` of the previous page.
+    #[serde(default)]
+    after: Option<String>,
+}
+
+/// The prescriptions the caller issued, with their status, a page at a time.
 pub async fn list_issued(
     State(state): State<AppState>,
     caller: Caller,
-) -> Result<Json<Value>, Response> {
-    let org = caller
-        .require(Action::ViewIssuedPrescriptions)
-        .map_err(IntoResponse::into_response)?;
-    let rows = state.view.list(&org.id).await.map_err(view_failed)?;
+    Query(params): Query<ListParams>,
+) -> Result<Json<Value>, ApiError> {
+    let org = caller.require(Action::ViewIssuedPrescriptions)?;
+    let limit = params.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit must be from 1 to {MAX_PAGE}"
+        )));
+    }
+    let after = params.after.unwrap_or_default();
+    text::check_line(&after, MAX_IDENTIFIER_CHARS)
+        .map_err(|p| ApiError::bad_request(format!("after {p}")))?;
+    let rows = state
+        .view
+        .list(&org.id, &after, limit)
+        .await
+        .map_err(view_failed)?;
     let mut items = Vec::with_capacity(rows.len());
     for row in &rows {
         state
@@ -339,17 +390,20 @@ pub async fn list_issued(
             .map_err(view_failed)?;
         items.push(state.view.describe(row).await.map_err(view_failed)?);
     }
-    Ok(Json(json!({ "issuer": org.id, "prescriptions": items })))
+    let next = (rows.len() == limit as usize)
+        .then(|| rows.last().map(|r| r.prescription_id.clone()))
+        .flatten();
+    Ok(Json(
+        json!({ "issuer": org.id, "prescriptions": items, "next": next }),
+    ))
 }
 
 pub async fn get_issued(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, Response> {
-    let org = caller
-        .require(Action::ViewIssuedPrescriptions)
-        .map_err(IntoResponse::into_response)?;
+) -> Result<Json<Value>, ApiError> {
+    let org = caller.require(Action::ViewIssuedPrescriptions)?;
     let row = state.view.get(&org.id, &id).await.map_err(view_failed)?;
     let row = row.ok_or_else(|| not_found(&id))?;
     state
@@ -367,39 +421,64 @@ pub struct CancelRequest {
     cancelled_by: PractitionerRef,
 }
 
-/// Withdraws a prescription the caller issued, until it is dispensed.
+/// The most characters a cancellation reason may have.
+const MAX_REASON_CHARS: usize = 1000;
+
+impl CancelRequest {
+    fn check(&self) -> Result<(), ApiError> {
+        if self.reason.trim().is_empty() {
+            return Err(ApiError::invalid("a reason is required"));
+        }
+        text::check(&self.reason, MAX_REASON_CHARS)
+            .map_err(|p| ApiError::invalid(format!("reason {p}")))?;
+        let by = &self.cancelled_by;
+        for (field, value) in [
+            ("cancelled_by.id", Some(&by.id)),
+            ("cancelled_by.name", by.name.as_ref()),
+            ("cancelled_by.department", by.department.as_ref()),
+        ] {
+            if let Some(value) = value {
+                text::check_line(value, MAX_IDENTIFIER_CHARS)
+                    .map_err(|p| ApiError::invalid(format!("{field} {p}")))?;
+            }
+        }
+        if by.id.trim().is_empty() {
+            return Err(ApiError::invalid("cancelled_by.id is required"));
+        }
+        Ok(())
+    }
+}
+
+/// Asks to withdraw a prescription the caller issued. Whether it is withdrawn is decided where
+/// dispensing is: if a pharmacy has already begun dispensing, it stays dispensed. So the answer
+/// is "requested", and the prescription's `cancellation.outcome` tells what became of it.
 pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    body: Bytes,
-) -> Result<Response, Response> {
-    let org = caller
-        .require(Action::CancelPrescription)
-        .map_err(IntoResponse::into_response)?;
-    let request: CancelRequest = serde_json::from_slice(&body)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?;
-    if request.reason.trim().is_empty() {
-        return Err(error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid",
-            "a reason is required",
-        ));
-    }
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let org = caller.require(Action::CancelPrescription)?;
+    require_json(&headers)?;
+    let body = body::read(body, MAX_CANCEL_BYTES)
+        .await
+        .map_err(|e| ApiError::new(e.status(), "bad_request", e.to_string()))?;
+    let request: CancelRequest =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    request.check()?;
     let row = state.view.get(&org.id, &id).await.map_err(view_failed)?;
     let row = row.ok_or_else(|| not_found(&id))?;
     match row.status.as_str() {
         "issued" | "claimed" => {}
         "dispensed" => {
-            return Err(error(
-                StatusCode::CONFLICT,
+            return Err(ApiError::conflict(
                 "already_dispensed",
                 format!("prescription {id} was already dispensed; it can no longer be cancelled"),
             ));
         }
         other => {
-            return Err(error(
-                StatusCode::CONFLICT,
+            return Err(ApiError::conflict(
                 "not_cancellable",
                 format!("prescription {id} is {other}"),
             ));
@@ -415,41 +494,29 @@ pub async fn cancel(
         reason: request.reason,
     };
     state.publisher.publish(&event).await.map_err(|e| {
-        error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            format!("the cancellation was not recorded ({e}); retry"),
-        )
+        ApiError::unavailable(format!("the cancellation was not recorded ({e}); retry"))
     })?;
-    state
+    if let Err(e) = state
         .audit
         .record(&org.id, "clinic.cancel", &id, &row.patient_ref)
         .await
-        .map_err(view_failed)?;
+    {
+        // The request is on the bus; the clinic must not be told to send it again.
+        tracing::error!(error = %e, prescription_id = %id, "audit write failed");
+    }
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "prescription_id": id, "status": "cancellation requested", "event_id": event.envelope.event_id })),
+        Json(json!({
+            "prescription_id": id,
+            "status": "cancellation_requested",
+            "outcome": "pending",
+            "explanation": "the cancellation takes effect unless a pharmacy has already begun dispensing; GET this prescription for its cancellation.outcome",
+            "event_id": event.envelope.event_id,
+        })),
     )
         .into_response())
 }
 
 pub async fn health() -> Json<Value> {
     Json(json!({ "status": "ok" }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::access_code;
-
-    #[test]
-    fn access_codes_are_readable_and_differ() {
-        let a = access_code();
-        assert_eq!(a.len(), 8);
-        assert!(
-            a.chars()
-                .all(|c| c.is_ascii_uppercase() || ('2'..='9').contains(&c))
-        );
-        assert!(!a.contains(['0', 'O', '1', 'I', 'L']));
-        assert_ne!(a, access_code());
-    }
 }

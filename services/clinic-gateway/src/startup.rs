@@ -5,19 +5,19 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::middleware;
 use axum::routing::{get, post};
 use hixbus_access::Directory;
+use hixbus_access::codes::CodeKeys;
 use hixbus_bus::http::HttpService;
 pub use hixbus_bus::http::StartupError;
 use hixbus_bus::{KafkaConfig, Publisher};
+use hixbus_service::{DenialAudit, audit_denials};
 use hixbus_storage::{AuditLog, Database};
 
 use crate::routes::{self, AppState};
 use crate::store::Submissions;
 use crate::view::{self, ClinicView};
-
-/// FHIR prescription bundles are tens of kilobytes; this bounds memory, not use.
-const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 
 /// The consumer group of every gateway replica (it feeds the clinic view).
 pub const GROUP: &str = "hixbus-clinic-gateway";
@@ -32,6 +32,7 @@ pub async fn build(
     kafka: &KafkaConfig,
     publisher: Publisher,
     db: Database,
+    codes: CodeKeys,
 ) -> Result<Gateway, StartupError> {
     let submissions = Submissions::new(db.clone()).await?;
     let view = ClinicView::new(db.clone()).await?;
@@ -43,11 +44,16 @@ pub async fn build(
         submissions,
         view,
         audit,
+        codes: Arc::new(codes),
     };
     HttpService::bind(listen, app(state), consumer).await
 }
 
 pub fn app(state: AppState) -> Router {
+    let denials = DenialAudit {
+        directory: state.directory.clone(),
+        audit: state.audit.clone(),
+    };
     Router::new()
         .route("/fhir/Bundle", post(routes::post_bundle))
         .route(
@@ -58,7 +64,8 @@ pub fn app(state: AppState) -> Router {
         .route("/clinic/prescriptions/{id}", get(routes::get_issued))
         .route("/clinic/prescriptions/{id}/cancel", post(routes::cancel))
         .route("/health", get(routes::health))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(denials, audit_denials))
+        .layer(DefaultBodyLimit::max(routes::MAX_BODY_BYTES))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }

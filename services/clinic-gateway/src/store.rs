@@ -4,20 +4,13 @@
 //! The row is written before publishing and marked published after the broker acknowledged.
 //! A crash or broker outage in between leaves it pending; the clinic's retry republishes the
 //! same event id, which every consumer deduplicates.
+//!
+//! A resubmission must be the *same* request: the row keeps a digest of the normalized
+//! submission, and other content under a used identifier is refused (it would otherwise be
+//! answered with the first prescription's ids while the clinic believes it issued the second).
 
 use hixbus_storage::Database;
 use sqlx::Row;
-
-const MIGRATION: &[&str] = &["CREATE TABLE IF NOT EXISTS gateway_submissions (
-        org_id TEXT NOT NULL,
-        identifier TEXT NOT NULL,
-        prescription_id TEXT NOT NULL UNIQUE,
-        event_id TEXT NOT NULL,
-        access_code TEXT NOT NULL,
-        published BIGINT NOT NULL DEFAULT 0,
-        created_at TEXT NOT NULL,
-        PRIMARY KEY (org_id, identifier)
-    )"];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubmissionRow {
@@ -25,6 +18,8 @@ pub struct SubmissionRow {
     pub event_id: String,
     pub access_code: String,
     pub published: bool,
+    /// SHA-256 of the normalized submission; `None` for rows from before digests were kept.
+    pub request_sha256: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -34,7 +29,7 @@ pub struct Submissions {
 
 impl Submissions {
     pub async fn new(db: Database) -> Result<Self, sqlx::Error> {
-        db.migrate(726_144, MIGRATION).await?;
+        db.migrate(&crate::MIGRATIONS).await?;
         Ok(Self { db })
     }
 
@@ -49,11 +44,11 @@ impl Submissions {
         fresh: &SubmissionRow,
     ) -> Result<SubmissionRow, sqlx::Error> {
         let row = sqlx::query(
-            "INSERT INTO gateway_submissions
-                 (org_id, identifier, prescription_id, event_id, access_code, published, created_at)
-             VALUES ($1, $2, $3, $4, $5, 0, $6)
+            "INSERT INTO gateway_submissions (org_id, identifier, prescription_id, event_id,
+                 access_code, published, created_at, request_sha256)
+             VALUES ($1, $2, $3, $4, $5, 0, $6, $7)
              ON CONFLICT (org_id, identifier) DO UPDATE SET org_id = excluded.org_id
-             RETURNING prescription_id, event_id, access_code, published",
+             RETURNING prescription_id, event_id, access_code, published, request_sha256",
         )
         .bind(org_id)
         .bind(identifier)
@@ -61,6 +56,7 @@ impl Submissions {
         .bind(&fresh.event_id)
         .bind(&fresh.access_code)
         .bind(chrono::Utc::now().to_rfc3339())
+        .bind(fresh.request_sha256.as_deref())
         .fetch_one(&self.db.pool)
         .await?;
         Ok(SubmissionRow {
@@ -68,6 +64,7 @@ impl Submissions {
             event_id: row.try_get(1)?,
             access_code: row.try_get(2)?,
             published: row.try_get::<i64, _>(3)? != 0,
+            request_sha256: row.try_get(4)?,
         })
     }
 
@@ -90,6 +87,7 @@ mod tests {
             event_id: format!("ev-{n}"),
             access_code: format!("CODE{n}"),
             published: false,
+            request_sha256: Some(format!("digest-{n}")),
         }
     }
 
@@ -107,7 +105,11 @@ mod tests {
             .claim("clinic-a", "bundle-1", &fresh(2))
             .await
             .unwrap();
-        assert_eq!(again, fresh(1), "the same ids, access code and event");
+        assert_eq!(
+            again,
+            fresh(1),
+            "the same ids, access code and event, and the first request's digest to compare"
+        );
 
         submissions.mark_published("rx-1").await.unwrap();
         let after = submissions

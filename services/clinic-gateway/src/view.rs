@@ -17,29 +17,6 @@ use hixbus_storage::Database;
 use serde_json::{Value, json};
 use sqlx::Row;
 
-const MIGRATION: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS clinic_prescriptions (
-        prescription_id TEXT PRIMARY KEY,
-        issuer_org TEXT NOT NULL,
-        patient_ref TEXT NOT NULL,
-        status TEXT NOT NULL,
-        claimed_by TEXT,
-        cancelled TEXT,
-        dispensed TEXT,
-        issued TEXT NOT NULL,
-        updated_at TEXT NOT NULL
-    )",
-    "CREATE INDEX IF NOT EXISTS clinic_prescriptions_by_issuer
-        ON clinic_prescriptions (issuer_org)",
-    // One row per prescription an alert involves: both prescribers and both pharmacies see it.
-    "CREATE TABLE IF NOT EXISTS clinic_alerts (
-        alert_event_id TEXT NOT NULL,
-        prescription_id TEXT NOT NULL,
-        alert TEXT NOT NULL,
-        PRIMARY KEY (alert_event_id, prescription_id)
-    )",
-];
-
 #[derive(Debug, thiserror::Error)]
 pub enum ViewError {
     #[error("database: {0}")]
@@ -77,7 +54,7 @@ fn now() -> String {
 
 impl ClinicView {
     pub async fn new(db: Database) -> Result<Self, sqlx::Error> {
-        db.migrate(726_146, MIGRATION).await?;
+        db.migrate(&crate::MIGRATIONS).await?;
         Ok(Self { db })
     }
 
@@ -113,10 +90,14 @@ impl ClinicView {
         Ok(())
     }
 
+    /// Records the cancellation. It takes effect only if no pharmacy had begun dispensing: the
+    /// pharmacy service decides, and a dispensing that arrives later wins (see
+    /// [`ClinicView::dispensed`]); the request is kept either way so the clinic sees the outcome.
     async fn cancelled(&self, e: &PrescriptionCancelled) -> Result<(), ViewError> {
         sqlx::query(
-            "UPDATE clinic_prescriptions SET status = 'cancelled', cancelled = $2, updated_at = $3
-             WHERE prescription_id = $1 AND status IN ('issued', 'claimed')",
+            "UPDATE clinic_prescriptions SET cancelled = $2, updated_at = $3,
+                 status = CASE WHEN status IN ('issued', 'claimed') THEN 'cancelled' ELSE status END
+             WHERE prescription_id = $1 AND cancelled IS NULL",
         )
         .bind(&e.prescription_id)
         .bind(serde_json::to_string(e)?)
@@ -181,11 +162,21 @@ impl ClinicView {
         row.map(|r| read(&r)).transpose()
     }
 
-    pub async fn list(&self, issuer: &str) -> Result<Vec<ClinicPrescription>, ViewError> {
+    /// One page of the issuer's prescriptions, oldest first (ids are time-ordered): at most
+    /// `limit`, after the id `after`.
+    pub async fn list(
+        &self,
+        issuer: &str,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<ClinicPrescription>, ViewError> {
         let rows = sqlx::query(&format!(
-            "{SELECT} WHERE issuer_org = $1 ORDER BY prescription_id"
+            "{SELECT} WHERE issuer_org = $1 AND prescription_id > $2
+             ORDER BY prescription_id LIMIT $3"
         ))
         .bind(issuer)
+        .bind(after)
+        .bind(i64::from(limit))
         .fetch_all(&self.db.pool)
         .await?;
         rows.iter().map(read).collect()
@@ -205,6 +196,16 @@ impl ClinicView {
 
     /// The JSON a clinic sees for one prescription.
     pub async fn describe(&self, p: &ClinicPrescription) -> Result<Value, ViewError> {
+        let cancellation = p.cancelled.as_ref().map(|requested| {
+            let (outcome, explanation) = match p.status.as_str() {
+                "cancelled" => ("cancelled", "the prescription was withdrawn"),
+                _ => (
+                    "too_late",
+                    "a pharmacy had already begun dispensing it; it stays dispensed",
+                ),
+            };
+            json!({ "outcome": outcome, "explanation": explanation, "request": requested })
+        });
         Ok(json!({
             "prescription_id": p.prescription_id,
             "status": p.status,
@@ -212,6 +213,7 @@ impl ClinicView {
             "claimed_by": p.claimed_by,
             "dispensed": p.dispensed,
             "cancelled": p.cancelled,
+            "cancellation": cancellation,
             "alerts": self.alerts(&p.prescription_id).await?,
             "prescription": p.issued,
         }))

@@ -7,6 +7,7 @@ pub mod codec;
 pub mod docs;
 pub mod events;
 pub mod gate;
+pub mod lifecycle;
 pub mod samples;
 pub mod time;
 pub mod wire;

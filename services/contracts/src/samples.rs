@@ -93,11 +93,14 @@ pub fn prescription_issued(patient: &str, lines: usize) -> PrescriptionIssued {
             name: Some("さくら内科クリニック".to_owned()),
         },
         target_pharmacy_org: Some("pharmacy-aozora".to_owned()),
-        access_code: "A1B2C3".to_owned(),
+        access_code: String::new(),
         issued_on: Date::from_days_since_epoch(19_814),
         expires_on: Some(Date::from_days_since_epoch(19_817)),
         lines,
         notes: Some("後発品変更不可の指示あり（Rp1）".to_owned()),
+        access_code_digest: Some(
+            "k1:6a3f0d5c9b8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a".to_owned(),
+        ),
     }
 }
 
@@ -124,7 +127,7 @@ pub fn prescription_issued_minimal(patient: &str) -> PrescriptionIssued {
             name: None,
         },
         target_pharmacy_org: None,
-        access_code: "Z9".to_owned(),
+        access_code: String::new(),
         issued_on: Date::from_days_since_epoch(0),
         expires_on: None,
         lines: vec![MedicationLine {
@@ -143,6 +146,7 @@ pub fn prescription_issued_minimal(patient: &str) -> PrescriptionIssued {
             instructions: None,
         }],
         notes: None,
+        access_code_digest: None,
     }
 }
 

@@ -87,6 +87,16 @@ impl Date {
     }
 }
 
+/// `YYYY-MM-DD`, or the day count when the date is outside chrono's range.
+impl std::fmt::Display for Date {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.to_naive_date() {
+            Some(d) => write!(f, "{}", d.format("%Y-%m-%d")),
+            None => write!(f, "day {} since 1970-01-01", self.0),
+        }
+    }
+}
+
 impl From<NaiveDate> for Date {
     fn from(value: NaiveDate) -> Self {
         Self(value.num_days_from_ce() - UNIX_EPOCH_DAYS_FROM_CE)

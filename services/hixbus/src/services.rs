@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use hixbus_access::{Directory, digest};
+use hixbus_access::codes::CodeKeys;
+use hixbus_access::{DEFAULT_KEY_VALIDITY_DAYS, Directory, MAX_KEY_VALIDITY_DAYS, digest};
 use hixbus_bus::Publisher;
 use hixbus_bus::http::HttpService;
 use hixbus_contracts::codec::SchemaIdStrategy;
@@ -41,7 +42,36 @@ pub struct ServiceArgs {
     #[arg(long, env = "HIXBUS_ORGANIZATIONS")]
     organizations: PathBuf,
     #[command(flatten)]
+    codes: AccessCodeKeys,
+    #[command(flatten)]
     bus: BusArgs,
+}
+
+/// The secret access codes are digested with, shared by the clinic gateway (which issues codes)
+/// and the pharmacy service (which looks them up). See docs/prescriptions.md.
+#[derive(Debug, Args)]
+pub struct AccessCodeKeys {
+    /// ID:HEX (at least 32 random bytes; `hixbus orgs new-access-code-key` makes one).
+    #[arg(long, env = "HIXBUS_ACCESS_CODE_KEY", hide_env_values = true)]
+    access_code_key: String,
+    /// Earlier keys still accepted for claims after a rotation, comma-separated ID:HEX.
+    #[arg(
+        long,
+        env = "HIXBUS_ACCESS_CODE_PREVIOUS_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    access_code_previous_keys: Vec<String>,
+}
+
+impl AccessCodeKeys {
+    fn keys(&self) -> anyhow::Result<CodeKeys> {
+        CodeKeys::parse(
+            &self.access_code_key,
+            self.access_code_previous_keys.iter().map(String::as_str),
+        )
+        .context("--access-code-key")
+    }
 }
 
 pub fn load_directory(path: &PathBuf) -> anyhow::Result<Directory> {
@@ -54,14 +84,18 @@ pub async fn serve(cmd: ServeCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         ServeCommand::ClinicGateway(args) => {
             let (directory, db, publisher, kafka) = prepare(&args, "hixbus-clinic-gateway").await?;
+            let codes = args.codes.keys()?;
             let gateway =
-                hixbus_clinic_gateway::build(args.listen, directory, &kafka, publisher, db).await?;
+                hixbus_clinic_gateway::build(args.listen, directory, &kafka, publisher, db, codes)
+                    .await?;
             run_http(gateway, "clinic gateway").await?;
         }
         ServeCommand::Pharmacy(args) => {
             let (directory, db, publisher, kafka) = prepare(&args, "hixbus-pharmacy").await?;
+            let codes = args.codes.keys()?;
             let pharmacy =
-                hixbus_pharmacy::build(args.listen, directory, &kafka, publisher, db).await?;
+                hixbus_pharmacy::build(args.listen, directory, &kafka, publisher, db, codes)
+                    .await?;
             run_http(pharmacy, "pharmacy service").await?;
         }
         ServeCommand::MedicationSafety { bus } => {
@@ -97,9 +131,16 @@ async fn prepare(
 
 #[derive(Debug, Subcommand)]
 pub enum OrgsCommand {
-    /// Create an API key: prints the key (give it to the organization) and the digest to add to
-    /// its `api_key_sha256` list. The key itself is never stored.
-    NewKey,
+    /// Create an API key: prints the key (give it to the organization) and the
+    /// [[organization.api_key]] entry to add to its organization. The key itself is never
+    /// stored.
+    NewKey {
+        /// Days until the key stops working (at most 730).
+        #[arg(long, default_value_t = DEFAULT_KEY_VALIDITY_DAYS)]
+        days: i64,
+    },
+    /// Create the secret access codes are digested with (HIXBUS_ACCESS_CODE_KEY).
+    NewAccessCodeKey,
     /// Check an organizations file and list who is in it.
     Check {
         #[arg(long, env = "HIXBUS_ORGANIZATIONS")]
@@ -109,13 +150,22 @@ pub enum OrgsCommand {
 
 pub fn orgs(cmd: OrgsCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        OrgsCommand::NewKey => {
-            let mut directory = Directory::from_toml(
-                "[[organization]]\nid = \"new\"\nrole = \"lab\"\nname = \"new\"\n",
-            )?;
-            let key = directory.issue_key("new")?;
-            println!("key:    {}", key.expose());
-            println!("digest: {}", digest(key.expose()));
+        OrgsCommand::NewKey { days } => {
+            if !(1..=MAX_KEY_VALIDITY_DAYS).contains(&days) {
+                anyhow::bail!("--days must be from 1 to {MAX_KEY_VALIDITY_DAYS}");
+            }
+            let key = hixbus_access::new_key();
+            let expires = chrono::Utc::now().date_naive() + chrono::Duration::days(days);
+            println!("key: {}", key.expose());
+            println!();
+            println!("# add to the organization in the organizations file:");
+            println!("[[organization.api_key]]");
+            println!("sha256 = \"{}\"", digest(key.expose()));
+            println!("expires_on = {expires}");
+        }
+        OrgsCommand::NewAccessCodeKey => {
+            let id = format!("k{}", chrono::Utc::now().format("%Y%m%d"));
+            println!("{}", CodeKeys::generate_text(&id));
         }
         OrgsCommand::Check { organizations } => {
             let directory = load_directory(&organizations)?;
@@ -127,7 +177,7 @@ pub fn orgs(cmd: OrgsCommand) -> anyhow::Result<ExitCode> {
                     org.id,
                     org.role.as_str(),
                     org.name,
-                    org.api_key_sha256.len()
+                    org.api_keys.len()
                 );
             }
         }

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use clap::Args;
 use hixbus_access::Directory;
+use hixbus_access::codes::CodeKeys;
 use hixbus_bus::Publisher;
 use hixbus_bus::dev::DevCluster;
 use hixbus_bus::topics::{self, TopicSpec};
@@ -83,18 +84,26 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         }
     };
 
-    // The registry: a real one, or the embedded one on in-memory SQLite.
+    let (directory, keys) = demo_directory()?;
+    let operator = keys
+        .iter()
+        .find(|(_, role, _)| *role == "operator")
+        .map(|(id, _, key)| (id.clone(), key.clone()))
+        .ok_or_else(|| anyhow::anyhow!("the demo organizations have no operator"))?;
+
+    // The registry: a real one, or the embedded one on in-memory SQLite. Changing it takes the
+    // operator's key, as in production; reading is open, so `curl` and `tail` work as shown.
     let (registry_url, registry_task, registry_label) = match &args.registry_url {
         Some(url) => (url.clone(), None, "schema registry".to_owned()),
         None => {
-            let server =
-                RegistryServer::build(RegistryConfig::new(args.registry_listen, "sqlite::memory:"))
-                    .await
-                    .map_err(|e| {
-                        anyhow::anyhow!(
-                            "{e} (is another registry running? try --registry-listen 127.0.0.1:0)"
-                        )
-                    })?;
+            let mut config = RegistryConfig::new(args.registry_listen, "sqlite::memory:");
+            config.organizations = Some(directory.clone());
+            config.anonymous_reads = true;
+            let server = RegistryServer::build(config).await.map_err(|e| {
+                anyhow::anyhow!(
+                    "{e} (is another registry running? try --registry-listen 127.0.0.1:0)"
+                )
+            })?;
             let url = server.url();
             let mut stopped = stop.clone();
             let task = tokio::spawn(server.run_until(async move {
@@ -103,16 +112,21 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             (
                 url,
                 Some(task),
-                "IN-MEMORY schema registry (SQLite in memory)".to_owned(),
+                "IN-MEMORY schema registry (SQLite in memory; changes need the operator key)"
+                    .to_owned(),
             )
         }
     };
     let registry = registry_client(&registry_url, &args.registry_access)?;
-    let registered = gate::register(&registry, Catalog::embedded()).await?;
+    let registrar = match (&args.registry_url, &args.registry_access.registry_auth) {
+        (None, _) => registry.clone().with_basic_auth(&operator.0, &operator.1),
+        _ => registry.clone(),
+    };
+    let registered = gate::register(&registrar, Catalog::embedded()).await?;
 
     let kafka = kafka_config(&bootstrap, "hixbus-up", &args.kafka_options);
     let codec = Arc::new(Codec::new(registry, SchemaIdStrategy::Lookup));
-    let services = start_services(&args, &kafka, &codec, &stop).await?;
+    let services = start_services(&args, &kafka, &codec, &stop, directory, keys).await?;
     let demo = (args.demo_interval_ms > 0).then(|| {
         let publisher = Publisher::new(&kafka, codec.clone());
         let interval = Duration::from_millis(args.demo_interval_ms);
@@ -165,6 +179,28 @@ struct Services {
     pharmacy: String,
     keys: Vec<(String, &'static str, String)>,
     tasks: Vec<(&'static str, tokio::task::JoinHandle<anyhow::Result<()>>)>,
+    /// Where the services' SQLite files are; removed when `up` ends.
+    _data: tempfile::TempDir,
+}
+
+/// (organization id, role, API key) of each demo organization.
+type DemoKeys = Vec<(String, &'static str, String)>;
+
+/// The demo organizations, each with a fresh key valid for a week.
+fn demo_directory() -> anyhow::Result<(Arc<Directory>, DemoKeys)> {
+    let mut directory = Directory::from_toml(DEMO_ORGANIZATIONS)?;
+    let mut ids: Vec<(String, &'static str)> = directory
+        .organizations()
+        .map(|o| (o.id.clone(), o.role.as_str()))
+        .collect();
+    ids.sort();
+    let expires = chrono::Utc::now().date_naive() + chrono::Duration::days(7);
+    let mut keys = Vec::new();
+    for (id, role) in ids {
+        let key = directory.issue_key_until(&id, expires)?;
+        keys.push((id, role, key.expose().to_owned()));
+    }
+    Ok((Arc::new(directory), keys))
 }
 
 async fn start_services(
@@ -172,19 +208,16 @@ async fn start_services(
     kafka: &hixbus_bus::KafkaConfig,
     codec: &Arc<Codec>,
     stop: &watch::Receiver<bool>,
+    directory: Arc<Directory>,
+    keys: DemoKeys,
 ) -> anyhow::Result<Services> {
-    let mut directory = Directory::from_toml(DEMO_ORGANIZATIONS)?;
-    let mut ids: Vec<(String, &'static str)> = directory
-        .organizations()
-        .map(|o| (o.id.clone(), o.role.as_str()))
-        .collect();
-    ids.sort();
-    let mut keys = Vec::new();
-    for (id, role) in ids {
-        let key = directory.issue_key(&id)?;
-        keys.push((id, role, key.expose().to_owned()));
-    }
-    let directory = Arc::new(directory);
+    // Files, not `sqlite::memory:`: an in-memory database is one connection, so one
+    // organization's long read would make every other one wait. Gone when `up` ends.
+    let data = tempfile::Builder::new().prefix("hixbus-up-").tempdir()?;
+    let database = |name: &str| format!("sqlite://{}", data.path().join(name).display());
+    // Shared by the gateway (which digests the codes it issues) and the pharmacy (which looks
+    // presented codes up by digest); new at every start, like everything else here.
+    let codes = CodeKeys::ephemeral();
     let stopped = |stop: &watch::Receiver<bool>| {
         let mut stop = stop.clone();
         async move {
@@ -196,7 +229,8 @@ async fn start_services(
         directory.clone(),
         kafka,
         Publisher::new(kafka, codec.clone())?,
-        Database::connect("sqlite::memory:").await?,
+        Database::connect(&database("clinic-gateway.db")).await?,
+        codes.clone(),
     )
     .await
     .map_err(|e| anyhow::anyhow!("clinic gateway: {e} (try --gateway-listen 127.0.0.1:0)"))?;
@@ -205,7 +239,8 @@ async fn start_services(
         directory,
         kafka,
         Publisher::new(kafka, codec.clone())?,
-        Database::connect("sqlite::memory:").await?,
+        Database::connect(&database("pharmacy.db")).await?,
+        codes,
     )
     .await
     .map_err(|e| anyhow::anyhow!("pharmacy service: {e} (try --pharmacy-listen 127.0.0.1:0)"))?;
@@ -238,6 +273,7 @@ async fn start_services(
         pharmacy: pharmacy_url,
         keys,
         tasks,
+        _data: data,
     })
 }
 
@@ -333,7 +369,9 @@ impl Banner<'_> {
         );
         println!(" Medication safety running on the stream");
         println!();
-        println!(" Demo API keys (new at every start):");
+        println!(
+            " Demo API keys (new at every start, valid 7 days; the operator's changes the registry):"
+        );
         for (id, role, key) in &self.services.keys {
             let var = id.split('-').next_back().unwrap_or(id).to_uppercase();
             println!("   export {var}_KEY={key}   # {id} ({role})");

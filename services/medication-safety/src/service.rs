@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use hixbus_bus::consumer::ConsumerError;
 use hixbus_bus::reader::{ReadError, Start, TopicReader};
 use hixbus_bus::{Consumer, EventContext, HandlerError, KafkaConfig, Publisher};
+use hixbus_contracts::lifecycle::today_in_japan;
 use hixbus_contracts::{
     Catalog, Envelope, Event, MedicationAlert, PrescriptionCancelled, PrescriptionDispensed,
     PrescriptionIssued, Timestamp,
@@ -50,7 +51,7 @@ impl Check {
     fn apply(&self, event: &Event) {
         match event {
             Event::PrescriptionIssued(e) => {
-                self.medications().issued(&self.rules, e);
+                self.medications().issued(&self.rules, e, today_in_japan());
             }
             Event::PrescriptionCancelled(e) => self.medications().cancelled(e),
             Event::PrescriptionDispensed(e) => self.medications().dispensed(&self.rules, e),
@@ -59,13 +60,13 @@ impl Check {
     }
 
     async fn issued(&self, e: PrescriptionIssued) -> Result<(), HandlerError> {
-        let conflicts = self.medications().issued(&self.rules, &e);
+        let conflicts = self.medications().issued(&self.rules, &e, today_in_japan());
         for conflict in conflicts {
             let alert = alert(&e, &conflict);
             tracing::info!(
                 prescription_id = %e.prescription_id,
                 kind = ?alert.kind,
-                other = %conflict.existing.prescription_id,
+                lines = alert.involved.len(),
                 "medication alert"
             );
             self.publisher
@@ -77,16 +78,32 @@ impl Check {
     }
 }
 
+/// The most lines one alert lists; the message counts the rest. Bounded so an alert (stored by
+/// every pharmacy and clinic it involves) stays small whatever the prescriptions hold.
+pub const MAX_INVOLVED_LINES: usize = 20;
+
 fn alert(e: &PrescriptionIssued, c: &Conflict) -> MedicationAlert {
+    // One alert per (new ingredient, conflicting ingredient, kind) of this prescription event:
+    // the same conflict always gets the same id, however often it is found again.
     let key = format!(
-        "{}/{}/{}/{}/{:?}",
+        "{}/{}/{}/{:?}",
         e.envelope.event_id,
-        c.new.line_no,
-        c.existing.prescription_id,
-        c.existing.line_no,
+        c.new[0].recognized.ingredient,
+        c.existing[0].recognized.ingredient,
         c.finding.kind
     );
     let alert_id = uuid::Uuid::new_v5(&ALERT_NAMESPACE, key.as_bytes()).to_string();
+    let lines: Vec<_> = c.new.iter().chain(&c.existing).collect();
+    let involved = lines
+        .iter()
+        .take(MAX_INVOLVED_LINES)
+        .map(|l| l.alert_line())
+        .collect();
+    let mut message = c.finding.message.clone();
+    if lines.len() > MAX_INVOLVED_LINES {
+        let more = lines.len() - MAX_INVOLVED_LINES;
+        message.push_str(&format!(" (他 {more} 行 / {more} more lines)"));
+    }
     MedicationAlert {
         envelope: Envelope {
             event_id: alert_id.clone(),
@@ -100,8 +117,8 @@ fn alert(e: &PrescriptionIssued, c: &Conflict) -> MedicationAlert {
         prescription_id: e.prescription_id.clone(),
         kind: c.finding.kind,
         severity: c.finding.severity,
-        message: c.finding.message.clone(),
-        involved: vec![c.new.alert_line(), c.existing.alert_line()],
+        message,
+        involved,
         rule_source: Some(c.finding.rule_source.clone()),
     }
 }
@@ -158,4 +175,47 @@ pub async fn start(
         })?
         .build()?;
     Ok(consumer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hixbus_contracts::{CodedConcept, Date, samples};
+
+    #[test]
+    fn an_alert_lists_at_most_twenty_lines_and_counts_the_rest() {
+        let rules = Rules::embedded().unwrap();
+        let mut meds = Medications::default();
+        let today = Date::from_ymd(2026, 11, 25).unwrap();
+        let rx = |id: &str, org: &str| {
+            let mut e = samples::prescription_issued("p", 60);
+            e.prescription_id = id.to_owned();
+            e.envelope.event_id = format!("ev-{id}");
+            e.envelope.producer_org = org.to_owned();
+            e.issued_on = today;
+            for line in &mut e.lines {
+                line.drug =
+                    CodedConcept::new(samples::HOT9, "107602401", Some("ロキソニン錠６０ｍｇ"));
+                line.other_codes.clear();
+            }
+            e
+        };
+        meds.issued(&rules, &rx("rx-1", "clinic-a"), today);
+        let second = rx("rx-2", "clinic-b");
+        let conflicts = meds.issued(&rules, &second, today);
+        assert_eq!(conflicts.len(), 1);
+        let alert = alert(&second, &conflicts[0]);
+        assert_eq!(alert.involved.len(), MAX_INVOLVED_LINES);
+        assert_eq!(alert.involved[0].prescription_id, "rx-2", "new lines first");
+        assert!(
+            alert.message.contains("100 more lines"),
+            "{}",
+            alert.message
+        );
+        assert_eq!(
+            alert.alert_id,
+            super::alert(&second, &conflicts[0]).alert_id,
+            "the same conflict keeps its id"
+        );
+    }
 }

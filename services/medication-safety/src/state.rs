@@ -47,12 +47,17 @@ impl ActiveLine {
     }
 }
 
-/// A problem between a line of the new prescription and an active line of another.
+/// A problem between the new prescription and the patient's other prescriptions: one per pair
+/// of (new ingredient, conflicting ingredient), with every line involved on either side. One
+/// alert per pair, not per pair of lines: two prescriptions of one drug with many lines each
+/// are one duplication, and per-line alerts grew with the square of the line count.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Conflict {
     pub finding: Finding,
-    pub new: ActiveLine,
-    pub existing: ActiveLine,
+    /// The new prescription's lines with the ingredient, in line order.
+    pub new: Vec<ActiveLine>,
+    /// The other prescriptions' active lines it conflicts with, oldest first.
+    pub existing: Vec<ActiveLine>,
 }
 
 #[derive(Debug, Default)]
@@ -108,8 +113,12 @@ fn active_until(from: Date, days_supply: Option<i32>) -> Date {
 impl Medications {
     /// Records a prescription and returns its conflicts with the patient's other prescriptions.
     /// Applying the same prescription again gives the same conflicts and changes nothing.
-    pub fn issued(&mut self, rules: &Rules, e: &PrescriptionIssued) -> Vec<Conflict> {
-        self.forget_ended(e.issued_on);
+    ///
+    /// `today` (the date in Japan) caps how far the forgetting horizon moves: an issue date in
+    /// the future, however it got onto the bus, must not make the check forget every patient's
+    /// current medication.
+    pub fn issued(&mut self, rules: &Rules, e: &PrescriptionIssued, today: Date) -> Vec<Conflict> {
+        self.forget_ended(e.issued_on.min(today));
         let mut lines: Vec<ActiveLine> = e
             .lines
             .iter()
@@ -134,16 +143,32 @@ impl Medications {
             .entry(e.envelope.patient_ref.clone())
             .or_default();
         active.retain(|l| l.prescription_id != e.prescription_id);
-        let mut conflicts = Vec::new();
+        let mut conflicts: Vec<Conflict> = Vec::new();
         for new in &lines {
             for existing in active.iter().filter(|l| new.overlaps(l)) {
                 let name = new.drug.display.as_deref().unwrap_or(&new.drug.code);
-                if let Some(finding) = rules.check(&new.recognized, &existing.recognized, name) {
-                    conflicts.push(Conflict {
+                let Some(finding) = rules.check(&new.recognized, &existing.recognized, name) else {
+                    continue;
+                };
+                let same_pair = |c: &&mut Conflict| {
+                    c.finding.kind == finding.kind
+                        && c.new[0].recognized.ingredient == new.recognized.ingredient
+                        && c.existing[0].recognized.ingredient == existing.recognized.ingredient
+                };
+                match conflicts.iter_mut().find(same_pair) {
+                    Some(conflict) => {
+                        if !conflict.new.iter().any(|l| l.line_no == new.line_no) {
+                            conflict.new.push(new.clone());
+                        }
+                        if !conflict.existing.contains(existing) {
+                            conflict.existing.push(existing.clone());
+                        }
+                    }
+                    None => conflicts.push(Conflict {
                         finding,
-                        new: new.clone(),
-                        existing: existing.clone(),
-                    });
+                        new: vec![new.clone()],
+                        existing: vec![existing.clone()],
+                    }),
                 }
             }
         }
@@ -232,6 +257,46 @@ mod tests {
         Date::from_ymd(2026, 11, 1).unwrap().plus_days(n)
     }
 
+    /// Later than every test date, so only the tests about the clock see it.
+    const TODAY: Date = Date::from_days_since_epoch(30_000);
+
+    #[test]
+    fn a_prescription_dated_far_in_the_future_does_not_switch_the_check_off() {
+        let rules = Rules::embedded().unwrap();
+        let mut meds = Medications::default();
+        let today = day(1);
+        meds.issued(
+            &rules,
+            &rx("p", "rx-1", "clinic-a", day(0), &[LOXONIN]),
+            today,
+        );
+        let far = Date::from_ymd(9999, 12, 31).unwrap();
+        meds.issued(&rules, &rx("q", "rx-2", "clinic-x", far, &[GASTER]), today);
+        let conflicts = meds.issued(
+            &rules,
+            &rx("p", "rx-3", "clinic-b", day(1), &[LOXONIN]),
+            today,
+        );
+        assert_eq!(
+            conflicts.len(),
+            1,
+            "the duplicate is still found after a 9999-12-31 prescription"
+        );
+    }
+
+    #[test]
+    fn two_long_prescriptions_of_one_drug_are_one_conflict_listing_every_line() {
+        let rules = Rules::embedded().unwrap();
+        let mut meds = Medications::default();
+        let many = [LOXONIN; 60];
+        meds.issued(&rules, &rx("p", "rx-1", "clinic-a", day(0), &many), TODAY);
+        let conflicts = meds.issued(&rules, &rx("p", "rx-2", "clinic-b", day(1), &many), TODAY);
+        assert_eq!(conflicts.len(), 1, "not 60 × 60");
+        assert_eq!(conflicts[0].new.len(), 60);
+        assert_eq!(conflicts[0].existing.len(), 60);
+        assert!(conflicts[0].new.iter().all(|l| l.prescription_id == "rx-2"));
+    }
+
     #[test]
     fn the_same_drug_from_a_second_clinic_while_the_first_is_taken_is_a_duplicate() {
         let rules = Rules::embedded().unwrap();
@@ -239,24 +304,33 @@ mod tests {
         assert!(
             meds.issued(
                 &rules,
-                &rx("p", "rx-1", "clinic-a", day(0), &[LOXONIN, GASTER])
+                &rx("p", "rx-1", "clinic-a", day(0), &[LOXONIN, GASTER]),
+                TODAY,
             )
             .is_empty()
         );
-        let conflicts = meds.issued(&rules, &rx("p", "rx-2", "clinic-b", day(3), &[LOXONIN]));
+        let conflicts = meds.issued(
+            &rules,
+            &rx("p", "rx-2", "clinic-b", day(3), &[LOXONIN]),
+            TODAY,
+        );
         assert_eq!(conflicts.len(), 1);
         let c = &conflicts[0];
         assert_eq!(c.finding.kind, AlertKind::DuplicateIngredient);
         assert_eq!(
             (
-                c.new.prescription_id.as_str(),
-                c.existing.prescription_id.as_str()
+                c.new[0].prescription_id.as_str(),
+                c.existing[0].prescription_id.as_str()
             ),
             ("rx-2", "rx-1")
         );
-        assert_eq!(c.existing.issuer_org, "clinic-a");
+        assert_eq!(c.existing[0].issuer_org, "clinic-a");
         // Applying the same prescription again (a redelivery) finds the same, stores nothing new.
-        let again = meds.issued(&rules, &rx("p", "rx-2", "clinic-b", day(3), &[LOXONIN]));
+        let again = meds.issued(
+            &rules,
+            &rx("p", "rx-2", "clinic-b", day(3), &[LOXONIN]),
+            TODAY,
+        );
         assert_eq!(again, conflicts);
         assert_eq!(meds.active("p").len(), 3);
     }
@@ -265,22 +339,38 @@ mod tests {
     fn no_overlap_no_other_patient_and_cancelled_prescriptions_raise_nothing() {
         let rules = Rules::embedded().unwrap();
         let mut meds = Medications::default();
-        meds.issued(&rules, &rx("p", "rx-1", "clinic-a", day(0), &[LOXONIN]));
+        meds.issued(
+            &rules,
+            &rx("p", "rx-1", "clinic-a", day(0), &[LOXONIN]),
+            TODAY,
+        );
         // Seven days from day 0 end on day 6; day 7 does not overlap.
         assert!(
-            meds.issued(&rules, &rx("p", "rx-2", "clinic-b", day(7), &[LOXONIN]))
-                .is_empty()
+            meds.issued(
+                &rules,
+                &rx("p", "rx-2", "clinic-b", day(7), &[LOXONIN]),
+                TODAY
+            )
+            .is_empty()
         );
         assert!(
-            meds.issued(&rules, &rx("q", "rx-3", "clinic-b", day(1), &[LOXONIN]))
-                .is_empty()
+            meds.issued(
+                &rules,
+                &rx("q", "rx-3", "clinic-b", day(1), &[LOXONIN]),
+                TODAY
+            )
+            .is_empty()
         );
         let mut cancel = samples::prescription_cancelled("p");
         cancel.prescription_id = "rx-2".to_owned();
         meds.cancelled(&cancel);
         assert!(
-            meds.issued(&rules, &rx("p", "rx-4", "clinic-c", day(8), &[LOXONIN]))
-                .is_empty()
+            meds.issued(
+                &rules,
+                &rx("p", "rx-4", "clinic-c", day(8), &[LOXONIN]),
+                TODAY
+            )
+            .is_empty()
         );
     }
 
@@ -288,15 +378,35 @@ mod tests {
     fn lines_that_ended_long_before_a_new_prescription_are_forgotten() {
         let rules = Rules::embedded().unwrap();
         let mut meds = Medications::default();
-        meds.issued(&rules, &rx("p", "rx-1", "clinic-a", day(0), &[LOXONIN]));
-        meds.issued(&rules, &rx("q", "rx-2", "clinic-a", day(0), &[LOXONIN]));
+        meds.issued(
+            &rules,
+            &rx("p", "rx-1", "clinic-a", day(0), &[LOXONIN]),
+            TODAY,
+        );
+        meds.issued(
+            &rules,
+            &rx("q", "rx-2", "clinic-a", day(0), &[LOXONIN]),
+            TODAY,
+        );
         // rx-1 ended on day 6: still kept 30 days later, for a backdated prescription.
-        meds.issued(&rules, &rx("p", "rx-3", "clinic-b", day(36), &[GASTER]));
+        meds.issued(
+            &rules,
+            &rx("p", "rx-3", "clinic-b", day(36), &[GASTER]),
+            TODAY,
+        );
         assert_eq!(meds.active("p").len(), 2);
         // A backdated one still meets it.
-        let backdated = meds.issued(&rules, &rx("p", "rx-4", "clinic-c", day(2), &[LOXONIN]));
+        let backdated = meds.issued(
+            &rules,
+            &rx("p", "rx-4", "clinic-c", day(2), &[LOXONIN]),
+            TODAY,
+        );
         assert_eq!(backdated.len(), 1, "{backdated:?}");
-        meds.issued(&rules, &rx("p", "rx-5", "clinic-b", day(39), &[GASTER]));
+        meds.issued(
+            &rules,
+            &rx("p", "rx-5", "clinic-b", day(39), &[GASTER]),
+            TODAY,
+        );
         let ids: Vec<_> = meds
             .active("p")
             .iter()
@@ -329,7 +439,11 @@ mod tests {
         let rules = Rules::embedded().unwrap();
         let in_order = {
             let mut meds = Medications::default();
-            meds.issued(&rules, &rx("p", "rx-1", "clinic-a", day(0), &[LOXONIN]));
+            meds.issued(
+                &rules,
+                &rx("p", "rx-1", "clinic-a", day(0), &[LOXONIN]),
+                TODAY,
+            );
             meds.dispensed(&rules, &dispensing("p", day(10)));
             meds.active("p").to_vec()
         };
@@ -337,7 +451,11 @@ mod tests {
 
         let mut meds = Medications::default();
         meds.dispensed(&rules, &dispensing("p", day(10)));
-        meds.issued(&rules, &rx("p", "rx-1", "clinic-a", day(0), &[LOXONIN]));
+        meds.issued(
+            &rules,
+            &rx("p", "rx-1", "clinic-a", day(0), &[LOXONIN]),
+            TODAY,
+        );
         assert_eq!(meds.active("p"), in_order.as_slice());
         assert!(meds.early.is_empty());
     }
@@ -348,9 +466,17 @@ mod tests {
         let mut meds = Medications::default();
         meds.dispensed(&rules, &dispensing("p", day(0)));
         assert_eq!(meds.early.len(), 1);
-        meds.issued(&rules, &rx("q", "rx-9", "clinic-a", day(29), &[GASTER]));
+        meds.issued(
+            &rules,
+            &rx("q", "rx-9", "clinic-a", day(29), &[GASTER]),
+            TODAY,
+        );
         assert_eq!(meds.early.len(), 1, "kept within 30 days");
-        meds.issued(&rules, &rx("q", "rx-10", "clinic-a", day(31), &[GASTER]));
+        meds.issued(
+            &rules,
+            &rx("q", "rx-10", "clinic-a", day(31), &[GASTER]),
+            TODAY,
+        );
         assert!(meds.early.is_empty());
     }
 
@@ -358,8 +484,16 @@ mod tests {
     fn two_nsaids_from_two_clinics_are_a_class_duplicate() {
         let rules = Rules::embedded().unwrap();
         let mut meds = Medications::default();
-        meds.issued(&rules, &rx("p", "rx-1", "clinic-a", day(0), &[VOLTAREN]));
-        let conflicts = meds.issued(&rules, &rx("p", "rx-2", "clinic-b", day(1), &[LOXONIN]));
+        meds.issued(
+            &rules,
+            &rx("p", "rx-1", "clinic-a", day(0), &[VOLTAREN]),
+            TODAY,
+        );
+        let conflicts = meds.issued(
+            &rules,
+            &rx("p", "rx-2", "clinic-b", day(1), &[LOXONIN]),
+            TODAY,
+        );
         assert_eq!(
             conflicts[0].finding.kind,
             AlertKind::DuplicateTherapeuticClass

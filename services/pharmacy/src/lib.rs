@@ -11,3 +11,6 @@ pub mod startup;
 pub mod store;
 
 pub use startup::{GROUP, PharmacyService, StartupError, build};
+
+/// The read model's tables (versions 5000–5999).
+pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

@@ -3,29 +3,48 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::{FromRef, Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::body::Body;
+use axum::extract::{FromRef, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt as _};
-use hixbus_access::{Action, Caller, Denied, Directory, Organization};
+use hixbus_access::{Action, Caller, Directory, Organization};
 use hixbus_bus::Publisher;
+use hixbus_contracts::lifecycle::{self, MAX_OVER_DISPENSE_FACTOR};
 use hixbus_contracts::{
-    CodedConcept, DispensedLine, Envelope, InstitutionRef, PractitionerRef, PrescriptionClaimed,
-    PrescriptionDispensed, Quantity,
+    CodedConcept, DispensedLine, Envelope, InstitutionRef, MedicationLine, PractitionerRef,
+    PrescriptionClaimed, PrescriptionDispensed, Quantity,
 };
+use hixbus_service::{ApiError, ClientAddr, PerKeyLimit, body, require_json, text};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::changes::{Changed, Changes};
-use crate::claims::{CLAIMS_PER_MINUTE, ClaimLimiter};
+use crate::claims::ClaimLimiter;
 use crate::store::{PrescriptionRow, Status, Store, StoreError};
 use hixbus_storage::AuditLog;
+
+/// Request bodies (a claim, a dispensing) are small; this bounds memory, not use.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+/// Inbox pages: the default and the most one request may ask for.
+const DEFAULT_PAGE: u32 = 100;
+const MAX_PAGE: u32 = 500;
+/// Inbox reads one pharmacy may have in progress at once: beyond that it waits its turn
+/// (429) instead of holding the database from other pharmacies.
+pub const INBOX_READS_PER_PHARMACY: usize = 4;
+/// Live streams one pharmacy may hold open (a few screens per counter).
+pub const STREAMS_PER_PHARMACY: usize = 16;
+/// The longest identifier or name accepted in a request.
+const MAX_NAME_CHARS: usize = 256;
+/// The longest free text (notes, reasons) accepted in a request.
+const MAX_TEXT_CHARS: usize = 1000;
+
+/// JP drug code systems a substitute may be coded in.
+const HOT9: &str = "urn:oid:1.2.392.200119.4.403.1";
+const YJ: &str = "urn:oid:1.2.392.100495.20.1.73";
 
 #[derive(Debug, Clone)]
 pub struct AppState {
@@ -35,6 +54,8 @@ pub struct AppState {
     pub audit: AuditLog,
     pub changes: Changes,
     pub claims: Arc<ClaimLimiter>,
+    pub inbox_reads: Arc<PerKeyLimit>,
+    pub streams: Arc<PerKeyLimit>,
 }
 
 impl FromRef<AppState> for Arc<Directory> {
@@ -43,85 +64,28 @@ impl FromRef<AppState> for Arc<Directory> {
     }
 }
 
-/// An error answer: `{"error": …, "reason": …}`.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    error: &'static str,
-    reason: String,
-    /// Sent as `Retry-After` (whole seconds, rounded up).
-    retry_after: Option<Duration>,
+fn store_failed(e: StoreError) -> ApiError {
+    tracing::error!(error = %e, "pharmacy store failed");
+    ApiError::unavailable("the pharmacy store is unavailable; retry")
 }
 
-impl ApiError {
-    fn new(status: StatusCode, error: &'static str, reason: impl Into<String>) -> Self {
-        Self {
-            status,
-            error,
-            reason: reason.into(),
-            retry_after: None,
-        }
-    }
-
-    fn not_found(prescription_id: &str) -> Self {
-        // The same answer whether it does not exist or belongs to another pharmacy: a pharmacy
-        // must not learn which prescriptions exist elsewhere.
-        Self::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no prescription {prescription_id} in your inbox"),
-        )
-    }
+fn not_found(prescription_id: &str) -> ApiError {
+    // The same answer whether it does not exist or belongs to another pharmacy: a pharmacy
+    // must not learn which prescriptions exist elsewhere.
+    let shown: String = prescription_id.chars().take(64).collect();
+    ApiError::not_found(format!("no prescription {shown} in your inbox"))
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut response = (
-            self.status,
-            Json(json!({ "error": self.error, "reason": self.reason })),
-        )
-            .into_response();
-        if let Some(wait) = self.retry_after {
-            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-        }
-        response
-    }
-}
-
-impl From<Denied> for ApiError {
-    fn from(denied: Denied) -> Self {
-        match denied {
-            Denied::Unauthenticated(reason) => {
-                Self::new(StatusCode::UNAUTHORIZED, "unauthenticated", reason)
-            }
-            Denied::Forbidden(reason) => Self::new(StatusCode::FORBIDDEN, "forbidden", reason),
-        }
-    }
-}
-
-impl From<sqlx::Error> for ApiError {
-    fn from(e: sqlx::Error) -> Self {
-        StoreError::Database(e).into()
-    }
-}
-
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        tracing::error!(error = %e, "pharmacy store failed");
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "the pharmacy store is unavailable; retry",
-        )
-    }
-}
-
-fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))
+/// A JSON request body: the right media type, bounded, in time, and parsed.
+async fn json_body<T: for<'de> Deserialize<'de>>(
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<T, ApiError> {
+    require_json(headers)?;
+    let bytes = body::read(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|e| ApiError::new(e.status(), "bad_request", e.to_string()))?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
 /// What a pharmacy sees of one prescription.
@@ -146,9 +110,46 @@ fn inbox_item(row: &PrescriptionRow) -> Value {
     })
 }
 
-pub async fn inbox(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboxParams {
+    #[serde(default)]
+    limit: Option<u32>,
+    /// The `next` of the previous page.
+    #[serde(default)]
+    after: Option<String>,
+}
+
+/// The inbox, a page at a time.
+pub async fn inbox(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(params): Query<InboxParams>,
+) -> Result<Json<Value>, ApiError> {
     let org = caller.require(Action::ViewPharmacyInbox)?;
-    let rows = state.store.inbox(&org.id).await?;
+    let limit = params.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit must be from 1 to {MAX_PAGE}"
+        )));
+    }
+    let after = params.after.unwrap_or_default();
+    text::check_line(&after, MAX_NAME_CHARS)
+        .map_err(|p| ApiError::bad_request(format!("after {p}")))?;
+    let Some(_permit) = state.inbox_reads.try_acquire(&org.id) else {
+        return Err(ApiError::too_many(
+            "too_many_reads",
+            format!(
+                "at most {INBOX_READS_PER_PHARMACY} inbox reads at once per pharmacy; retry shortly"
+            ),
+            std::time::Duration::from_secs(1),
+        ));
+    };
+    let rows = state
+        .store
+        .inbox(&org.id, &after, limit)
+        .await
+        .map_err(store_failed)?;
     let mut items = Vec::with_capacity(rows.len());
     for row in &rows {
         state
@@ -159,10 +160,16 @@ pub async fn inbox(State(state): State<AppState>, caller: Caller) -> Result<Json
                 &row.prescription_id,
                 &row.patient_ref,
             )
-            .await?;
+            .await
+            .map_err(|e| store_failed(e.into()))?;
         items.push(inbox_item(row));
     }
-    Ok(Json(json!({ "pharmacy": org.id, "prescriptions": items })))
+    let next = (rows.len() == limit as usize)
+        .then(|| rows.last().map(|r| r.prescription_id.clone()))
+        .flatten();
+    Ok(Json(
+        json!({ "pharmacy": org.id, "prescriptions": items, "next": next }),
+    ))
 }
 
 pub async fn prescription(
@@ -175,14 +182,15 @@ pub async fn prescription(
     state
         .audit
         .record(&org.id, "prescription.read", &id, &row.patient_ref)
-        .await?;
+        .await
+        .map_err(|e| store_failed(e.into()))?;
     Ok(Json(inbox_item(&row)))
 }
 
 async fn own_row(store: &Store, org: &Organization, id: &str) -> Result<PrescriptionRow, ApiError> {
-    match store.get(id).await? {
+    match store.get(id).await.map_err(store_failed)? {
         Some(row) if row.holder.as_deref() == Some(org.id.as_str()) => Ok(row),
-        _ => Err(ApiError::not_found(id)),
+        _ => Err(not_found(id)),
     }
 }
 
@@ -192,12 +200,21 @@ pub async fn stream(
     caller: Caller,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let org = caller.require(Action::ViewPharmacyInbox)?.clone();
+    let Some(permit) = state.streams.try_acquire(&org.id) else {
+        return Err(ApiError::too_many(
+            "too_many_streams",
+            format!(
+                "at most {STREAMS_PER_PHARMACY} live streams at once per pharmacy; close one first"
+            ),
+            std::time::Duration::from_secs(5),
+        ));
+    };
     let receiver = state.changes.subscribe();
     let ending = state.changes.ending();
     let audit = state.audit.clone();
     let events = futures::stream::unfold(
-        (receiver, audit, org),
-        |(mut receiver, audit, org)| async move {
+        (receiver, audit, org, permit),
+        |(mut receiver, audit, org, permit)| async move {
             loop {
                 let event = match receiver.recv().await {
                     Ok(Changed::Prescription(row))
@@ -210,7 +227,7 @@ pub async fn stream(
                     Ok(Changed::Missed) | Err(RecvError::Lagged(_)) => resync(),
                     Err(RecvError::Closed) => return None,
                 };
-                return Some((Ok(event), (receiver, audit, org)));
+                return Some((Ok(event), (receiver, audit, org, permit)));
             }
         },
     )
@@ -254,31 +271,40 @@ pub struct ClaimRequest {
 pub async fn claim(
     State(state): State<AppState>,
     caller: Caller,
-    body: Bytes,
+    ClientAddr(client): ClientAddr,
+    headers: HeaderMap,
+    body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let org = caller.require(Action::DispensePrescription)?;
-    if let Err(wait) = state.claims.check(&org.id) {
-        tracing::warn!(org = %org.id, "access-code claims over the limit; refused");
-        return Err(ApiError {
-            retry_after: Some(wait),
-            ..ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_claims",
-                format!(
-                    "more than {CLAIMS_PER_MINUTE} access-code claims a minute; retry in {} s",
-                    wait.as_secs().max(1)
-                ),
-            )
-        });
+    if let Err(wait) = state.claims.check(&org.id, client) {
+        return Err(ApiError::too_many(
+            "too_many_claims",
+            format!(
+                "too many wrong access codes from here in the last minute; retry in {} s",
+                wait.as_secs().max(1)
+            ),
+            wait,
+        ));
     }
-    let request: ClaimRequest = parse_body(&body)?;
-    let candidates = state.store.find_open_by_code(&request.access_code).await?;
+    let request: ClaimRequest = json_body(&headers, body).await?;
+    text::check_line(&request.access_code, 64)
+        .map_err(|p| ApiError::invalid(format!("access_code {p}")))?;
+    let candidates = state
+        .store
+        .find_open_by_code(&request.access_code)
+        .await
+        .map_err(store_failed)?;
     let mut claimed = Vec::new();
     for row in candidates {
         if row.status != Status::Issued || row.holder.is_some() {
             continue;
         }
-        if !state.store.claim(&row.prescription_id, &org.id).await? {
+        let taken = state
+            .store
+            .claim_audited(&row.prescription_id, &org.id, &row.patient_ref)
+            .await
+            .map_err(store_failed)?;
+        if !taken {
             continue;
         }
         let event = PrescriptionClaimed {
@@ -292,17 +318,16 @@ pub async fn claim(
             pharmacy: institution(org),
         };
         if let Err(e) = state.publisher.publish(&event).await {
-            state.store.unclaim(&row.prescription_id, &org.id).await?;
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                format!("the claim was not recorded ({e}); retry"),
-            ));
+            state
+                .store
+                .unclaim(&row.prescription_id, &org.id)
+                .await
+                .map_err(store_failed)?;
+            audit_best_effort(&state.audit, org, "claim.undone", &row).await;
+            return Err(ApiError::unavailable(format!(
+                "the claim was not recorded ({e}); retry"
+            )));
         }
-        state
-            .audit
-            .record(&org.id, "claim", &row.prescription_id, &row.patient_ref)
-            .await?;
         state
             .changes
             .announce(&state.store, &row.prescription_id)
@@ -312,13 +337,28 @@ pub async fn claim(
     if claimed.is_empty() {
         // Wrong code, already claimed by another pharmacy, or addressed to one: the patient
         // must ask the issuing clinic; which of these it is stays private.
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
+        state.claims.failed(&org.id, client);
+        return Err(ApiError::not_found(
             "no open prescription with this access code",
         ));
     }
     Ok((StatusCode::OK, Json(json!({ "claimed": claimed }))))
+}
+
+/// An audit entry for something that was undone: the change it records no longer stands, so
+/// failing to write it is logged, not answered.
+async fn audit_best_effort(
+    audit: &AuditLog,
+    org: &Organization,
+    action: &str,
+    row: &PrescriptionRow,
+) {
+    if let Err(e) = audit
+        .record(&org.id, action, &row.prescription_id, &row.patient_ref)
+        .await
+    {
+        tracing::error!(error = %e, action, prescription_id = %row.prescription_id, "audit write failed");
+    }
 }
 
 fn institution(org: &Organization) -> InstitutionRef {
@@ -351,8 +391,35 @@ pub struct DispenseLine {
     quantity: Option<Quantity>,
     #[serde(default)]
     days_supply: Option<i32>,
+    /// Why it differs from the prescription; required to hand over more than prescribed.
     #[serde(default)]
     reason: Option<String>,
+}
+
+impl DispenseRequest {
+    /// The free-text and identifier fields, checked like every text a service stores.
+    fn check_text(&self) -> Result<(), ApiError> {
+        let p = &self.pharmacist;
+        if p.id.trim().is_empty() {
+            return Err(ApiError::invalid("pharmacist.id is required"));
+        }
+        let names = [
+            ("pharmacist.id", Some(&p.id)),
+            ("pharmacist.name", p.name.as_ref()),
+            ("pharmacist.department", p.department.as_ref()),
+        ];
+        for (field, value) in names {
+            if let Some(value) = value {
+                text::check_line(value, MAX_NAME_CHARS)
+                    .map_err(|e| ApiError::invalid(format!("{field} {e}")))?;
+            }
+        }
+        if let Some(notes) = &self.notes {
+            text::check(notes, MAX_TEXT_CHARS)
+                .map_err(|e| ApiError::invalid(format!("notes {e}")))?;
+        }
+        Ok(())
+    }
 }
 
 /// Dispenses a prescription in this pharmacy's inbox, once.
@@ -360,10 +427,12 @@ pub async fn dispense(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    body: Bytes,
+    headers: HeaderMap,
+    body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let org = caller.require(Action::DispensePrescription)?;
-    let request: DispenseRequest = parse_body(&body)?;
+    let request: DispenseRequest = json_body(&headers, body).await?;
+    request.check_text()?;
     let row = own_row(&state.store, org, &id).await?;
     let lines = dispensed_lines(&row, request.lines)?;
     if matches!(
@@ -372,16 +441,24 @@ pub async fn dispense(
     ) {
         return Err(refusal(&state.store, &id).await);
     }
-    if let Some(expires) = row.issued.expires_on.and_then(|d| d.to_naive_date())
-        && chrono::Utc::now().date_naive() > expires
-    {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "expired",
-            format!("prescription {id} expired on {expires}"),
-        ));
-    }
-    if !state.store.begin_dispensing(&id, &org.id).await? {
+    lifecycle::check_dispensable(
+        row.issued.issued_on,
+        row.issued.expires_on,
+        lifecycle::today_in_japan(),
+    )
+    .map_err(|why| {
+        let error = match why {
+            lifecycle::NotDispensable::Expired { .. } => "expired",
+            lifecycle::NotDispensable::NotYetValid { .. } => "not_yet_valid",
+        };
+        ApiError::conflict(error, format!("prescription {id}: {why}"))
+    })?;
+    let taken = state
+        .store
+        .begin_dispensing(&id, &org.id, &row.patient_ref)
+        .await
+        .map_err(store_failed)?;
+    if !taken {
         return Err(refusal(&state.store, &id).await);
     }
     let partial = lines.len() < row.issued.lines.len();
@@ -400,18 +477,21 @@ pub async fn dispense(
         notes: request.notes,
     };
     if let Err(e) = state.publisher.publish(&event).await {
-        state.store.abort_dispensing(&id).await?;
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            format!("the dispensing was not recorded ({e}); retry"),
-        ));
+        state
+            .store
+            .abort_dispensing(&id)
+            .await
+            .map_err(store_failed)?;
+        audit_best_effort(&state.audit, org, "dispense.undone", &row).await;
+        return Err(ApiError::unavailable(format!(
+            "the dispensing was not recorded ({e}); retry"
+        )));
     }
-    state.store.record_dispensed(&event).await?;
-    state
-        .audit
-        .record(&org.id, "dispense", &id, &row.patient_ref)
-        .await?;
+    // The dispensing is on the bus and audited: it took effect. If recording it here fails, the
+    // projector records it from the topic; the pharmacist must not be told to dispense again.
+    if let Err(e) = state.store.record_dispensed(&event).await {
+        tracing::error!(error = %e, prescription_id = %id, "dispensing published but not yet recorded; the projector will");
+    }
     state.changes.announce(&state.store, &id).await;
     Ok(Json(json!({
         "prescription_id": id,
@@ -424,24 +504,23 @@ pub async fn dispense(
 
 /// Why a prescription cannot be dispensed now.
 async fn refusal(store: &Store, id: &str) -> ApiError {
-    let conflict = |error, reason: String| ApiError::new(StatusCode::CONFLICT, error, reason);
     match store.get(id).await {
         Ok(Some(row)) => match row.status {
-            Status::Dispensed | Status::Dispensing => conflict(
+            Status::Dispensed | Status::Dispensing => ApiError::conflict(
                 "already_dispensed",
                 format!(
                     "prescription {id} was already dispensed by {}",
                     row.dispensed_by.as_deref().unwrap_or("another pharmacy")
                 ),
             ),
-            Status::Cancelled => conflict(
+            Status::Cancelled => ApiError::conflict(
                 "cancelled",
                 format!("prescription {id} was cancelled by {}", row.issuer_org),
             ),
-            Status::Issued | Status::Claimed => ApiError::not_found(id),
+            Status::Issued | Status::Claimed => not_found(id),
         },
-        Ok(None) => ApiError::not_found(id),
-        Err(e) => e.into(),
+        Ok(None) => not_found(id),
+        Err(e) => store_failed(e),
     }
 }
 
@@ -449,8 +528,6 @@ fn dispensed_lines(
     row: &PrescriptionRow,
     requested: Option<Vec<DispenseLine>>,
 ) -> Result<Vec<DispensedLine>, ApiError> {
-    let invalid =
-        |reason: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", reason);
     let Some(requested) = requested else {
         return Ok(row
             .issued
@@ -467,7 +544,14 @@ fn dispensed_lines(
             .collect());
     };
     if requested.is_empty() {
-        return Err(invalid("dispense at least one line".to_owned()));
+        return Err(ApiError::invalid("dispense at least one line"));
+    }
+    if requested.len() > row.issued.lines.len() {
+        return Err(ApiError::invalid(format!(
+            "the prescription has {} lines; {} were sent",
+            row.issued.lines.len(),
+            requested.len()
+        )));
     }
     let mut seen = std::collections::BTreeSet::new();
     let mut lines = Vec::with_capacity(requested.len());
@@ -477,33 +561,122 @@ fn dispensed_lines(
             .lines
             .iter()
             .find(|l| l.line_no == line.line_no)
-            .ok_or_else(|| invalid(format!("the prescription has no line {}", line.line_no)))?;
+            .ok_or_else(|| {
+                ApiError::invalid(format!("the prescription has no line {}", line.line_no))
+            })?;
         if !seen.insert(line.line_no) {
-            return Err(invalid(format!("line {} is listed twice", line.line_no)));
-        }
-        if line.substitute.is_some() && !prescribed.generic_substitution_allowed {
-            return Err(invalid(format!(
-                "line {}: the prescriber did not allow substitution (変更不可)",
+            return Err(ApiError::invalid(format!(
+                "line {} is listed twice",
                 line.line_no
             )));
         }
-        let quantity = line.quantity.unwrap_or_else(|| prescribed.quantity.clone());
-        if !(quantity.value > 0.0 && quantity.value.is_finite()) {
-            return Err(invalid(format!(
-                "line {}: quantity must be positive",
-                line.line_no
-            )));
-        }
-        lines.push(DispensedLine {
-            prescription_line_no: line.line_no,
-            substituted: line.substitute.is_some(),
-            drug: line.substitute.unwrap_or_else(|| prescribed.drug.clone()),
-            quantity,
-            days_supply: line.days_supply.or(prescribed.days_supply),
-            substitution_reason: line.reason,
-        });
+        lines.push(dispensed_line(prescribed, line)?);
     }
     Ok(lines)
+}
+
+/// One dispensed line, checked against what was prescribed: a pharmacist hands over at most
+/// what was prescribed (up to twice as much of the same unit only with a stated reason, for a
+/// change of strength), in the prescribed unit, for no more days, and substitutes only where
+/// the prescriber allowed it, with a product coded in a drug code system.
+fn dispensed_line(
+    prescribed: &MedicationLine,
+    line: DispenseLine,
+) -> Result<DispensedLine, ApiError> {
+    let n = line.line_no;
+    let invalid = |why: String| ApiError::invalid(format!("line {n}: {why}"));
+    if let Some(reason) = &line.reason {
+        text::check(reason, MAX_TEXT_CHARS).map_err(|p| invalid(format!("reason {p}")))?;
+    }
+    let has_reason = line.reason.as_deref().is_some_and(|r| !r.trim().is_empty());
+    if let Some(substitute) = &line.substitute {
+        if !prescribed.generic_substitution_allowed {
+            return Err(invalid(
+                "the prescriber did not allow substitution (変更不可)".to_owned(),
+            ));
+        }
+        check_substitute(substitute, &prescribed.drug).map_err(invalid)?;
+    }
+    let quantity = line.quantity.unwrap_or_else(|| prescribed.quantity.clone());
+    if !lifecycle::plausible_quantity(quantity.value) {
+        return Err(invalid(format!(
+            "quantity must be positive and at most {}, got {}",
+            lifecycle::MAX_QUANTITY,
+            quantity.value
+        )));
+    }
+    if quantity.unit.trim() != prescribed.quantity.unit.trim() {
+        return Err(invalid(format!(
+            "quantity is in {:?} but the prescription is in {:?}; record it in the prescribed unit",
+            quantity.unit, prescribed.quantity.unit
+        )));
+    }
+    let limit = prescribed.quantity.value * MAX_OVER_DISPENSE_FACTOR;
+    if quantity.value > prescribed.quantity.value && !has_reason {
+        return Err(invalid(format!(
+            "{} {} is more than the {} {} prescribed; state the reason (e.g. a change of strength)",
+            quantity.value, quantity.unit, prescribed.quantity.value, prescribed.quantity.unit
+        )));
+    }
+    if quantity.value > limit {
+        return Err(invalid(format!(
+            "{} {} is more than twice the {} {} prescribed",
+            quantity.value, quantity.unit, prescribed.quantity.value, prescribed.quantity.unit
+        )));
+    }
+    let days_supply = match (line.days_supply, prescribed.days_supply) {
+        (None, prescribed) => prescribed,
+        (Some(days), _) if !lifecycle::plausible_days_supply(days) => {
+            return Err(invalid(format!(
+                "days_supply must be from 1 to {}, got {days}",
+                lifecycle::MAX_DAYS_SUPPLY
+            )));
+        }
+        (Some(days), Some(max)) if days > max => {
+            return Err(invalid(format!(
+                "days_supply {days} is more than the {max} days prescribed"
+            )));
+        }
+        (Some(days), _) => Some(days),
+    };
+    Ok(DispensedLine {
+        prescription_line_no: n,
+        substituted: line.substitute.is_some(),
+        drug: line.substitute.unwrap_or_else(|| prescribed.drug.clone()),
+        quantity,
+        days_supply,
+        substitution_reason: line.reason,
+    })
+}
+
+/// A substitute must be a product: coded in HOT9 (9 digits) or YJ (12 characters), or in the
+/// prescribed drug's own code system.
+fn check_substitute(substitute: &CodedConcept, prescribed: &CodedConcept) -> Result<(), String> {
+    let code = substitute.code.as_str();
+    let well_formed = match substitute.system.as_str() {
+        HOT9 => code.len() == 9 && code.bytes().all(|b| b.is_ascii_digit()),
+        YJ => code.len() == 12 && code.bytes().all(|b| b.is_ascii_alphanumeric()),
+        system if system == prescribed.system => {
+            !code.is_empty() && text::check_line(code, 64).is_ok()
+        }
+        other => {
+            let shown: String = other.chars().take(64).collect();
+            return Err(format!(
+                "a substitute is coded in HOT9 ({HOT9}) or YJ ({YJ}), not {shown:?}"
+            ));
+        }
+    };
+    if !well_formed {
+        let shown: String = code.chars().take(64).collect();
+        return Err(format!(
+            "{shown:?} is not a valid code in {}",
+            substitute.system
+        ));
+    }
+    if let Some(display) = &substitute.display {
+        text::check_line(display, MAX_NAME_CHARS).map_err(|p| format!("substitute.display {p}"))?;
+    }
+    Ok(())
 }
 
 pub async fn health() -> Json<Value> {

@@ -5,12 +5,15 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::middleware;
 use axum::routing::{get, post};
 use hixbus_access::Directory;
+use hixbus_access::codes::CodeKeys;
 use hixbus_bus::http::HttpService;
 pub use hixbus_bus::http::StartupError;
 use hixbus_bus::shutdown;
 use hixbus_bus::{KafkaConfig, Publisher};
+use hixbus_service::{DenialAudit, PerKeyLimit, audit_denials};
 use hixbus_storage::{AuditLog, Database};
 
 use crate::changes::Changes;
@@ -31,8 +34,9 @@ pub async fn build(
     kafka: &KafkaConfig,
     publisher: Publisher,
     db: Database,
+    codes: CodeKeys,
 ) -> Result<PharmacyService, StartupError> {
-    let store = Store::new(db.clone()).await?;
+    let store = Store::new(db.clone(), Arc::new(codes)).await?;
     let audit = AuditLog::new(db.clone()).await?;
     // Live inbox streams, and the listener feeding them, end when the service stops (see
     // `HttpService::closing`).
@@ -52,12 +56,18 @@ pub async fn build(
         audit,
         changes,
         claims: Arc::default(),
+        inbox_reads: PerKeyLimit::new(routes::INBOX_READS_PER_PHARMACY),
+        streams: PerKeyLimit::new(routes::STREAMS_PER_PHARMACY),
     };
     let service = HttpService::bind(listen, app(state), consumer).await?;
     Ok(service.closing(closing))
 }
 
 pub fn app(state: AppState) -> Router {
+    let denials = DenialAudit {
+        directory: state.directory.clone(),
+        audit: state.audit.clone(),
+    };
     Router::new()
         .route("/pharmacy/inbox", get(routes::inbox))
         .route("/pharmacy/inbox/stream", get(routes::stream))
@@ -68,7 +78,8 @@ pub fn app(state: AppState) -> Router {
             post(routes::dispense),
         )
         .route("/health", get(routes::health))
-        .layer(DefaultBodyLimit::max(256 * 1024))
+        .layer(middleware::from_fn_with_state(denials, audit_denials))
+        .layer(DefaultBodyLimit::max(routes::MAX_BODY_BYTES))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }

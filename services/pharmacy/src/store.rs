@@ -4,42 +4,12 @@
 //! them) and by the dispense and claim requests, whose conditional updates are what make a
 //! prescription dispensable exactly once across any number of service replicas.
 
+use hixbus_access::codes::CodeKeys;
 use hixbus_contracts::{MedicationAlert, PrescriptionDispensed, PrescriptionIssued};
-use hixbus_storage::Database;
+use hixbus_storage::{AuditLog, Database};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use sqlx::Row;
 use sqlx::any::AnyRow;
-
-const MIGRATION: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS pharmacy_prescriptions (
-        prescription_id TEXT PRIMARY KEY,
-        issuer_org TEXT NOT NULL,
-        patient_ref TEXT NOT NULL,
-        target_pharmacy TEXT,
-        holder TEXT,
-        access_code_sha256 TEXT NOT NULL,
-        status TEXT NOT NULL,
-        dispensed_by TEXT,
-        expires_on BIGINT,
-        issued TEXT NOT NULL,
-        dispensed TEXT,
-        updated_at TEXT NOT NULL
-    )",
-    "CREATE INDEX IF NOT EXISTS pharmacy_prescriptions_by_holder
-        ON pharmacy_prescriptions (holder)",
-    "CREATE INDEX IF NOT EXISTS pharmacy_prescriptions_by_code
-        ON pharmacy_prescriptions (access_code_sha256)",
-    // One row per prescription an alert involves: both prescribers and both pharmacies see it.
-    "CREATE TABLE IF NOT EXISTS pharmacy_alerts (
-        alert_event_id TEXT NOT NULL,
-        prescription_id TEXT NOT NULL,
-        alert TEXT NOT NULL,
-        PRIMARY KEY (alert_event_id, prescription_id)
-    )",
-    "CREATE INDEX IF NOT EXISTS pharmacy_alerts_by_prescription
-        ON pharmacy_alerts (prescription_id)",
-];
 
 /// Where a prescription stands, as this service sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,13 +33,16 @@ impl Status {
         }
     }
 
-    fn parse(text: &str) -> Self {
+    /// A status as stored; unknown text is an error, never silently "issued" (which would
+    /// make a prescription look dispensable).
+    fn parse(text: &str) -> Result<Self, StoreError> {
         match text {
-            "claimed" => Status::Claimed,
-            "dispensing" => Status::Dispensing,
-            "dispensed" => Status::Dispensed,
-            "cancelled" => Status::Cancelled,
-            _ => Status::Issued,
+            "issued" => Ok(Status::Issued),
+            "claimed" => Ok(Status::Claimed),
+            "dispensing" => Ok(Status::Dispensing),
+            "dispensed" => Ok(Status::Dispensed),
+            "cancelled" => Ok(Status::Cancelled),
+            other => Err(StoreError::UnknownStatus(other.to_owned())),
         }
     }
 }
@@ -96,23 +69,31 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("stored JSON is unreadable: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("unknown stored status {0:?}")]
+    UnknownStatus(String),
 }
 
 #[derive(Debug, Clone)]
 pub struct Store {
     db: Database,
+    codes: std::sync::Arc<CodeKeys>,
 }
 
-pub fn access_code_digest(code: &str) -> String {
-    let normalized: String = code
-        .chars()
-        .filter(|c| !c.is_whitespace() && *c != '-')
-        .map(|c| c.to_ascii_uppercase())
-        .collect();
-    Sha256::digest(normalized.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+/// The access-code digest to store for `issued`: the one it carries, or (an event from before
+/// digests) one made here from the code it carried in the clear.
+fn code_digest(issued: &PrescriptionIssued, codes: &CodeKeys) -> Option<String> {
+    issued
+        .access_code_digest
+        .clone()
+        .or_else(|| (!issued.access_code.is_empty()).then(|| codes.digest(&issued.access_code)))
+}
+
+/// The event as stored: never with an access code in the clear.
+fn without_code(issued: &PrescriptionIssued) -> PrescriptionIssued {
+    PrescriptionIssued {
+        access_code: String::new(),
+        ..issued.clone()
+    }
 }
 
 fn now() -> String {
@@ -120,9 +101,46 @@ fn now() -> String {
 }
 
 impl Store {
-    pub async fn new(db: Database) -> Result<Self, sqlx::Error> {
-        db.migrate(726_145, MIGRATION).await?;
-        Ok(Self { db })
+    pub async fn new(db: Database, codes: std::sync::Arc<CodeKeys>) -> Result<Self, sqlx::Error> {
+        db.migrate(&crate::MIGRATIONS).await?;
+        let store = Self { db, codes };
+        store.scrub_clear_codes().await.map_err(|e| match e {
+            StoreError::Database(e) => e,
+            other => sqlx::Error::Decode(Box::new(other)),
+        })?;
+        Ok(store)
+    }
+
+    /// Rows stored before events carried digests hold the access code in the clear (in
+    /// `issued`) and an unkeyed digest: replaces both with the keyed digest. A no-op once done.
+    async fn scrub_clear_codes(&self) -> Result<(), StoreError> {
+        let rows = sqlx::query(
+            "SELECT prescription_id, issued FROM pharmacy_prescriptions
+             WHERE access_code_digest IS NULL",
+        )
+        .fetch_all(&self.db.pool)
+        .await?;
+        for row in &rows {
+            let id: String = row.try_get(0)?;
+            let issued: PrescriptionIssued = serde_json::from_str(&row.try_get::<String, _>(1)?)?;
+            sqlx::query(
+                "UPDATE pharmacy_prescriptions SET access_code_digest = $2, issued = $3,
+                     access_code_sha256 = ''
+                 WHERE prescription_id = $1",
+            )
+            .bind(&id)
+            .bind(code_digest(&issued, &self.codes).unwrap_or_default())
+            .bind(serde_json::to_string(&without_code(&issued))?)
+            .execute(&self.db.pool)
+            .await?;
+        }
+        if !rows.is_empty() {
+            tracing::info!(
+                rows = rows.len(),
+                "access codes in the clear replaced by keyed digests"
+            );
+        }
+        Ok(())
     }
 
     /// Records an issued prescription; a redelivery changes nothing. With `notify` (a
@@ -134,9 +152,9 @@ impl Store {
         notify: Option<&str>,
     ) -> Result<bool, StoreError> {
         const INSERT: &str = "INSERT INTO pharmacy_prescriptions (prescription_id, issuer_org,
-                 patient_ref, target_pharmacy, holder, access_code_sha256, status, expires_on,
-                 issued, updated_at)
-             VALUES ($1, $2, $3, $4, $4, $5, 'issued', $6, $7, $8)
+                 patient_ref, target_pharmacy, holder, access_code_sha256, access_code_digest,
+                 status, expires_on, issued, updated_at)
+             VALUES ($1, $2, $3, $4, $4, '', $5, 'issued', $6, $7, $8)
              ON CONFLICT (prescription_id) DO NOTHING";
         let sql = match notify {
             Some(_) => format!(
@@ -150,9 +168,9 @@ impl Store {
             .bind(&issued.envelope.producer_org)
             .bind(&issued.envelope.patient_ref)
             .bind(issued.target_pharmacy_org.as_deref())
-            .bind(access_code_digest(&issued.access_code))
+            .bind(code_digest(issued, &self.codes).unwrap_or_default())
             .bind(issued.expires_on.map(|d| i64::from(d.days_since_epoch())))
-            .bind(serde_json::to_string(issued)?)
+            .bind(serde_json::to_string(&without_code(issued))?)
             .bind(now());
         if let Some(channel) = notify {
             query = query.bind(channel);
@@ -195,14 +213,46 @@ impl Store {
 
     /// Gives an open, undispensed prescription to `pharmacy`; false if someone else has it.
     pub async fn claim(&self, prescription_id: &str, pharmacy: &str) -> Result<bool, StoreError> {
-        self.transition(
-            "UPDATE pharmacy_prescriptions SET holder = $2, status = 'claimed', updated_at = $3
-             WHERE prescription_id = $1 AND status = 'issued'
-               AND (holder IS NULL OR holder = $2) AND target_pharmacy IS NULL",
-            prescription_id,
-            Some(pharmacy),
-        )
-        .await
+        self.transition(CLAIM, prescription_id, Some(pharmacy))
+            .await
+    }
+
+    /// [`Store::claim`] and its audit row in one transaction: a claim that took effect is
+    /// always audited, and an audit that cannot be written leaves nothing claimed.
+    pub async fn claim_audited(
+        &self,
+        prescription_id: &str,
+        pharmacy: &str,
+        patient_ref: &str,
+    ) -> Result<bool, StoreError> {
+        self.transition_audited(CLAIM, prescription_id, pharmacy, "claim", patient_ref)
+            .await
+    }
+
+    /// A conditional status change (as [`Store::transition`], with the pharmacy) and, if it
+    /// changed something, `pharmacy`'s audit row for `action`, committed together.
+    async fn transition_audited(
+        &self,
+        sql: &str,
+        prescription_id: &str,
+        pharmacy: &str,
+        action: &str,
+        patient_ref: &str,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.db.pool.begin().await?;
+        let changed = sqlx::query(sql)
+            .bind(prescription_id)
+            .bind(pharmacy)
+            .bind(now())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            == 1;
+        if changed {
+            AuditLog::record_in(&mut tx, pharmacy, action, prescription_id, patient_ref).await?;
+        }
+        tx.commit().await?;
+        Ok(changed)
     }
 
     /// Undoes a claim whose event could not be published.
@@ -218,18 +268,22 @@ impl Store {
         .map(drop)
     }
 
-    /// Takes the right to dispense: at most one caller ever gets `true` for a prescription.
+    /// Takes the right to dispense, with its audit row in the same transaction: at most one
+    /// caller ever gets `true` for a prescription, and a dispensing is never unaudited.
     pub async fn begin_dispensing(
         &self,
         prescription_id: &str,
         pharmacy: &str,
+        patient_ref: &str,
     ) -> Result<bool, StoreError> {
-        self.transition(
+        self.transition_audited(
             "UPDATE pharmacy_prescriptions SET status = 'dispensing', dispensed_by = $2,
                  updated_at = $3
              WHERE prescription_id = $1 AND holder = $2 AND status IN ('issued', 'claimed')",
             prescription_id,
-            Some(pharmacy),
+            pharmacy,
+            "dispense",
+            patient_ref,
         )
         .await
     }
@@ -307,23 +361,39 @@ impl Store {
         Ok(read_rows(&rows)?.pop())
     }
 
-    /// Open prescriptions (no pharmacy yet) with this access code.
+    /// Open prescriptions (no pharmacy yet) with this access code, under any accepted key.
     pub async fn find_open_by_code(&self, code: &str) -> Result<Vec<PrescriptionRow>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "{SELECT} WHERE p.access_code_sha256 = $1 AND p.target_pharmacy IS NULL {ORDER}"
-        ))
-        .bind(access_code_digest(code))
-        .fetch_all(&self.db.pool)
-        .await?;
-        read_rows(&rows)
-    }
-
-    /// What `pharmacy` may see: prescriptions addressed to it or claimed by it.
-    pub async fn inbox(&self, pharmacy: &str) -> Result<Vec<PrescriptionRow>, StoreError> {
-        let rows = sqlx::query(&format!("{SELECT} WHERE p.holder = $1 {ORDER}"))
-            .bind(pharmacy)
+        let mut found = Vec::new();
+        for digest in self.codes.candidates(code) {
+            let rows = sqlx::query(&format!(
+                "{SELECT} WHERE p.access_code_digest = $1 AND p.target_pharmacy IS NULL {ORDER}"
+            ))
+            .bind(digest)
             .fetch_all(&self.db.pool)
             .await?;
+            found.extend(read_rows(&rows)?);
+        }
+        Ok(found)
+    }
+
+    /// One page of what `pharmacy` may see (prescriptions addressed to it or claimed by it),
+    /// oldest first: at most `limit`, after the prescription id `after`.
+    pub async fn inbox(
+        &self,
+        pharmacy: &str,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<PrescriptionRow>, StoreError> {
+        // The page is chosen first, then joined with its alerts, so `limit` counts
+        // prescriptions, not alert rows.
+        let rows = sqlx::query(&format!(
+            "{SELECT_FROM_PAGE} ORDER BY p.prescription_id, a.alert_event_id"
+        ))
+        .bind(pharmacy)
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.db.pool)
+        .await?;
         read_rows(&rows)
     }
 }
@@ -346,6 +416,18 @@ const SELECT: &str = "SELECT p.prescription_id, p.issuer_org, p.patient_ref, p.t
     FROM pharmacy_prescriptions p
     LEFT JOIN pharmacy_alerts a ON a.prescription_id = p.prescription_id";
 const ORDER: &str = "ORDER BY p.prescription_id, a.alert_event_id";
+/// [`SELECT`] over one inbox page: `$1` the holder, `$2` the id to start after, `$3` the size.
+const SELECT_FROM_PAGE: &str = "SELECT p.prescription_id, p.issuer_org, p.patient_ref,
+    p.target_pharmacy, p.holder, p.status, p.dispensed_by, p.issued, p.dispensed, a.alert
+    FROM (SELECT * FROM pharmacy_prescriptions
+          WHERE holder = $1 AND prescription_id > $2
+          ORDER BY prescription_id LIMIT $3) p
+    LEFT JOIN pharmacy_alerts a ON a.prescription_id = p.prescription_id";
+/// A claim: an open prescription, not yet taken by another pharmacy. `$1` id, `$2` pharmacy.
+const CLAIM: &str = "UPDATE pharmacy_prescriptions SET holder = $2, status = 'claimed',
+         updated_at = $3
+     WHERE prescription_id = $1 AND status = 'issued'
+       AND (holder IS NULL OR holder = $2) AND target_pharmacy IS NULL";
 
 fn read_rows(rows: &[AnyRow]) -> Result<Vec<PrescriptionRow>, StoreError> {
     let mut prescriptions: Vec<PrescriptionRow> = Vec::new();
@@ -365,7 +447,7 @@ fn read_rows(rows: &[AnyRow]) -> Result<Vec<PrescriptionRow>, StoreError> {
                     patient_ref: r.try_get(2)?,
                     target_pharmacy: r.try_get(3)?,
                     holder: r.try_get(4)?,
-                    status: Status::parse(&r.try_get::<String, _>(5)?),
+                    status: Status::parse(&r.try_get::<String, _>(5)?)?,
                     dispensed_by: r.try_get(6)?,
                     issued: serde_json::from_str(&r.try_get::<String, _>(7)?)?,
                     dispensed: dispensed.map(|d| serde_json::from_str(&d)).transpose()?,

@@ -16,6 +16,9 @@ pub struct RegistryConfig {
     pub max_body_bytes: usize,
     /// Who may read and change schemas (see `auth.rs`); `None` leaves the registry open.
     pub organizations: Option<Arc<Directory>>,
+    /// With `organizations`: reads need no credentials, changes still need an operator. For the
+    /// dev stack, whose README commands (`curl /subjects`, `hixbus tail`) send no key.
+    pub anonymous_reads: bool,
 }
 
 impl RegistryConfig {
@@ -26,6 +29,7 @@ impl RegistryConfig {
             default_compatibility: CompatibilityLevel::Backward,
             max_body_bytes: 1024 * 1024,
             organizations: None,
+            anonymous_reads: false,
         }
     }
 }

@@ -5,7 +5,7 @@
 //! same JSON shapes, same error codes. Compatibility is decided by Avro's schema-resolution rules
 //! (apache-avro), never by comparing text.
 
-mod auth;
+pub mod auth;
 pub mod compat;
 pub mod config;
 pub mod domain;

@@ -4,10 +4,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 
-use std::sync::Arc;
-
 use axum::{Router, middleware};
-use hixbus_access::Directory;
 use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 
@@ -55,7 +52,14 @@ impl RegistryServer {
         })?;
         Ok(Self {
             listener,
-            app: app(registry, config.max_body_bytes, config.organizations),
+            app: app(
+                registry,
+                config.max_body_bytes,
+                config.organizations.map(|directory| auth::Guard {
+                    directory,
+                    anonymous_reads: config.anonymous_reads,
+                }),
+            ),
             addr,
         })
     }
@@ -81,17 +85,13 @@ impl RegistryServer {
 }
 
 /// The registry's HTTP application, for embedding in another server.
-pub fn app(
-    registry: Registry,
-    max_body_bytes: usize,
-    organizations: Option<Arc<Directory>>,
-) -> Router {
+pub fn app(registry: Registry, max_body_bytes: usize, guard: Option<auth::Guard>) -> Router {
     let app = router(AppState {
         registry,
         max_body_bytes,
     });
-    let app = match organizations {
-        Some(directory) => app.layer(middleware::from_fn_with_state(directory, auth::require)),
+    let app = match guard {
+        Some(guard) => app.layer(middleware::from_fn_with_state(guard, auth::require)),
         None => {
             tracing::warn!(
                 "schema registry without an organizations directory: anyone may change it"

@@ -11,30 +11,8 @@ use sqlx::{AnyPool, Row};
 
 use crate::domain::ParsedSchema;
 
-const MIGRATION: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS registry_schemas (
-        id BIGINT PRIMARY KEY,
-        fingerprint TEXT NOT NULL UNIQUE,
-        schema_type TEXT NOT NULL,
-        schema_text TEXT NOT NULL
-    )",
-    "CREATE TABLE IF NOT EXISTS registry_versions (
-        subject TEXT NOT NULL,
-        version BIGINT NOT NULL,
-        schema_id BIGINT NOT NULL REFERENCES registry_schemas (id),
-        deleted BIGINT NOT NULL DEFAULT 0,
-        PRIMARY KEY (subject, version)
-    )",
-    // A schema is live at most once per subject; this is what makes concurrent registration of
-    // the same schema idempotent across replicas.
-    "CREATE UNIQUE INDEX IF NOT EXISTS registry_versions_live_schema
-        ON registry_versions (subject, schema_id) WHERE deleted = 0",
-    "CREATE INDEX IF NOT EXISTS registry_versions_by_schema ON registry_versions (schema_id)",
-    "CREATE TABLE IF NOT EXISTS registry_config (
-        subject TEXT PRIMARY KEY,
-        compatibility TEXT NOT NULL
-    )",
-];
+/// The registry's tables (versions 3000–3999).
+static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Key of the global compatibility setting in `registry_config` (subjects are never empty).
 pub const GLOBAL: &str = "";
@@ -67,7 +45,7 @@ impl Store {
 
     /// Creates the tables if they are missing. Safe to run from several replicas at once.
     pub async fn migrate(&self) -> Result<(), sqlx::Error> {
-        self.db.migrate(726_142, MIGRATION).await
+        self.db.migrate(&MIGRATIONS).await
     }
 
     pub async fn ping(&self) -> Result<(), sqlx::Error> {

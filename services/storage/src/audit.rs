@@ -2,20 +2,9 @@
 //! One table shape everywhere, so a patient's trail can be gathered from every service the same
 //! way.
 
-use sqlx::Row;
+use sqlx::{AnyConnection, Row};
 
 use crate::Database;
-
-const MIGRATION: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS audit_log (
-        at TEXT NOT NULL,
-        org_id TEXT NOT NULL,
-        action TEXT NOT NULL,
-        subject_id TEXT NOT NULL,
-        patient_ref TEXT NOT NULL
-    )",
-    "CREATE INDEX IF NOT EXISTS audit_log_by_patient ON audit_log (patient_ref)",
-];
 
 /// One audited access.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,12 +25,25 @@ pub struct AuditLog {
 
 impl AuditLog {
     pub async fn new(db: Database) -> Result<Self, sqlx::Error> {
-        db.migrate(726_147, MIGRATION).await?;
+        db.migrate(&crate::MIGRATIONS).await?;
         Ok(Self { db })
     }
 
     pub async fn record(
         &self,
+        org_id: &str,
+        action: &str,
+        subject_id: &str,
+        patient_ref: &str,
+    ) -> Result<(), sqlx::Error> {
+        let mut conn = self.db.pool.acquire().await?;
+        Self::record_in(&mut conn, org_id, action, subject_id, patient_ref).await
+    }
+
+    /// Records an entry on `conn`: inside a transaction, the entry commits with the change it
+    /// describes or not at all.
+    pub async fn record_in(
+        conn: &mut AnyConnection,
         org_id: &str,
         action: &str,
         subject_id: &str,
@@ -56,7 +58,7 @@ impl AuditLog {
         .bind(action)
         .bind(subject_id)
         .bind(patient_ref)
-        .execute(&self.db.pool)
+        .execute(conn)
         .await
         .map(drop)
     }

@@ -8,10 +8,14 @@ mod audit;
 
 pub use audit::{AuditEntry, AuditLog};
 
+/// This crate's migrations: the audit log (versions 1000–1999).
+pub static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
+
 use std::time::Duration;
 
 use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
+use sqlx::migrate::Migrator;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -67,6 +71,13 @@ impl Database {
             (Backend::Postgres, _) => options.max_connections(10),
         };
         let pool = options.connect(&url).await?;
+        if backend == Backend::Sqlite && !in_memory {
+            // Readers no longer wait for a writer's commit (nor it for them): one
+            // organization's long read cannot hold up another's writes. Persistent per file.
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(&pool)
+                .await?;
+        }
         Ok(Self {
             pool,
             backend,
@@ -80,21 +91,21 @@ impl Database {
         &self.url
     }
 
-    /// Runs `statements` (idempotent DDL) in one transaction. On PostgreSQL an advisory lock
-    /// keyed by `lock_key` serializes replicas migrating at once, because concurrent
-    /// `CREATE TABLE IF NOT EXISTS` can still collide in its catalog.
-    pub async fn migrate(&self, lock_key: i64, statements: &[&str]) -> Result<(), sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        if self.backend == Backend::Postgres {
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(lock_key)
-                .execute(&mut *tx)
-                .await?;
-        }
-        for statement in statements {
-            sqlx::query(statement).execute(&mut *tx).await?;
-        }
-        tx.commit().await
+    /// Applies a crate's versioned migrations (`sqlx::migrate!`) that this database lacks.
+    ///
+    /// Several crates keep tables in one service database (the audit log beside a read model),
+    /// so they share sqlx's `_sqlx_migrations` table: each crate numbers its migrations in its
+    /// own range (docs/architecture.md), and a migrator ignores the versions of the others. On
+    /// PostgreSQL sqlx holds an advisory lock while migrating, so replicas starting together
+    /// take turns.
+    pub async fn migrate(&self, migrator: &Migrator) -> Result<(), sqlx::Error> {
+        let own = Migrator {
+            migrations: migrator.migrations.clone(),
+            ignore_missing: true,
+            ..Migrator::DEFAULT
+        };
+        own.run(&self.pool).await?;
+        Ok(())
     }
 }
 

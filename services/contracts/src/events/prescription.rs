@@ -15,11 +15,15 @@ pub struct PrescriptionIssued {
     pub issuer: InstitutionRef,
     /// `None`: an open prescription that any pharmacy may claim with the access code.
     pub target_pharmacy_org: Option<String>,
+    /// Always empty: the code travels only as [`PrescriptionIssued::access_code_digest`]. Kept
+    /// because FULL_TRANSITIVE compatibility cannot drop a field without a default.
     pub access_code: String,
     pub issued_on: Date,
     pub expires_on: Option<Date>,
     pub lines: Vec<MedicationLine>,
     pub notes: Option<String>,
+    /// `<key id>:<hex HMAC-SHA256>` of the access code (see `hixbus_access::codes`).
+    pub access_code_digest: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]

@@ -1,0 +1,181 @@
+//! The rules of a prescription's life that every service must apply the same way: which issue
+//! dates are plausible, how long a prescription may be dispensed, and the bounds on what a
+//! prescription or a dispensing may say.
+//!
+//! Dates are Japanese calendar dates. A prescription's validity (four days including the day of
+//! issue, 療養担当規則 第20条) ends at midnight in Japan, whatever the servers' time zone, so
+//! "today" is always the date in Japan Standard Time (UTC+9, no daylight saving).
+
+use chrono::{FixedOffset, Utc};
+
+use crate::time::{Date, Timestamp};
+
+/// Valid for four days including the day of issue: the last valid day is issue + 3.
+pub const VALID_DAYS_AFTER_ISSUE: i32 = 3;
+
+/// At most this many medication lines per prescription. A Japanese prescription form carries a
+/// handful of Rp groups; 60 lines is far beyond any real one, and keeps every event, alert and
+/// screen that shows a prescription bounded.
+pub const MAX_LINES: usize = 60;
+
+/// The largest quantity a line may prescribe or dispense, in whatever unit (tablets, mL, g,
+/// packs). 90 days × 3 × 10 units is 2,700; this leaves room for liquids in mL.
+pub const MAX_QUANTITY: f64 = 100_000.0;
+
+/// Days of treatment per line (投与日数): long-term prescriptions are typically up to 90 days;
+/// a year bounds any legitimate one.
+pub const MAX_DAYS_SUPPLY: i32 = 365;
+
+/// How a dispensed quantity may exceed what was prescribed, when the pharmacist states why (a
+/// change of strength, 規格変更, such as two 125 mg tablets for one 250 mg): at most twice.
+pub const MAX_OVER_DISPENSE_FACTOR: f64 = 2.0;
+
+fn japan() -> FixedOffset {
+    FixedOffset::east_opt(9 * 3600).unwrap_or_else(|| unreachable!("UTC+9 is a valid offset"))
+}
+
+/// Today's date in Japan.
+pub fn today_in_japan() -> Date {
+    Date::from(Utc::now().with_timezone(&japan()).date_naive())
+}
+
+/// The date in Japan at `at` (`None` only outside chrono's range).
+pub fn date_in_japan(at: Timestamp) -> Option<Date> {
+    at.to_datetime()
+        .map(|t| Date::from(t.with_timezone(&japan()).date_naive()))
+}
+
+/// The last day a prescription issued on `issued_on` may be dispensed.
+pub fn expires_on(issued_on: Date) -> Date {
+    issued_on.plus_days(VALID_DAYS_AFTER_ISSUE)
+}
+
+/// Why an issue date is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum IssueDateProblem {
+    #[error("the issue date {issued} is after today ({today}) in Japan")]
+    InTheFuture { issued: Date, today: Date },
+    #[error("a prescription issued on {issued} expired on {expired}: it could never be dispensed")]
+    AlreadyExpired { issued: Date, expired: Date },
+}
+
+/// A new prescription's issue date must be today or within its validity before today: a later
+/// date is impossible, an earlier one is already expired. (Dates far outside this window also
+/// once disabled the medication-safety check for everyone; see docs/reliability.md.)
+pub fn check_issue_date(issued: Date, today: Date) -> Result<(), IssueDateProblem> {
+    if issued > today {
+        return Err(IssueDateProblem::InTheFuture { issued, today });
+    }
+    let expired = expires_on(issued);
+    if expired < today {
+        return Err(IssueDateProblem::AlreadyExpired { issued, expired });
+    }
+    Ok(())
+}
+
+/// Why a prescription cannot be dispensed today.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NotDispensable {
+    #[error("it is not valid before its issue date {issued}")]
+    NotYetValid { issued: Date },
+    #[error("it expired on {expired}")]
+    Expired { expired: Date },
+}
+
+/// Whether a prescription issued on `issued` (valid through `expires`) may be dispensed `today`.
+pub fn check_dispensable(
+    issued: Date,
+    expires: Option<Date>,
+    today: Date,
+) -> Result<(), NotDispensable> {
+    if today < issued {
+        return Err(NotDispensable::NotYetValid { issued });
+    }
+    let expired = expires.unwrap_or_else(|| expires_on(issued));
+    if today > expired {
+        return Err(NotDispensable::Expired { expired });
+    }
+    Ok(())
+}
+
+/// Whether `value` is a quantity a line may carry.
+pub fn plausible_quantity(value: f64) -> bool {
+    value.is_finite() && value > 0.0 && value <= MAX_QUANTITY
+}
+
+/// Whether `days` is a days supply a line may carry.
+pub fn plausible_days_supply(days: i32) -> bool {
+    (1..=MAX_DAYS_SUPPLY).contains(&days)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn day(n: i32) -> Date {
+        Date::from_ymd(2026, 11, 25).unwrap().plus_days(n)
+    }
+
+    #[test]
+    fn an_issue_date_is_today_or_within_its_four_days() {
+        let today = day(0);
+        assert!(check_issue_date(today, today).is_ok());
+        assert!(check_issue_date(day(-3), today).is_ok(), "last valid day");
+        assert_eq!(
+            check_issue_date(day(-4), today),
+            Err(IssueDateProblem::AlreadyExpired {
+                issued: day(-4),
+                expired: day(-1)
+            })
+        );
+        assert!(matches!(
+            check_issue_date(day(1), today),
+            Err(IssueDateProblem::InTheFuture { .. })
+        ));
+        let far = Date::from_ymd(9999, 12, 31).unwrap();
+        assert!(check_issue_date(far, today).is_err());
+        let zero = Date::from_ymd(0, 1, 1).unwrap();
+        assert!(check_issue_date(zero, today).is_err());
+    }
+
+    #[test]
+    fn a_prescription_is_dispensable_from_its_issue_date_through_its_expiry() {
+        assert!(check_dispensable(day(0), Some(day(3)), day(3)).is_ok());
+        assert_eq!(
+            check_dispensable(day(0), Some(day(3)), day(4)),
+            Err(NotDispensable::Expired { expired: day(3) })
+        );
+        assert_eq!(
+            check_dispensable(day(1), None, day(0)),
+            Err(NotDispensable::NotYetValid { issued: day(1) })
+        );
+    }
+
+    #[test]
+    fn the_japanese_date_turns_at_midnight_in_japan_not_utc() {
+        // 2026-11-25 15:30 UTC is 2026-11-26 00:30 in Japan.
+        let at = chrono::DateTime::parse_from_rfc3339("2026-11-25T15:30:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(date_in_japan(Timestamp::from(at)), Some(day(1)));
+    }
+
+    #[test]
+    fn quantities_and_days_are_bounded() {
+        assert!(plausible_quantity(21.0));
+        for bad in [
+            0.0,
+            -1.0,
+            f64::NAN,
+            f64::INFINITY,
+            1e308,
+            MAX_QUANTITY * 1.01,
+        ] {
+            assert!(!plausible_quantity(bad), "{bad}");
+        }
+        assert!(plausible_days_supply(7));
+        for bad in [0, -7, 366, i32::MAX] {
+            assert!(!plausible_days_supply(bad), "{bad}");
+        }
+    }
+}
