@@ -69,6 +69,7 @@ done
 curl -sf "http://$pharmacy/pharmacy/inbox" -H "Authorization: Bearer $AOZORA_KEY" | grep -q "$id" \
   || { echo "prescription $id never reached the pharmacy inbox" >&2; exit 1; }
 curl -sf -X POST "http://$pharmacy/pharmacy/prescriptions/$id/dispense" -H "Authorization: Bearer $AOZORA_KEY" \
+  -H 'Content-Type: application/json' \
   -d '{"pharmacist":{"id":"ph-1","name":"薬剤 花子","department":null}}' >/dev/null \
   || { echo "dispensing $id failed" >&2; exit 1; }
 for _ in $(seq 1 100); do
