@@ -4,6 +4,7 @@ mod bus;
 mod codec;
 mod confluent_clients;
 mod gate;
+mod hardening;
 mod prescriptions;
 mod registry_api;
 mod registry_auth;

@@ -50,28 +50,28 @@ name = "サンプル健康保険組合"
 
 /// The flow's services on one real broker, each on its own fresh PostgreSQL database.
 /// Services are declared first so they stop before the broker does.
-struct Flow {
-    gateway_service: Option<Service>,
-    pharmacy_service: Option<Service>,
-    safety: Option<SafetyCheck>,
-    stack: BusStack,
-    gateway: String,
-    pharmacy: String,
-    directory: Arc<Directory>,
-    gateway_db: String,
-    pharmacy_db: String,
-    keys: HashMap<&'static str, ApiKey>,
-    http: reqwest::Client,
+pub(crate) struct Flow {
+    pub(crate) gateway_service: Option<Service>,
+    pub(crate) pharmacy_service: Option<Service>,
+    pub(crate) safety: Option<SafetyCheck>,
+    pub(crate) stack: BusStack,
+    pub(crate) gateway: String,
+    pub(crate) pharmacy: String,
+    pub(crate) directory: Arc<Directory>,
+    pub(crate) gateway_db: String,
+    pub(crate) pharmacy_db: String,
+    pub(crate) keys: HashMap<&'static str, ApiKey>,
+    pub(crate) http: reqwest::Client,
 }
 
 /// An HTTP service running until stopped.
-struct Service {
+pub(crate) struct Service {
     stop: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
 impl Service {
-    fn spawn<F>(run: impl FnOnce(oneshot::Receiver<()>) -> F) -> Self
+    pub(crate) fn spawn<F>(run: impl FnOnce(oneshot::Receiver<()>) -> F) -> Self
     where
         F: Future<Output = std::io::Result<()>> + Send + 'static,
     {
@@ -83,13 +83,13 @@ impl Service {
     }
 
     /// Graceful stop: in-flight requests finish, consumers commit and leave.
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         let _ = self.stop.send(());
         self.task.await.unwrap().unwrap();
     }
 }
 
-fn spawn_service(service: HttpService) -> (String, Service) {
+pub(crate) fn spawn_service(service: HttpService) -> (String, Service) {
     let url = service.url();
     let service = Service::spawn(|stopped| {
         service.run_until(async move {
@@ -100,12 +100,12 @@ fn spawn_service(service: HttpService) -> (String, Service) {
 }
 
 /// The access-code key every test flow's gateway and pharmacy share.
-fn codes() -> CodeKeys {
+pub(crate) fn codes() -> CodeKeys {
     static KEYS: std::sync::OnceLock<CodeKeys> = std::sync::OnceLock::new();
     KEYS.get_or_init(CodeKeys::ephemeral).clone()
 }
 
-async fn start_gateway(
+pub(crate) async fn start_gateway(
     stack: &BusStack,
     directory: &Arc<Directory>,
     db: &str,
@@ -126,7 +126,7 @@ async fn start_gateway(
     )
 }
 
-async fn start_pharmacy(
+pub(crate) async fn start_pharmacy(
     stack: &BusStack,
     directory: &Arc<Directory>,
     db: &str,
@@ -148,7 +148,7 @@ async fn start_pharmacy(
 }
 
 /// The medication-safety check, running until stopped.
-struct SafetyCheck {
+pub(crate) struct SafetyCheck {
     stop: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<
         Result<hixbus_bus::RunSummary, hixbus_bus::consumer::ConsumerError>,
@@ -157,7 +157,7 @@ struct SafetyCheck {
 
 impl SafetyCheck {
     /// Starts from scratch: the state is rebuilt from the topics.
-    async fn start(stack: &BusStack) -> Self {
+    pub(crate) async fn start(stack: &BusStack) -> Self {
         let consumer = hixbus_medication_safety::start(
             &stack.kafka,
             stack.publisher(),
@@ -172,14 +172,19 @@ impl SafetyCheck {
         Self { stop, task }
     }
 
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         let _ = self.stop.send(());
         self.task.await.unwrap().unwrap();
     }
 }
 
 impl Flow {
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
+        Self::start_on(Backend::Postgres).await
+    }
+
+    /// The flow with the services' databases on `backend` (SQLite: as `hixbus up` runs them).
+    pub(crate) async fn start_on(backend: Backend) -> Self {
         let stack = BusStack::start().await;
         let mut directory = Directory::from_toml(ORGANIZATIONS).unwrap();
         let mut keys = HashMap::new();
@@ -193,8 +198,8 @@ impl Flow {
             keys.insert(id, directory.issue_key(id).unwrap());
         }
         let directory = Arc::new(directory);
-        let gateway_db = fresh_database(Backend::Postgres).await;
-        let pharmacy_db = fresh_database(Backend::Postgres).await;
+        let gateway_db = fresh_database(backend).await;
+        let pharmacy_db = fresh_database(backend).await;
         let (gateway, gateway_service) = start_gateway(&stack, &directory, &gateway_db).await;
         let (pharmacy, pharmacy_service) = start_pharmacy(&stack, &directory, &pharmacy_db).await;
         let safety = Some(SafetyCheck::start(&stack).await);
@@ -214,7 +219,7 @@ impl Flow {
     }
 
     /// (organization, action) of every audit entry about `prescription_id`, from both services.
-    async fn audit(&self, prescription_id: &str) -> Vec<(String, String)> {
+    pub(crate) async fn audit(&self, prescription_id: &str) -> Vec<(String, String)> {
         let mut entries = Vec::new();
         for db in [&self.gateway_db, &self.pharmacy_db] {
             let db = Database::connect(db).await.unwrap();
@@ -232,7 +237,7 @@ impl Flow {
 
     /// Stops every service gracefully while the broker is still up: consumers commit and leave
     /// their groups instead of being torn down with the test's runtime.
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(gateway) = self.gateway_service.take() {
             gateway.stop().await;
         }
@@ -245,7 +250,7 @@ impl Flow {
     }
 
     /// Stops the gateway (gracefully) and starts a new one on the same database.
-    async fn restart_gateway(&mut self) {
+    pub(crate) async fn restart_gateway(&mut self) {
         if let Some(old) = self.gateway_service.take() {
             old.stop().await;
         }
@@ -256,7 +261,7 @@ impl Flow {
 
     /// A rolling restart of the pharmacy service, as a deployment does it: a new replica on the
     /// same database joins the consumer group, then the old one stops (gracefully) and leaves.
-    async fn restart_pharmacy(&mut self) {
+    pub(crate) async fn restart_pharmacy(&mut self) {
         let (url, service) = start_pharmacy(&self.stack, &self.directory, &self.pharmacy_db).await;
         if let Some(old) = self.pharmacy_service.replace(service) {
             old.stop().await;
@@ -265,7 +270,7 @@ impl Flow {
     }
 
     /// (status, JSON body) of a call as `org` (None: no credentials).
-    async fn call(
+    pub(crate) async fn call(
         &self,
         org: Option<&str>,
         method: &str,
@@ -295,7 +300,7 @@ impl Flow {
         )
     }
 
-    async fn issue(&self, clinic: &str, resource: &Value, pharmacy: Option<&str>) -> (u16, Value) {
+    pub(crate) async fn issue(&self, clinic: &str, resource: &Value, pharmacy: Option<&str>) -> (u16, Value) {
         let kind = resource["resourceType"].as_str().unwrap();
         let query = pharmacy.map_or(String::new(), |p| format!("?target_pharmacy={p}"));
         self.call(
@@ -309,7 +314,7 @@ impl Flow {
 
     /// Issues `resource` to `pharmacy` and waits until both the pharmacy's inbox and the
     /// clinic's view show it; the prescription id.
-    async fn issue_delivered(&self, clinic: &str, resource: &Value, pharmacy: &str) -> String {
+    pub(crate) async fn issue_delivered(&self, clinic: &str, resource: &Value, pharmacy: &str) -> String {
         let (status, accepted) = self.issue(clinic, resource, Some(pharmacy)).await;
         assert_eq!(status, 202, "{accepted}");
         let id = accepted["prescription_id"].as_str().unwrap().to_owned();
@@ -318,7 +323,7 @@ impl Flow {
         id
     }
 
-    async fn inbox(&self, pharmacy: &str) -> Vec<Value> {
+    pub(crate) async fn inbox(&self, pharmacy: &str) -> Vec<Value> {
         let (status, body) = self
             .call(
                 Some(pharmacy),
@@ -332,7 +337,7 @@ impl Flow {
     }
 
     /// Waits until `pharmacy`'s inbox shows `id` (in the state `ready` accepts).
-    async fn in_inbox(&self, pharmacy: &str, id: &str, ready: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) async fn in_inbox(&self, pharmacy: &str, id: &str, ready: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let inbox = self.inbox(pharmacy).await;
@@ -350,7 +355,7 @@ impl Flow {
     }
 
     /// Waits until the issuing clinic sees `id` with `status`.
-    async fn clinic_sees(&self, clinic: &str, id: &str, status: &str) -> Value {
+    pub(crate) async fn clinic_sees(&self, clinic: &str, id: &str, status: &str) -> Value {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let (code, body) = self
@@ -372,7 +377,7 @@ impl Flow {
         }
     }
 
-    async fn dispense(&self, pharmacy: &str, id: &str, body: Value) -> (u16, Value) {
+    pub(crate) async fn dispense(&self, pharmacy: &str, id: &str, body: Value) -> (u16, Value) {
         self.call(
             Some(pharmacy),
             "POST",
@@ -385,7 +390,7 @@ impl Flow {
 
 /// A fixture as a clinic would send it today (the examples were written in 2020, and a
 /// prescription is valid for four days).
-fn fixture(name: &str) -> Value {
+pub(crate) fn fixture(name: &str) -> Value {
     let mut resource = as_written(name);
     let now = chrono::Utc::now().to_rfc3339();
     match resource["resourceType"].as_str() {
@@ -403,16 +408,16 @@ fn fixture(name: &str) -> Value {
     resource
 }
 
-fn as_written(name: &str) -> Value {
+pub(crate) fn as_written(name: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(format!("{FIXTURES}/{name}")).unwrap()).unwrap()
 }
 
-fn pharmacist() -> Value {
+pub(crate) fn pharmacist() -> Value {
     json!({ "pharmacist": { "id": "ph-007", "name": "薬剤 花子", "department": null } })
 }
 
 /// The MedicationRequests of a fixture, in order.
-fn requests(resource: &Value) -> Vec<Value> {
+pub(crate) fn requests(resource: &Value) -> Vec<Value> {
     match resource["resourceType"].as_str() {
         Some("Bundle") => resource["entry"]
             .as_array()
@@ -1128,7 +1133,7 @@ async fn a_duplicate_from_a_second_clinic_raises_an_alert_both_sides_see_even_af
 }
 
 /// The example bundle as prescription `n` of its own patient.
-fn numbered_bundle(n: usize) -> Value {
+pub(crate) fn numbered_bundle(n: usize) -> Value {
     let mut bundle = fixture("Bundle-Bundle-for-JP-MedReq-ePreBundleExample01.json");
     bundle["identifier"]["value"] = json!(format!("urn:uuid:restart-{n}"));
     for entry in bundle["entry"].as_array_mut().unwrap() {
