@@ -186,3 +186,71 @@ async fn records_written_with_an_older_schema_version_are_resolved() {
     assert_eq!(decoded.event, Event::ConsentChanged(expected));
     assert_eq!(decoded.schema_id, old_id);
 }
+
+/// A service starting under load once sent one lookup per request until the first answer came
+/// back, exhausting the registry's connections: a cold cache is filled by one request.
+#[tokio::test]
+async fn concurrent_misses_ask_the_registry_once() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let asked = Arc::new(AtomicUsize::new(0));
+    let counter = asked.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                // Headers, then the announced body.
+                loop {
+                    let n = socket.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&request);
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if request.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                let body = r#"{"subject":"s","version":1,"id":7,"schema":"\"string\""}"#;
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/vnd.schemaregistry.v1+json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    let codec = Arc::new(Codec::new(
+        RegistryClient::new(&url).unwrap(),
+        SchemaIdStrategy::Lookup,
+    ));
+    let mut all = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let codec = codec.clone();
+        all.spawn(async move { codec.schema_id("PrescriptionIssued").await.unwrap() });
+    }
+    let ids = all.join_all().await;
+    assert!(ids.iter().all(|id| *id == 7));
+    assert_eq!(asked.load(Ordering::SeqCst), 1);
+}

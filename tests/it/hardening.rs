@@ -112,10 +112,17 @@ async fn lines_are_bounded_and_two_long_prescriptions_of_one_drug_raise_one_aler
     let flow = Flow::start().await;
     let max = hixbus_contracts::lifecycle::MAX_LINES;
     let (status, refused) = flow
-        .issue("clinic-sakura", &bundle_of(9002, max + 1), Some("pharmacy-aozora"))
+        .issue(
+            "clinic-sakura",
+            &bundle_of(9002, max + 1),
+            Some("pharmacy-aozora"),
+        )
         .await;
     assert_eq!(status, 422, "{refused}");
-    assert!(refused.to_string().contains("at most 60 lines"), "{refused}");
+    assert!(
+        refused.to_string().contains("at most 60 lines"),
+        "{refused}"
+    );
 
     let first = bundle_of(9003, max);
     flow.issue_delivered("hospital-daiichi", &first, "pharmacy-aozora")
@@ -136,7 +143,10 @@ async fn lines_are_bounded_and_two_long_prescriptions_of_one_drug_raise_one_aler
     assert_eq!(alerts.len(), 1, "one alert, not 60 × 60");
     assert_eq!(alerts[0]["involved"].as_array().unwrap().len(), 20);
     assert!(
-        alerts[0]["message"].as_str().unwrap().contains("100 more lines"),
+        alerts[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("100 more lines"),
         "{}",
         alerts[0]["message"]
     );
@@ -158,10 +168,19 @@ async fn a_pharmacy_cannot_record_more_than_was_prescribed_or_nonsense() {
     let tablets = |value: f64| json!({"value": value, "unit": "錠"});
     let cases = [
         (json!({"line_no": 1, "quantity": tablets(1e308)}), "at most"),
-        (json!({"line_no": 1, "quantity": tablets(-21.0)}), "positive"),
+        (
+            json!({"line_no": 1, "quantity": tablets(-21.0)}),
+            "positive",
+        ),
         (json!({"line_no": 1, "days_supply": -7}), "days_supply"),
-        (json!({"line_no": 1, "days_supply": 30}), "more than the 7 days"),
-        (json!({"line_no": 1, "quantity": tablets(22.0)}), "state the reason"),
+        (
+            json!({"line_no": 1, "days_supply": 30}),
+            "more than the 7 days",
+        ),
+        (
+            json!({"line_no": 1, "quantity": tablets(22.0)}),
+            "state the reason",
+        ),
         (
             json!({"line_no": 1, "quantity": tablets(43.0), "reason": "規格変更"}),
             "more than twice",
@@ -191,7 +210,8 @@ async fn a_pharmacy_cannot_record_more_than_was_prescribed_or_nonsense() {
     }
     // More than prescribed with a reason (a change of strength) is a pharmacist's call.
     let mut body = pharmacist();
-    body["lines"] = json!([{"line_no": 1, "quantity": tablets(42.0), "reason": "規格変更 (125 mg ×2)"}]);
+    body["lines"] =
+        json!([{"line_no": 1, "quantity": tablets(42.0), "reason": "規格変更 (125 mg ×2)"}]);
     let (status, dispensed) = flow.dispense("pharmacy-aozora", &id, body).await;
     assert_eq!(status, 200, "{dispensed}");
     flow.stop().await;
@@ -387,8 +407,12 @@ async fn access_codes_never_travel_or_rest_in_the_clear() {
 async fn one_pharmacy_flooding_its_inbox_cannot_starve_another() {
     let flow = Flow::start_on(Backend::Sqlite).await;
     for n in 0..30 {
-        flow.issue("clinic-sakura", &numbered_bundle(9100 + n), Some("pharmacy-aozora"))
-            .await;
+        flow.issue(
+            "clinic-sakura",
+            &numbered_bundle(9100 + n),
+            Some("pharmacy-aozora"),
+        )
+        .await;
     }
     let midori_id = flow
         .issue_delivered("clinic-sakura", &numbered_bundle(9200), "pharmacy-midori")
@@ -532,7 +556,8 @@ async fn bad_text_duplicate_entries_and_the_wrong_media_type_are_refused() {
     let mut nul = numbered_bundle(9014);
     first_request(&mut nul)["dosageInstruction"][0]["text"] = json!("1日3回\u{0}毎食後");
     let mut escape = numbered_bundle(9015);
-    first_request(&mut escape)["medicationCodeableConcept"]["text"] = json!("\u{1b}[2Jカルボシステイン");
+    first_request(&mut escape)["medicationCodeableConcept"]["text"] =
+        json!("\u{1b}[2Jカルボシステイン");
     let mut bidi = numbered_bundle(9016);
     first_request(&mut bidi)["dosageInstruction"][0]["text"] = json!("1回\u{202e}01\u{202c}錠");
     for (bundle, says) in [
@@ -691,13 +716,21 @@ async fn refused_requests_and_wrong_access_codes_are_audited() {
     .unwrap();
     let expected = [
         ("anonymous", "denied.401", "GET /pharmacy/inbox".to_owned()),
-        ("clinic-sakura", "denied.403", "GET /pharmacy/inbox".to_owned()),
+        (
+            "clinic-sakura",
+            "denied.403",
+            "GET /pharmacy/inbox".to_owned(),
+        ),
         (
             "pharmacy-midori",
             "denied.404",
             format!("GET /pharmacy/prescriptions/{id}"),
         ),
-        ("pharmacy-midori", "denied.404", "POST /pharmacy/claims".to_owned()),
+        (
+            "pharmacy-midori",
+            "denied.404",
+            "POST /pharmacy/claims".to_owned(),
+        ),
     ];
     let rows: Vec<(&str, &str, String)> = rows
         .iter()
@@ -778,7 +811,11 @@ async fn cancels_racing_a_dispense_are_told_the_outcome_is_pending_and_the_view_
         }
     }
     // The view settles on one truth and says what became of the request.
-    let final_status = if dispensed.0 == 200 { "dispensed" } else { "cancelled" };
+    let final_status = if dispensed.0 == 200 {
+        "dispensed"
+    } else {
+        "cancelled"
+    };
     let seen = flow.clinic_sees("clinic-sakura", &id, final_status).await;
     if cancelled.iter().any(|(s, _)| *s == 202) {
         let deadline = Instant::now() + Duration::from_secs(30);

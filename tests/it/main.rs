@@ -3,6 +3,7 @@
 mod bus;
 mod codec;
 mod confluent_clients;
+mod faults;
 mod gate;
 mod hardening;
 mod prescriptions;

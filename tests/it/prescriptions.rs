@@ -300,7 +300,12 @@ impl Flow {
         )
     }
 
-    pub(crate) async fn issue(&self, clinic: &str, resource: &Value, pharmacy: Option<&str>) -> (u16, Value) {
+    pub(crate) async fn issue(
+        &self,
+        clinic: &str,
+        resource: &Value,
+        pharmacy: Option<&str>,
+    ) -> (u16, Value) {
         let kind = resource["resourceType"].as_str().unwrap();
         let query = pharmacy.map_or(String::new(), |p| format!("?target_pharmacy={p}"));
         self.call(
@@ -314,7 +319,12 @@ impl Flow {
 
     /// Issues `resource` to `pharmacy` and waits until both the pharmacy's inbox and the
     /// clinic's view show it; the prescription id.
-    pub(crate) async fn issue_delivered(&self, clinic: &str, resource: &Value, pharmacy: &str) -> String {
+    pub(crate) async fn issue_delivered(
+        &self,
+        clinic: &str,
+        resource: &Value,
+        pharmacy: &str,
+    ) -> String {
         let (status, accepted) = self.issue(clinic, resource, Some(pharmacy)).await;
         assert_eq!(status, 202, "{accepted}");
         let id = accepted["prescription_id"].as_str().unwrap().to_owned();
@@ -337,7 +347,12 @@ impl Flow {
     }
 
     /// Waits until `pharmacy`'s inbox shows `id` (in the state `ready` accepts).
-    pub(crate) async fn in_inbox(&self, pharmacy: &str, id: &str, ready: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) async fn in_inbox(
+        &self,
+        pharmacy: &str,
+        id: &str,
+        ready: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let inbox = self.inbox(pharmacy).await;

@@ -2,9 +2,11 @@
 //! calls for checking answers byte-for-byte as a client in another language would see them.
 
 mod broker;
+mod postgres;
 mod watchdog;
 
 pub use broker::{Engine, Tansu, TestBroker};
+pub use postgres::PrivatePostgres;
 pub use watchdog::watch;
 
 use std::net::SocketAddr;
@@ -280,4 +282,29 @@ pub fn init_tracing() {
         // Leaked on purpose: the providers must outlive every test in the process.
         std::mem::forget(hixbus_bus::telemetry::init("hixbus-tests"));
     });
+}
+
+/// Records what a heavy suite did (inputs tried, kills survived, events checked): appended as a
+/// JSON line to `HIXBUS_SUITE_REPORT`, which `tests/run` prints at the end of the run.
+pub fn report(suite: &str, counts: Value) {
+    use std::io::Write as _;
+    let line = serde_json::json!({ "suite": suite, "counts": counts }).to_string();
+    eprintln!("{line}");
+    if let Ok(path) = std::env::var("HIXBUS_SUITE_REPORT")
+        && let Ok(mut file) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+    {
+        let _ = writeln!(file, "{line}");
+    }
+}
+
+/// How many generated cases a property suite runs: `HIXBUS_ADVERSARIAL_CASES`, or `default`
+/// (the CI size; `tests/run --long` sets a much larger number).
+pub fn cases(default: u32) -> u32 {
+    std::env::var("HIXBUS_ADVERSARIAL_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }

@@ -1,12 +1,13 @@
 //! Reading a topic without joining a consumer group: for `hixbus tail` and the DLQ tools, which
 //! must never move a service's offsets.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::{KafkaConfig, Role};
@@ -59,9 +60,14 @@ pub enum Start {
 }
 
 /// Reads every partition of one topic.
+///
+/// "The end" is where each partition ended when the reader opened (its high watermark then):
+/// a topic that keeps being written to, as a live one does, is still read to an end. Waiting
+/// for librdkafka's end-of-partition event instead could go on as long as the producers did.
 pub struct TopicReader {
     consumer: Member,
-    not_at_end: BTreeSet<i32>,
+    /// Partitions not read to their end yet, and the offset that end is.
+    not_at_end: BTreeMap<i32, i64>,
     idle_timeout: Duration,
 }
 
@@ -95,13 +101,26 @@ impl TopicReader {
             .create_with_context(BusContext::new(format!("{}-reader", config.client_id)))?;
         let partitions = partitions(&consumer, topic)?;
         let mut assignment = TopicPartitionList::new();
-        for partition in &partitions {
-            assignment.add_partition_offset(topic, *partition, start(*partition))?;
+        let mut not_at_end = BTreeMap::new();
+        for partition in partitions {
+            let from = start(partition);
+            assignment.add_partition_offset(topic, partition, from)?;
+            let (low, high) =
+                consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
+            let first = match from {
+                Offset::Beginning => low,
+                Offset::End => high,
+                Offset::Offset(at) => at.max(low),
+                _ => low,
+            };
+            if first < high {
+                not_at_end.insert(partition, high);
+            }
         }
         consumer.assign(&assignment)?;
         Ok(Self {
             consumer: Member::new(consumer),
-            not_at_end: partitions.into_iter().collect(),
+            not_at_end,
             idle_timeout: Duration::from_secs(15),
         })
     }
@@ -122,14 +141,41 @@ impl TopicReader {
             };
             match received {
                 Ok(message) => {
+                    let (partition, offset) = (message.partition(), message.offset());
+                    if until_end {
+                        match self.not_at_end.get(&partition) {
+                            // Written after the reader opened: beyond the end it reads to.
+                            None => continue,
+                            Some(end) if offset + 1 >= *end => {
+                                self.not_at_end.remove(&partition);
+                            }
+                            Some(_) => {}
+                        }
+                    }
                     return Some(Ok(OwnedRecord::from_message(&message)));
                 }
                 Err(KafkaError::PartitionEOF(partition)) => {
                     self.not_at_end.remove(&partition);
                 }
+                // The broker is away for a moment: librdkafka reconnects by itself, and the
+                // idle timeout bounds how long the reader waits for it.
+                Err(KafkaError::MessageConsumption(
+                    RDKafkaErrorCode::BrokerTransportFailure
+                    | RDKafkaErrorCode::AllBrokersDown
+                    | RDKafkaErrorCode::RequestTimedOut,
+                )) => {
+                    tracing::debug!("reader: broker unavailable; waiting for it");
+                }
                 Err(e) => return Some(Err(e.into())),
             }
         }
+    }
+
+    /// How long [`TopicReader::next`] waits for a record before it reports the reader stalled
+    /// (15 s unless set).
+    pub fn with_idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle_timeout = idle;
+        self
     }
 
     /// Every record from the start position to the current end.

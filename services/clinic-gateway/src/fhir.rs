@@ -10,7 +10,7 @@
 //! patient is known only to the issuing organization (`local:<org>:<patient id>`), and the
 //! medication-safety check then cannot see their prescriptions from elsewhere.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use chrono::NaiveDate;
 use hixbus_contracts::lifecycle::{self, MAX_LINES};
@@ -24,6 +24,10 @@ use crate::outcome::Issue;
 /// The longest identifier (of a Bundle, a patient, a prescriber) accepted: FHIR ids are at most
 /// 64 characters and real identifier values far shorter.
 pub const MAX_IDENTIFIER_CHARS: usize = 256;
+
+/// The most entries a prescription Bundle may have: every line plus the document's other
+/// resources (Composition, Patient, Coverages, Organizations, Practitioner…) with room to spare.
+pub const MAX_ENTRIES: usize = MAX_LINES + 60;
 
 /// JP drug code systems, in order of preference for the line's main code: HOT9, then YJ, then
 /// anything else the clinic sent.
@@ -104,11 +108,20 @@ pub fn read_bundle(body: &Value, org_id: &str) -> Result<Submission, Vec<Issue>>
         )),
         Some(key) => check_identifier(key, "Bundle.identifier", &mut issues),
     }
-    let entries = body
+    let entries: &[Value] = body
         .get("entry")
         .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+        .map_or(&[], Vec::as_slice);
+    if entries.len() > MAX_ENTRIES {
+        return Err(vec![Issue::new(
+            "too-costly",
+            "Bundle.entry",
+            format!(
+                "the Bundle has {} entries; a prescription has at most {MAX_ENTRIES}",
+                entries.len()
+            ),
+        )]);
+    }
     if entries.is_empty() {
         issues.push(Issue::new(
             "required",
@@ -116,7 +129,7 @@ pub fn read_bundle(body: &Value, org_id: &str) -> Result<Submission, Vec<Issue>>
             "the Bundle has no entries",
         ));
     }
-    let resources = Resources::index(&entries);
+    let resources = Resources::index(entries);
     issues.extend(resources.duplicates.iter().cloned());
     for kind in ["Patient", "Composition"] {
         let count = resources.all(kind).count();
@@ -512,13 +525,14 @@ impl<'a> Resources<'a> {
         let mut by_reference = HashMap::new();
         let mut list = Vec::new();
         let mut duplicates = Vec::new();
-        let mut seen_resources = HashSet::new();
         for (i, entry) in entries.iter().enumerate() {
             let Some(resource) = entry.get("resource") else {
                 continue;
             };
             let at = format!("Bundle.entry[{i}]");
-            let mut repeated = !seen_resources.insert(resource.to_string());
+            // The entries are bounded (MAX_ENTRIES), so comparing with each earlier one is cheap;
+            // it catches a repeat that has no fullUrl or id to give it away.
+            let mut repeated = list.iter().any(|(_, earlier)| *earlier == resource);
             if let Some(url) = entry.get("fullUrl").and_then(Value::as_str) {
                 repeated |= by_reference.insert(url.to_owned(), resource).is_some();
             }

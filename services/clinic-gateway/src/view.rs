@@ -107,10 +107,13 @@ impl ClinicView {
         Ok(())
     }
 
+    /// Records the dispensing; the first one recorded stands (a prescription is dispensed once,
+    /// and a redelivered or resent dispensing must not replace it). It wins over a cancellation
+    /// the view saw first: the pharmacy decided.
     async fn dispensed(&self, e: &PrescriptionDispensed) -> Result<(), ViewError> {
         let changed = sqlx::query(
             "UPDATE clinic_prescriptions SET status = 'dispensed', dispensed = $2, updated_at = $3
-             WHERE prescription_id = $1",
+             WHERE prescription_id = $1 AND dispensed IS NULL",
         )
         .bind(&e.prescription_id)
         .bind(serde_json::to_string(e)?)
@@ -118,10 +121,23 @@ impl ClinicView {
         .execute(&self.db.pool)
         .await?
         .rows_affected();
-        if changed == 0 {
+        // Nothing changed: already dispensed (done), or the prescription is not here yet — or
+        // it was inserted just after the update looked (the two events travel on different
+        // topics and are applied concurrently): then applying again will work.
+        if changed == 0 && !self.is_dispensed(&e.prescription_id).await? {
             return Err(ViewError::NotYet(e.prescription_id.clone()));
         }
         Ok(())
+    }
+
+    async fn is_dispensed(&self, prescription_id: &str) -> Result<bool, ViewError> {
+        let row = sqlx::query(
+            "SELECT 1 FROM clinic_prescriptions WHERE prescription_id = $1 AND dispensed IS NOT NULL",
+        )
+        .bind(prescription_id)
+        .fetch_optional(&self.db.pool)
+        .await?;
+        Ok(row.is_some())
     }
 
     /// Attaches an alert to every prescription it involves: the clinic that prescribed the

@@ -179,13 +179,17 @@ enum WriterSchema {
 /// Encodes and decodes hixbus events in the Confluent wire format against a schema registry.
 ///
 /// Schema ids are cached for the life of the codec: ids are immutable in Confluent-compatible
-/// registries, so a cached id never goes stale.
+/// registries, so a cached id never goes stale. A miss is resolved once: callers that miss
+/// together wait for the first one's answer instead of each asking the registry (a service that
+/// starts under load once sent thousands of identical lookups at once, exhausted the
+/// registry's connections and failed them all).
 #[derive(Debug)]
 pub struct Codec {
     registry: RegistryClient,
     strategy: SchemaIdStrategy,
     ids: RwLock<HashMap<&'static str, u32>>,
     writers: RwLock<HashMap<u32, Arc<WriterSchema>>>,
+    resolving: tokio::sync::Mutex<()>,
 }
 
 impl Codec {
@@ -195,6 +199,7 @@ impl Codec {
             strategy,
             ids: RwLock::default(),
             writers: RwLock::default(),
+            resolving: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -222,6 +227,10 @@ impl Codec {
 
     /// The schema id records of this event type are written with.
     pub async fn schema_id(&self, name: &'static str) -> Result<u32, EncodeError> {
+        if let Some(id) = read_lock(&self.ids).get(name) {
+            return Ok(*id);
+        }
+        let _resolving = self.resolving.lock().await;
         if let Some(id) = read_lock(&self.ids).get(name) {
             return Ok(*id);
         }
@@ -288,6 +297,10 @@ impl Codec {
     }
 
     async fn writer_schema(&self, schema_id: u32) -> Result<Arc<WriterSchema>, TransientError> {
+        if let Some(found) = read_lock(&self.writers).get(&schema_id) {
+            return Ok(found.clone());
+        }
+        let _resolving = self.resolving.lock().await;
         if let Some(found) = read_lock(&self.writers).get(&schema_id) {
             return Ok(found.clone());
         }

@@ -60,8 +60,28 @@ enum Command {
     Demo(demo::DemoCommand),
 }
 
+/// With `HIXBUS_EXIT_WITH_PARENT=1` the process ends when the process that started it does:
+/// test suites start services as child processes, and a suite that is killed must not leave
+/// them running.
+fn exit_with_parent() {
+    if std::env::var_os("HIXBUS_EXIT_WITH_PARENT").is_none() {
+        return;
+    }
+    let parent = std::os::unix::process::parent_id();
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            if std::os::unix::process::parent_id() != parent {
+                eprintln!("hixbus: the parent process ended; exiting");
+                std::process::exit(1);
+            }
+        }
+    });
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    exit_with_parent();
     let telemetry = hixbus_bus::telemetry::init("hixbus");
     let cli = Cli::parse();
     let result = match cli.command {

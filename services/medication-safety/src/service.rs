@@ -48,10 +48,12 @@ impl Check {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn apply(&self, event: &Event) {
+    /// Applies an event read at `position` (its record's offset) without checking it.
+    fn apply(&self, event: &Event, position: i64) {
         match event {
             Event::PrescriptionIssued(e) => {
-                self.medications().issued(&self.rules, e, today_in_japan());
+                self.medications()
+                    .issued_at(&self.rules, e, position, today_in_japan());
             }
             Event::PrescriptionCancelled(e) => self.medications().cancelled(e),
             Event::PrescriptionDispensed(e) => self.medications().dispensed(&self.rules, e),
@@ -59,8 +61,10 @@ impl Check {
         }
     }
 
-    async fn issued(&self, e: PrescriptionIssued) -> Result<(), HandlerError> {
-        let conflicts = self.medications().issued(&self.rules, &e, today_in_japan());
+    async fn issued(&self, e: PrescriptionIssued, position: i64) -> Result<(), HandlerError> {
+        let conflicts = self
+            .medications()
+            .issued_at(&self.rules, &e, position, today_in_japan());
         for conflict in conflicts {
             let alert = alert(&e, &conflict);
             tracing::info!(
@@ -123,18 +127,13 @@ fn alert(e: &PrescriptionIssued, c: &Conflict) -> MedicationAlert {
     }
 }
 
-/// Rebuilds the state from `prescriptions` and `dispensations`, then returns the consumer that
-/// keeps checking.
-pub async fn start(
+/// Applies every prescription and dispensing on the topics (to where they ended when read) to
+/// the state; how many.
+async fn rebuild(
     kafka: &KafkaConfig,
-    publisher: Publisher,
-    rules: Rules,
-) -> Result<Consumer, SafetyError> {
-    let check = Check {
-        rules: Arc::new(rules),
-        medications: Arc::default(),
-        publisher: publisher.clone(),
-    };
+    publisher: &Publisher,
+    check: &Check,
+) -> Result<usize, SafetyError> {
     let catalog = Catalog::embedded();
     let mut replayed = 0usize;
     for name in ["PrescriptionIssued", "PrescriptionDispensed"] {
@@ -151,26 +150,55 @@ pub async fn start(
             // Records that do not decode were dead-lettered by the live consumer; they carry
             // nothing the state can use.
             if let Ok(Ok(decoded)) = publisher.codec().decode(payload).await {
-                check.apply(&decoded.event);
+                check.apply(&decoded.event, record.offset);
                 replayed += 1;
             }
         }
     }
+    Ok(replayed)
+}
+
+/// Rebuilds the state from `prescriptions` and `dispensations`, then returns the consumer that
+/// keeps checking.
+pub async fn start(
+    kafka: &KafkaConfig,
+    publisher: Publisher,
+    rules: Rules,
+) -> Result<Consumer, SafetyError> {
+    let check = Check {
+        rules: Arc::new(rules),
+        medications: Arc::default(),
+        publisher: publisher.clone(),
+    };
+    // A broker that is away at start (a restart during an outage) is waited for, as the live
+    // consumer waits for it; the state is built from scratch on each try.
+    let mut wait = std::time::Duration::from_secs(1);
+    let replayed = loop {
+        match rebuild(kafka, &publisher, &check).await {
+            Ok(replayed) => break replayed,
+            Err(e) => {
+                tracing::warn!(error = %e, ?wait, "cannot read the topics to rebuild state; retrying");
+                *check.medications() = Medications::default();
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(30));
+            }
+        }
+    };
     tracing::info!(replayed, "medication-safety state rebuilt from the topics");
 
     let codec = publisher.codec().clone();
     let (a, b, c) = (check.clone(), check.clone(), check);
     let consumer = Consumer::builder(kafka, codec, GROUP)
-        .on(move |e: PrescriptionIssued, _: EventContext| {
+        .on(move |e: PrescriptionIssued, ctx: EventContext| {
             let check = a.clone();
-            async move { check.issued(e).await }
+            async move { check.issued(e, ctx.offset).await }
         })?
-        .on(move |e: PrescriptionCancelled, _: EventContext| {
-            b.apply(&Event::PrescriptionCancelled(e));
+        .on(move |e: PrescriptionCancelled, ctx: EventContext| {
+            b.apply(&Event::PrescriptionCancelled(e), ctx.offset);
             async { Ok(()) }
         })?
-        .on(move |e: PrescriptionDispensed, _: EventContext| {
-            c.apply(&Event::PrescriptionDispensed(e));
+        .on(move |e: PrescriptionDispensed, ctx: EventContext| {
+            c.apply(&Event::PrescriptionDispensed(e), ctx.offset);
             async { Ok(()) }
         })?
         .build()?;

@@ -28,6 +28,12 @@ pub struct ActiveLine {
     pub from: Date,
     /// Last day taken (inclusive).
     pub until: Date,
+    /// Where its prescription is in the patient's stream (the record's offset: one patient's
+    /// prescriptions share a partition). A prescription is checked only against those before
+    /// it, so reading one again — after a restart rebuilt the state from the topics, or a
+    /// redelivery — finds what it found the first time, not the later ones (which raised
+    /// their own alerts).
+    pub position: i64,
 }
 
 impl ActiveLine {
@@ -68,6 +74,8 @@ pub struct Medications {
     early: HashMap<String, PrescriptionDispensed>,
     /// The latest issue date the whole state was swept for (see [`FORGET_AFTER_DAYS`]).
     swept_for: Option<Date>,
+    /// Positions handed out by [`Medications::issued`] to callers that give none.
+    arrivals: i64,
 }
 
 /// The day the dispensing happened (in UTC).
@@ -118,7 +126,31 @@ impl Medications {
     /// the future, however it got onto the bus, must not make the check forget every patient's
     /// current medication.
     pub fn issued(&mut self, rules: &Rules, e: &PrescriptionIssued, today: Date) -> Vec<Conflict> {
+        self.arrivals += 1;
+        let position = self.arrivals;
+        self.issued_at(rules, e, position, today)
+    }
+
+    /// [`Medications::issued`] for the prescription at `position` in its patient's stream (its
+    /// record's offset). A prescription read again keeps the position it was first read at.
+    pub fn issued_at(
+        &mut self,
+        rules: &Rules,
+        e: &PrescriptionIssued,
+        position: i64,
+        today: Date,
+    ) -> Vec<Conflict> {
         self.forget_ended(e.issued_on.min(today));
+        let position = self
+            .by_patient
+            .get(&e.envelope.patient_ref)
+            .and_then(|lines| {
+                lines
+                    .iter()
+                    .find(|l| l.prescription_id == e.prescription_id)
+                    .map(|l| l.position)
+            })
+            .unwrap_or(position);
         let mut lines: Vec<ActiveLine> = e
             .lines
             .iter()
@@ -132,6 +164,7 @@ impl Medications {
                     recognized,
                     from: e.issued_on,
                     until: active_until(e.issued_on, line.days_supply),
+                    position,
                 })
             })
             .collect();
@@ -145,7 +178,8 @@ impl Medications {
         active.retain(|l| l.prescription_id != e.prescription_id);
         let mut conflicts: Vec<Conflict> = Vec::new();
         for new in &lines {
-            for existing in active.iter().filter(|l| new.overlaps(l)) {
+            let earlier = active.iter().filter(|l| l.position < position);
+            for existing in earlier.filter(|l| new.overlaps(l)) {
                 let name = new.drug.display.as_deref().unwrap_or(&new.drug.code);
                 let Some(finding) = rules.check(&new.recognized, &existing.recognized, name) else {
                     continue;
@@ -282,6 +316,25 @@ mod tests {
             1,
             "the duplicate is still found after a 9999-12-31 prescription"
         );
+    }
+
+    #[test]
+    fn a_prescription_read_again_after_a_later_one_finds_only_what_it_found_first() {
+        let rules = Rules::embedded().unwrap();
+        let first = rx("p", "rx-1", "clinic-a", day(0), &[LOXONIN]);
+        let second = rx("p", "rx-2", "clinic-b", day(1), &[LOXONIN]);
+        // A rebuild read both; the live consumer then reads the first again (its offset was
+        // not committed before the restart).
+        let mut meds = Medications::default();
+        assert!(meds.issued_at(&rules, &first, 10, TODAY).is_empty());
+        assert_eq!(meds.issued_at(&rules, &second, 11, TODAY).len(), 1);
+        assert!(
+            meds.issued_at(&rules, &first, 10, TODAY).is_empty(),
+            "no second alert from the first prescription's side"
+        );
+        // The same event again at a later offset (published twice) keeps its first position.
+        assert!(meds.issued_at(&rules, &first, 12, TODAY).is_empty());
+        assert_eq!(meds.issued_at(&rules, &second, 11, TODAY).len(), 1);
     }
 
     #[test]

@@ -112,7 +112,9 @@ pub fn consumer(
             Box::pin(async move {
                 let recorded = store.record_dispensed(&e).await?;
                 let id = e.prescription_id;
-                if !recorded && !store.contains(&id).await? {
+                // Not recorded: already dispensed (done), or the prescription is not here yet —
+                // or its insert landed just after the update looked; applying again works then.
+                if !recorded && !store.is_dispensed(&id).await? {
                     return Err(HandlerError::not_yet(format!("prescription {id}")));
                 }
                 Ok(changed(recorded, id))

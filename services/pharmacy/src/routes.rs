@@ -42,6 +42,20 @@ const MAX_NAME_CHARS: usize = 256;
 /// The longest free text (notes, reasons) accepted in a request.
 const MAX_TEXT_CHARS: usize = 1000;
 
+/// Namespace of the ids of events that happen once per prescription (see [`once_id`]).
+const ONCE_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6869_7862_7573_2d70_6861_726d_6163_7931);
+
+/// The id of the one `what` event of a prescription: a retry after a publish whose
+/// acknowledgement was lost (the record may be on the topic) sends the same event id again,
+/// so every consumer sees one event, not two.
+fn once_id(what: &str, prescription_id: &str) -> String {
+    uuid::Uuid::new_v5(
+        &ONCE_NAMESPACE,
+        format!("{what}/{prescription_id}").as_bytes(),
+    )
+    .to_string()
+}
+
 /// JP drug code systems a substitute may be coded in.
 const HOT9: &str = "urn:oid:1.2.392.200119.4.403.1";
 const YJ: &str = "urn:oid:1.2.392.100495.20.1.73";
@@ -309,6 +323,7 @@ pub async fn claim(
         }
         let event = PrescriptionClaimed {
             envelope: Envelope {
+                event_id: once_id(&format!("claimed-by/{}", org.id), &row.prescription_id),
                 causation_id: Some(row.issued.envelope.event_id.clone()),
                 correlation_id: Some(row.prescription_id.clone()),
                 ..Envelope::new(&org.id, &row.patient_ref)
@@ -464,6 +479,7 @@ pub async fn dispense(
     let partial = lines.len() < row.issued.lines.len();
     let event = PrescriptionDispensed {
         envelope: Envelope {
+            event_id: once_id("dispensed", &id),
             causation_id: Some(row.issued.envelope.event_id.clone()),
             correlation_id: Some(id.clone()),
             ..Envelope::new(&org.id, &row.patient_ref)

@@ -344,12 +344,15 @@ impl Store {
         Ok(attached)
     }
 
-    /// Whether the prescription's `PrescriptionIssued` has been recorded.
-    pub async fn contains(&self, prescription_id: &str) -> Result<bool, StoreError> {
-        let row = sqlx::query("SELECT 1 FROM pharmacy_prescriptions WHERE prescription_id = $1")
-            .bind(prescription_id)
-            .fetch_optional(&self.db.pool)
-            .await?;
+    /// Whether a dispensing of the prescription has been recorded.
+    pub async fn is_dispensed(&self, prescription_id: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query(
+            "SELECT 1 FROM pharmacy_prescriptions
+             WHERE prescription_id = $1 AND dispensed IS NOT NULL",
+        )
+        .bind(prescription_id)
+        .fetch_optional(&self.db.pool)
+        .await?;
         Ok(row.is_some())
     }
 
