@@ -1,5 +1,6 @@
 //! One test binary for all end-to-end tests (one link instead of many).
 
+mod adversarial;
 mod bus;
 mod codec;
 mod confluent_clients;

@@ -2,9 +2,13 @@
 # `hixbus up` as a new user runs it: the embedded stack starts, `hixbus tail` in another
 # process sees demo events flowing, the README's prescription commands work with the keys it
 # printed, Ctrl-C stops it cleanly.
-#   usage: tests/smoke/up.sh PATH/TO/hixbus
+# With the hostile binary it then sends the hostile corpus (every endpoint, every refusal) for
+# a number of rounds and checks the peak memory of `hixbus up` stays under 300 MB.
+#   usage: tests/smoke/up.sh PATH/TO/hixbus [PATH/TO/hostile [ROUNDS]]
 set -euo pipefail
-bin="${1:?usage: $0 PATH/TO/hixbus}"
+bin="${1:?usage: $0 PATH/TO/hixbus [PATH/TO/hostile [ROUNDS]]}"
+hostile="${2:-}"
+rounds="${3:-20}"
 work="$(mktemp -d)"
 trap 'kill "$up" 2>/dev/null || true; rm -rf "$work"' EXIT
 
@@ -79,9 +83,33 @@ done
 curl -sf "http://$gateway/clinic/prescriptions/$id" -H "Authorization: Bearer $SAKURA_KEY" | grep -q '"status":"dispensed"' \
   || { echo "the clinic never saw $id dispensed" >&2; exit 1; }
 
+# The dev registry takes changes from the operator only, as production does.
+status=$(curl -s -o /dev/null -w '%{http_code}' -X PUT "http://$registry/config" \
+  -H 'Content-Type: application/vnd.schemaregistry.v1+json' -d '{"compatibility":"NONE"}')
+[ "$status" = 401 ] || { echo "the dev registry let an anonymous caller change it ($status)" >&2; exit 1; }
+status=$(curl -s -o /dev/null -w '%{http_code}' -X PUT "http://$registry/config" -u "hixbus-operator:$OPERATOR_KEY" \
+  -H 'Content-Type: application/vnd.schemaregistry.v1+json' -d '{"compatibility":"FULL_TRANSITIVE"}')
+[ "$status" = 200 ] || { echo "the operator could not change the dev registry ($status)" >&2; exit 1; }
+
+hostile_summary=""
+if [ -n "$hostile" ]; then
+  "$hostile" "http://$gateway" "http://$pharmacy" "http://$registry" "$rounds" >"$work/hostile.out" 2>"$work/hostile.err" \
+    || { cat "$work/hostile.out" "$work/hostile.err"; echo "hostile corpus: unexpected answers" >&2; exit 1; }
+  curl -sf "http://$gateway/health" >/dev/null || { echo "the gateway stopped answering" >&2; exit 1; }
+  curl -sf "http://$pharmacy/health" >/dev/null || { echo "the pharmacy stopped answering" >&2; exit 1; }
+  peak_kib=$(awk '/^VmHWM:/ {print $2}' "/proc/$up/status")
+  peak_mib=$((peak_kib / 1024))
+  [ "$peak_mib" -lt 300 ] || { echo "hixbus up peaked at ${peak_mib} MiB under the hostile corpus (bound: 300)" >&2; exit 1; }
+  hostile_summary=", hostile corpus $(cat "$work/hostile.out") with peak RSS ${peak_mib} MiB"
+  if [ -n "${HIXBUS_SUITE_REPORT:-}" ]; then
+    python3 -c 'import json,sys; c=json.loads(sys.argv[1]); c["peak_rss_mib"]=int(sys.argv[2]); print(json.dumps({"suite":"hostile corpus against hixbus up","counts":c}))' \
+      "$(cat "$work/hostile.out")" "$peak_mib" >>"$HIXBUS_SUITE_REPORT"
+  fi
+fi
+
 kill -INT "$up"
 for _ in $(seq 1 100); do kill -0 "$up" 2>/dev/null || break; sleep 0.1; done
 if kill -0 "$up" 2>/dev/null; then echo "hixbus up ignored Ctrl-C" >&2; exit 1; fi
 wait "$up" || { cat "$work/up.err"; echo "hixbus up exited with an error" >&2; exit 1; }
 grep -q "hixbus stopped" "$work/up.out" || { echo "no clean shutdown" >&2; exit 1; }
-echo "hixbus up: ready in ${ready}s, tail saw 3 demo events (each audited), a prescription went clinic → pharmacy → dispensed → clinic, Ctrl-C stopped it cleanly"
+echo "hixbus up: ready in ${ready}s, tail saw 3 demo events (each audited), a prescription went clinic → pharmacy → dispensed → clinic, the registry refused an anonymous change${hostile_summary}, Ctrl-C stopped it cleanly"

@@ -2,6 +2,7 @@
 //! calls for checking answers byte-for-byte as a client in another language would see them.
 
 mod broker;
+pub mod hostile;
 mod postgres;
 mod watchdog;
 

@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{FromRef, Path, Query, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{FromRef, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hixbus_access::codes::{self, CodeKeys};
@@ -14,7 +15,7 @@ use hixbus_contracts::lifecycle;
 use hixbus_contracts::{
     Envelope, InstitutionRef, PractitionerRef, PrescriptionCancelled, PrescriptionIssued, Timestamp,
 };
-use hixbus_service::{ApiError, body, require_json, text};
+use hixbus_service::{ApiError, JsonPath, JsonQuery, body, check_id, require_json, text};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -78,32 +79,55 @@ impl IntoResponse for Rejected {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct IssueParams {
     /// The pharmacy the patient chose; absent for an open prescription that any pharmacy can
     /// claim with the access code.
     target_pharmacy: Option<String>,
+    /// FHIR's general parameters, which clients send out of habit: accepted, and ignored
+    /// (answers are always JSON).
+    #[serde(default, rename = "_format")]
+    _format: Option<String>,
+    #[serde(default, rename = "_pretty")]
+    _pretty: Option<String>,
 }
 
 /// How a resource type becomes a submission.
 type Reader = fn(&Value, &str) -> Result<Submission, Vec<Issue>>;
 
+/// The query of a FHIR submission; a malformed one is answered with an `OperationOutcome`.
+type IssueQuery = Result<Query<IssueParams>, QueryRejection>;
+
+fn issue_params(query: IssueQuery) -> Result<IssueParams, Rejected> {
+    query.map(|q| q.0).map_err(|e| {
+        Rejected::one(
+            StatusCode::BAD_REQUEST,
+            "structure",
+            "$query",
+            e.body_text(),
+        )
+    })
+}
+
 pub async fn post_bundle(
     State(state): State<AppState>,
     caller: Caller,
-    Query(params): Query<IssueParams>,
+    query: IssueQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Response> {
+    let params = issue_params(query).map_err(IntoResponse::into_response)?;
     submit(&state, &caller, params, &headers, body, fhir::read_bundle).await
 }
 
 pub async fn post_medication_request(
     State(state): State<AppState>,
     caller: Caller,
-    Query(params): Query<IssueParams>,
+    query: IssueQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Response> {
+    let params = issue_params(query).map_err(IntoResponse::into_response)?;
     submit(
         &state,
         &caller,
@@ -359,7 +383,7 @@ pub struct ListParams {
 pub async fn list_issued(
     State(state): State<AppState>,
     caller: Caller,
-    Query(params): Query<ListParams>,
+    JsonQuery(params): JsonQuery<ListParams>,
 ) -> Result<Json<Value>, ApiError> {
     let org = caller.require(Action::ViewIssuedPrescriptions)?;
     let limit = params.limit.unwrap_or(DEFAULT_PAGE);
@@ -401,9 +425,10 @@ pub async fn list_issued(
 pub async fn get_issued(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    JsonPath(id): JsonPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     let org = caller.require(Action::ViewIssuedPrescriptions)?;
+    check_id(&id)?;
     let row = state.view.get(&org.id, &id).await.map_err(view_failed)?;
     let row = row.ok_or_else(|| not_found(&id))?;
     state
@@ -455,11 +480,12 @@ impl CancelRequest {
 pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    JsonPath(id): JsonPath<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let org = caller.require(Action::CancelPrescription)?;
+    check_id(&id)?;
     require_json(&headers)?;
     let body = body::read(body, MAX_CANCEL_BYTES)
         .await

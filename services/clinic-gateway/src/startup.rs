@@ -64,6 +64,8 @@ pub fn app(state: AppState) -> Router {
         .route("/clinic/prescriptions/{id}", get(routes::get_issued))
         .route("/clinic/prescriptions/{id}/cancel", post(routes::cancel))
         .route("/health", get(routes::health))
+        .fallback(hixbus_service::no_such_route)
+        .method_not_allowed_fallback(hixbus_service::method_not_allowed)
         .layer(middleware::from_fn_with_state(denials, audit_denials))
         .layer(DefaultBodyLimit::max(routes::MAX_BODY_BYTES))
         .layer(tower_http::trace::TraceLayer::new_for_http())

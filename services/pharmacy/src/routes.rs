@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{FromRef, Path, Query, State};
+use axum::extract::{FromRef, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures::{Stream, StreamExt as _};
@@ -17,7 +17,9 @@ use hixbus_contracts::{
     CodedConcept, DispensedLine, Envelope, InstitutionRef, MedicationLine, PractitionerRef,
     PrescriptionClaimed, PrescriptionDispensed, Quantity,
 };
-use hixbus_service::{ApiError, ClientAddr, PerKeyLimit, body, require_json, text};
+use hixbus_service::{
+    ApiError, ClientAddr, JsonPath, JsonQuery, PerKeyLimit, body, check_id, require_json, text,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
@@ -138,7 +140,7 @@ pub struct InboxParams {
 pub async fn inbox(
     State(state): State<AppState>,
     caller: Caller,
-    Query(params): Query<InboxParams>,
+    JsonQuery(params): JsonQuery<InboxParams>,
 ) -> Result<Json<Value>, ApiError> {
     let org = caller.require(Action::ViewPharmacyInbox)?;
     let limit = params.limit.unwrap_or(DEFAULT_PAGE);
@@ -189,7 +191,7 @@ pub async fn inbox(
 pub async fn prescription(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    JsonPath(id): JsonPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     let org = caller.require(Action::ViewPharmacyInbox)?;
     let row = own_row(&state.store, org, &id).await?;
@@ -202,6 +204,7 @@ pub async fn prescription(
 }
 
 async fn own_row(store: &Store, org: &Organization, id: &str) -> Result<PrescriptionRow, ApiError> {
+    check_id(id)?;
     match store.get(id).await.map_err(store_failed)? {
         Some(row) if row.holder.as_deref() == Some(org.id.as_str()) => Ok(row),
         _ => Err(not_found(id)),
@@ -441,7 +444,7 @@ impl DispenseRequest {
 pub async fn dispense(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    JsonPath(id): JsonPath<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {

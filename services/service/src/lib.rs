@@ -58,3 +58,66 @@ pub fn require_json(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
         )),
     }
 }
+
+/// `Query<T>` whose rejection is the JSON error every API answers with (axum's own is plain
+/// text).
+#[derive(Debug, Clone, Copy)]
+pub struct JsonQuery<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for JsonQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Self(q.0))
+            .map_err(|e| ApiError::bad_request(e.body_text()))
+    }
+}
+
+/// `Path<T>` whose rejection is the JSON error.
+#[derive(Debug, Clone)]
+pub struct JsonPath<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for JsonPath<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| Self(p.0))
+            .map_err(|e| ApiError::bad_request(e.body_text()))
+    }
+}
+
+/// The answer for a path no route has: JSON like every other error.
+pub async fn no_such_route() -> ApiError {
+    ApiError::not_found("no such resource")
+}
+
+/// The answer for a route called with a method it does not take.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this resource does not take that method",
+    )
+}
+
+/// The longest id a path may carry.
+pub const MAX_ID_CHARS: usize = 128;
+
+/// An id from a path, before it reaches a query: one line of printable text, bounded. (A NUL
+/// in one once reached PostgreSQL, which refused it, and the caller was told to retry.)
+pub fn check_id(id: &str) -> Result<(), ApiError> {
+    text::check_line(id, MAX_ID_CHARS)
+        .map_err(|problem| ApiError::bad_request(format!("the id in the path {problem}")))
+}
