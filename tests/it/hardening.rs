@@ -737,6 +737,32 @@ async fn refused_requests_and_wrong_access_codes_are_audited() {
         .map(|(o, a, s)| (o.as_str(), a.as_str(), s.clone()))
         .collect();
     assert_eq!(rows, expected);
+
+    // The gateway audits its refusals the same way.
+    let (status, _) = flow
+        .call(
+            Some("pharmacy-aozora"),
+            "GET",
+            format!("{}/clinic/prescriptions/{id}", flow.gateway),
+            None,
+        )
+        .await;
+    assert_eq!(status, 403);
+    let db = Database::connect(&flow.gateway_db).await.unwrap();
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT org_id, action, subject_id FROM audit_log WHERE action LIKE 'denied.%'",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        [(
+            "pharmacy-aozora".to_owned(),
+            "denied.403".to_owned(),
+            format!("GET /clinic/prescriptions/{id}")
+        )]
+    );
     flow.stop().await;
 }
 
