@@ -20,11 +20,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use hixbus::stack::Kind;
 use hixbus_access::Directory;
 use hixbus_bus::dev::DevCluster;
-use hixbus_storage::Database;
 use hixbus_tests::{
     Backend, BusStack, TestBroker, TestRegistry, drop_database, fresh_database, init_tracing,
+    start_service,
 };
 use serde_json::{Value, json};
 
@@ -81,47 +82,17 @@ async fn main() {
     let clinic_key = directory.issue_key("clinic-sakura").unwrap();
     let pharmacy_key = directory.issue_key("pharmacy-aozora").unwrap();
     let directory = Arc::new(directory);
-    let any = "127.0.0.1:0".parse().unwrap();
     let databases = [
         fresh_database(Backend::Postgres).await,
         fresh_database(Backend::Postgres).await,
     ];
-    let codes = hixbus_access::codes::CodeKeys::ephemeral();
-    let gateway = hixbus_clinic_gateway::build(
-        any,
-        directory.clone(),
-        &stack.kafka,
-        stack.publisher(),
-        Database::connect(&databases[0]).await.unwrap(),
-        codes.clone(),
-    )
-    .await
-    .unwrap();
-    let pharmacy = hixbus_pharmacy::build(
-        any,
-        directory,
-        &stack.kafka,
-        stack.publisher(),
-        Database::connect(&databases[1]).await.unwrap(),
-        codes,
-    )
-    .await
-    .unwrap();
-    let (gateway_url, pharmacy_url) = (gateway.url(), pharmacy.url());
-    let (stop, stopping) = hixbus_bus::shutdown::signal();
-    let services = [
-        tokio::spawn(gateway.run_until(stopping.clone().wait())),
-        tokio::spawn(pharmacy.run_until(stopping.wait())),
-    ];
-    let safety = hixbus_medication_safety::start(
-        &stack.kafka,
-        stack.publisher(),
-        hixbus_medication_safety::Rules::embedded().unwrap(),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(safety.run(std::future::pending()));
-
+    // The services as `hixbus up` starts them; they run until the bench process ends.
+    let (gateway_url, gateway) =
+        start_service(Kind::ClinicGateway, &stack, &directory, Some(&databases[0])).await;
+    let (pharmacy_url, pharmacy) =
+        start_service(Kind::Pharmacy, &stack, &directory, Some(&databases[1])).await;
+    let (_, safety) = start_service(Kind::MedicationSafety, &stack, &directory, None).await;
+    let services = [gateway, pharmacy, safety];
     let http = reqwest::Client::new();
     // The pharmacy's screen: first arrival of each prescription on the live stream.
     let arrived: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
@@ -229,9 +200,8 @@ async fn main() {
         &arrived.lock().unwrap(),
         resyncs.load(Ordering::Relaxed),
     );
-    stop.fire();
     for service in services {
-        let _ = service.await;
+        service.stop().await;
     }
     for url in &databases {
         drop_database(url).await;

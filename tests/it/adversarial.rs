@@ -691,7 +691,12 @@ fn run_gateway_suite(name: &str, single_resource: bool) {
         let response = gw
             .router
             .clone()
-            .oneshot(Request::get("/health").body(Body::empty()).unwrap())
+            .oneshot(
+                Request::get("/clinic/prescriptions?limit=1")
+                    .header("authorization", format!("Bearer {}", gw.key))
+                    .body(Body::empty())
+                    .unwrap(),
+            )
             .await
             .unwrap();
         response.status().as_u16()

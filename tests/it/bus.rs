@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use hixbus_bus::consumer::ConsumerError;
 use hixbus_bus::reader::{Start, TopicReader};
-use hixbus_bus::{Consumer, EventContext, HandlerError, Idempotency, RunSummary, dlq, headers};
+use hixbus_bus::{Consumer, EventContext, HandlerError, RunSummary, dlq, headers};
 use hixbus_contracts::{EventRecord, LabResultReported, PrescriptionIssued, samples};
 use hixbus_storage::Database;
 use hixbus_tests::{Backend, BusStack, Engine, Tansu, TestBroker, TestRegistry, unique};
@@ -459,7 +459,6 @@ async fn a_consumer_killed_mid_batch_and_restarted_neither_loses_nor_double_appl
     let stack = BusStack::start().await;
     let db = dispensing_database().await;
     let group = unique("pharmacy");
-    let idem = Idempotency::new(db.clone(), group.clone()).await.unwrap();
 
     let patient = unique("patient");
     let publisher = stack.publisher();
@@ -477,8 +476,8 @@ async fn a_consumer_killed_mid_batch_and_restarted_neither_loses_nor_double_appl
     let build = |die_after: Option<u64>| {
         dispensing_consumer(
             &stack,
+            &db,
             &group,
-            &idem,
             std::slice::from_ref(&patient),
             &calls,
             &redelivered,
@@ -687,42 +686,43 @@ async fn confluents_own_client_reads_what_we_publish_and_we_consume_what_it_writ
     }
 }
 
-/// A pharmacy that queues each prescription of `patients` for dispensing exactly once (effect and claim in one
-/// transaction). `die_after` makes it hang forever right after its n-th effect committed.
+/// A pharmacy that queues each prescription of `patients` for dispensing exactly once, the way
+/// hixbus's services make effects idempotent: the effect is keyed by the event id and applied
+/// conditionally (`ON CONFLICT DO NOTHING`), so a redelivery finds it done. `die_after` makes
+/// it hang forever right after its n-th effect committed.
 fn dispensing_consumer(
     stack: &BusStack,
+    db: &Database,
     group: &str,
-    idem: &Idempotency,
     patients: &[String],
     calls: &Arc<AtomicU64>,
     redelivered: &Arc<AtomicU64>,
     die_after: Option<u64>,
 ) -> Consumer {
-    let (idem, calls, redelivered) = (idem.clone(), calls.clone(), redelivered.clone());
+    let db = db.clone();
+    let (calls, redelivered) = (calls.clone(), redelivered.clone());
     let patients: Arc<BTreeSet<String>> = Arc::new(patients.iter().cloned().collect());
     Consumer::builder(&stack.kafka, stack.codec(), group)
         .on(move |e: PrescriptionIssued, _ctx: EventContext| {
-            let (idem, calls, redelivered) = (idem.clone(), calls.clone(), redelivered.clone());
+            let (db, calls, redelivered) = (db.clone(), calls.clone(), redelivered.clone());
             let ours = patients.contains(&e.envelope.patient_ref);
             async move {
                 if !ours {
                     return Ok(());
                 }
-                let Some(mut claim) = idem
-                    .claim(&e.envelope.event_id)
-                    .await
-                    .map_err(HandlerError::transient)?
-                else {
+                let applied = sqlx::query(
+                    "INSERT INTO dispensing_queue VALUES ($1, $2) ON CONFLICT (event_id) DO NOTHING",
+                )
+                .bind(&e.envelope.event_id)
+                .bind(&e.prescription_id)
+                .execute(&db.pool)
+                .await
+                .map_err(HandlerError::transient)?
+                .rows_affected();
+                if applied == 0 {
                     redelivered.fetch_add(1, Ordering::SeqCst);
                     return Ok(());
-                };
-                sqlx::query("INSERT INTO dispensing_queue VALUES ($1, $2)")
-                    .bind(&e.envelope.event_id)
-                    .bind(&e.prescription_id)
-                    .execute(claim.conn())
-                    .await
-                    .map_err(HandlerError::transient)?;
-                claim.commit().await.map_err(HandlerError::transient)?;
+                }
                 let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
                 if die_after == Some(n) {
                     std::future::pending::<()>().await;
@@ -739,7 +739,7 @@ async fn dispensing_database() -> Database {
     let database = hixbus_tests::fresh_database(Backend::Postgres).await;
     let db = Database::connect(&database).await.unwrap();
     sqlx::query(
-        "CREATE TABLE dispensing_queue (event_id TEXT NOT NULL, prescription_id TEXT NOT NULL)",
+        "CREATE TABLE dispensing_queue (event_id TEXT PRIMARY KEY, prescription_id TEXT NOT NULL)",
     )
     .execute(&db.pool)
     .await
@@ -775,12 +775,10 @@ async fn members_joining_and_leaving_mid_stream_neither_lose_nor_double_apply() 
     let stack = BusStack::start().await;
     let db = dispensing_database().await;
     let group = unique("pharmacy");
-    let idem = Idempotency::new(db.clone(), group.clone()).await.unwrap();
     let patients: Vec<String> = (0..12).map(|_| unique("patient")).collect();
     let calls = Arc::new(AtomicU64::new(0));
     let redelivered = Arc::new(AtomicU64::new(0));
-    let member =
-        || dispensing_consumer(&stack, &group, &idem, &patients, &calls, &redelivered, None);
+    let member = || dispensing_consumer(&stack, &db, &group, &patients, &calls, &redelivered, None);
 
     // The stream flows while members come and go: A alone, then A and B (rebalance), then B
     // alone after A shuts down (rebalance again).

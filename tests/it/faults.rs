@@ -226,30 +226,32 @@ impl Stack {
             ),
         ];
         let (gateway_port, pharmacy_port) = (free_port(), free_port());
-        let serve = |name: &'static str, what: &str, port: u16, db: &str| Process {
-            name,
-            args: vec![
-                "serve".into(),
-                what.into(),
-                "--listen".into(),
-                format!("127.0.0.1:{port}"),
-                "--database".into(),
-                db.into(),
-            ],
-            child: None,
-            log: files.path().join(format!("{name}.log")),
-            starts: 0,
+        // Each process's own settings in its configuration file, the shared ones in the
+        // environment, as a deployment would have them.
+        let serve = |name: &'static str, what: &str, port: u16, db: Option<&str>| {
+            let config = files.path().join(format!("{name}.toml"));
+            let mut text = format!("listen = \"127.0.0.1:{port}\"\n");
+            if let Some(db) = db {
+                text.push_str(&format!("database_url = \"{db}\"\n"));
+            }
+            std::fs::write(&config, text).expect("write the configuration");
+            Process {
+                name,
+                args: vec![
+                    "serve".into(),
+                    what.into(),
+                    "--config".into(),
+                    config.display().to_string(),
+                ],
+                child: None,
+                log: files.path().join(format!("{name}.log")),
+                starts: 0,
+            }
         };
         let mut this = Self {
-            gateway: serve("gateway", "clinic-gateway", gateway_port, &gateway_db),
-            pharmacy: serve("pharmacy", "pharmacy", pharmacy_port, &pharmacy_db),
-            safety: Process {
-                name: "safety",
-                args: vec!["serve".into(), "medication-safety".into()],
-                child: None,
-                log: files.path().join("safety.log"),
-                starts: 0,
-            },
+            gateway: serve("gateway", "clinic-gateway", gateway_port, Some(&gateway_db)),
+            pharmacy: serve("pharmacy", "pharmacy", pharmacy_port, Some(&pharmacy_db)),
+            safety: serve("safety", "medication-safety", free_port(), None),
             gateway_url: format!("http://127.0.0.1:{gateway_port}"),
             pharmacy_url: format!("http://127.0.0.1:{pharmacy_port}"),
             tansu,
@@ -297,7 +299,9 @@ impl Stack {
                     .is_ok_and(|r| r.status().is_success()),
                 None => {
                     let process = self.process(which);
-                    process.log_text().contains("check running")
+                    process
+                        .log_text()
+                        .contains("medication-safety listening on")
                 }
             };
             if ready {

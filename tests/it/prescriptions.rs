@@ -5,13 +5,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hixbus_access::codes::CodeKeys;
+use hixbus::stack::Kind;
 use hixbus_access::{ApiKey, Directory};
-use hixbus_bus::http::HttpService;
 use hixbus_storage::Database;
-use hixbus_tests::{Backend, BusStack, fresh_database};
+use hixbus_tests::{Backend, BusStack, Service, fresh_database, start_service};
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
 
 const FIXTURES: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -53,7 +51,7 @@ name = "サンプル健康保険組合"
 pub(crate) struct Flow {
     pub(crate) gateway_service: Option<Service>,
     pub(crate) pharmacy_service: Option<Service>,
-    pub(crate) safety: Option<SafetyCheck>,
+    pub(crate) safety: Option<Service>,
     pub(crate) stack: BusStack,
     pub(crate) gateway: String,
     pub(crate) pharmacy: String,
@@ -64,66 +62,12 @@ pub(crate) struct Flow {
     pub(crate) http: reqwest::Client,
 }
 
-/// An HTTP service running until stopped.
-pub(crate) struct Service {
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
-impl Service {
-    pub(crate) fn spawn<F>(run: impl FnOnce(oneshot::Receiver<()>) -> F) -> Self
-    where
-        F: Future<Output = std::io::Result<()>> + Send + 'static,
-    {
-        let (stop, stopped) = oneshot::channel();
-        Self {
-            stop,
-            task: tokio::spawn(run(stopped)),
-        }
-    }
-
-    /// Graceful stop: in-flight requests finish, consumers commit and leave.
-    pub(crate) async fn stop(self) {
-        let _ = self.stop.send(());
-        self.task.await.unwrap().unwrap();
-    }
-}
-
-pub(crate) fn spawn_service(service: HttpService) -> (String, Service) {
-    let url = service.url();
-    let service = Service::spawn(|stopped| {
-        service.run_until(async move {
-            let _ = stopped.await;
-        })
-    });
-    (url, service)
-}
-
-/// The access-code key every test flow's gateway and pharmacy share.
-pub(crate) fn codes() -> CodeKeys {
-    static KEYS: std::sync::OnceLock<CodeKeys> = std::sync::OnceLock::new();
-    KEYS.get_or_init(CodeKeys::ephemeral).clone()
-}
-
 pub(crate) async fn start_gateway(
     stack: &BusStack,
     directory: &Arc<Directory>,
     db: &str,
 ) -> (String, Service) {
-    let db = Database::connect(db).await.unwrap();
-    let any = "127.0.0.1:0".parse().unwrap();
-    spawn_service(
-        hixbus_clinic_gateway::build(
-            any,
-            directory.clone(),
-            &stack.kafka,
-            stack.publisher(),
-            db,
-            codes(),
-        )
-        .await
-        .unwrap(),
-    )
+    start_service(Kind::ClinicGateway, stack, directory, Some(db)).await
 }
 
 pub(crate) async fn start_pharmacy(
@@ -131,51 +75,15 @@ pub(crate) async fn start_pharmacy(
     directory: &Arc<Directory>,
     db: &str,
 ) -> (String, Service) {
-    let db = Database::connect(db).await.unwrap();
-    let any = "127.0.0.1:0".parse().unwrap();
-    spawn_service(
-        hixbus_pharmacy::build(
-            any,
-            directory.clone(),
-            &stack.kafka,
-            stack.publisher(),
-            db,
-            codes(),
-        )
-        .await
-        .unwrap(),
-    )
+    start_service(Kind::Pharmacy, stack, directory, Some(db)).await
 }
 
-/// The medication-safety check, running until stopped.
-pub(crate) struct SafetyCheck {
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<
-        Result<hixbus_bus::RunSummary, hixbus_bus::consumer::ConsumerError>,
-    >,
-}
-
-impl SafetyCheck {
-    /// Starts from scratch: the state is rebuilt from the topics.
-    pub(crate) async fn start(stack: &BusStack) -> Self {
-        let consumer = hixbus_medication_safety::start(
-            &stack.kafka,
-            stack.publisher(),
-            hixbus_medication_safety::Rules::embedded().unwrap(),
-        )
+/// The medication-safety check, started from scratch: its state is rebuilt from the topics.
+pub(crate) async fn start_safety(stack: &BusStack) -> Service {
+    let directory = Arc::new(Directory::default());
+    start_service(Kind::MedicationSafety, stack, &directory, None)
         .await
-        .unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(consumer.run(async move {
-            let _ = stopped.await;
-        }));
-        Self { stop, task }
-    }
-
-    pub(crate) async fn stop(self) {
-        let _ = self.stop.send(());
-        self.task.await.unwrap().unwrap();
-    }
+        .1
 }
 
 impl Flow {
@@ -202,7 +110,7 @@ impl Flow {
         let pharmacy_db = fresh_database(backend).await;
         let (gateway, gateway_service) = start_gateway(&stack, &directory, &gateway_db).await;
         let (pharmacy, pharmacy_service) = start_pharmacy(&stack, &directory, &pharmacy_db).await;
-        let safety = Some(SafetyCheck::start(&stack).await);
+        let safety = Some(start_safety(&stack).await);
         Self {
             gateway_service: Some(gateway_service),
             pharmacy_service: Some(pharmacy_service),
@@ -1116,7 +1024,7 @@ async fn a_duplicate_from_a_second_clinic_raises_an_alert_both_sides_see_even_af
     // topics, so a third prescription of the same drug is still checked against the others.
     let mut flow = flow;
     flow.safety.take().unwrap().stop().await;
-    flow.safety = Some(SafetyCheck::start(&flow.stack).await);
+    flow.safety = Some(start_safety(&flow.stack).await);
     let mut third = fixture("Bundle-Bundle-for-JP-MedReq-ePreBundleExample01.json");
     third["identifier"]["value"] = json!("urn:uuid:5b0e1d6a-3f0c-4c55-9a57-2f7b1f0c9d11");
     let (_, c) = flow
@@ -1266,5 +1174,64 @@ async fn a_dispensing_read_before_its_prescription_waits_for_it_and_is_not_lost(
     let pharmacist = json!({ "pharmacist": { "id": "ph-2", "name": null, "department": null } });
     let (status, refusal) = flow.dispense("pharmacy-aozora", &id, pharmacist).await;
     assert_eq!(status, 409, "{refusal}");
+    flow.stop().await;
+}
+
+/// What a pharmacy process killed between taking the right to dispense and publishing the
+/// event leaves behind: the prescription in `dispensing`, its event unpublished. (The fault
+/// suite hit this: 30 prescriptions held in `dispensing` forever after a pharmacy kill.)
+async fn begin_without_publishing(flow: &Flow, id: &str) -> String {
+    let db = Database::connect(&flow.pharmacy_db).await.unwrap();
+    let keys = hixbus_access::codes::CodeKeys::parse(hixbus_tests::code_key(), []).unwrap();
+    let store = hixbus_pharmacy::store::Store::new(db, Arc::new(keys))
+        .await
+        .unwrap();
+    let row = store.get(id).await.unwrap().unwrap();
+    let mut event = hixbus_contracts::samples::prescription_dispensed(&row.patient_ref);
+    event.envelope.event_id = uuid::Uuid::new_v4().to_string();
+    event.prescription_id = id.to_owned();
+    event.issuer_org = row.issuer_org.clone();
+    event.pharmacy.org_id = "pharmacy-aozora".to_owned();
+    assert!(
+        store
+            .begin_dispensing(&event, &row.patient_ref)
+            .await
+            .unwrap()
+    );
+    event.envelope.event_id
+}
+
+#[tokio::test]
+async fn a_dispensing_cut_short_by_a_crash_is_published_by_the_retry_or_at_the_next_start() {
+    let mut flow = Flow::start().await;
+    let bundle = fixture("Bundle-Bundle-for-JP-MedReq-ePreBundleExample01.json");
+    let retried = flow
+        .issue_delivered("hospital-daiichi", &bundle, "pharmacy-aozora")
+        .await;
+    let event_id = begin_without_publishing(&flow, &retried).await;
+
+    // The pharmacist's retry publishes the event begun before, not a new one.
+    let (status, body) = flow
+        .dispense("pharmacy-aozora", &retried, pharmacist())
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["event_id"], event_id.as_str());
+    flow.clinic_sees("hospital-daiichi", &retried, "dispensed")
+        .await;
+    // Once recorded, a further retry is told it is done.
+    let (status, _) = flow
+        .dispense("pharmacy-aozora", &retried, pharmacist())
+        .await;
+    assert_eq!(status, 409);
+
+    // Nobody retries: the next start of the pharmacy service publishes it.
+    let numbered = numbered_bundle(7);
+    let abandoned = flow
+        .issue_delivered("clinic-sakura", &numbered, "pharmacy-aozora")
+        .await;
+    begin_without_publishing(&flow, &abandoned).await;
+    flow.restart_pharmacy().await;
+    flow.clinic_sees("clinic-sakura", &abandoned, "dispensed")
+        .await;
     flow.stop().await;
 }

@@ -19,10 +19,11 @@ kafka="127.0.0.1:$(port)"
 registry="127.0.0.1:$(port)"
 gateway="127.0.0.1:$(port)"
 pharmacy="127.0.0.1:$(port)"
+safety="127.0.0.1:$(port)"
 
 started=$(date +%s.%N)
 "$bin" up --kafka-listen "$kafka" --registry-listen "$registry" --demo-interval-ms 50 \
-  --gateway-listen "$gateway" --pharmacy-listen "$pharmacy" \
+  --listen "clinic-gateway=$gateway" --listen "pharmacy=$pharmacy" --listen "medication-safety=$safety" \
   >"$work/up.out" 2>"$work/up.err" &
 up=$!
 for _ in $(seq 1 200); do
@@ -82,6 +83,11 @@ for _ in $(seq 1 100); do
 done
 curl -sf "http://$gateway/clinic/prescriptions/$id" -H "Authorization: Bearer $SAKURA_KEY" | grep -q '"status":"dispensed"' \
   || { echo "the clinic never saw $id dispensed" >&2; exit 1; }
+
+# Every service answers its health and readiness probes.
+for svc in "$gateway" "$pharmacy" "$safety"; do
+  curl -sf "http://$svc/ready" | grep -q '"status":"ready"' || { echo "$svc is not ready" >&2; exit 1; }
+done
 
 # The dev registry takes changes from the operator only, as production does.
 status=$(curl -s -o /dev/null -w '%{http_code}' -X PUT "http://$registry/config" \

@@ -270,6 +270,58 @@ impl BusStack {
     }
 }
 
+/// A service running until stopped.
+#[derive(Debug)]
+pub struct Service {
+    stop: hixbus_service::CancellationToken,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Service {
+    /// Graceful stop: in-flight requests finish, consumers commit and leave.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// The access-code key every test flow's gateway and pharmacy share.
+pub fn code_key() -> &'static str {
+    static KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| hixbus_access::codes::CodeKeys::generate_text("test"))
+}
+
+/// Starts `kind` as `hixbus up` does, on the stack's broker and registry, on any free port,
+/// with its tables in `db`.
+pub async fn start_service(
+    kind: hixbus::stack::Kind,
+    stack: &BusStack,
+    directory: &std::sync::Arc<hixbus_access::Directory>,
+    db: Option<&str>,
+) -> (String, Service) {
+    let database = match db {
+        Some(url) => Some(hixbus_storage::Database::connect(url).await.unwrap()),
+        None => None,
+    };
+    let deps = hixbus_service::Deps {
+        kafka: stack.kafka.clone(),
+        codec: stack.codec(),
+        directory: directory.clone(),
+        database,
+    };
+    let service = kind
+        .local(
+            &[("listen", "127.0.0.1:0"), ("access_code_key", code_key())],
+            deps,
+        )
+        .await
+        .unwrap();
+    let url = service.url();
+    let stop = hixbus_service::CancellationToken::new();
+    let task = tokio::spawn(service.run_until(stop.clone()));
+    (url, Service { stop, task })
+}
+
 /// A name no other test uses: for patients, groups and anything else tests could share.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
@@ -281,7 +333,7 @@ pub fn init_tracing() {
     static TELEMETRY: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     TELEMETRY.get_or_init(|| {
         // Leaked on purpose: the providers must outlive every test in the process.
-        std::mem::forget(hixbus_bus::telemetry::init("hixbus-tests"));
+        std::mem::forget(hixbus_service::telemetry::init("hixbus-tests"));
     });
 }
 

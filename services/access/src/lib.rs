@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{NaiveDate, Utc};
+use headers::authorization::{Basic, Bearer};
 
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
@@ -158,19 +159,14 @@ pub struct Directory {
     keys: HashMap<String, (String, NaiveDate)>,
 }
 
-/// A freshly issued API key: give it to the organization, it is not stored anywhere.
-#[derive(Clone, PartialEq, Eq)]
-pub struct ApiKey(String);
+/// A freshly issued API key: give it to the organization, it is not stored anywhere (and not
+/// printed by `Debug`).
+#[derive(Debug, Clone)]
+pub struct ApiKey(secrecy::SecretString);
 
 impl ApiKey {
     pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for ApiKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ApiKey(***)")
+        secrecy::ExposeSecret::expose_secret(&self.0)
     }
 }
 
@@ -180,7 +176,7 @@ pub const DEFAULT_KEY_VALIDITY_DAYS: i64 = 365;
 /// A new 256-bit key: `hxb_` and 64 hex digits from the OS-seeded CSPRNG.
 pub fn new_key() -> ApiKey {
     let bytes: [u8; 32] = rand::random();
-    ApiKey(format!("hxb_{}", hex::encode(bytes)))
+    ApiKey(format!("hxb_{}", hex::encode(bytes)).into())
 }
 
 /// The digest a directory stores for `key`.
@@ -290,13 +286,20 @@ impl Directory {
         let value = authorization.ok_or(Denied::Unauthenticated(
             "send Authorization: Bearer <API key>, or Basic <organization id>:<API key>",
         ))?;
-        let (claimed, key) = if let Some(key) = value.strip_prefix("Bearer ") {
-            (None, key.trim().to_owned())
-        } else if let Some(encoded) = value.strip_prefix("Basic ") {
-            let (org, key) = basic_credentials(encoded.trim()).ok_or(Denied::Unauthenticated(
+        let scheme = value.split(' ').next().unwrap_or("");
+        let (claimed, key) = if scheme.eq_ignore_ascii_case("Bearer") {
+            let bearer = decode_authorization::<Bearer>(value).ok_or(Denied::Unauthenticated(
+                "the Authorization header must be 'Bearer <API key>'",
+            ))?;
+            (None, bearer.token().to_owned())
+        } else if scheme.eq_ignore_ascii_case("Basic") {
+            let basic = decode_authorization::<Basic>(value).ok_or(Denied::Unauthenticated(
                 "Basic credentials must be base64 of '<organization id>:<API key>'",
             ))?;
-            (Some(org), key)
+            (
+                Some(basic.username().to_owned()),
+                basic.password().to_owned(),
+            )
         } else {
             return Err(Denied::Unauthenticated(
                 "the Authorization header must be 'Bearer <API key>' or Basic '<organization id>:<API key>'",
@@ -326,15 +329,12 @@ impl Directory {
     }
 }
 
-/// `(organization id, key)` from the base64 part of a Basic header.
-fn basic_credentials(encoded: &str) -> Option<(String, String)> {
-    use base64::Engine as _;
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(encoded)
-        .ok()?;
-    let text = String::from_utf8(decoded).ok()?;
-    let (org, key) = text.split_once(':')?;
-    Some((org.to_owned(), key.to_owned()))
+/// An `Authorization` value in scheme `C`, parsed as the `headers` crate parses it.
+fn decode_authorization<C: headers::authorization::Credentials>(
+    value: &str,
+) -> Option<headers::Authorization<C>> {
+    let value = HeaderValue::from_str(value).ok()?;
+    <headers::Authorization<C> as headers::Header>::decode(&mut std::iter::once(&value)).ok()
 }
 
 /// Why a request is refused, as the caller sees it.

@@ -3,8 +3,8 @@
 //! A service registers one handler per event type; the runner subscribes to the topics those
 //! types travel on and, for each record: decodes it, continues the producer's trace, calls the
 //! handler, and stores the offset only after the handler succeeded (librdkafka commits stored
-//! offsets in the background and on rebalance, so delivery is at-least-once; effects are made
-//! exactly-once with [`crate::Idempotency`]).
+//! offsets in the background and on rebalance, so delivery is at-least-once; handlers make their
+//! effects exactly-once by applying each event conditionally: see docs/bus.md).
 //!
 //! Each partition has its own lane: records of one partition are handled one at a time, in
 //! order (a partition's order is the order of its effects, and one patient's events share a
@@ -217,6 +217,16 @@ impl ConsumerBuilder {
         self
     }
 
+    /// Handlers from here on get `state` (a cheap-to-clone handle: a read model, a store) as
+    /// their first argument: `builder.with_state(view).on(ClinicView::issued)?`, with
+    /// `async fn issued(self, e: PrescriptionIssued, ctx: EventContext) -> Result<(), HandlerError>`.
+    pub fn with_state<S: Clone + Send + Sync + 'static>(self, state: S) -> StatefulBuilder<S> {
+        StatefulBuilder {
+            builder: self,
+            state,
+        }
+    }
+
     /// Joins the group and subscribes to the handled event types' topics.
     pub fn build(self) -> Result<Consumer, ConsumerError> {
         if self.handlers.is_empty() {
@@ -241,6 +251,45 @@ impl ConsumerBuilder {
                 dead_letters,
             }),
         })
+    }
+}
+
+/// A [`ConsumerBuilder`] whose handlers take a state.
+pub struct StatefulBuilder<S> {
+    builder: ConsumerBuilder,
+    state: S,
+}
+
+impl<S> std::fmt::Debug for StatefulBuilder<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatefulBuilder")
+            .field("builder", &self.builder)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Clone + Send + Sync + 'static> StatefulBuilder<S> {
+    /// Handles events of type `E` with `handler(state, event, context)`.
+    pub fn on<E, F, Fut>(mut self, handler: F) -> Result<Self, ConsumerError>
+    where
+        E: EventRecord,
+        F: Fn(S, E, EventContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        let state = self.state.clone();
+        self.builder = self
+            .builder
+            .on(move |event: E, ctx: EventContext| handler(state.clone(), event, ctx))?;
+        Ok(self)
+    }
+
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.builder = self.builder.retry(policy);
+        self
+    }
+
+    pub fn build(self) -> Result<Consumer, ConsumerError> {
+        self.builder.build()
     }
 }
 

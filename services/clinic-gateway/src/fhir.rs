@@ -19,7 +19,7 @@ use hixbus_service::text;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::outcome::Issue;
+use hixbus_service::fhir::Issue;
 
 /// The longest identifier (of a Bundle, a patient, a prescriber) accepted: FHIR ids are at most
 /// 64 characters and real identifier values far shorter.

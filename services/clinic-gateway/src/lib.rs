@@ -4,14 +4,15 @@
 //! prescription id and the access code the patient shows at any pharmacy. It also keeps the
 //! clinic view (what became of each prescription, from the events) and takes cancellations.
 
+pub mod config;
 pub mod fhir;
-pub mod outcome;
 pub mod routes;
 pub mod startup;
 pub mod store;
 pub mod view;
 
-pub use startup::{GROUP, Gateway, StartupError, build};
+pub use config::Config;
+pub use startup::{GROUP, NAME, build};
 
 /// The gateway's tables: submissions and the clinic view (versions 4000–4999).
 pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

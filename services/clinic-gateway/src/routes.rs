@@ -11,17 +11,17 @@ use axum::response::{IntoResponse, Response};
 use hixbus_access::codes::{self, CodeKeys};
 use hixbus_access::{Action, Caller, Directory, Organization, Role};
 use hixbus_bus::Publisher;
-use hixbus_contracts::lifecycle;
+use hixbus_contracts::lifecycle::{self, Status, Transition};
 use hixbus_contracts::{
     Envelope, InstitutionRef, PractitionerRef, PrescriptionCancelled, PrescriptionIssued, Timestamp,
 };
+use hixbus_service::fhir::{FhirError, Issue, Outcome};
 use hixbus_service::{ApiError, JsonPath, JsonQuery, body, check_id, require_json, text};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::fhir::{self, MAX_IDENTIFIER_CHARS, Submission};
-use crate::outcome::{Issue, operation_outcome};
 use crate::store::{SubmissionRow, Submissions};
 use crate::view::{ClinicView, ViewError};
 use hixbus_storage::AuditLog;
@@ -50,34 +50,6 @@ impl FromRef<AppState> for Arc<Directory> {
     }
 }
 
-/// A FHIR error answer.
-#[derive(Debug)]
-pub struct Rejected {
-    status: StatusCode,
-    issues: Vec<Issue>,
-}
-
-impl Rejected {
-    fn new(status: StatusCode, issues: Vec<Issue>) -> Self {
-        Self { status, issues }
-    }
-
-    fn one(status: StatusCode, code: &'static str, at: &str, why: impl Into<String>) -> Self {
-        Self::new(status, vec![Issue::new(code, at, why)])
-    }
-}
-
-impl IntoResponse for Rejected {
-    fn into_response(self) -> Response {
-        (
-            self.status,
-            [(header::CONTENT_TYPE, "application/fhir+json")],
-            Json(operation_outcome(&self.issues)).0.to_string(),
-        )
-            .into_response()
-    }
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IssueParams {
@@ -98,9 +70,9 @@ type Reader = fn(&Value, &str) -> Result<Submission, Vec<Issue>>;
 /// The query of a FHIR submission; a malformed one is answered with an `OperationOutcome`.
 type IssueQuery = Result<Query<IssueParams>, QueryRejection>;
 
-fn issue_params(query: IssueQuery) -> Result<IssueParams, Rejected> {
+fn issue_params(query: IssueQuery) -> Result<IssueParams, Outcome> {
     query.map(|q| q.0).map_err(|e| {
-        Rejected::one(
+        Outcome::one(
             StatusCode::BAD_REQUEST,
             "structure",
             "$query",
@@ -115,8 +87,8 @@ pub async fn post_bundle(
     query: IssueQuery,
     headers: HeaderMap,
     body: Body,
-) -> Result<Response, Response> {
-    let params = issue_params(query).map_err(IntoResponse::into_response)?;
+) -> Result<Response, FhirError> {
+    let params = issue_params(query)?;
     submit(&state, &caller, params, &headers, body, fhir::read_bundle).await
 }
 
@@ -126,8 +98,8 @@ pub async fn post_medication_request(
     query: IssueQuery,
     headers: HeaderMap,
     body: Body,
-) -> Result<Response, Response> {
-    let params = issue_params(query).map_err(IntoResponse::into_response)?;
+) -> Result<Response, FhirError> {
+    let params = issue_params(query)?;
     submit(
         &state,
         &caller,
@@ -146,46 +118,32 @@ async fn submit(
     headers: &HeaderMap,
     body: Body,
     read: Reader,
-) -> Result<Response, Response> {
-    let org = caller
-        .require(Action::IssuePrescription)
-        .map_err(IntoResponse::into_response)?;
-    check_fhir_media_type(headers).map_err(IntoResponse::into_response)?;
-    let body = body::read(body, MAX_BODY_BYTES).await.map_err(|e| {
-        Rejected::one(e.status(), "too-costly", "$", format!("{e}")).into_response()
-    })?;
-    let json = parse_fhir_json(&body).map_err(IntoResponse::into_response)?;
+) -> Result<Response, FhirError> {
+    let org = caller.require(Action::IssuePrescription)?;
+    check_fhir_media_type(headers)?;
+    let body = body::read(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|e| Outcome::one(e.status(), "too-costly", "$", format!("{e}")))?;
+    let json = parse_fhir_json(&body)?;
     let problems = fhir::text_problems(&json);
     if !problems.is_empty() {
-        return Err(invalid(problems).into_response());
+        return Err(FhirError::from(Outcome::invalid(problems)));
     }
-    let submission = read(&json, &org.id).map_err(|issues| invalid(issues).into_response())?;
+    let submission = read(&json, &org.id).map_err(Outcome::invalid)?;
     if let Err(problem) =
         lifecycle::check_issue_date(submission.issued_on, lifecycle::today_in_japan())
     {
-        return Err(Rejected::one(
+        return Err(FhirError::from(Outcome::one(
             StatusCode::UNPROCESSABLE_ENTITY,
             "value",
             submission.issued_on_at,
             problem.to_string(),
-        )
-        .into_response());
+        )));
     }
     issue(state, org, submission, params).await
 }
 
-/// 400 when the request is not the right kind of thing at all, 422 when it is but its content
-/// is incomplete or wrong.
-fn invalid(issues: Vec<Issue>) -> Rejected {
-    let status = if issues.iter().any(|i| i.code == "structure") {
-        StatusCode::BAD_REQUEST
-    } else {
-        StatusCode::UNPROCESSABLE_ENTITY
-    };
-    Rejected::new(status, issues)
-}
-
-fn check_fhir_media_type(headers: &HeaderMap) -> Result<(), Rejected> {
+fn check_fhir_media_type(headers: &HeaderMap) -> Result<(), Outcome> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -195,7 +153,7 @@ fn check_fhir_media_type(headers: &HeaderMap) -> Result<(), Rejected> {
         return Ok(());
     }
     let shown: String = content_type.chars().take(64).collect();
-    Err(Rejected::one(
+    Err(Outcome::one(
         StatusCode::UNSUPPORTED_MEDIA_TYPE,
         "not-supported",
         "Content-Type",
@@ -203,9 +161,9 @@ fn check_fhir_media_type(headers: &HeaderMap) -> Result<(), Rejected> {
     ))
 }
 
-fn parse_fhir_json(body: &[u8]) -> Result<Value, Rejected> {
+fn parse_fhir_json(body: &[u8]) -> Result<Value, Outcome> {
     serde_json::from_slice(body).map_err(|e| {
-        Rejected::one(
+        Outcome::one(
             StatusCode::BAD_REQUEST,
             "structure",
             "$",
@@ -226,7 +184,7 @@ async fn issue(
     org: &Organization,
     submission: Submission,
     params: IssueParams,
-) -> Result<Response, Response> {
+) -> Result<Response, FhirError> {
     if let Some(pharmacy) = &params.target_pharmacy {
         let known = state
             .directory
@@ -234,12 +192,11 @@ async fn issue(
             .is_some_and(|o| o.role == Role::Pharmacy);
         if !known {
             let shown: String = pharmacy.chars().take(64).collect();
-            return Err(invalid(vec![Issue::new(
+            return Err(FhirError::from(Outcome::invalid(vec![Issue::new(
                 "value",
                 "target_pharmacy",
                 format!("{shown:?} is not a pharmacy on the exchange"),
-            )])
-            .into_response());
+            )])));
         }
     }
     let digest = request_digest(&submission, params.target_pharmacy.as_deref());
@@ -257,7 +214,7 @@ async fn issue(
         .map_err(|e| unavailable(&format!("cannot record the submission: {e}")))?;
     let replayed = row.prescription_id != fresh.prescription_id;
     if replayed && row.request_sha256.as_ref().is_some_and(|d| *d != digest) {
-        return Err(Rejected::one(
+        return Err(FhirError::from(Outcome::one(
             StatusCode::UNPROCESSABLE_ENTITY,
             "duplicate",
             "Bundle.identifier",
@@ -265,8 +222,7 @@ async fn issue(
                 "the identifier {:?} was already used for prescription {} with other content; a resubmission must be the same request, and a new prescription needs a new identifier",
                 submission.identifier, row.prescription_id
             ),
-        )
-        .into_response());
+        )));
     }
     let event = prescription_issued(org, submission, &row, params.target_pharmacy, &state.codes);
     if !row.published {
@@ -346,15 +302,14 @@ fn prescription_issued(
 }
 
 /// 503: nothing was issued; the same request may be sent again.
-fn unavailable(reason: &str) -> Response {
+fn unavailable(reason: &str) -> Outcome {
     tracing::warn!(reason, "submission failed");
-    Rejected::one(
+    Outcome::one(
         StatusCode::SERVICE_UNAVAILABLE,
         "transient",
         "$",
         format!("{reason}; retry the same request"),
     )
-    .into_response()
 }
 
 fn view_failed(e: impl Into<ViewError>) -> ApiError {
@@ -495,20 +450,14 @@ pub async fn cancel(
     request.check()?;
     let row = state.view.get(&org.id, &id).await.map_err(view_failed)?;
     let row = row.ok_or_else(|| not_found(&id))?;
-    match row.status.as_str() {
-        "issued" | "claimed" => {}
-        "dispensed" => {
-            return Err(ApiError::conflict(
+    if !Transition::Cancel.from().contains(&row.status) {
+        return Err(match row.status {
+            Status::Dispensed | Status::Dispensing => ApiError::conflict(
                 "already_dispensed",
                 format!("prescription {id} was already dispensed; it can no longer be cancelled"),
-            ));
-        }
-        other => {
-            return Err(ApiError::conflict(
-                "not_cancellable",
-                format!("prescription {id} is {other}"),
-            ));
-        }
+            ),
+            other => ApiError::conflict("not_cancellable", format!("prescription {id} is {other}")),
+        });
     }
     let event = PrescriptionCancelled {
         envelope: Envelope {
@@ -541,8 +490,4 @@ pub async fn cancel(
         })),
     )
         .into_response())
-}
-
-pub async fn health() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
 }

@@ -1,52 +1,55 @@
-//! Builds the gateway; tests run the real thing on port 0.
+//! Builds the gateway from its configuration and what it is given; tests run the real thing on
+//! port 0.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::routing::{get, post};
-use hixbus_access::Directory;
-use hixbus_access::codes::CodeKeys;
-use hixbus_bus::http::HttpService;
-pub use hixbus_bus::http::StartupError;
-use hixbus_bus::{KafkaConfig, Publisher};
-use hixbus_service::{DenialAudit, audit_denials};
-use hixbus_storage::{AuditLog, Database};
+use hixbus_bus::Publisher;
+use hixbus_service::config::code_keys;
+use hixbus_service::{CancellationToken, DenialAudit, Deps, Service, StartupError, audit_denials};
+use hixbus_storage::AuditLog;
 
+use crate::config::Config;
 use crate::routes::{self, AppState};
 use crate::store::Submissions;
 use crate::view::{self, ClinicView};
 
+/// The service's name (health answers, logs, `hixbus serve clinic-gateway`).
+pub const NAME: &str = "clinic-gateway";
 /// The consumer group of every gateway replica (it feeds the clinic view).
 pub const GROUP: &str = "hixbus-clinic-gateway";
 
-/// The clinic gateway, bound and ready to run.
-pub type Gateway = HttpService;
-
-/// Connects the service to its database and the bus and binds `listen`.
-pub async fn build(
-    listen: SocketAddr,
-    directory: Arc<Directory>,
-    kafka: &KafkaConfig,
-    publisher: Publisher,
-    db: Database,
-    codes: CodeKeys,
-) -> Result<Gateway, StartupError> {
+/// Migrates its tables, connects to the bus and binds `config.listen`.
+pub async fn build(config: Config, deps: Deps) -> Result<Service, StartupError> {
+    let db = deps.database()?;
+    let codes = code_keys(
+        config.access_code_key.as_ref(),
+        &config.access_code_previous_keys,
+    )?;
     let submissions = Submissions::new(db.clone()).await?;
     let view = ClinicView::new(db.clone()).await?;
-    let audit = AuditLog::new(db).await?;
-    let consumer = view::consumer(kafka, publisher.codec().clone(), GROUP, &view)?;
+    let audit = AuditLog::new(db.clone()).await?;
+    let consumer = view::consumer(&deps.kafka, deps.codec.clone(), GROUP, &view)?;
     let state = AppState {
-        directory,
-        publisher,
+        directory: deps.directory.clone(),
+        publisher: Publisher::new(&deps.kafka, deps.codec.clone())?,
         submissions,
         view,
         audit,
         codes: Arc::new(codes),
     };
-    HttpService::bind(listen, app(state), consumer).await
+    Service::bind(
+        NAME,
+        config.listen,
+        app(state),
+        vec![consumer],
+        Some(db),
+        CancellationToken::new(),
+    )
+    .await
 }
 
 pub fn app(state: AppState) -> Router {
@@ -63,7 +66,6 @@ pub fn app(state: AppState) -> Router {
         .route("/clinic/prescriptions", get(routes::list_issued))
         .route("/clinic/prescriptions/{id}", get(routes::get_issued))
         .route("/clinic/prescriptions/{id}/cancel", post(routes::cancel))
-        .route("/health", get(routes::health))
         .fallback(hixbus_service::no_such_route)
         .method_not_allowed_fallback(hixbus_service::method_not_allowed)
         .layer(middleware::from_fn_with_state(denials, audit_denials))

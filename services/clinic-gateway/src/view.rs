@@ -9,9 +9,10 @@ use std::sync::Arc;
 use hixbus_bus::consumer::ConsumerError;
 use hixbus_bus::{Consumer, EventContext, HandlerError, KafkaConfig};
 use hixbus_contracts::codec::Codec;
+use hixbus_contracts::lifecycle::{Status, Transition, UnknownStatus};
 use hixbus_contracts::{
-    EventRecord, MedicationAlert, PrescriptionCancelled, PrescriptionClaimed,
-    PrescriptionDispensed, PrescriptionIssued,
+    MedicationAlert, PrescriptionCancelled, PrescriptionClaimed, PrescriptionDispensed,
+    PrescriptionIssued,
 };
 use hixbus_storage::Database;
 use serde_json::{Value, json};
@@ -23,6 +24,8 @@ pub enum ViewError {
     Database(#[from] sqlx::Error),
     #[error("stored JSON is unreadable: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("{0}")]
+    Status(#[from] UnknownStatus),
     /// An event about a prescription whose `PrescriptionIssued` has not been applied yet (it
     /// travels on another topic): retried for a while, then dead-lettered (see
     /// `HandlerError::NotYet`).
@@ -36,7 +39,7 @@ pub struct ClinicPrescription {
     pub prescription_id: String,
     pub issuer_org: String,
     pub patient_ref: String,
-    pub status: String,
+    pub status: Status,
     pub claimed_by: Option<String>,
     pub cancelled: Option<Value>,
     pub dispensed: Option<Value>,
@@ -58,74 +61,95 @@ impl ClinicView {
         Ok(Self { db })
     }
 
-    async fn issued(&self, e: &PrescriptionIssued) -> Result<(), ViewError> {
-        sqlx::query(
+    pub async fn issued(self, e: PrescriptionIssued, _: EventContext) -> Result<(), HandlerError> {
+        let sql = format!(
             "INSERT INTO clinic_prescriptions
                  (prescription_id, issuer_org, patient_ref, status, issued, updated_at)
-             VALUES ($1, $2, $3, 'issued', $4, $5)
+             VALUES ($1, $2, $3, '{}', $4, $5)
              ON CONFLICT (prescription_id) DO NOTHING",
-        )
-        .bind(&e.prescription_id)
-        .bind(&e.envelope.producer_org)
-        .bind(&e.envelope.patient_ref)
-        .bind(serde_json::to_string(e)?)
-        .bind(now())
-        .execute(&self.db.pool)
-        .await?;
+            Status::Issued
+        );
+        sqlx::query(&sql)
+            .bind(&e.prescription_id)
+            .bind(&e.envelope.producer_org)
+            .bind(&e.envelope.patient_ref)
+            .bind(serde_json::to_string(&e).map_err(ViewError::from)?)
+            .bind(now())
+            .execute(&self.db.pool)
+            .await
+            .map_err(ViewError::from)?;
         Ok(())
     }
 
-    async fn claimed(&self, e: &PrescriptionClaimed) -> Result<(), ViewError> {
-        sqlx::query(
-            "UPDATE clinic_prescriptions SET claimed_by = $2,
-                 status = CASE WHEN status = 'issued' THEN 'claimed' ELSE status END,
-                 updated_at = $3
+    pub async fn claimed(
+        self,
+        e: PrescriptionClaimed,
+        _: EventContext,
+    ) -> Result<(), HandlerError> {
+        let sql = format!(
+            "UPDATE clinic_prescriptions SET claimed_by = $2, status = {}, updated_at = $3
              WHERE prescription_id = $1",
-        )
-        .bind(&e.prescription_id)
-        .bind(&e.pharmacy.org_id)
-        .bind(now())
-        .execute(&self.db.pool)
-        .await?;
+            Transition::Claim.sql_case()
+        );
+        sqlx::query(&sql)
+            .bind(&e.prescription_id)
+            .bind(&e.pharmacy.org_id)
+            .bind(now())
+            .execute(&self.db.pool)
+            .await
+            .map_err(ViewError::from)?;
         Ok(())
     }
 
     /// Records the cancellation. It takes effect only if no pharmacy had begun dispensing: the
     /// pharmacy service decides, and a dispensing that arrives later wins (see
     /// [`ClinicView::dispensed`]); the request is kept either way so the clinic sees the outcome.
-    async fn cancelled(&self, e: &PrescriptionCancelled) -> Result<(), ViewError> {
-        sqlx::query(
-            "UPDATE clinic_prescriptions SET cancelled = $2, updated_at = $3,
-                 status = CASE WHEN status IN ('issued', 'claimed') THEN 'cancelled' ELSE status END
+    pub async fn cancelled(
+        self,
+        e: PrescriptionCancelled,
+        _: EventContext,
+    ) -> Result<(), HandlerError> {
+        let sql = format!(
+            "UPDATE clinic_prescriptions SET cancelled = $2, updated_at = $3, status = {}
              WHERE prescription_id = $1 AND cancelled IS NULL",
-        )
-        .bind(&e.prescription_id)
-        .bind(serde_json::to_string(e)?)
-        .bind(now())
-        .execute(&self.db.pool)
-        .await?;
+            Transition::Cancel.sql_case()
+        );
+        sqlx::query(&sql)
+            .bind(&e.prescription_id)
+            .bind(serde_json::to_string(&e).map_err(ViewError::from)?)
+            .bind(now())
+            .execute(&self.db.pool)
+            .await
+            .map_err(ViewError::from)?;
         Ok(())
     }
 
     /// Records the dispensing; the first one recorded stands (a prescription is dispensed once,
     /// and a redelivered or resent dispensing must not replace it). It wins over a cancellation
     /// the view saw first: the pharmacy decided.
-    async fn dispensed(&self, e: &PrescriptionDispensed) -> Result<(), ViewError> {
-        let changed = sqlx::query(
-            "UPDATE clinic_prescriptions SET status = 'dispensed', dispensed = $2, updated_at = $3
+    pub async fn dispensed(
+        self,
+        e: PrescriptionDispensed,
+        _: EventContext,
+    ) -> Result<(), HandlerError> {
+        let sql = format!(
+            "UPDATE clinic_prescriptions SET status = {}, dispensed = $2, updated_at = $3
              WHERE prescription_id = $1 AND dispensed IS NULL",
-        )
-        .bind(&e.prescription_id)
-        .bind(serde_json::to_string(e)?)
-        .bind(now())
-        .execute(&self.db.pool)
-        .await?
-        .rows_affected();
+            Transition::RecordDispensing.sql_target()
+        );
+        let changed = sqlx::query(&sql)
+            .bind(&e.prescription_id)
+            .bind(serde_json::to_string(&e).map_err(ViewError::from)?)
+            .bind(now())
+            .execute(&self.db.pool)
+            .await
+            .map_err(ViewError::from)?
+            .rows_affected();
         // Nothing changed: already dispensed (done), or the prescription is not here yet — or
         // it was inserted just after the update looked (the two events travel on different
         // topics and are applied concurrently): then applying again will work.
         if changed == 0 && !self.is_dispensed(&e.prescription_id).await? {
-            return Err(ViewError::NotYet(e.prescription_id.clone()));
+            return Err(ViewError::NotYet(e.prescription_id.clone()).into());
         }
         Ok(())
     }
@@ -142,8 +166,8 @@ impl ClinicView {
 
     /// Attaches an alert to every prescription it involves: the clinic that prescribed the
     /// earlier drug learns of the duplication too.
-    async fn alert(&self, e: &MedicationAlert) -> Result<(), ViewError> {
-        let body = serde_json::to_string(e)?;
+    pub async fn alert(self, e: MedicationAlert, _: EventContext) -> Result<(), HandlerError> {
+        let body = serde_json::to_string(&e).map_err(ViewError::from)?;
         let mut ids = vec![e.prescription_id.as_str()];
         ids.extend(e.involved.iter().map(|l| l.prescription_id.as_str()));
         ids.sort_unstable();
@@ -157,7 +181,8 @@ impl ClinicView {
             .bind(prescription_id)
             .bind(&body)
             .execute(&self.db.pool)
-            .await?;
+            .await
+            .map_err(ViewError::from)?;
         }
         Ok(())
     }
@@ -213,8 +238,8 @@ impl ClinicView {
     /// The JSON a clinic sees for one prescription.
     pub async fn describe(&self, p: &ClinicPrescription) -> Result<Value, ViewError> {
         let cancellation = p.cancelled.as_ref().map(|requested| {
-            let (outcome, explanation) = match p.status.as_str() {
-                "cancelled" => ("cancelled", "the prescription was withdrawn"),
+            let (outcome, explanation) = match p.status {
+                Status::Cancelled => ("cancelled", "the prescription was withdrawn"),
                 _ => (
                     "too_late",
                     "a pharmacy had already begun dispensing it; it stays dispensed",
@@ -224,7 +249,7 @@ impl ClinicView {
         });
         Ok(json!({
             "prescription_id": p.prescription_id,
-            "status": p.status,
+            "status": p.status.as_str(),
             "patient_ref": p.patient_ref,
             "claimed_by": p.claimed_by,
             "dispensed": p.dispensed,
@@ -248,7 +273,7 @@ fn read(r: &sqlx::any::AnyRow) -> Result<ClinicPrescription, ViewError> {
         prescription_id: r.try_get(0)?,
         issuer_org: r.try_get(1)?,
         patient_ref: r.try_get(2)?,
-        status: r.try_get(3)?,
+        status: Status::parse(&r.try_get::<String, _>(3)?)?,
         claimed_by: r.try_get(4)?,
         cancelled: json(5)?,
         dispensed: json(6)?,
@@ -256,31 +281,16 @@ fn read(r: &sqlx::any::AnyRow) -> Result<ClinicPrescription, ViewError> {
     })
 }
 
-type Applied = futures::future::BoxFuture<'static, Result<(), ViewError>>;
-
-fn project<E, F>(
-    builder: hixbus_bus::ConsumerBuilder,
-    view: &ClinicView,
-    apply: F,
-) -> Result<hixbus_bus::ConsumerBuilder, ConsumerError>
-where
-    E: EventRecord,
-    F: Fn(ClinicView, E) -> Applied + Send + Sync + 'static,
-{
-    let view = view.clone();
-    let apply = Arc::new(apply);
-    builder.on(move |event: E, _: EventContext| {
-        let (view, apply) = (view.clone(), apply.clone());
-        async move { apply(view, event).await.map_err(handler_error) }
-    })
-}
-
-fn handler_error(e: ViewError) -> HandlerError {
-    match e {
-        ViewError::NotYet(prescription_id) => {
-            HandlerError::not_yet(format!("prescription {prescription_id}"))
+impl From<ViewError> for HandlerError {
+    /// The view is a database: what fails there may work on a retry; an event whose
+    /// prescription has not been applied yet waits for it (bounded, then dead-lettered).
+    fn from(e: ViewError) -> Self {
+        match e {
+            ViewError::NotYet(prescription_id) => {
+                HandlerError::not_yet(format!("prescription {prescription_id}"))
+            }
+            other => HandlerError::transient(other),
         }
-        other => HandlerError::transient(other),
     }
 }
 
@@ -291,21 +301,12 @@ pub fn consumer(
     group: &str,
     view: &ClinicView,
 ) -> Result<Consumer, ConsumerError> {
-    let b = Consumer::builder(kafka, codec, group);
-    let b = project(b, view, |v, e: PrescriptionIssued| {
-        Box::pin(async move { v.issued(&e).await })
-    })?;
-    let b = project(b, view, |v, e: PrescriptionClaimed| {
-        Box::pin(async move { v.claimed(&e).await })
-    })?;
-    let b = project(b, view, |v, e: PrescriptionCancelled| {
-        Box::pin(async move { v.cancelled(&e).await })
-    })?;
-    let b = project(b, view, |v, e: PrescriptionDispensed| {
-        Box::pin(async move { v.dispensed(&e).await })
-    })?;
-    let b = project(b, view, |v, e: MedicationAlert| {
-        Box::pin(async move { v.alert(&e).await })
-    })?;
-    b.build()
+    Consumer::builder(kafka, codec, group)
+        .with_state(view.clone())
+        .on(ClinicView::issued)?
+        .on(ClinicView::claimed)?
+        .on(ClinicView::cancelled)?
+        .on(ClinicView::dispensed)?
+        .on(ClinicView::alert)?
+        .build()
 }

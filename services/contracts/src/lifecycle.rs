@@ -2,6 +2,10 @@
 //! dates are plausible, how long a prescription may be dispensed, and the bounds on what a
 //! prescription or a dispensing may say.
 //!
+//! The statuses and the moves between them live here too: the pharmacy's read model and the
+//! clinic view derive their SQL conditions from [`Transition`], so the state machine is written
+//! once.
+//!
 //! Dates are Japanese calendar dates. A prescription's validity (four days including the day of
 //! issue, 療養担当規則 第20条) ends at midnight in Japan, whatever the servers' time zone, so
 //! "today" is always the date in Japan Standard Time (UTC+9, no daylight saving).
@@ -108,6 +112,159 @@ pub fn plausible_days_supply(days: i32) -> bool {
     (1..=MAX_DAYS_SUPPLY).contains(&days)
 }
 
+/// Where a prescription stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Status {
+    /// Issued, in no pharmacy's hands yet (or addressed to one that has not acted).
+    Issued,
+    /// An open prescription a pharmacy took with the patient's access code.
+    Claimed,
+    /// A pharmacy is publishing its dispensing right now; nobody else may start (the pharmacy
+    /// service's own state; the clinic never sees it).
+    Dispensing,
+    Dispensed,
+    Cancelled,
+}
+
+/// Stored text that is not a status: an error, never quietly `Issued` (which would make a
+/// prescription look dispensable).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown prescription status {0:?}")]
+pub struct UnknownStatus(pub String);
+
+impl Status {
+    pub const ALL: [Status; 5] = [
+        Status::Issued,
+        Status::Claimed,
+        Status::Dispensing,
+        Status::Dispensed,
+        Status::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Issued => "issued",
+            Status::Claimed => "claimed",
+            Status::Dispensing => "dispensing",
+            Status::Dispensed => "dispensed",
+            Status::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<Self, UnknownStatus> {
+        Self::ALL
+            .into_iter()
+            .find(|s| s.as_str() == text)
+            .ok_or_else(|| UnknownStatus(text.to_owned()))
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A move of a prescription from one status to another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// A pharmacy takes an open prescription with the access code.
+    Claim,
+    /// Publishing the claim failed: the prescription is open again.
+    Unclaim,
+    /// A pharmacy takes the right to dispense (before publishing its dispensing).
+    BeginDispensing,
+    /// Publishing the dispensing failed: the right is given back.
+    AbortDispensing,
+    /// A dispensing is recorded (from the pharmacy's own request or from the topic). The
+    /// pharmacy that dispensed decided: it stands whatever the record said before, even over a
+    /// cancellation a view saw first.
+    RecordDispensing,
+    /// The issuer withdraws it, unless a pharmacy has begun dispensing.
+    Cancel,
+}
+
+impl Transition {
+    pub const ALL: [Transition; 6] = [
+        Transition::Claim,
+        Transition::Unclaim,
+        Transition::BeginDispensing,
+        Transition::AbortDispensing,
+        Transition::RecordDispensing,
+        Transition::Cancel,
+    ];
+
+    /// The statuses this move may start from.
+    pub fn from(self) -> &'static [Status] {
+        use Status::*;
+        match self {
+            Transition::Claim => &[Issued],
+            Transition::Unclaim => &[Claimed],
+            Transition::BeginDispensing | Transition::Cancel => &[Issued, Claimed],
+            Transition::AbortDispensing => &[Dispensing],
+            Transition::RecordDispensing => &Status::ALL,
+        }
+    }
+
+    /// The status after the move from `from`, or `None` if it may not happen then.
+    /// `open` says whether the prescription is open (claimable; no target pharmacy), which
+    /// decides where an aborted dispensing returns to.
+    pub fn apply(self, from: Status, open: bool) -> Option<Status> {
+        if !self.from().contains(&from) {
+            return None;
+        }
+        Some(match self {
+            Transition::Claim => Status::Claimed,
+            Transition::Unclaim => Status::Issued,
+            Transition::BeginDispensing => Status::Dispensing,
+            Transition::AbortDispensing if open => Status::Claimed,
+            Transition::AbortDispensing => Status::Issued,
+            Transition::RecordDispensing => Status::Dispensed,
+            Transition::Cancel => Status::Cancelled,
+        })
+    }
+
+    /// The SQL that sets a `status` column to where this move leads (an aborted dispensing:
+    /// back to claimed for an open prescription, to issued for one addressed to a pharmacy,
+    /// told apart by the `target_pharmacy` column).
+    pub fn sql_target(self) -> String {
+        match self {
+            Transition::AbortDispensing => format!(
+                "CASE WHEN target_pharmacy IS NULL THEN '{}' ELSE '{}' END",
+                Status::Claimed,
+                Status::Issued
+            ),
+            other => format!(
+                "'{}'",
+                other
+                    .apply(other.from()[0], true)
+                    .unwrap_or_else(|| unreachable!("a move applies to its first status"))
+            ),
+        }
+    }
+
+    /// The SQL value of a `status` column after this move where it is allowed, the status as it
+    /// was where it is not: for a record that keeps the event either way (a view that records a
+    /// claim's pharmacy, or a cancellation request that came too late).
+    pub fn sql_case(self) -> String {
+        format!(
+            "CASE WHEN {} THEN {} ELSE status END",
+            self.sql_condition(),
+            self.sql_target()
+        )
+    }
+
+    /// The SQL condition on a `status` column that admits this move: `status IN ('…', …)`.
+    pub fn sql_condition(self) -> String {
+        let statuses: Vec<String> = self
+            .from()
+            .iter()
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect();
+        format!("status IN ({})", statuses.join(", "))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,6 +315,58 @@ mod tests {
             .unwrap()
             .with_timezone(&Utc);
         assert_eq!(date_in_japan(Timestamp::from(at)), Some(day(1)));
+    }
+
+    /// Every (status, move) pair: where it leads, or that it is refused.
+    #[test]
+    fn every_transition_from_every_status() {
+        use Status::*;
+        use Transition::*;
+        // Outcomes from: issued, claimed, dispensing, dispensed, cancelled.
+        let table: [(Transition, [Option<Status>; 5]); 6] = [
+            (Claim, [Some(Claimed), None, None, None, None]),
+            (Unclaim, [None, Some(Issued), None, None, None]),
+            (
+                BeginDispensing,
+                [Some(Dispensing), Some(Dispensing), None, None, None],
+            ),
+            (AbortDispensing, [None, None, Some(Claimed), None, None]),
+            (RecordDispensing, [Some(Dispensed); 5]),
+            (Cancel, [Some(Cancelled), Some(Cancelled), None, None, None]),
+        ];
+        for (transition, outcomes) in table {
+            for (from, expected) in Status::ALL.into_iter().zip(outcomes) {
+                assert_eq!(
+                    transition.apply(from, true),
+                    expected,
+                    "{transition:?} from {from}"
+                );
+            }
+        }
+        // An addressed prescription goes back to issued, an open one stays claimed.
+        assert_eq!(AbortDispensing.apply(Dispensing, false), Some(Issued));
+        assert_eq!(Cancel.sql_condition(), "status IN ('issued', 'claimed')");
+        assert_eq!(Cancel.sql_target(), "'cancelled'");
+        assert_eq!(
+            AbortDispensing.sql_target(),
+            "CASE WHEN target_pharmacy IS NULL THEN 'claimed' ELSE 'issued' END"
+        );
+        assert_eq!(
+            RecordDispensing.sql_condition(),
+            "status IN ('issued', 'claimed', 'dispensing', 'dispensed', 'cancelled')"
+        );
+    }
+
+    #[test]
+    fn stored_statuses_round_trip_and_unknown_text_is_an_error() {
+        for status in Status::ALL {
+            assert_eq!(Status::parse(status.as_str()), Ok(status));
+        }
+        assert_eq!(
+            Status::parse("Issued"),
+            Err(UnknownStatus("Issued".to_owned()))
+        );
+        assert!(Status::parse("").is_err());
     }
 
     #[test]

@@ -3,11 +3,12 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use clap::Args;
 use hixbus_bus::KafkaConfig;
 use hixbus_contracts::codec::{Codec, SchemaIdStrategy};
 use hixbus_contracts::registry::RegistryClient;
+use hixbus_service::BusSettings;
+use secrecy::{ExposeSecret, SecretString};
 
 pub const DEFAULT_BOOTSTRAP: &str = "127.0.0.1:9092";
 pub const DEFAULT_REGISTRY_URL: &str = "http://127.0.0.1:8081";
@@ -46,24 +47,18 @@ impl BusArgs {
     }
 }
 
-/// An organization's id and API key for the registry. Never printed.
-#[derive(Clone)]
+/// An organization's id and API key for the registry. The key is never printed.
+#[derive(Debug, Clone)]
 pub struct RegistryCredentials {
     org: String,
-    key: String,
-}
-
-impl std::fmt::Debug for RegistryCredentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "RegistryCredentials({}:***)", self.org)
-    }
+    key: SecretString,
 }
 
 pub fn parse_credentials(text: &str) -> Result<RegistryCredentials, String> {
     match text.split_once(':') {
         Some((org, key)) if !org.is_empty() && !key.is_empty() => Ok(RegistryCredentials {
             org: org.to_owned(),
-            key: key.to_owned(),
+            key: key.into(),
         }),
         _ => Err("expected ORGANIZATION:API_KEY".to_owned()),
     }
@@ -82,26 +77,31 @@ pub struct RegistryAccess {
     pub registry_ca: Option<PathBuf>,
 }
 
+/// The settings a service reads from its configuration, from these flags.
+fn settings(url: &str, access: &RegistryAccess) -> BusSettings {
+    BusSettings {
+        registry_url: url.to_owned(),
+        registry_auth: access
+            .registry_auth
+            .as_ref()
+            .map(|c| format!("{}:{}", c.org, c.key.expose_secret()).into()),
+        registry_ca: access.registry_ca.clone(),
+        ..BusSettings::default()
+    }
+}
+
 /// A client for the registry at `url`, authenticating and trusting as `access` says.
 pub fn registry_client(url: &str, access: &RegistryAccess) -> anyhow::Result<RegistryClient> {
-    let mut client = RegistryClient::new(url).with_context(|| format!("registry URL {url}"))?;
-    if let Some(path) = &access.registry_ca {
-        let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        client = client
-            .with_root_certificate(&pem)
-            .with_context(|| format!("certificate {}", path.display()))?;
-    }
-    Ok(match &access.registry_auth {
-        Some(c) => client.with_basic_auth(&c.org, &c.key),
-        None => client,
-    })
+    Ok(settings(url, access).registry()?)
 }
 
 pub fn kafka_config(bootstrap: &str, client_id: &str, options: &[(String, String)]) -> KafkaConfig {
-    options.iter().fold(
-        KafkaConfig::new(bootstrap).with_client_id(client_id),
-        |config, (k, v)| config.with_option(k, v),
-    )
+    BusSettings {
+        bootstrap_servers: bootstrap.to_owned(),
+        kafka_options: options.iter().cloned().collect(),
+        ..BusSettings::default()
+    }
+    .kafka(client_id)
 }
 
 pub fn parse_option(text: &str) -> Result<(String, String), String> {

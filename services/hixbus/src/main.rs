@@ -49,9 +49,8 @@ enum Command {
     /// Inspect, document, check and register the event schemas.
     #[command(subcommand)]
     Schemas(schemas::SchemasCommand),
-    /// Run one prescription service (for deployments with a process per service).
-    #[command(subcommand)]
-    Serve(services::ServeCommand),
+    /// Run one service (for deployments with a process per service).
+    Serve(services::ServeArgs),
     /// Organization API keys.
     #[command(subcommand)]
     Orgs(services::OrgsCommand),
@@ -82,7 +81,7 @@ fn exit_with_parent() {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     exit_with_parent();
-    let telemetry = hixbus_bus::telemetry::init("hixbus");
+    let telemetry = hixbus_service::telemetry::init("hixbus");
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Up(args) => up::run(args).await,
@@ -91,7 +90,7 @@ async fn main() -> std::process::ExitCode {
         Command::Topics(cmd) => topics::run(cmd).await,
         Command::Registry(cmd) => registry::run(cmd).await,
         Command::Schemas(cmd) => schemas::run(cmd).await,
-        Command::Serve(cmd) => services::serve(cmd).await,
+        Command::Serve(args) => services::serve(args).await,
         Command::Orgs(cmd) => services::orgs(cmd),
         Command::Demo(cmd) => demo::run(cmd),
     };

@@ -84,7 +84,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let server = RegistryServer::build(config).await?;
     let url = server.url();
     tracing::info!(%url, database = %redact(&args.db.database), "schema registry listening");
-    let serving = tokio::spawn(server.run_until(shutdown_signal()));
+    let serving = tokio::spawn(server.run_until(hixbus_service::shutdown_signal()));
     if args.register_catalog {
         let client = RegistryClient::new(&url)?;
         let registered = gate::register(&client, Catalog::embedded()).await?;
@@ -93,27 +93,4 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     println!("schema registry listening on {url}  (try: curl {url}/subjects)");
     serving.await??;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Completes on Ctrl-C or SIGTERM (what container runtimes send).
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
-    tracing::info!("shutting down");
 }

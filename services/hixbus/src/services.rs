@@ -1,77 +1,28 @@
-//! `hixbus serve …` and `hixbus orgs …`: the prescription services as separate processes (one
-//! per container in production), and the organization keys they authenticate with.
+//! `hixbus serve …` and `hixbus orgs …`: each service as its own process (one per container in
+//! production), and the organization keys they authenticate with.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use hixbus::stack::Kind;
 use hixbus_access::codes::CodeKeys;
 use hixbus_access::{DEFAULT_KEY_VALIDITY_DAYS, Directory, MAX_KEY_VALIDITY_DAYS, digest};
-use hixbus_bus::Publisher;
-use hixbus_bus::http::HttpService;
-use hixbus_contracts::codec::SchemaIdStrategy;
-use hixbus_storage::Database;
+use hixbus_service::CancellationToken;
 
-use crate::bus_args::BusArgs;
-use crate::registry::shutdown_signal;
+use hixbus_service::shutdown_signal;
 
-#[derive(Debug, Subcommand)]
-pub enum ServeCommand {
-    /// The clinic gateway: FHIR prescriptions in, events out, the clinic view.
-    ClinicGateway(ServiceArgs),
-    /// The pharmacy service: inboxes, claims, dispensing.
-    Pharmacy(ServiceArgs),
-    /// The medication-safety check (no HTTP API).
-    MedicationSafety {
-        #[command(flatten)]
-        bus: BusArgs,
-    },
-}
-
+/// `hixbus serve SERVICE`: one service, configured by a file and `HIXBUS_…` variables.
 #[derive(Debug, Args)]
-pub struct ServiceArgs {
-    #[arg(long, env = "HIXBUS_LISTEN", default_value = "127.0.0.1:8090")]
-    listen: SocketAddr,
-    /// postgres://… or sqlite://file.db
-    #[arg(long, env = "HIXBUS_DATABASE_URL")]
-    database: String,
-    /// The organizations file (ids, roles, API key digests).
-    #[arg(long, env = "HIXBUS_ORGANIZATIONS")]
-    organizations: PathBuf,
-    #[command(flatten)]
-    codes: AccessCodeKeys,
-    #[command(flatten)]
-    bus: BusArgs,
-}
-
-/// The secret access codes are digested with, shared by the clinic gateway (which issues codes)
-/// and the pharmacy service (which looks them up). See docs/prescriptions.md.
-#[derive(Debug, Args)]
-pub struct AccessCodeKeys {
-    /// ID:HEX (at least 32 random bytes; `hixbus orgs new-access-code-key` makes one).
-    #[arg(long, env = "HIXBUS_ACCESS_CODE_KEY", hide_env_values = true)]
-    access_code_key: String,
-    /// Earlier keys still accepted for claims after a rotation, comma-separated ID:HEX.
-    #[arg(
-        long,
-        env = "HIXBUS_ACCESS_CODE_PREVIOUS_KEYS",
-        value_delimiter = ',',
-        hide_env_values = true
-    )]
-    access_code_previous_keys: Vec<String>,
-}
-
-impl AccessCodeKeys {
-    fn keys(&self) -> anyhow::Result<CodeKeys> {
-        CodeKeys::parse(
-            &self.access_code_key,
-            self.access_code_previous_keys.iter().map(String::as_str),
-        )
-        .context("--access-code-key")
-    }
+#[command(after_long_help = settings_help())]
+pub struct ServeArgs {
+    /// The service to run.
+    service: Kind,
+    /// A TOML file with its settings (keys as in `--help`, lower case without the prefix;
+    /// bus settings under [bus]). Variables override the file.
+    #[arg(long, env = "HIXBUS_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 pub fn load_directory(path: &PathBuf) -> anyhow::Result<Directory> {
@@ -80,53 +31,38 @@ pub fn load_directory(path: &PathBuf) -> anyhow::Result<Directory> {
     Directory::from_toml(&text).with_context(|| format!("loading {}", path.display()))
 }
 
-pub async fn serve(cmd: ServeCommand) -> anyhow::Result<ExitCode> {
-    match cmd {
-        ServeCommand::ClinicGateway(args) => {
-            let (directory, db, publisher, kafka) = prepare(&args, "hixbus-clinic-gateway").await?;
-            let codes = args.codes.keys()?;
-            let gateway =
-                hixbus_clinic_gateway::build(args.listen, directory, &kafka, publisher, db, codes)
-                    .await?;
-            run_http(gateway, "clinic gateway").await?;
-        }
-        ServeCommand::Pharmacy(args) => {
-            let (directory, db, publisher, kafka) = prepare(&args, "hixbus-pharmacy").await?;
-            let codes = args.codes.keys()?;
-            let pharmacy =
-                hixbus_pharmacy::build(args.listen, directory, &kafka, publisher, db, codes)
-                    .await?;
-            run_http(pharmacy, "pharmacy service").await?;
-        }
-        ServeCommand::MedicationSafety { bus } => {
-            let kafka = bus.kafka("hixbus-medication-safety");
-            let publisher = Publisher::new(&kafka, bus.codec(SchemaIdStrategy::Lookup)?)?;
-            let rules = hixbus_medication_safety::Rules::embedded()?;
-            let consumer = hixbus_medication_safety::start(&kafka, publisher, rules).await?;
-            println!("medication-safety check running");
-            consumer.run(shutdown_signal()).await?;
-        }
+/// Each service's settings, as the variables that set them.
+fn settings_help() -> String {
+    let mut help =
+        String::from("Settings (in the file, or as variables; secrets are never printed):\n");
+    for kind in Kind::ALL {
+        let names: Vec<String> = kind
+            .env_names()
+            .iter()
+            .map(|n| format!("[env: {n}=]"))
+            .collect();
+        help.push_str(&format!("  {kind}:\n    {}\n", names.join("\n    ")));
     }
-    Ok(ExitCode::SUCCESS)
+    help
 }
 
-async fn run_http(service: HttpService, name: &str) -> anyhow::Result<()> {
-    println!("{name} listening on {}", service.url());
-    service.run_until(shutdown_signal()).await?;
-    Ok(())
-}
-
-async fn prepare(
-    args: &ServiceArgs,
-    client_id: &str,
-) -> anyhow::Result<(Arc<Directory>, Database, Publisher, hixbus_bus::KafkaConfig)> {
-    let directory = Arc::new(load_directory(&args.organizations)?);
-    let db = Database::connect(&args.database)
+pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let service = args
+        .service
+        .deployed(args.config.as_deref())
         .await
-        .with_context(|| format!("connecting to {}", hixbus_storage::redact(&args.database)))?;
-    let kafka = args.bus.kafka(client_id);
-    let publisher = Publisher::new(&kafka, args.bus.codec(SchemaIdStrategy::Lookup)?)?;
-    Ok((directory, db, publisher, kafka))
+        .with_context(|| format!("starting {}", args.service))?;
+    println!("{} listening on {}", service.name(), service.url());
+    let stop = CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            shutdown_signal().await;
+            stop.cancel();
+        }
+    });
+    service.run_until(stop).await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Debug, Subcommand)]

@@ -48,7 +48,7 @@ pub async fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
         }
         let next = tokio::select! {
             next = reader.next(args.exit_at_end) => next,
-            () = crate::registry::shutdown_signal() => break,
+            () = hixbus_service::shutdown_signal() => break,
         };
         let Some(record) = next else { break };
         let record = record?;

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
+use hixbus::stack::Kind;
 use hixbus_access::Directory;
 use hixbus_access::codes::CodeKeys;
 use hixbus_bus::Publisher;
@@ -19,8 +20,8 @@ use hixbus_bus::topics::{self, TopicSpec};
 use hixbus_contracts::codec::{Codec, SchemaIdStrategy};
 use hixbus_contracts::{Catalog, Timestamp, gate, samples};
 use hixbus_schema_registry::{RegistryConfig, RegistryServer};
+use hixbus_service::{CancellationToken, Deps};
 use hixbus_storage::Database;
-use tokio::sync::watch;
 
 use crate::bus_args::{
     DEFAULT_BOOTSTRAP, DEFAULT_REGISTRY_URL, RegistryAccess, kafka_config, parse_option,
@@ -43,12 +44,10 @@ pub struct UpArgs {
     /// Where the embedded registry listens.
     #[arg(long, default_value = "127.0.0.1:8081")]
     registry_listen: SocketAddr,
-    /// Where the clinic gateway listens.
-    #[arg(long, default_value = "127.0.0.1:8090")]
-    gateway_listen: SocketAddr,
-    /// Where the pharmacy service listens.
-    #[arg(long, default_value = "127.0.0.1:8091")]
-    pharmacy_listen: SocketAddr,
+    /// Where a service listens instead of its usual port, SERVICE=ADDRESS (repeatable), e.g.
+    /// clinic-gateway=127.0.0.1:0 for any free port.
+    #[arg(long = "listen", value_name = "SERVICE=ADDRESS", value_parser = parse_listen)]
+    listen: Vec<(Kind, SocketAddr)>,
     /// Milliseconds between demo events; 0 turns the demo clinic off.
     #[arg(long, default_value_t = 1000)]
     demo_interval_ms: u64,
@@ -57,9 +56,18 @@ pub struct UpArgs {
     kafka_options: Vec<(String, String)>,
 }
 
+fn parse_listen(text: &str) -> Result<(Kind, SocketAddr), String> {
+    let (name, addr) = text
+        .split_once('=')
+        .ok_or_else(|| format!("expected SERVICE=ADDRESS, got {text:?}"))?;
+    let kind = <Kind as clap::ValueEnum>::from_str(name, false)?;
+    let addr = addr.parse().map_err(|e| format!("{addr:?}: {e}"))?;
+    Ok((kind, addr))
+}
+
 pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let specs = topics::specs(topics::EMBEDDED, Catalog::embedded())?;
-    let (stop_tx, stop) = watch::channel(false);
+    let stop = CancellationToken::new();
 
     // The broker: a real cluster, or the in-memory one.
     let (bootstrap, _dev_cluster, broker_label) = match &args.bootstrap_servers {
@@ -105,10 +113,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
                 )
             })?;
             let url = server.url();
-            let mut stopped = stop.clone();
-            let task = tokio::spawn(server.run_until(async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            }));
+            let task = tokio::spawn(server.run_until(stop.clone().cancelled_owned()));
             (
                 url,
                 Some(task),
@@ -147,8 +152,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     }
     .print();
 
-    crate::registry::shutdown_signal().await;
-    let _ = stop_tx.send(true);
+    hixbus_service::shutdown_signal().await;
+    stop.cancel();
     if let Some(demo) = demo {
         match demo.await {
             Ok(Ok(sent)) => println!("demo clinic stopped after {sent} events"),
@@ -156,11 +161,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             Err(e) => eprintln!("demo clinic crashed: {e}"),
         }
     }
-    for (name, task) in services.tasks {
+    for (kind, task) in services.tasks {
         match task.await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("{name} stopped with an error: {e}"),
-            Err(e) => eprintln!("{name} crashed: {e}"),
+            Ok(Err(e)) => eprintln!("{kind} stopped with an error: {e}"),
+            Err(e) => eprintln!("{kind} crashed: {e}"),
         }
     }
     if let Some(task) = registry_task {
@@ -173,14 +178,22 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
 /// The demo organizations; each gets a fresh API key at every start.
 const DEMO_ORGANIZATIONS: &str = include_str!("../../../infra/organizations.demo.toml");
 
-/// The prescription services `up` runs, their addresses and the demo keys.
+/// The services `up` runs, their addresses and the demo keys.
 struct Services {
-    gateway: String,
-    pharmacy: String,
+    urls: Vec<(Kind, String)>,
     keys: Vec<(String, &'static str, String)>,
-    tasks: Vec<(&'static str, tokio::task::JoinHandle<anyhow::Result<()>>)>,
+    tasks: Vec<(Kind, tokio::task::JoinHandle<std::io::Result<()>>)>,
     /// Where the services' SQLite files are; removed when `up` ends.
     _data: tempfile::TempDir,
+}
+
+impl Services {
+    fn url(&self, kind: Kind) -> &str {
+        self.urls
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map_or("(not running)", |(_, url)| url)
+    }
 }
 
 /// (organization id, role, API key) of each demo organization.
@@ -207,70 +220,53 @@ async fn start_services(
     args: &UpArgs,
     kafka: &hixbus_bus::KafkaConfig,
     codec: &Arc<Codec>,
-    stop: &watch::Receiver<bool>,
+    stop: &CancellationToken,
     directory: Arc<Directory>,
     keys: DemoKeys,
 ) -> anyhow::Result<Services> {
     // Files, not `sqlite::memory:`: an in-memory database is one connection, so one
     // organization's long read would make every other one wait. Gone when `up` ends.
     let data = tempfile::Builder::new().prefix("hixbus-up-").tempdir()?;
-    let database = |name: &str| format!("sqlite://{}", data.path().join(name).display());
     // Shared by the gateway (which digests the codes it issues) and the pharmacy (which looks
     // presented codes up by digest); new at every start, like everything else here.
-    let codes = CodeKeys::ephemeral();
-    let stopped = |stop: &watch::Receiver<bool>| {
-        let mut stop = stop.clone();
-        async move {
-            let _ = stop.wait_for(|s| *s).await;
+    let access_code_key = CodeKeys::generate_text("up");
+    let mut urls = Vec::new();
+    let mut tasks = Vec::new();
+    for &kind in Kind::ALL {
+        let database = if kind.keeps_tables() {
+            let url = format!(
+                "sqlite://{}",
+                data.path().join(format!("{kind}.db")).display()
+            );
+            Some(Database::connect(&url).await?)
+        } else {
+            None
+        };
+        let deps = Deps {
+            kafka: kafka.clone(),
+            codec: codec.clone(),
+            directory: directory.clone(),
+            database,
+        };
+        let listen = args
+            .listen
+            .iter()
+            .rev()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, addr)| addr.to_string());
+        let mut settings = vec![("access_code_key", access_code_key.as_str())];
+        if let Some(listen) = &listen {
+            settings.push(("listen", listen.as_str()));
         }
-    };
-    let gateway = hixbus_clinic_gateway::build(
-        args.gateway_listen,
-        directory.clone(),
-        kafka,
-        Publisher::new(kafka, codec.clone())?,
-        Database::connect(&database("clinic-gateway.db")).await?,
-        codes.clone(),
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("clinic gateway: {e} (try --gateway-listen 127.0.0.1:0)"))?;
-    let pharmacy = hixbus_pharmacy::build(
-        args.pharmacy_listen,
-        directory,
-        kafka,
-        Publisher::new(kafka, codec.clone())?,
-        Database::connect(&database("pharmacy.db")).await?,
-        codes,
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("pharmacy service: {e} (try --pharmacy-listen 127.0.0.1:0)"))?;
-    let safety = hixbus_medication_safety::start(
-        kafka,
-        Publisher::new(kafka, codec.clone())?,
-        hixbus_medication_safety::Rules::embedded()?,
-    )
-    .await?;
-    let (gateway_url, pharmacy_url) = (gateway.url(), pharmacy.url());
-    let s1 = stopped(stop);
-    let s2 = stopped(stop);
-    let s3 = stopped(stop);
-    let tasks: Vec<(&'static str, tokio::task::JoinHandle<anyhow::Result<()>>)> = vec![
-        (
-            "clinic gateway",
-            tokio::spawn(async move { Ok(gateway.run_until(s1).await?) }),
-        ),
-        (
-            "pharmacy service",
-            tokio::spawn(async move { Ok(pharmacy.run_until(s2).await?) }),
-        ),
-        (
-            "medication-safety check",
-            tokio::spawn(async move { safety.run(s3).await.map(drop).map_err(Into::into) }),
-        ),
-    ];
+        let service = kind
+            .local(&settings, deps)
+            .await
+            .map_err(|e| anyhow::anyhow!("{kind}: {e} (try --listen {kind}=127.0.0.1:0)"))?;
+        urls.push((kind, service.url()));
+        tasks.push((kind, tokio::spawn(service.run_until(stop.clone()))));
+    }
     Ok(Services {
-        gateway: gateway_url,
-        pharmacy: pharmacy_url,
+        urls,
         keys,
         tasks,
         _data: data,
@@ -282,7 +278,7 @@ async fn start_services(
 async fn demo_clinic(
     publisher: Publisher,
     interval: Duration,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) -> Result<u64, hixbus_bus::PublishError> {
     let mut sent = 0u64;
     let mut ticker = tokio::time::interval(interval);
@@ -290,7 +286,7 @@ async fn demo_clinic(
         let patient = format!("patient:demo-{:04}", round % 20 + 1);
         for mut event in samples::one_of_each(&patient) {
             tokio::select! {
-                _ = stop.wait_for(|s| *s) => return Ok(sent),
+                () = stop.cancelled() => return Ok(sent),
                 _ = ticker.tick() => {}
             }
             event.envelope_mut().occurred_at = Timestamp::now();
@@ -361,13 +357,16 @@ impl Banner<'_> {
         }
         println!(
             " Clinic gateway    {:<24} FHIR R4 prescriptions in, clinic view",
-            self.services.gateway
+            self.services.url(Kind::ClinicGateway)
         );
         println!(
             " Pharmacy service  {:<24} inboxes (live), claims, dispensing",
-            self.services.pharmacy
+            self.services.url(Kind::Pharmacy)
         );
-        println!(" Medication safety running on the stream");
+        println!(
+            " Medication safety {:<24} on the stream (health only)",
+            self.services.url(Kind::MedicationSafety)
+        );
         println!();
         println!(
             " Demo API keys (new at every start, valid 7 days; the operator's changes the registry):"
@@ -383,11 +382,11 @@ impl Banner<'_> {
         println!("   cargo run -p hixbus -- demo fhir-bundle > rx.json");
         println!(
             "   curl -X POST '{}/fhir/Bundle?target_pharmacy=pharmacy-aozora' -H \"Authorization: Bearer $SAKURA_KEY\" -H 'Content-Type: application/fhir+json' --data @rx.json",
-            self.services.gateway
+            self.services.url(Kind::ClinicGateway)
         );
         println!(
             "   curl -N {}/pharmacy/inbox/stream -H \"Authorization: Bearer $AOZORA_KEY\"",
-            self.services.pharmacy
+            self.services.url(Kind::Pharmacy)
         );
         println!();
         println!(" Ctrl-C stops everything.");

@@ -48,6 +48,24 @@ impl Check {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    async fn cancelled(
+        self,
+        e: PrescriptionCancelled,
+        _: EventContext,
+    ) -> Result<(), HandlerError> {
+        self.medications().cancelled(&e);
+        Ok(())
+    }
+
+    async fn dispensed(
+        self,
+        e: PrescriptionDispensed,
+        _: EventContext,
+    ) -> Result<(), HandlerError> {
+        self.medications().dispensed(&self.rules, &e);
+        Ok(())
+    }
+
     /// Applies an event read at `position` (its record's offset) without checking it.
     fn apply(&self, event: &Event, position: i64) {
         match event {
@@ -61,10 +79,11 @@ impl Check {
         }
     }
 
-    async fn issued(&self, e: PrescriptionIssued, position: i64) -> Result<(), HandlerError> {
+    /// Checks a new prescription against the patient's others and publishes what it finds.
+    async fn issued(self, e: PrescriptionIssued, ctx: EventContext) -> Result<(), HandlerError> {
         let conflicts = self
             .medications()
-            .issued_at(&self.rules, &e, position, today_in_japan());
+            .issued_at(&self.rules, &e, ctx.offset, today_in_japan());
         for conflict in conflicts {
             let alert = alert(&e, &conflict);
             tracing::info!(
@@ -187,20 +206,11 @@ pub async fn start(
     tracing::info!(replayed, "medication-safety state rebuilt from the topics");
 
     let codec = publisher.codec().clone();
-    let (a, b, c) = (check.clone(), check.clone(), check);
     let consumer = Consumer::builder(kafka, codec, GROUP)
-        .on(move |e: PrescriptionIssued, ctx: EventContext| {
-            let check = a.clone();
-            async move { check.issued(e, ctx.offset).await }
-        })?
-        .on(move |e: PrescriptionCancelled, ctx: EventContext| {
-            b.apply(&Event::PrescriptionCancelled(e), ctx.offset);
-            async { Ok(()) }
-        })?
-        .on(move |e: PrescriptionDispensed, ctx: EventContext| {
-            c.apply(&Event::PrescriptionDispensed(e), ctx.offset);
-            async { Ok(()) }
-        })?
+        .with_state(check)
+        .on(Check::issued)?
+        .on(Check::cancelled)?
+        .on(Check::dispensed)?
         .build()?;
     Ok(consumer)
 }

@@ -9,11 +9,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hixbus_bus::shutdown::Signal;
 use hixbus_storage::{Backend, Database};
 use sqlx::AnyPool;
 use sqlx::postgres::PgListener;
 use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
 
 use crate::store::{PrescriptionRow, Store};
 
@@ -35,14 +35,14 @@ pub enum Changed {
 pub struct Changes {
     feed: broadcast::Sender<Changed>,
     /// Completes when the service stops; streams and the listener end then.
-    ending: Signal,
+    ending: CancellationToken,
     /// On PostgreSQL: where changes are announced to every replica.
     relay: Option<AnyPool>,
 }
 
 impl Changes {
     /// This process only (SQLite, or tests without a database).
-    pub fn local(ending: Signal) -> Self {
+    pub fn local(ending: CancellationToken) -> Self {
         Self {
             feed: broadcast::channel(1024).0,
             ending,
@@ -52,7 +52,11 @@ impl Changes {
 
     /// The feed for `db`: on PostgreSQL it listens before returning, so no change announced
     /// after startup is missed.
-    pub async fn start(db: &Database, store: &Store, ending: Signal) -> Result<Self, sqlx::Error> {
+    pub async fn start(
+        db: &Database,
+        store: &Store,
+        ending: CancellationToken,
+    ) -> Result<Self, sqlx::Error> {
         let mut changes = Self::local(ending);
         if db.backend == Backend::Postgres {
             let mut listener = PgListener::connect(db.url()).await?;
@@ -76,7 +80,7 @@ impl Changes {
     /// Completes when the service stops: a live stream must end then, or the graceful
     /// shutdown would wait for it forever.
     pub fn ending(&self) -> impl Future<Output = ()> + Send + use<> {
-        self.ending.clone().wait()
+        self.ending.clone().cancelled_owned()
     }
 
     /// Tells every replica's screens that `prescription_id` changed. Call it after the change

@@ -5,12 +5,14 @@
 
 pub mod changes;
 pub mod claims;
+pub mod config;
 pub mod projector;
 pub mod routes;
 pub mod startup;
 pub mod store;
 
-pub use startup::{GROUP, PharmacyService, StartupError, build};
+pub use config::Config;
+pub use startup::{GROUP, NAME, build};
 
 /// The read model's tables (versions 5000–5999).
 pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

@@ -8,18 +8,15 @@
 use std::sync::Arc;
 
 use hixbus_bus::consumer::ConsumerError;
-use hixbus_bus::{Consumer, ConsumerBuilder, EventContext, HandlerError, KafkaConfig};
+use hixbus_bus::{Consumer, EventContext, HandlerError, KafkaConfig};
 use hixbus_contracts::codec::Codec;
 use hixbus_contracts::{
-    EventRecord, MedicationAlert, PrescriptionCancelled, PrescriptionClaimed,
-    PrescriptionDispensed, PrescriptionIssued,
+    MedicationAlert, PrescriptionCancelled, PrescriptionClaimed, PrescriptionDispensed,
+    PrescriptionIssued,
 };
 
 use crate::changes::Changes;
 use crate::store::{Store, StoreError};
-
-/// The prescriptions a projection changed, to be announced to the screens.
-type Applied = futures::future::BoxFuture<'static, Result<Vec<String>, HandlerError>>;
 
 impl From<StoreError> for HandlerError {
     /// The store is a database: whatever fails there may work on a retry.
@@ -28,33 +25,78 @@ impl From<StoreError> for HandlerError {
     }
 }
 
-/// Registers `apply` for `E`: it updates the store and returns the prescriptions to announce.
-fn project<E, F>(
-    builder: ConsumerBuilder,
-    store: &Store,
-    changes: &Changes,
-    apply: F,
-) -> Result<ConsumerBuilder, ConsumerError>
-where
-    E: EventRecord,
-    F: Fn(Store, Changes, E) -> Applied + Send + Sync + 'static,
-{
-    let (store, changes) = (store.clone(), changes.clone());
-    let apply = Arc::new(apply);
-    builder.on(move |event: E, _: EventContext| {
-        let (store, changes, apply) = (store.clone(), changes.clone(), apply.clone());
-        async move {
-            for prescription_id in apply(store.clone(), changes.clone(), event).await? {
-                changes.announce(&store, &prescription_id).await;
-            }
-            Ok(())
-        }
-    })
+/// The read model and the screens that hear of its changes: the consumer's state.
+#[derive(Debug, Clone)]
+pub struct Projector {
+    pub store: Store,
+    pub changes: Changes,
 }
 
-/// `id` when `changed`: what a single-prescription projection announces.
-fn changed(changed: bool, id: String) -> Vec<String> {
-    if changed { vec![id] } else { vec![] }
+impl Projector {
+    /// Tells the screens about `id` when `changed`.
+    async fn announce(&self, changed: bool, id: &str) {
+        if changed {
+            self.changes.announce(&self.store, id).await;
+        }
+    }
+
+    pub async fn issued(self, e: PrescriptionIssued, _: EventContext) -> Result<(), HandlerError> {
+        // On PostgreSQL the insert announces itself, in the same statement.
+        let channel = self.changes.channel();
+        let inserted = self.store.insert_issued(&e, channel).await?;
+        self.announce(inserted && channel.is_none(), &e.prescription_id)
+            .await;
+        Ok(())
+    }
+
+    pub async fn cancelled(
+        self,
+        e: PrescriptionCancelled,
+        _: EventContext,
+    ) -> Result<(), HandlerError> {
+        let cancelled = self.store.cancel(&e.prescription_id).await?;
+        self.announce(cancelled, &e.prescription_id).await;
+        Ok(())
+    }
+
+    pub async fn claimed(
+        self,
+        e: PrescriptionClaimed,
+        _: EventContext,
+    ) -> Result<(), HandlerError> {
+        let claimed = self
+            .store
+            .claim(&e.prescription_id, &e.pharmacy.org_id)
+            .await?;
+        self.announce(claimed, &e.prescription_id).await;
+        Ok(())
+    }
+
+    /// Dispensings travel on their own topic, so one can be read before its prescription (a
+    /// replay, a pharmacy system publishing directly, a redriven prescription). Recording it
+    /// then would find no row and lose it: the prescription would later look dispensable.
+    pub async fn dispensed(
+        self,
+        e: PrescriptionDispensed,
+        _: EventContext,
+    ) -> Result<(), HandlerError> {
+        let recorded = self.store.record_dispensed(&e).await?;
+        let id = e.prescription_id;
+        // Not recorded: already dispensed (done), or the prescription is not here yet — or its
+        // insert landed just after the update looked; applying again works then.
+        if !recorded && !self.store.is_dispensed(&id).await? {
+            return Err(HandlerError::not_yet(format!("prescription {id}")));
+        }
+        self.announce(recorded, &id).await;
+        Ok(())
+    }
+
+    pub async fn alert(self, e: MedicationAlert, _: EventContext) -> Result<(), HandlerError> {
+        for prescription_id in self.store.add_alert(&e).await? {
+            self.changes.announce(&self.store, &prescription_id).await;
+        }
+        Ok(())
+    }
 }
 
 /// The consumer that feeds the read model.
@@ -62,67 +104,14 @@ pub fn consumer(
     kafka: &KafkaConfig,
     codec: Arc<Codec>,
     group: &str,
-    store: Store,
-    changes: Changes,
+    projector: Projector,
 ) -> Result<Consumer, ConsumerError> {
-    let builder = Consumer::builder(kafka, codec, group);
-    let builder = project(
-        builder,
-        &store,
-        &changes,
-        |store, changes, e: PrescriptionIssued| {
-            Box::pin(async move {
-                // On PostgreSQL the insert announces itself, in the same statement.
-                let channel = changes.channel();
-                let inserted = store.insert_issued(&e, channel).await?;
-                Ok(changed(inserted && channel.is_none(), e.prescription_id))
-            })
-        },
-    )?;
-    let builder = project(
-        builder,
-        &store,
-        &changes,
-        |store, _, e: PrescriptionCancelled| {
-            Box::pin(async move {
-                let cancelled = store.cancel(&e.prescription_id).await?;
-                Ok(changed(cancelled, e.prescription_id))
-            })
-        },
-    )?;
-    let builder = project(
-        builder,
-        &store,
-        &changes,
-        |store, _, e: PrescriptionClaimed| {
-            Box::pin(async move {
-                let claimed = store.claim(&e.prescription_id, &e.pharmacy.org_id).await?;
-                Ok(changed(claimed, e.prescription_id))
-            })
-        },
-    )?;
-    // Dispensings travel on their own topic, so one can be read before its prescription (a
-    // replay, a pharmacy system publishing directly, a redriven prescription). Recording it
-    // then would find no row and lose it: the prescription would later look dispensable.
-    let builder = project(
-        builder,
-        &store,
-        &changes,
-        |store, _, e: PrescriptionDispensed| {
-            Box::pin(async move {
-                let recorded = store.record_dispensed(&e).await?;
-                let id = e.prescription_id;
-                // Not recorded: already dispensed (done), or the prescription is not here yet —
-                // or its insert landed just after the update looked; applying again works then.
-                if !recorded && !store.is_dispensed(&id).await? {
-                    return Err(HandlerError::not_yet(format!("prescription {id}")));
-                }
-                Ok(changed(recorded, id))
-            })
-        },
-    )?;
-    let builder = project(builder, &store, &changes, |store, _, e: MedicationAlert| {
-        Box::pin(async move { Ok(store.add_alert(&e).await?) })
-    })?;
-    builder.build()
+    Consumer::builder(kafka, codec, group)
+        .with_state(projector)
+        .on(Projector::issued)?
+        .on(Projector::cancelled)?
+        .on(Projector::claimed)?
+        .on(Projector::dispensed)?
+        .on(Projector::alert)?
+        .build()
 }

@@ -452,6 +452,18 @@ pub async fn dispense(
     let request: DispenseRequest = json_body(&headers, body).await?;
     request.check_text()?;
     let row = own_row(&state.store, org, &id).await?;
+    // A dispensing this pharmacy began and whose publication was cut short (its answer lost, the
+    // service restarted): publish that same event again, whatever this request says.
+    if row.status == Status::Dispensing
+        && let Some(begun) = state
+            .store
+            .begun_dispensing(&id, &org.id)
+            .await
+            .map_err(store_failed)?
+    {
+        tracing::info!(prescription_id = %id, "resuming a dispensing begun earlier");
+        return publish_dispensing(&state, org, &row, begun, false).await;
+    }
     let lines = dispensed_lines(&row, request.lines)?;
     if matches!(
         row.status,
@@ -471,14 +483,6 @@ pub async fn dispense(
         };
         ApiError::conflict(error, format!("prescription {id}: {why}"))
     })?;
-    let taken = state
-        .store
-        .begin_dispensing(&id, &org.id, &row.patient_ref)
-        .await
-        .map_err(store_failed)?;
-    if !taken {
-        return Err(refusal(&state.store, &id).await);
-    }
     let partial = lines.len() < row.issued.lines.len();
     let event = PrescriptionDispensed {
         envelope: Envelope {
@@ -495,13 +499,37 @@ pub async fn dispense(
         partial,
         notes: request.notes,
     };
+    let taken = state
+        .store
+        .begin_dispensing(&event, &row.patient_ref)
+        .await
+        .map_err(store_failed)?;
+    if !taken {
+        return Err(refusal(&state.store, &id).await);
+    }
+    publish_dispensing(&state, org, &row, event, true).await
+}
+
+/// Publishes a dispensing begun in the store, then records it. A first attempt whose
+/// publication fails gives the right to dispense back (`give_back`); a resumed one keeps it, since
+/// the earlier attempt may have reached the broker after all.
+async fn publish_dispensing(
+    state: &AppState,
+    org: &Organization,
+    row: &PrescriptionRow,
+    event: PrescriptionDispensed,
+    give_back: bool,
+) -> Result<Json<Value>, ApiError> {
+    let id = &event.prescription_id;
     if let Err(e) = state.publisher.publish(&event).await {
-        state
-            .store
-            .abort_dispensing(&id)
-            .await
-            .map_err(store_failed)?;
-        audit_best_effort(&state.audit, org, "dispense.undone", &row).await;
+        if give_back {
+            state
+                .store
+                .abort_dispensing(id)
+                .await
+                .map_err(store_failed)?;
+            audit_best_effort(&state.audit, org, "dispense.undone", row).await;
+        }
         return Err(ApiError::unavailable(format!(
             "the dispensing was not recorded ({e}); retry"
         )));
@@ -511,14 +539,43 @@ pub async fn dispense(
     if let Err(e) = state.store.record_dispensed(&event).await {
         tracing::error!(error = %e, prescription_id = %id, "dispensing published but not yet recorded; the projector will");
     }
-    state.changes.announce(&state.store, &id).await;
+    state.changes.announce(&state.store, id).await;
     Ok(Json(json!({
         "prescription_id": id,
         "status": "dispensed",
         "event_id": event.envelope.event_id,
-        "partial": partial,
+        "partial": event.partial,
         "lines": event.lines,
     })))
+}
+
+/// At start: publishes again every dispensing begun and not recorded, which a crash of an
+/// earlier process may have left unpublished (the event id is the same, so one that did reach
+/// the bus is not applied twice downstream).
+pub async fn resume_dispensings(store: Store, publisher: Publisher, changes: Changes) {
+    let pending = match store.pending_dispensings().await {
+        Ok(pending) => pending,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot list dispensings begun before this start");
+            return;
+        }
+    };
+    for event in pending {
+        let id = event.prescription_id.clone();
+        match publisher.publish(&event).await {
+            Ok(_) => {
+                if let Err(e) = store.record_dispensed(&event).await {
+                    tracing::warn!(error = %e, prescription_id = %id, "resumed dispensing not recorded yet; the projector will");
+                }
+                changes.announce(&store, &id).await;
+                tracing::info!(prescription_id = %id, "dispensing begun before a restart published");
+            }
+            // Left as begun: the pharmacy's retry, or the next start, publishes it.
+            Err(e) => {
+                tracing::warn!(error = %e, prescription_id = %id, "dispensing begun before a restart not published yet");
+            }
+        }
+    }
 }
 
 /// Why a prescription cannot be dispensed now.
@@ -696,8 +753,4 @@ fn check_substitute(substitute: &CodedConcept, prescribed: &CodedConcept) -> Res
         text::check_line(display, MAX_NAME_CHARS).map_err(|p| format!("substitute.display {p}"))?;
     }
     Ok(())
-}
-
-pub async fn health() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
 }

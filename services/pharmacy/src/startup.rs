@@ -1,56 +1,60 @@
-//! Builds the pharmacy service: its HTTP API and the consumer that feeds its read model.
+//! Builds the pharmacy service from its configuration and what it is given: its HTTP API and
+//! the consumer that feeds its read model.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::routing::{get, post};
-use hixbus_access::Directory;
-use hixbus_access::codes::CodeKeys;
-use hixbus_bus::http::HttpService;
-pub use hixbus_bus::http::StartupError;
-use hixbus_bus::shutdown;
-use hixbus_bus::{KafkaConfig, Publisher};
-use hixbus_service::{DenialAudit, PerKeyLimit, audit_denials};
-use hixbus_storage::{AuditLog, Database};
+use hixbus_bus::Publisher;
+use hixbus_service::config::code_keys;
+use hixbus_service::{
+    CancellationToken, DenialAudit, Deps, PerKeyLimit, Service, StartupError, audit_denials,
+};
+use hixbus_storage::AuditLog;
 
 use crate::changes::Changes;
+use crate::config::Config;
 use crate::projector;
 use crate::routes::{self, AppState};
 use crate::store::Store;
 
+/// The service's name (health answers, logs, `hixbus serve pharmacy`).
+pub const NAME: &str = "pharmacy";
 /// The consumer group of every pharmacy-service replica.
 pub const GROUP: &str = "hixbus-pharmacy";
 
-/// The pharmacy service, bound and ready to run.
-pub type PharmacyService = HttpService;
-
-/// Connects the service to its database and the bus and binds `listen`.
-pub async fn build(
-    listen: SocketAddr,
-    directory: Arc<Directory>,
-    kafka: &KafkaConfig,
-    publisher: Publisher,
-    db: Database,
-    codes: CodeKeys,
-) -> Result<PharmacyService, StartupError> {
+/// Migrates its tables, connects to the bus and binds `config.listen`.
+pub async fn build(config: Config, deps: Deps) -> Result<Service, StartupError> {
+    let db = deps.database()?;
+    let codes = code_keys(
+        config.access_code_key.as_ref(),
+        &config.access_code_previous_keys,
+    )?;
     let store = Store::new(db.clone(), Arc::new(codes)).await?;
     let audit = AuditLog::new(db.clone()).await?;
-    // Live inbox streams, and the listener feeding them, end when the service stops (see
-    // `HttpService::closing`).
-    let (closing, streams_end) = shutdown::signal();
-    let changes = Changes::start(&db, &store, streams_end).await?;
+    // Live inbox streams, and the listener feeding them, end when the service begins to stop:
+    // the graceful shutdown waits for every open response.
+    let stopping = CancellationToken::new();
+    let changes = Changes::start(&db, &store, stopping.clone()).await?;
     let consumer = projector::consumer(
-        kafka,
-        publisher.codec().clone(),
+        &deps.kafka,
+        deps.codec.clone(),
         GROUP,
-        store.clone(),
-        changes.clone(),
+        projector::Projector {
+            store: store.clone(),
+            changes: changes.clone(),
+        },
     )?;
+    let publisher = Publisher::new(&deps.kafka, deps.codec.clone())?;
+    tokio::spawn(routes::resume_dispensings(
+        store.clone(),
+        publisher.clone(),
+        changes.clone(),
+    ));
     let state = AppState {
-        directory,
+        directory: deps.directory.clone(),
         publisher,
         store,
         audit,
@@ -59,8 +63,15 @@ pub async fn build(
         inbox_reads: PerKeyLimit::new(routes::INBOX_READS_PER_PHARMACY),
         streams: PerKeyLimit::new(routes::STREAMS_PER_PHARMACY),
     };
-    let service = HttpService::bind(listen, app(state), consumer).await?;
-    Ok(service.closing(closing))
+    Service::bind(
+        NAME,
+        config.listen,
+        app(state),
+        vec![consumer],
+        Some(db),
+        stopping,
+    )
+    .await
 }
 
 pub fn app(state: AppState) -> Router {
@@ -77,7 +88,6 @@ pub fn app(state: AppState) -> Router {
             "/pharmacy/prescriptions/{id}/dispense",
             post(routes::dispense),
         )
-        .route("/health", get(routes::health))
         .fallback(hixbus_service::no_such_route)
         .method_not_allowed_fallback(hixbus_service::method_not_allowed)
         .layer(middleware::from_fn_with_state(denials, audit_denials))

@@ -11,40 +11,18 @@ use serde_json::Value;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-/// Where a prescription stands, as this service sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    Issued,
-    Claimed,
-    /// A pharmacy is publishing its dispensing right now; nobody else may start.
-    Dispensing,
-    Dispensed,
-    Cancelled,
-}
+pub use hixbus_contracts::lifecycle::Status;
+use hixbus_contracts::lifecycle::Transition;
 
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Issued => "issued",
-            Status::Claimed => "claimed",
-            Status::Dispensing => "dispensing",
-            Status::Dispensed => "dispensed",
-            Status::Cancelled => "cancelled",
-        }
-    }
-
-    /// A status as stored; unknown text is an error, never silently "issued" (which would
-    /// make a prescription look dispensable).
-    fn parse(text: &str) -> Result<Self, StoreError> {
-        match text {
-            "issued" => Ok(Status::Issued),
-            "claimed" => Ok(Status::Claimed),
-            "dispensing" => Ok(Status::Dispensing),
-            "dispensed" => Ok(Status::Dispensed),
-            "cancelled" => Ok(Status::Cancelled),
-            other => Err(StoreError::UnknownStatus(other.to_owned())),
-        }
-    }
+/// `UPDATE … SET status = <where the move leads>, <set> WHERE prescription_id = $1 AND
+/// <the move's condition> <extra>`: the state machine is `lifecycle`'s, the rest this store's.
+fn update(transition: Transition, set: &str, extra: &str) -> String {
+    format!(
+        "UPDATE pharmacy_prescriptions SET status = {}, {set}
+         WHERE prescription_id = $1 AND {} {extra}",
+        transition.sql_target(),
+        transition.sql_condition()
+    )
 }
 
 /// One prescription in the read model.
@@ -69,8 +47,8 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("stored JSON is unreadable: {0}")]
     Json(#[from] serde_json::Error),
-    #[error("unknown stored status {0:?}")]
-    UnknownStatus(String),
+    #[error("{0}")]
+    UnknownStatus(#[from] hixbus_contracts::lifecycle::UnknownStatus),
 }
 
 #[derive(Debug, Clone)]
@@ -151,17 +129,20 @@ impl Store {
         issued: &PrescriptionIssued,
         notify: Option<&str>,
     ) -> Result<bool, StoreError> {
-        const INSERT: &str = "INSERT INTO pharmacy_prescriptions (prescription_id, issuer_org,
+        let insert = format!(
+            "INSERT INTO pharmacy_prescriptions (prescription_id, issuer_org,
                  patient_ref, target_pharmacy, holder, access_code_sha256, access_code_digest,
                  status, expires_on, issued, updated_at)
-             VALUES ($1, $2, $3, $4, $4, '', $5, 'issued', $6, $7, $8)
-             ON CONFLICT (prescription_id) DO NOTHING";
+             VALUES ($1, $2, $3, $4, $4, '', $5, '{}', $6, $7, $8)
+             ON CONFLICT (prescription_id) DO NOTHING",
+            Status::Issued
+        );
         let sql = match notify {
             Some(_) => format!(
-                "WITH inserted AS ({INSERT} RETURNING prescription_id)
+                "WITH inserted AS ({insert} RETURNING prescription_id)
                  SELECT pg_notify($9, prescription_id) FROM inserted"
             ),
-            None => format!("{INSERT} RETURNING prescription_id"),
+            None => format!("{insert} RETURNING prescription_id"),
         };
         let mut query = sqlx::query(&sql)
             .bind(&issued.prescription_id)
@@ -202,18 +183,13 @@ impl Store {
 
     /// Marks a prescription cancelled unless it is already being or was dispensed.
     pub async fn cancel(&self, prescription_id: &str) -> Result<bool, StoreError> {
-        self.transition(
-            "UPDATE pharmacy_prescriptions SET status = 'cancelled', updated_at = $2
-             WHERE prescription_id = $1 AND status IN ('issued', 'claimed')",
-            prescription_id,
-            None,
-        )
-        .await
+        let sql = update(Transition::Cancel, "updated_at = $2", "");
+        self.transition(&sql, prescription_id, None).await
     }
 
     /// Gives an open, undispensed prescription to `pharmacy`; false if someone else has it.
     pub async fn claim(&self, prescription_id: &str, pharmacy: &str) -> Result<bool, StoreError> {
-        self.transition(CLAIM, prescription_id, Some(pharmacy))
+        self.transition(&claim_sql(), prescription_id, Some(pharmacy))
             .await
     }
 
@@ -225,8 +201,14 @@ impl Store {
         pharmacy: &str,
         patient_ref: &str,
     ) -> Result<bool, StoreError> {
-        self.transition_audited(CLAIM, prescription_id, pharmacy, "claim", patient_ref)
-            .await
+        self.transition_audited(
+            &claim_sql(),
+            prescription_id,
+            pharmacy,
+            "claim",
+            patient_ref,
+        )
+        .await
     }
 
     /// A conditional status change (as [`Store::transition`], with the pharmacy) and, if it
@@ -257,49 +239,97 @@ impl Store {
 
     /// Undoes a claim whose event could not be published.
     pub async fn unclaim(&self, prescription_id: &str, pharmacy: &str) -> Result<(), StoreError> {
-        self.transition(
-            "UPDATE pharmacy_prescriptions SET holder = NULL, status = 'issued', updated_at = $3
-             WHERE prescription_id = $1 AND holder = $2 AND status = 'claimed'
-               AND target_pharmacy IS NULL",
-            prescription_id,
-            Some(pharmacy),
-        )
-        .await
-        .map(drop)
+        let sql = update(
+            Transition::Unclaim,
+            "holder = NULL, updated_at = $3",
+            "AND holder = $2 AND target_pharmacy IS NULL",
+        );
+        self.transition(&sql, prescription_id, Some(pharmacy))
+            .await
+            .map(drop)
     }
 
     /// Takes the right to dispense, with its audit row in the same transaction: at most one
-    /// caller ever gets `true` for a prescription, and a dispensing is never unaudited.
+    /// caller ever gets `true` for a prescription, and a dispensing is never unaudited. The
+    /// event about to be published is kept with it, so a crash before it is published does not
+    /// hold the prescription in `dispensing` forever ([`Store::pending_dispensings`]).
     pub async fn begin_dispensing(
+        &self,
+        event: &PrescriptionDispensed,
+        patient_ref: &str,
+    ) -> Result<bool, StoreError> {
+        let sql = update(
+            Transition::BeginDispensing,
+            "dispensed_by = $2, updated_at = $3, dispensing_event = $4",
+            "AND holder = $2",
+        );
+        let mut tx = self.db.pool.begin().await?;
+        let changed = sqlx::query(&sql)
+            .bind(&event.prescription_id)
+            .bind(&event.pharmacy.org_id)
+            .bind(now())
+            .bind(serde_json::to_string(event)?)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            == 1;
+        if changed {
+            AuditLog::record_in(
+                &mut tx,
+                &event.pharmacy.org_id,
+                "dispense",
+                &event.prescription_id,
+                patient_ref,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(changed)
+    }
+
+    /// The dispensing `pharmacy` began for `prescription_id` and that is not recorded yet: its
+    /// publication may have been cut short (a crash, a lost answer).
+    pub async fn begun_dispensing(
         &self,
         prescription_id: &str,
         pharmacy: &str,
-        patient_ref: &str,
-    ) -> Result<bool, StoreError> {
-        self.transition_audited(
-            "UPDATE pharmacy_prescriptions SET status = 'dispensing', dispensed_by = $2,
-                 updated_at = $3
-             WHERE prescription_id = $1 AND holder = $2 AND status IN ('issued', 'claimed')",
-            prescription_id,
-            pharmacy,
-            "dispense",
-            patient_ref,
+    ) -> Result<Option<PrescriptionDispensed>, StoreError> {
+        let row = sqlx::query(
+            "SELECT dispensing_event FROM pharmacy_prescriptions
+             WHERE prescription_id = $1 AND dispensed_by = $2 AND dispensed IS NULL
+               AND dispensing_event IS NOT NULL",
         )
-        .await
+        .bind(prescription_id)
+        .bind(pharmacy)
+        .fetch_optional(&self.db.pool)
+        .await?;
+        match row {
+            Some(row) => Ok(Some(serde_json::from_str(&row.try_get::<String, _>(0)?)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every dispensing begun and not recorded (what a crash may have left unpublished).
+    pub async fn pending_dispensings(&self) -> Result<Vec<PrescriptionDispensed>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT dispensing_event FROM pharmacy_prescriptions
+             WHERE dispensed IS NULL AND dispensing_event IS NOT NULL",
+        )
+        .fetch_all(&self.db.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok(serde_json::from_str(&row.try_get::<String, _>(0)?)?))
+            .collect()
     }
 
     /// Gives the right back when the dispensing event could not be published.
     pub async fn abort_dispensing(&self, prescription_id: &str) -> Result<(), StoreError> {
-        self.transition(
-            "UPDATE pharmacy_prescriptions
-             SET status = CASE WHEN target_pharmacy IS NULL THEN 'claimed' ELSE 'issued' END,
-                 dispensed_by = NULL, updated_at = $2
-             WHERE prescription_id = $1 AND status = 'dispensing'",
-            prescription_id,
-            None,
-        )
-        .await
-        .map(drop)
+        let sql = update(
+            Transition::AbortDispensing,
+            "dispensed_by = NULL, dispensing_event = NULL, updated_at = $2",
+            "",
+        );
+        self.transition(&sql, prescription_id, None).await.map(drop)
     }
 
     /// Records a dispensing (from this service's request or from the topic).
@@ -307,18 +337,19 @@ impl Store {
         &self,
         dispensed: &PrescriptionDispensed,
     ) -> Result<bool, StoreError> {
-        let changed = sqlx::query(
-            "UPDATE pharmacy_prescriptions SET status = 'dispensed', dispensed_by = $2,
-                 dispensed = $3, updated_at = $4
-             WHERE prescription_id = $1 AND (dispensed IS NULL)",
-        )
-        .bind(&dispensed.prescription_id)
-        .bind(&dispensed.pharmacy.org_id)
-        .bind(serde_json::to_string(dispensed)?)
-        .bind(now())
-        .execute(&self.db.pool)
-        .await?
-        .rows_affected();
+        let sql = update(
+            Transition::RecordDispensing,
+            "dispensed_by = $2, dispensed = $3, updated_at = $4, dispensing_event = NULL",
+            "AND dispensed IS NULL",
+        );
+        let changed = sqlx::query(&sql)
+            .bind(&dispensed.prescription_id)
+            .bind(&dispensed.pharmacy.org_id)
+            .bind(serde_json::to_string(dispensed)?)
+            .bind(now())
+            .execute(&self.db.pool)
+            .await?
+            .rows_affected();
         Ok(changed == 1)
     }
 
@@ -427,10 +458,13 @@ const SELECT_FROM_PAGE: &str = "SELECT p.prescription_id, p.issuer_org, p.patien
           ORDER BY prescription_id LIMIT $3) p
     LEFT JOIN pharmacy_alerts a ON a.prescription_id = p.prescription_id";
 /// A claim: an open prescription, not yet taken by another pharmacy. `$1` id, `$2` pharmacy.
-const CLAIM: &str = "UPDATE pharmacy_prescriptions SET holder = $2, status = 'claimed',
-         updated_at = $3
-     WHERE prescription_id = $1 AND status = 'issued'
-       AND (holder IS NULL OR holder = $2) AND target_pharmacy IS NULL";
+fn claim_sql() -> String {
+    update(
+        Transition::Claim,
+        "holder = $2, updated_at = $3",
+        "AND (holder IS NULL OR holder = $2) AND target_pharmacy IS NULL",
+    )
+}
 
 fn read_rows(rows: &[AnyRow]) -> Result<Vec<PrescriptionRow>, StoreError> {
     let mut prescriptions: Vec<PrescriptionRow> = Vec::new();

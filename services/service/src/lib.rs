@@ -1,16 +1,26 @@
-//! What every hixbus service needs that is not Kafka (that is `hixbus-bus`): one JSON error
-//! shape, bounded and timed request bodies, input hygiene for text, per-organization limits,
-//! and the audit of refused requests.
+//! What every hixbus service needs that is not Kafka (that is `hixbus-bus`): the running service
+//! (HTTP server with health and readiness, consumers, one cancellation to stop it all),
+//! configuration, telemetry start-up, one JSON error shape and its FHIR form, bounded and timed
+//! request bodies, input hygiene for text, per-organization limits, and the audit of refused
+//! requests.
 
 pub mod audit;
 pub mod body;
+pub mod config;
 pub mod error;
+pub mod fhir;
 pub mod limits;
+pub mod run;
+pub mod telemetry;
 pub mod text;
 
 pub use audit::{DenialAudit, audit_denials};
+pub use config::BusSettings;
 pub use error::ApiError;
+pub use fhir::Outcome;
 pub use limits::{PerKeyLimit, Permit};
+pub use run::{Deps, Service, StartupError, shutdown_signal};
+pub use tokio_util::sync::CancellationToken;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};

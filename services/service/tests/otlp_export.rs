@@ -100,7 +100,7 @@ fn spans_are_exported_over_otlp_when_an_endpoint_is_configured() {
 fn export_one_span() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let telemetry = hixbus_bus::telemetry::init("hixbus-otlp-test");
+        let telemetry = hixbus_service::telemetry::init("hixbus-otlp-test");
         let span = tracing::info_span!("prescription issued");
         assert!(hixbus_bus::trace::trace_id(&span).is_some());
         drop(span);

@@ -1,0 +1,118 @@
+//! Every hixbus service, in one list. `hixbus up` (all in one process), `hixbus serve`
+//! (one per process) and the end-to-end tests start services from here, so a new service is
+//! one line in [`services!`]'s list (docs/architecture.md, "Adding a service").
+//!
+//! A service crate offers the same four things: `NAME`, a `Config` (serde, `Default`, unknown
+//! keys refused), `build(Config, Deps) -> Result<Service, StartupError>`, and its own
+//! `startup`/`routes` behind them.
+
+use std::path::Path;
+
+use hixbus_service::config::{self, Wiring};
+use hixbus_service::{Deps, Service, StartupError};
+
+macro_rules! services {
+    ($($kind:ident => $krate:ident,)*) => {
+        /// A hixbus service.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+        pub enum Kind {
+            $($kind,)*
+        }
+
+        impl Kind {
+            /// Every service, in the order a stack starts them.
+            pub const ALL: &[Kind] = &[$(Kind::$kind,)*];
+
+            /// Its name: health answers, logs, `hixbus serve NAME`.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Kind::$kind => $krate::NAME,)*
+                }
+            }
+
+            /// Whether it keeps tables (its configuration takes a `database_url`).
+            pub fn keeps_tables(self) -> bool {
+                match self {
+                    $(Kind::$kind => config::has_key::<$krate::Config>("database_url"),)*
+                }
+            }
+
+            /// The environment variables its configuration reads.
+            pub fn env_names(self) -> Vec<String> {
+                match self {
+                    $(Kind::$kind => config::env_names::<$krate::Config>(),)*
+                }
+            }
+
+            /// Builds it as deployed: its configuration from `file` and the environment,
+            /// connected to what that names.
+            pub async fn deployed(self, file: Option<&Path>) -> Result<Service, StartupError> {
+                match self {
+                    $(Kind::$kind => {
+                        let settings: $krate::Config = config::load(file)?;
+                        let wiring: Wiring = config::load_as::<$krate::Config, Wiring>(file)?;
+                        let deps = Deps::connect(
+                            &format!("hixbus-{}", self.name()),
+                            &wiring.bus,
+                            wiring.database_url.as_ref(),
+                            wiring.organizations.as_deref(),
+                        )
+                        .await?;
+                        $krate::build(settings, deps).await
+                    })*
+                }
+            }
+
+            /// Builds it on a stack's shared bus and directory (`hixbus up`, tests), with the
+            /// settings the stack chose (`listen`, `access_code_key`…; a key the service does
+            /// not have is skipped).
+            pub async fn local(
+                self,
+                settings: &[(&str, &str)],
+                deps: Deps,
+            ) -> Result<Service, StartupError> {
+                match self {
+                    $(Kind::$kind => $krate::build(config::local(settings)?, deps).await,)*
+                }
+            }
+        }
+    };
+}
+
+services! {
+    ClinicGateway => hixbus_clinic_gateway,
+    Pharmacy => hixbus_pharmacy,
+    MedicationSafety => hixbus_medication_safety,
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_names_are_what_serve_takes_and_each_reads_its_own_variables() {
+        use clap::ValueEnum;
+        for kind in Kind::ALL {
+            let value = kind.to_possible_value().unwrap();
+            assert_eq!(value.get_name(), kind.name());
+            assert!(kind.env_names().contains(&"HIXBUS_LISTEN".to_owned()));
+            assert!(
+                kind.env_names()
+                    .contains(&"HIXBUS_BOOTSTRAP_SERVERS".to_owned())
+            );
+        }
+        assert!(Kind::Pharmacy.keeps_tables());
+        assert!(!Kind::MedicationSafety.keeps_tables());
+        assert!(
+            !Kind::MedicationSafety
+                .env_names()
+                .contains(&"HIXBUS_DATABASE_URL".to_owned())
+        );
+    }
+}

@@ -1,0 +1,120 @@
+//! FHIR `OperationOutcome`: how a FHIR server says what is wrong with a request, every problem
+//! at once, each with where it is (`expression`), so a clinic system can show them all. Every
+//! `/fhir/*` route answers its errors this way ([`Outcome`], which handlers return with `?`).
+
+use axum::Json;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+/// One problem with a submitted resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    /// FHIR issue type: `structure`, `required`, `value`, `invalid`, `not-supported`, `conflict`.
+    pub code: &'static str,
+    pub diagnostics: String,
+    /// FHIRPath-like location, e.g. `Bundle.entry[12].resource.dispenseRequest.quantity`.
+    pub expression: String,
+}
+
+impl Issue {
+    pub fn new(
+        code: &'static str,
+        expression: impl Into<String>,
+        diagnostics: impl Into<String>,
+    ) -> Self {
+        Self {
+            code,
+            diagnostics: diagnostics.into(),
+            expression: expression.into(),
+        }
+    }
+}
+
+/// The `OperationOutcome` resource for `issues`.
+pub fn operation_outcome(issues: &[Issue]) -> Value {
+    json!({
+        "resourceType": "OperationOutcome",
+        "issue": issues.iter().map(|i| json!({
+            "severity": "error",
+            "code": i.code,
+            "diagnostics": i.diagnostics,
+            "expression": [i.expression],
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// A FHIR error answer: the status and every problem found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub status: StatusCode,
+    pub issues: Vec<Issue>,
+}
+
+impl Outcome {
+    pub fn new(status: StatusCode, issues: Vec<Issue>) -> Self {
+        Self { status, issues }
+    }
+
+    /// One problem.
+    pub fn one(
+        status: StatusCode,
+        code: &'static str,
+        at: impl Into<String>,
+        why: impl Into<String>,
+    ) -> Self {
+        Self::new(status, vec![Issue::new(code, at, why)])
+    }
+
+    /// 400 when the request is not the right kind of thing at all (a `structure` problem), 422
+    /// when it is, but its content is incomplete or wrong.
+    pub fn invalid(issues: Vec<Issue>) -> Self {
+        let status = if issues.iter().any(|i| i.code == "structure") {
+            StatusCode::BAD_REQUEST
+        } else {
+            StatusCode::UNPROCESSABLE_ENTITY
+        };
+        Self::new(status, issues)
+    }
+}
+
+impl IntoResponse for Outcome {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            [(header::CONTENT_TYPE, "application/fhir+json")],
+            Json(operation_outcome(&self.issues)).0.to_string(),
+        )
+            .into_response()
+    }
+}
+
+/// What a `/fhir/*` handler refuses with: problems with the resource as an `OperationOutcome`;
+/// who may call (401, 403) in the JSON shape every API answers with, so a client's handling of
+/// access refusals is the same on every route.
+#[derive(Debug)]
+pub enum FhirError {
+    Outcome(Outcome),
+    Access(crate::ApiError),
+}
+
+impl IntoResponse for FhirError {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Outcome(outcome) => outcome.into_response(),
+            Self::Access(e) => e.into_response(),
+        }
+    }
+}
+
+impl From<Outcome> for FhirError {
+    fn from(outcome: Outcome) -> Self {
+        Self::Outcome(outcome)
+    }
+}
+
+impl From<hixbus_access::Denied> for FhirError {
+    fn from(denied: hixbus_access::Denied) -> Self {
+        Self::Access(denied.into())
+    }
+}

@@ -1,0 +1,299 @@
+//! A running hixbus service: its HTTP API (with `/health` and `/ready`), its consumers, and one
+//! way to stop all of it.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::get;
+use axum::serve::ListenerExt;
+use hixbus_access::Directory;
+use hixbus_bus::consumer::ConsumerError;
+use hixbus_bus::{Consumer, KafkaConfig, PublishError};
+use hixbus_contracts::codec::Codec;
+use hixbus_storage::Database;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::{ApiError, BusSettings};
+
+/// What a service is given rather than making itself: the bus, its database, who may call it.
+/// `hixbus serve` makes them from the configuration; `hixbus up` and the tests share theirs.
+#[derive(Debug, Clone)]
+pub struct Deps {
+    pub kafka: KafkaConfig,
+    pub codec: Arc<Codec>,
+    pub directory: Arc<Directory>,
+    /// `None` for a service that keeps no tables.
+    pub database: Option<Database>,
+}
+
+impl Deps {
+    /// Makes what a deployed service is given from its configuration: the bus from `bus`, the
+    /// database from `database_url` (migrated by the service itself), the organizations from
+    /// their file (none: nobody may call its API).
+    pub async fn connect(
+        client_id: &str,
+        bus: &BusSettings,
+        database_url: Option<&SecretString>,
+        organizations: Option<&Path>,
+    ) -> Result<Self, StartupError> {
+        let directory = match organizations {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    StartupError::Invalid(format!("reading {}: {e}", path.display()))
+                })?;
+                Directory::from_toml(&text).map_err(|e| {
+                    StartupError::Invalid(format!("organizations {}: {e}", path.display()))
+                })?
+            }
+            None => Directory::default(),
+        };
+        let database = match database_url {
+            Some(url) => Some(Database::connect(url.expose_secret()).await.map_err(|e| {
+                StartupError::Invalid(format!(
+                    "connecting to {}: {e}",
+                    hixbus_storage::redact(url.expose_secret())
+                ))
+            })?),
+            None => None,
+        };
+        Ok(Self {
+            kafka: bus.kafka(client_id),
+            codec: bus.codec()?,
+            directory: Arc::new(directory),
+            database,
+        })
+    }
+
+    /// The database, for a service that cannot run without one.
+    pub fn database(&self) -> Result<Database, StartupError> {
+        self.database.clone().ok_or(StartupError::NoDatabase)
+    }
+}
+
+/// Why a service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("this service keeps tables: give it a database (database_url, HIXBUS_DATABASE_URL)")]
+    NoDatabase,
+    #[error("consumer: {0}")]
+    Consumer(#[from] ConsumerError),
+    #[error("publisher: {0}")]
+    Publisher(#[from] PublishError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl From<crate::config::ConfigError> for StartupError {
+    fn from(e: crate::config::ConfigError) -> Self {
+        Self::Invalid(e.to_string())
+    }
+}
+
+impl From<crate::config::ConnectError> for StartupError {
+    fn from(e: crate::config::ConnectError) -> Self {
+        Self::Invalid(e.0)
+    }
+}
+
+/// A service, bound and ready to run.
+#[derive(Debug)]
+pub struct Service {
+    name: &'static str,
+    listener: TcpListener,
+    app: Router,
+    consumers: Vec<Consumer>,
+    stopping: CancellationToken,
+}
+
+#[derive(Clone)]
+struct Probe {
+    name: &'static str,
+    database: Option<Database>,
+}
+
+async fn health(State(probe): State<Probe>) -> axum::Json<serde_json::Value> {
+    axum::Json(json!({ "status": "ok", "service": probe.name }))
+}
+
+/// Ready: its database answers (a service without one is ready once it serves).
+async fn ready(State(probe): State<Probe>) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    if let Some(db) = &probe.database {
+        sqlx::query("SELECT 1")
+            .execute(&db.pool)
+            .await
+            .map_err(|_| ApiError::unavailable("the database does not answer"))?;
+    }
+    Ok(axum::Json(
+        json!({ "status": "ready", "service": probe.name }),
+    ))
+}
+
+impl Service {
+    /// Binds `listen` (port 0 picks a free port, as tests do) for `app` plus `/health` and
+    /// `/ready`. `stopping` is cancelled when the service begins to stop: what must end then
+    /// (live streams) listens to it.
+    pub async fn bind(
+        name: &'static str,
+        listen: SocketAddr,
+        app: Router,
+        consumers: Vec<Consumer>,
+        database: Option<Database>,
+        stopping: CancellationToken,
+    ) -> Result<Self, StartupError> {
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|source| StartupError::Listen {
+                addr: listen,
+                source,
+            })?;
+        let probes = Router::new()
+            .route("/health", get(health))
+            .route("/ready", get(ready))
+            .with_state(Probe { name, database });
+        Ok(Self {
+            name,
+            listener,
+            app: probes.merge(app),
+            consumers,
+            stopping,
+        })
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    pub fn url(&self) -> String {
+        match self.listener.local_addr() {
+            Ok(addr) => format!("http://{addr}"),
+            Err(_) => "http://(unbound)".to_owned(),
+        }
+    }
+
+    /// Serves and consumes until `stop` is cancelled, then drains: the server finishes its
+    /// requests (live streams end), each consumer the record in hand, commits and leaves.
+    pub async fn run_until(self, stop: CancellationToken) -> std::io::Result<()> {
+        let Service {
+            name,
+            listener,
+            app,
+            consumers,
+            stopping,
+        } = self;
+        let tasks = TaskTracker::new();
+        for consumer in consumers {
+            let stopping = stopping.clone();
+            let group = consumer.group().to_owned();
+            tasks.spawn(async move {
+                if let Err(e) = consumer.run(stopping.cancelled_owned()).await {
+                    tracing::error!(service = name, %group, error = %e, "consumer failed");
+                }
+            });
+        }
+        tasks.close();
+        let relay = {
+            let stopping = stopping.clone();
+            tokio::spawn(async move {
+                stop.cancelled().await;
+                stopping.cancel();
+            })
+        };
+        // Server-sent events are a run of small writes: with Nagle's algorithm on, each one
+        // written while the previous is unacknowledged waits for the client's delayed ACK
+        // (40 ms on Linux).
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
+        // Handlers see the client's address (`ConnectInfo`), e.g. to limit per client.
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(stopping.clone().cancelled_owned())
+            .await;
+        // The server can also end by itself (an accept error): stop the consumers then too.
+        stopping.cancel();
+        tasks.wait().await;
+        relay.abort();
+        served
+    }
+}
+
+/// Completes at Ctrl-C (SIGINT) or SIGTERM (what an orchestrator sends): every hixbus process
+/// stops gracefully on either.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn health_answers_while_serving_ready_only_while_the_database_does_and_a_stop_drains() {
+        let db = Database::connect("sqlite::memory:").await.unwrap();
+        let service = Service::bind(
+            "example",
+            "127.0.0.1:0".parse().unwrap(),
+            Router::new().route("/hello", get(|| async { "hello" })),
+            Vec::new(),
+            Some(db.clone()),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        let url = service.url();
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(service.run_until(stop.clone()));
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::new();
+        let get = |path: &str| http.get(format!("{url}{path}")).send();
+
+        let health = get("/health").await.unwrap();
+        assert_eq!(health.status(), 200);
+        let body: serde_json::Value = health.json().await.unwrap();
+        assert_eq!(body["service"], "example");
+        assert_eq!(get("/ready").await.unwrap().status(), 200);
+        assert_eq!(get("/hello").await.unwrap().text().await.unwrap(), "hello");
+
+        db.pool.close().await;
+        let not_ready = get("/ready").await.unwrap();
+        assert_eq!(not_ready.status(), 503);
+        let body: serde_json::Value = not_ready.json().await.unwrap();
+        assert_eq!(body["error"], "unavailable", "{body}");
+        assert_eq!(get("/health").await.unwrap().status(), 200);
+
+        stop.cancel();
+        running.await.unwrap().unwrap();
+        assert!(get("/health").await.is_err(), "stopped serving");
+    }
+}
