@@ -7,6 +7,7 @@ mod confluent_clients;
 mod faults;
 mod gate;
 mod hardening;
+mod labs;
 mod migrations;
 mod prescriptions;
 mod registry_api;

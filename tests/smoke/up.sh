@@ -20,10 +20,12 @@ registry="127.0.0.1:$(port)"
 gateway="127.0.0.1:$(port)"
 pharmacy="127.0.0.1:$(port)"
 safety="127.0.0.1:$(port)"
+lab="127.0.0.1:$(port)"
+mllp="127.0.0.1:$(port)"
 
 started=$(date +%s.%N)
 "$bin" up --kafka-listen "$kafka" --registry-listen "$registry" --demo-interval-ms 50 \
-  --listen "clinic-gateway=$gateway" --listen "pharmacy=$pharmacy" --listen "medication-safety=$safety" \
+  --listen "clinic-gateway=$gateway" --listen "pharmacy=$pharmacy" --listen "medication-safety=$safety" --listen "lab-gateway=$lab" --mllp-listen "$mllp" \
   >"$work/up.out" 2>"$work/up.err" &
 up=$!
 for _ in $(seq 1 200); do
@@ -85,9 +87,30 @@ curl -sf "http://$gateway/clinic/prescriptions/$id" -H "Authorization: Bearer $S
   || { echo "the clinic never saw $id dispensed" >&2; exit 1; }
 
 # Every service answers its health and readiness probes.
-for svc in "$gateway" "$pharmacy" "$safety"; do
+for svc in "$gateway" "$pharmacy" "$safety" "$lab"; do
   curl -sf "http://$svc/ready" | grep -q '"status":"ready"' || { echo "$svc is not ready" >&2; exit 1; }
 done
+
+# The README's lab result: the SS-MIX2 example, answered AA once published.
+"$bin" demo hl7-lab >"$work/lab.hl7"
+curl -sf -X POST "http://$lab/hl7v2" -H "Authorization: Bearer $KENSA_KEY" \
+  -H 'Content-Type: application/hl7-v2' --data-binary @"$work/lab.hl7" | tr '\r' '\n' | grep -q '^MSA|AA|' \
+  || { echo "the lab gateway did not accept the demo lab message" >&2; exit 1; }
+# And over MLLP, framed, as lab systems send it.
+"$bin" demo hl7-lab >"$work/lab2.hl7"
+python3 - "$mllp" "$work/lab2.hl7" <<'PY'
+import socket, sys
+host, port = sys.argv[1].rsplit(":", 1)
+message = open(sys.argv[2], "rb").read()
+with socket.create_connection((host, int(port)), timeout=10) as s:
+    s.sendall(b"\x0b" + message + b"\x1c\x0d")
+    answer = b""
+    while not answer.endswith(b"\x1c\x0d"):
+        chunk = s.recv(4096)
+        assert chunk, "the MLLP connection closed without an ACK"
+        answer += chunk
+assert b"\rMSA|AA|" in answer, answer
+PY
 
 # The dev registry takes changes from the operator only, as production does.
 status=$(curl -s -o /dev/null -w '%{http_code}' -X PUT "http://$registry/config" \

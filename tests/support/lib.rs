@@ -299,6 +299,17 @@ pub async fn start_service(
     directory: &std::sync::Arc<hixbus_access::Directory>,
     db: Option<&str>,
 ) -> (String, Service) {
+    start_service_with(kind, stack, directory, db, &[]).await
+}
+
+/// [`start_service`] with more settings (`mllp_listen`…).
+pub async fn start_service_with(
+    kind: hixbus::stack::Kind,
+    stack: &BusStack,
+    directory: &std::sync::Arc<hixbus_access::Directory>,
+    db: Option<&str>,
+    settings: &[(&str, &str)],
+) -> (String, Service) {
     let database = match db {
         Some(url) => Some(hixbus_storage::Database::connect(url).await.unwrap()),
         None => None,
@@ -309,13 +320,9 @@ pub async fn start_service(
         directory: directory.clone(),
         database,
     };
-    let service = kind
-        .local(
-            &[("listen", "127.0.0.1:0"), ("access_code_key", code_key())],
-            deps,
-        )
-        .await
-        .unwrap();
+    let mut all = vec![("listen", "127.0.0.1:0"), ("access_code_key", code_key())];
+    all.extend_from_slice(settings);
+    let service = kind.local(&all, deps).await.unwrap();
     let url = service.url();
     let stop = hixbus_service::CancellationToken::new();
     let task = tokio::spawn(service.run_until(stop.clone()));

@@ -48,6 +48,8 @@ pub enum Action {
     ViewIssuedPrescriptions,
     ViewPharmacyInbox,
     DispensePrescription,
+    /// Send lab results (HL7 v2 or FHIR) as the performing laboratory.
+    ReportLabResults,
     /// Read schemas from the registry (every producer and consumer needs to).
     ReadSchemas,
     /// Register schemas, change compatibility, delete subjects.
@@ -61,13 +63,19 @@ impl Role {
             return true;
         }
         match self {
-            Role::Clinic | Role::Hospital => matches!(
+            Role::Clinic => matches!(
                 action,
                 IssuePrescription | CancelPrescription | ViewIssuedPrescriptions
             ),
+            // A hospital's own laboratory reports results too.
+            Role::Hospital => matches!(
+                action,
+                IssuePrescription | CancelPrescription | ViewIssuedPrescriptions | ReportLabResults
+            ),
+            Role::Lab => action == ReportLabResults,
             Role::Pharmacy => matches!(action, ViewPharmacyInbox | DispensePrescription),
             Role::Operator => action == ManageSchemas,
-            Role::Insurer | Role::Lab => false,
+            Role::Insurer => false,
         }
     }
 
@@ -394,6 +402,7 @@ fn describe(action: Action) -> &'static str {
         Action::ViewIssuedPrescriptions => "view issued prescriptions",
         Action::ViewPharmacyInbox => "view a pharmacy inbox",
         Action::DispensePrescription => "dispense prescriptions",
+        Action::ReportLabResults => "report lab results",
         Action::ReadSchemas => "read schemas",
         Action::ManageSchemas => "register or change schemas",
     }

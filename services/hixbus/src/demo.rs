@@ -11,8 +11,14 @@ const EXAMPLE_BUNDLE: &str = include_str!(
     "../../../tests/fixtures/fhir/jp-eprescription/Bundle-Bundle-for-JP-MedReq-ePreBundleExample01.json"
 );
 
+/// A Japanese SS-MIX2 lab message (OUL^R22: A/G ratio, total protein, albumin), UTF-8.
+const EXAMPLE_LAB: &str = include_str!("../../../tests/fixtures/hl7v2/SSMIX2-OUL-R22-utf8.hl7");
+
 #[derive(Debug, Subcommand)]
 pub enum DemoCommand {
+    /// Print the SS-MIX2 lab message example with a fresh message id, addressed to the demo
+    /// hospital, ready to POST to the lab gateway (Content-Type: application/hl7-v2).
+    Hl7Lab,
     /// Print the JP e-prescription example Bundle, dated today and with a fresh identifier, ready
     /// to POST to the clinic gateway (the example itself is from 2020 and long expired).
     FhirBundle,
@@ -20,6 +26,10 @@ pub enum DemoCommand {
 
 pub fn run(cmd: DemoCommand) -> anyhow::Result<ExitCode> {
     match cmd {
+        DemoCommand::Hl7Lab => {
+            use std::io::Write as _;
+            std::io::stdout().write_all(fresh_lab_message().as_bytes())?;
+        }
         DemoCommand::FhirBundle => {
             let bundle = fresh_bundle()?;
             println!("{}", serde_json::to_string_pretty(&bundle)?);
@@ -41,6 +51,15 @@ fn fresh_bundle() -> anyhow::Result<Value> {
         }
     }
     Ok(bundle)
+}
+
+/// The example with a new MSH-10 (so each is a new report) and MSH-6 naming the demo hospital
+/// (the ordering institution).
+pub fn fresh_lab_message() -> String {
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    EXAMPLE_LAB
+        .replacen("|GW|RCV|", "|GW|hospital-daiichi|", 1)
+        .replacen("|20111220131032|", &format!("|{id}|"), 1)
 }
 
 #[cfg(test)]

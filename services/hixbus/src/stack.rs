@@ -83,6 +83,7 @@ services! {
     ClinicGateway => hixbus_clinic_gateway,
     Pharmacy => hixbus_pharmacy,
     MedicationSafety => hixbus_medication_safety,
+    LabGateway => hixbus_lab_gateway,
 }
 
 impl std::fmt::Display for Kind {

@@ -48,6 +48,9 @@ pub struct UpArgs {
     /// clinic-gateway=127.0.0.1:0 for any free port.
     #[arg(long = "listen", value_name = "SERVICE=ADDRESS", value_parser = parse_listen)]
     listen: Vec<(Kind, SocketAddr)>,
+    /// Where the lab gateway takes HL7 v2 over MLLP (from the demo lab, on this machine).
+    #[arg(long, default_value = "127.0.0.1:2575")]
+    mllp_listen: SocketAddr,
     /// Milliseconds between demo events; 0 turns the demo clinic off.
     #[arg(long, default_value_t = 1000)]
     demo_interval_ms: u64,
@@ -149,6 +152,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         demo_interval_ms: args.demo_interval_ms,
         in_memory: args.bootstrap_servers.is_none(),
         services: &services,
+        mllp: args.mllp_listen,
     }
     .print();
 
@@ -254,14 +258,22 @@ async fn start_services(
             .rev()
             .find(|(k, _)| *k == kind)
             .map(|(_, addr)| addr.to_string());
-        let mut settings = vec![("access_code_key", access_code_key.as_str())];
+        let mllp = args.mllp_listen.to_string();
+        let mut settings = vec![
+            ("access_code_key", access_code_key.as_str()),
+            ("mllp_listen", mllp.as_str()),
+            // The demo lab sends from this machine.
+            ("mllp_senders", "lab-kensa=127.0.0.1"),
+        ];
         if let Some(listen) = &listen {
             settings.push(("listen", listen.as_str()));
         }
         let service = kind
             .local(&settings, deps)
             .await
-            .map_err(|e| anyhow::anyhow!("{kind}: {e} (try --listen {kind}=127.0.0.1:0)"))?;
+            .map_err(|e| anyhow::anyhow!(
+                "{kind}: {e} (try --listen {kind}=127.0.0.1:0, or --mllp-listen 127.0.0.1:0 for the lab gateway's MLLP)"
+            ))?;
         urls.push((kind, service.url()));
         tasks.push((kind, tokio::spawn(service.run_until(stop.clone()))));
     }
@@ -313,6 +325,7 @@ struct Banner<'a> {
     demo_interval_ms: u64,
     in_memory: bool,
     services: &'a Services,
+    mllp: SocketAddr,
 }
 
 impl Banner<'_> {
@@ -367,6 +380,11 @@ impl Banner<'_> {
             " Medication safety {:<24} on the stream (health only)",
             self.services.url(Kind::MedicationSafety)
         );
+        println!(
+            " Lab gateway       {:<24} HL7 v2 lab results in (POST /hl7v2; MLLP on {})",
+            self.services.url(Kind::LabGateway),
+            self.mllp
+        );
         println!();
         println!(
             " Demo API keys (new at every start, valid 7 days; the operator's changes the registry):"
@@ -387,6 +405,11 @@ impl Banner<'_> {
         println!(
             "   curl -N {}/pharmacy/inbox/stream -H \"Authorization: Bearer $AOZORA_KEY\"",
             self.services.url(Kind::Pharmacy)
+        );
+        println!("   cargo run -p hixbus -- demo hl7-lab > lab.hl7");
+        println!(
+            "   curl -X POST {}/hl7v2 -H \"Authorization: Bearer $KENSA_KEY\" -H 'Content-Type: application/hl7-v2' --data-binary @lab.hl7",
+            self.services.url(Kind::LabGateway)
         );
         println!();
         println!(" Ctrl-C stops everything.");

@@ -221,9 +221,9 @@ fn env_keys<C: DeserializeOwned>() -> Vec<(String, String)> {
 }
 
 /// A list from the environment (`a,b,c`) or from a file (a TOML array).
-pub fn comma_list<'de, D: Deserializer<'de>>(
+pub fn comma_list<'de, D: Deserializer<'de>, T: From<String>>(
     deserializer: D,
-) -> Result<Vec<SecretString>, D::Error> {
+) -> Result<Vec<T>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum List {
@@ -239,7 +239,7 @@ pub fn comma_list<'de, D: Deserializer<'de>>(
             .collect(),
         List::Items(items) => items,
     };
-    Ok(items.into_iter().map(SecretString::from).collect())
+    Ok(items.into_iter().map(T::from).collect())
 }
 
 /// The field names of a struct `T`, as its derived `Deserialize` declares them.

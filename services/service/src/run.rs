@@ -110,13 +110,26 @@ impl From<crate::config::ConnectError> for StartupError {
 }
 
 /// A service, bound and ready to run.
-#[derive(Debug)]
 pub struct Service {
     name: &'static str,
     listener: TcpListener,
     app: Router,
     consumers: Vec<Consumer>,
+    /// Other servers of the service (a lab gateway's MLLP listener): each ends when `stopping`
+    /// is cancelled.
+    servers: Vec<futures::future::BoxFuture<'static, ()>>,
     stopping: CancellationToken,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("name", &self.name)
+            .field("listener", &self.listener)
+            .field("consumers", &self.consumers.len())
+            .field("servers", &self.servers.len())
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Clone)]
@@ -169,8 +182,16 @@ impl Service {
             listener,
             app: probes.merge(app),
             consumers,
+            servers: Vec::new(),
             stopping,
         })
+    }
+
+    /// Runs `server` beside the HTTP API, from `run_until` until the service stops: it must end
+    /// once the `stopping` token given to [`Service::bind`] is cancelled, and is waited for.
+    pub fn with_server(mut self, server: impl Future<Output = ()> + Send + 'static) -> Self {
+        self.servers.push(Box::pin(server));
+        self
     }
 
     pub fn name(&self) -> &'static str {
@@ -192,6 +213,7 @@ impl Service {
             listener,
             app,
             consumers,
+            servers,
             stopping,
         } = self;
         let tasks = TaskTracker::new();
@@ -203,6 +225,9 @@ impl Service {
                     tracing::error!(service = name, %group, error = %e, "consumer failed");
                 }
             });
+        }
+        for server in servers {
+            tasks.spawn(server);
         }
         tasks.close();
         let relay = {

@@ -1,0 +1,16 @@
+//! The lab gateway: laboratories and hospital lab systems send HL7 v2 result messages
+//! (OUL^R22 as SS-MIX2 / JAHIS define it, ORU^R01 2.5.1); the gateway decodes each in the
+//! character set its MSH-18 names, reads it into one `LabResultReported`, publishes it and only
+//! then answers `AA`; a message it cannot take is answered `AE` or `AR` with the reason and
+//! nothing is published. docs/labs.md.
+
+pub mod ack;
+pub mod charset;
+pub mod config;
+pub mod hl7;
+pub mod mllp;
+pub mod routes;
+pub mod startup;
+
+pub use config::Config;
+pub use startup::{NAME, build};

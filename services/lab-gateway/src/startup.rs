@@ -1,0 +1,71 @@
+//! Builds the lab gateway from its configuration and what it is given.
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
+use axum::routing::post;
+use hixbus_bus::Publisher;
+use hixbus_service::{CancellationToken, DenialAudit, Deps, Service, StartupError, audit_denials};
+use hixbus_storage::AuditLog;
+
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::mllp;
+use crate::routes::{self, AppState};
+
+/// The service's name (health answers, logs, `hixbus serve lab-gateway`).
+pub const NAME: &str = "lab-gateway";
+
+/// Migrates its tables (the audit log), connects to the bus and binds `config.listen`.
+pub async fn build(config: Config, deps: Deps) -> Result<Service, StartupError> {
+    let db = deps.database()?;
+    let senders = mllp::senders(&config.mllp_senders).map_err(StartupError::Invalid)?;
+    let state = AppState {
+        directory: deps.directory.clone(),
+        publisher: Publisher::new(&deps.kafka, deps.codec.clone())?,
+        audit: AuditLog::new(db.clone()).await?,
+    };
+    let stopping = CancellationToken::new();
+    let mllp = match config.mllp_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartupError::Listen { addr, source })?,
+        ),
+        None => None,
+    };
+    let service = Service::bind(
+        NAME,
+        config.listen,
+        app(state.clone()),
+        Vec::new(),
+        Some(db),
+        stopping.clone(),
+    )
+    .await?;
+    Ok(match mllp {
+        Some(listener) => {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, senders = senders.len(), "MLLP listening");
+            }
+            service.with_server(mllp::serve(listener, state, senders, stopping))
+        }
+        None => service,
+    })
+}
+
+pub fn app(state: AppState) -> Router {
+    let denials = DenialAudit {
+        directory: state.directory.clone(),
+        audit: state.audit.clone(),
+    };
+    Router::new()
+        .route("/hl7v2", post(routes::post_hl7v2))
+        .fallback(hixbus_service::no_such_route)
+        .method_not_allowed_fallback(hixbus_service::method_not_allowed)
+        .layer(middleware::from_fn_with_state(denials, audit_denials))
+        .layer(DefaultBodyLimit::max(routes::MAX_MESSAGE_BYTES))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
