@@ -233,6 +233,7 @@ fn observation(code: &str, name: &str, value: f64, unit: &str, range: (f64, f64)
             high: Some(range.1),
             text: None,
         }),
+        other_codes: vec![coded("urn:hixbus:hl7v2:99LOCAL", &format!("L{code}"), name)],
         interpretation,
     }
 }
@@ -274,6 +275,7 @@ pub fn lab_result_reported(patient: &str) -> LabResultReported {
                 unit: None,
                 reference_range: None,
                 interpretation: Interpretation::Negative,
+                other_codes: vec![],
             },
         ],
     }

@@ -28,7 +28,7 @@ pub fn run(cmd: DemoCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         DemoCommand::Hl7Lab => {
             use std::io::Write as _;
-            std::io::stdout().write_all(fresh_lab_message().as_bytes())?;
+            std::io::stdout().write_all(fresh_lab_message(false).as_bytes())?;
         }
         DemoCommand::FhirBundle => {
             let bundle = fresh_bundle()?;
@@ -54,16 +54,35 @@ fn fresh_bundle() -> anyhow::Result<Value> {
 }
 
 /// The example with a new MSH-10 (so each is a new report) and MSH-6 naming the demo hospital
-/// (the ordering institution).
-pub fn fresh_lab_message() -> String {
+/// (the ordering institution); `critical`: total protein 12.5 g/dl, flagged HH.
+pub fn fresh_lab_message(critical: bool) -> String {
     let id = uuid::Uuid::now_v7().simple().to_string();
-    EXAMPLE_LAB
+    let message = EXAMPLE_LAB
         .replacen("|GW|RCV|", "|GW|hospital-daiichi|", 1)
-        .replacen("|20111220131032|", &format!("|{id}|"), 1)
+        .replacen("|20111220131032|", &format!("|{id}|"), 1);
+    if critical {
+        message.replacen(
+            "|7.2|g/dl^g/dl^99XYZ|6.70-8.3||",
+            "|12.5|g/dl^g/dl^99XYZ|6.70-8.3|HH|",
+            1,
+        )
+    } else {
+        message
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn each_demo_lab_message_is_new_and_a_critical_one_says_so() {
+        let a = super::fresh_lab_message(false);
+        let b = super::fresh_lab_message(true);
+        assert_ne!(a.split('|').nth(9), b.split('|').nth(9), "MSH-10 differs");
+        assert!(a.contains("|GW|hospital-daiichi|"));
+        assert!(!a.contains("|HH|"));
+        assert!(b.contains("|12.5|g/dl^g/dl^99XYZ|6.70-8.3|HH|"));
+    }
+
     #[test]
     fn each_demo_bundle_is_new_and_dated_today() {
         let a = super::fresh_bundle().unwrap();

@@ -141,6 +141,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         let stopped = stop.clone();
         tokio::spawn(async move { demo_clinic(publisher?, interval, stopped).await })
     });
+    let demo_lab = (args.demo_interval_ms > 0).then(|| {
+        // A result every five demo events, over MLLP as a laboratory system sends it.
+        let interval = Duration::from_millis(args.demo_interval_ms.saturating_mul(5));
+        tokio::spawn(demo_lab(args.mllp_listen, interval, stop.clone()))
+    });
 
     Banner {
         bootstrap: &bootstrap,
@@ -158,6 +163,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
 
     hixbus_service::shutdown_signal().await;
     stop.cancel();
+    if let Some(lab) = demo_lab {
+        match lab.await {
+            Ok(sent) => println!("demo lab stopped after {sent} results"),
+            Err(e) => eprintln!("demo lab crashed: {e}"),
+        }
+    }
     if let Some(demo) = demo {
         match demo.await {
             Ok(Ok(sent)) => println!("demo clinic stopped after {sent} events"),
@@ -314,6 +325,57 @@ async fn demo_clinic(
     Ok(sent)
 }
 
+/// Sends the SS-MIX2 example to the lab gateway over MLLP every `interval` (one in five with
+/// a critically high value) until stopped, waiting for each ACK; how many were accepted.
+async fn demo_lab(mllp: SocketAddr, interval: Duration, stop: CancellationToken) -> u64 {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut accepted = 0u64;
+    let mut ticker = tokio::time::interval(interval);
+    let mut connection: Option<tokio::net::TcpStream> = None;
+    for round in 0u64.. {
+        tokio::select! {
+            () = stop.cancelled() => return accepted,
+            _ = ticker.tick() => {}
+        }
+        let message = crate::demo::fresh_lab_message(round % 5 == 4);
+        let mut framed = vec![0x0B];
+        framed.extend_from_slice(message.as_bytes());
+        framed.extend_from_slice(&[0x1C, 0x0D]);
+        let sent = async {
+            if connection.is_none() {
+                connection = Some(tokio::net::TcpStream::connect(mllp).await?);
+            }
+            let stream = connection.as_mut().expect("connected above");
+            stream.write_all(&framed).await?;
+            let mut ack = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while !ack.ends_with(&[0x1C, 0x0D]) {
+                let n = stream.read(&mut chunk).await?;
+                if n == 0 {
+                    return Err(std::io::Error::other(
+                        "the lab gateway closed the connection",
+                    ));
+                }
+                ack.extend_from_slice(&chunk[..n]);
+            }
+            Ok::<_, std::io::Error>(String::from_utf8_lossy(&ack).contains("MSA|AA|"))
+        };
+        match tokio::time::timeout(Duration::from_secs(10), sent).await {
+            Ok(Ok(true)) => accepted += 1,
+            Ok(Ok(false)) => tracing::warn!("the lab gateway refused the demo lab's message"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "demo lab message not sent; will reconnect");
+                connection = None;
+            }
+            Err(_) => {
+                tracing::warn!("no ACK for the demo lab's message in 10 s; will reconnect");
+                connection = None;
+            }
+        }
+    }
+    accepted
+}
+
 /// What `hixbus up` tells the user it started.
 struct Banner<'a> {
     bootstrap: &'a str,
@@ -358,6 +420,10 @@ impl Banner<'_> {
             println!(
                 " Demo clinic       one sample event every {} ms, all event types",
                 self.demo_interval_ms
+            );
+            println!(
+                " Demo lab          an SS-MIX2 result over MLLP every {} ms (one in five critical)",
+                self.demo_interval_ms.saturating_mul(5)
             );
         }
         println!();

@@ -363,6 +363,11 @@ fn observation(message: &Message, obx: &Segment, n: usize) -> Result<Observation
         unit: None,
         reference_range: None,
         interpretation: interpretation(value(obx, 8)),
+        // OBX-3's alternate identifier (components 4–6): a local code beside JLAC10 or LOINC.
+        other_codes: Some(coded(message, obx, 3, 4))
+            .filter(|c| !c.code.is_empty())
+            .into_iter()
+            .collect(),
     };
     let status = value(obx, 11);
     match kind {
@@ -585,6 +590,20 @@ mod tests {
             report.results[2].code.display.as_deref(),
             Some("アルブミン")
         );
+    }
+
+    #[test]
+    fn a_local_code_beside_jlac10_is_kept_as_another_code() {
+        let with_local = String::from_utf8(fixture("SSMIX2-OUL-R22-utf8.hl7"))
+            .unwrap()
+            .replacen("^総蛋白^JC10|", "^総蛋白^JC10^L0001^総蛋白^99LAB|", 1);
+        let report = read(with_local.as_bytes()).unwrap().report.unwrap();
+        let protein = &report.results[1];
+        assert_eq!(protein.code.code, "3A010000002327101");
+        assert_eq!(protein.other_codes.len(), 1);
+        assert_eq!(protein.other_codes[0].code, "L0001");
+        assert_eq!(protein.other_codes[0].system, "urn:hixbus:hl7v2:99LAB");
+        assert!(report.results[0].other_codes.is_empty());
     }
 
     #[test]

@@ -98,6 +98,9 @@ pub struct Observation {
     pub unit: Option<String>,
     pub reference_range: Option<ReferenceRange>,
     pub interpretation: Interpretation,
+    /// The same test in other code systems (absent in records written before it existed).
+    #[serde(default)]
+    pub other_codes: Vec<CodedConcept>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
