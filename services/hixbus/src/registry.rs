@@ -79,7 +79,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 "--register-catalog needs an open registry; with --organizations, register with `hixbus schemas register --registry-auth OPERATOR:KEY`"
             );
         }
-        config.organizations = Some(Arc::new(crate::services::load_directory(path)?));
+        config.organizations = Some(Arc::new(hixbus_service::load_directory(path)?));
     }
     let server = RegistryServer::build(config).await?;
     let url = server.url();

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use hixbus::stack::Kind;
 use hixbus_access::codes::CodeKeys;
-use hixbus_access::{DEFAULT_KEY_VALIDITY_DAYS, Directory, MAX_KEY_VALIDITY_DAYS, digest};
+use hixbus_access::{DEFAULT_KEY_VALIDITY_DAYS, MAX_KEY_VALIDITY_DAYS, digest};
 use hixbus_service::CancellationToken;
 
 use hixbus_service::shutdown_signal;
@@ -23,12 +23,6 @@ pub struct ServeArgs {
     /// bus settings under [bus]). Variables override the file.
     #[arg(long, env = "HIXBUS_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
-}
-
-pub fn load_directory(path: &PathBuf) -> anyhow::Result<Directory> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    Directory::from_toml(&text).with_context(|| format!("loading {}", path.display()))
 }
 
 /// Each service's settings, as the variables that set them.
@@ -104,7 +98,7 @@ pub fn orgs(cmd: OrgsCommand) -> anyhow::Result<ExitCode> {
             println!("{}", CodeKeys::generate_text(&id));
         }
         OrgsCommand::Check { organizations } => {
-            let directory = load_directory(&organizations)?;
+            let directory = hixbus_service::load_directory(&organizations)?;
             let mut orgs: Vec<_> = directory.organizations().collect();
             orgs.sort_by(|a, b| a.id.cmp(&b.id));
             for org in orgs {

@@ -17,10 +17,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::ack::{self, AckCode};
 use crate::charset::Charset;
 use crate::hl7::{Header, Problem, Refusal};
-use crate::routes::{AppState, MAX_MESSAGE_BYTES, receive};
+use crate::routes::{AppState, MAX_MESSAGE_BYTES, receive, refused};
 
 const START: u8 = 0x0B;
 const END: [u8; 2] = [0x1C, 0x0D];
@@ -117,14 +116,8 @@ async fn connection(
                 field: 0,
                 reason: format!("a message may have at most {MAX_MESSAGE_BYTES} bytes"),
             };
-            let text = ack::ack(
-                &Header::default(),
-                AckCode::Reject,
-                Some(&problem),
-                &problem.reason,
-                chrono::Utc::now().fixed_offset(),
-            );
-            let _ = write_frame(&mut stream, &ack::encode(&text, Charset::Ascii)).await;
+            let answer = refused(&Header::default(), Charset::Ascii, &problem);
+            let _ = write_frame(&mut stream, &answer.ack).await;
             tracing::info!(org = %org.id, %peer, "MLLP frame too large; connection closed");
             return;
         }

@@ -52,7 +52,7 @@ fn now_in_japan() -> chrono::DateTime<chrono::FixedOffset> {
     chrono::Utc::now().with_timezone(&japan)
 }
 
-fn refused(header: &Header, charset: Charset, problem: &Problem) -> Answer {
+pub(crate) fn refused(header: &Header, charset: Charset, problem: &Problem) -> Answer {
     let code = AckCode::from(problem.refusal);
     let text = ack::ack(header, code, Some(problem), &problem.reason, now_in_japan());
     Answer {

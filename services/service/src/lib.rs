@@ -19,7 +19,7 @@ pub use config::BusSettings;
 pub use error::ApiError;
 pub use fhir::Outcome;
 pub use limits::{PerKeyLimit, Permit};
-pub use run::{Deps, Service, StartupError, shutdown_signal};
+pub use run::{Deps, Service, StartupError, load_directory, shutdown_signal};
 pub use tokio_util::sync::CancellationToken;
 
 use std::convert::Infallible;

@@ -44,14 +44,7 @@ impl Deps {
         organizations: Option<&Path>,
     ) -> Result<Self, StartupError> {
         let directory = match organizations {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    StartupError::Invalid(format!("reading {}: {e}", path.display()))
-                })?;
-                Directory::from_toml(&text).map_err(|e| {
-                    StartupError::Invalid(format!("organizations {}: {e}", path.display()))
-                })?
-            }
+            Some(path) => load_directory(path)?,
             None => Directory::default(),
         };
         let database = match database_url {
@@ -256,6 +249,14 @@ impl Service {
         relay.abort();
         served
     }
+}
+
+/// The organizations file at `path`.
+pub fn load_directory(path: &Path) -> Result<Directory, StartupError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| StartupError::Invalid(format!("reading {}: {e}", path.display())))?;
+    Directory::from_toml(&text)
+        .map_err(|e| StartupError::Invalid(format!("organizations {}: {e}", path.display())))
 }
 
 /// Completes at Ctrl-C (SIGINT) or SIGTERM (what an orchestrator sends): every hixbus process
