@@ -543,6 +543,19 @@ async fn gateway() -> Gateway {
             .unwrap(),
         audit: AuditLog::new(db.clone()).await.unwrap(),
         codes: Arc::new(CodeKeys::ephemeral()),
+        inbox: {
+            let results = hixbus_clinic_gateway::results::Results::new(db.clone())
+                .await
+                .unwrap();
+            hixbus_clinic_gateway::results_api::Inbox {
+                changes: hixbus_service::changes::Changes::local(
+                    results.clone(),
+                    hixbus_service::CancellationToken::new(),
+                ),
+                results,
+                streams: hixbus_service::PerKeyLimit::new(1),
+            }
+        },
     };
     Gateway {
         router: hixbus_clinic_gateway::startup::app(state),

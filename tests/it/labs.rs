@@ -3,12 +3,14 @@
 //! refused messages are answered AE/AR with the reason and publish nothing.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use hixbus::stack::Kind;
 use hixbus_access::Directory;
 use hixbus_bus::reader::{Start, TopicReader};
 use hixbus_contracts::{Event, LabResultReported, ReportStatus};
-use hixbus_tests::{Backend, BusStack, fresh_database, start_service, start_service_with};
+use hixbus_tests::{Backend, BusStack, Service, fresh_database, start_service, start_service_with};
+use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const ORGANIZATIONS: &str = r#"
@@ -193,7 +195,7 @@ async fn read_frame(stream: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
     let mut buffer = Vec::new();
     let mut byte = [0u8; 1];
     loop {
-        match tokio::time::timeout(std::time::Duration::from_secs(20), stream.read(&mut byte))
+        match tokio::time::timeout(Duration::from_secs(20), stream.read(&mut byte))
             .await
             .expect("an answer within 20 s")
         {
@@ -297,4 +299,830 @@ async fn mllp_answers_each_message_on_its_connection_and_refuses_unknown_senders
     assert!(read_frame(&mut stranger).await.is_none());
     assert_eq!(reports(&stack).await.len(), 2);
     service.stop().await;
+}
+
+/// The lab gateway and the clinic gateway on one broker: a lab sends, clinics read their inbox.
+struct ResultsFlow {
+    stack: BusStack,
+    lab: Service,
+    clinic: Service,
+    lab_url: String,
+    clinic_url: String,
+    keys: std::collections::HashMap<&'static str, String>,
+    http: reqwest::Client,
+}
+
+/// The ordering institutions of the sample messages, as the exchange knows them: MSH-6 names
+/// them by the code the hospital's systems use (two samples name nobody; the test addresses
+/// them to clinic-sakura).
+const RESULT_ORGANIZATIONS: &str = r#"
+[[organization]]
+id = "lab-kensa"
+role = "lab"
+name = "検査センター"
+
+[[organization]]
+id = "hospital-toro"
+role = "hospital"
+name = "登呂病院"
+institution_code = "RCV"
+
+[[organization]]
+id = "clinic-nist"
+role = "clinic"
+name = "NIST EHR"
+institution_code = "NIST EHR Facility"
+
+[[organization]]
+id = "clinic-iowa"
+role = "clinic"
+name = "Iowa DOH"
+institution_code = "IA DOH"
+
+[[organization]]
+id = "clinic-sakura"
+role = "clinic"
+name = "さくら内科クリニック"
+
+[[organization]]
+id = "hospital-clins"
+role = "hospital"
+name = "JP-CLINS 例示病院"
+institution_code = "1318814790"
+
+[[organization]]
+id = "pharmacy-aozora"
+role = "pharmacy"
+name = "あおぞら薬局"
+"#;
+
+impl ResultsFlow {
+    async fn start() -> Self {
+        let stack = BusStack::start().await;
+        let mut directory = Directory::from_toml(RESULT_ORGANIZATIONS).unwrap();
+        let mut keys = std::collections::HashMap::new();
+        for org in [
+            "lab-kensa",
+            "hospital-toro",
+            "clinic-nist",
+            "clinic-iowa",
+            "clinic-sakura",
+            "hospital-clins",
+            "pharmacy-aozora",
+        ] {
+            keys.insert(org, directory.issue_key(org).unwrap().expose().to_owned());
+        }
+        let directory = Arc::new(directory);
+        let lab_db = fresh_database(Backend::Sqlite).await;
+        let clinic_db = fresh_database(Backend::Sqlite).await;
+        let (lab_url, lab) =
+            start_service(Kind::LabGateway, &stack, &directory, Some(&lab_db)).await;
+        let (clinic_url, clinic) =
+            start_service(Kind::ClinicGateway, &stack, &directory, Some(&clinic_db)).await;
+        Self {
+            stack,
+            lab,
+            clinic,
+            lab_url,
+            clinic_url,
+            keys,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Sends one message as lab-kensa; its ACK.
+    async fn send(&self, message: Vec<u8>) -> String {
+        let answer = self
+            .http
+            .post(format!("{}/hl7v2", self.lab_url))
+            .bearer_auth(&self.keys["lab-kensa"])
+            .header("content-type", "application/hl7-v2")
+            .body(message)
+            .send()
+            .await
+            .unwrap();
+        let status = answer.status();
+        let (ack, _) = hixbus_lab_gateway::charset::decode(&answer.bytes().await.unwrap()).unwrap();
+        assert_eq!(status, 200, "{ack}");
+        assert!(ack.contains("MSA|AA|"), "{ack}");
+        ack
+    }
+
+    async fn get(&self, org: &str, path: &str) -> (u16, Value) {
+        let answer = self
+            .http
+            .get(format!("{}{path}", self.clinic_url))
+            .bearer_auth(&self.keys[org])
+            .send()
+            .await
+            .unwrap();
+        (answer.status().as_u16(), answer.json().await.unwrap())
+    }
+
+    /// Waits until `org`'s report `key` reads as `done` says; the report.
+    async fn wait_for(&self, org: &str, key: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, body) = self.get(org, &report_path(key)).await;
+            if status == 200 && done(&body) {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{key} never reached {org}'s inbox as expected: {status} {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn stop(self) {
+        self.lab.stop().await;
+        self.clinic.stop().await;
+        drop(self.stack);
+    }
+}
+
+/// The path of report `key` (`<lab>/<report id>`), its report id percent-encoded.
+fn report_path(key: &str) -> String {
+    let (lab, report_id) = key.split_once('/').unwrap();
+    let mut url = reqwest::Url::parse("http://x/clinic/results").unwrap();
+    url.path_segments_mut().unwrap().push(lab).push(report_id);
+    url.path().to_owned()
+}
+
+/// The message with MSH-`field` replaced (the sample files stay as published).
+fn with_msh(message: &str, field: usize, value: &str) -> String {
+    let (msh, rest) = message.split_once(['\r', '\n']).unwrap();
+    let mut fields: Vec<&str> = msh.split('|').collect();
+    // MSH-1 is the separator itself: MSH-n is at index n - 1.
+    while fields.len() < field {
+        fields.push("");
+    }
+    fields[field - 1] = value;
+    format!("{}\r{rest}", fields.join("|"))
+}
+
+/// The OBX segments of a message, read here independently of the gateway: the test's own
+/// reading of the source, to compare the inbox with field by field.
+fn source_results(message: &str) -> Vec<Vec<Vec<String>>> {
+    message
+        .split(['\r', '\n'])
+        .filter(|s| s.starts_with("OBX|"))
+        .map(|s| {
+            s.split('|')
+                .map(|f| f.split('^').map(str::to_owned).collect())
+                .collect()
+        })
+        .collect()
+}
+
+fn component(obx: &[Vec<String>], field: usize, component: usize) -> &str {
+    obx.get(field)
+        .and_then(|f| f.get(component - 1))
+        .map_or("", String::as_str)
+}
+
+/// Asserts the inbox's results are the source's, field by field: code and name, other code,
+/// value by type, unit, reference range, flag.
+fn assert_results_as_sent(name: &str, message: &str, shown: &Value) {
+    let source = source_results(message);
+    let shown = shown["results"].as_array().unwrap();
+    assert_eq!(shown.len(), source.len(), "{name}: one result per OBX");
+    for (n, (obx, result)) in source.iter().zip(shown).enumerate() {
+        let at = format!("{name} OBX {}", n + 1);
+        let field = |i: usize| obx.get(i).map(|f| f.join("^")).unwrap_or_default();
+        assert_eq!(result["code"]["code"], component(obx, 3, 1), "{at}: code");
+        let display = component(obx, 3, 2);
+        if !display.is_empty() {
+            assert_eq!(result["code"]["display"], display, "{at}: name");
+        }
+        if !component(obx, 3, 4).is_empty() {
+            assert_eq!(
+                result["other_codes"][0]["code"],
+                component(obx, 3, 4),
+                "{at}: alternate code"
+            );
+        }
+        let value = field(5);
+        let status = component(obx, 11, 1);
+        let kind = component(obx, 2, 1);
+        if value.is_empty() || status == "X" {
+            assert!(
+                result["value_numeric"].is_null() && result["value_text"].is_null(),
+                "{at}"
+            );
+        } else if kind == "NM" && !value.contains('~') {
+            assert_eq!(
+                result["value_numeric"].as_f64(),
+                Some(value.parse::<f64>().unwrap()),
+                "{at}: value"
+            );
+        } else if kind == "CWE" || kind == "CE" {
+            let first = component(obx, 5, 1).split('~').next().unwrap();
+            assert_eq!(result["value_coded"]["code"], first, "{at}: value");
+            if value.contains('~') {
+                assert_eq!(
+                    result["value_text"],
+                    value.as_str(),
+                    "{at}: every repetition"
+                );
+            }
+        } else if !value.contains('\\') {
+            assert_eq!(result["value_text"], value.as_str(), "{at}: value");
+        }
+        let unit = component(obx, 6, 1);
+        if unit.is_empty() {
+            assert!(result["unit"].is_null(), "{at}: unit");
+        } else {
+            assert_eq!(result["unit"], unit, "{at}: unit");
+        }
+        let range = field(7);
+        if range.is_empty() {
+            assert!(result["reference_range"].is_null(), "{at}: range");
+        } else {
+            assert_eq!(
+                result["reference_range"]["text"],
+                range.as_str(),
+                "{at}: range"
+            );
+        }
+        let flag = match component(obx, 8, 1).split('~').next().unwrap() {
+            "N" => "NORMAL",
+            "L" => "LOW",
+            "H" => "HIGH",
+            "LL" => "CRITICALLY_LOW",
+            "HH" => "CRITICALLY_HIGH",
+            "A" | "AA" => "ABNORMAL",
+            "POS" => "POSITIVE",
+            "NEG" => "NEGATIVE",
+            _ => "UNKNOWN",
+        };
+        assert_eq!(result["interpretation"], flag, "{at}: flag");
+    }
+}
+
+#[tokio::test]
+async fn every_lab_message_reaches_the_ordering_clinics_inbox_as_sent_and_no_one_elses() {
+    let flow = ResultsFlow::start().await;
+    let utf8 = |name: &str| String::from_utf8(fixture(name)).unwrap();
+    // (file, message as sent, ordering clinic, report key)
+    let messages = [
+        (
+            "SSMIX2-OUL-R22-iso2022jp.hl7",
+            fixture("SSMIX2-OUL-R22-iso2022jp.hl7"),
+            "hospital-toro",
+            "lab-kensa/000000001219001",
+        ),
+        (
+            "LRI_2.0-NG_CBC_Typ_Message.hl7",
+            fixture("LRI_2.0-NG_CBC_Typ_Message.hl7"),
+            "clinic-nist",
+            "lab-kensa/R-991133",
+        ),
+        (
+            "ORU-R01-01.hl7",
+            fixture("ORU-R01-01.hl7"),
+            "clinic-iowa",
+            "lab-kensa/986",
+        ),
+        (
+            "LAB-ORU-1.hl7",
+            with_msh(&utf8("LAB-ORU-1.hl7"), 6, "clinic-sakura").into_bytes(),
+            "clinic-sakura",
+            "lab-kensa/82503246",
+        ),
+        (
+            "OUL-R22-01.hl7",
+            with_msh(&utf8("OUL-R22-01.hl7"), 6, "clinic-sakura").into_bytes(),
+            "clinic-sakura",
+            "lab-kensa/40bcbe96bcbf8cda8b07403263b92cb4",
+        ),
+    ];
+    for (name, message, clinic, key) in &messages {
+        flow.send(message.clone()).await;
+        let shown = flow.wait_for(clinic, key, |_| true).await;
+        let (text, _) = hixbus_lab_gateway::charset::decode(message).unwrap();
+        assert_results_as_sent(name, &text, &shown);
+        assert_eq!(shown["performing_lab"]["org_id"], "lab-kensa", "{name}");
+        assert_eq!(shown["status"], "final", "{name}");
+        // Nobody else sees it, not even by its key.
+        for other in [
+            "clinic-nist",
+            "clinic-iowa",
+            "clinic-sakura",
+            "hospital-toro",
+        ] {
+            if other != *clinic {
+                let (status, _) = flow.get(other, &report_path(key)).await;
+                assert_eq!(status, 404, "{name} leaked to {other}");
+            }
+        }
+    }
+    // Japanese text intact, the specimen and the order as sent.
+    let (_, toro) = flow
+        .get("hospital-toro", "/clinic/results/lab-kensa/000000001219001")
+        .await;
+    assert_eq!(toro["results"][1]["code"]["display"], "総蛋白");
+    assert_eq!(toro["specimen"]["specimen_type"]["display"], "血清");
+    assert_eq!(toro["order_id"], "000000011000354");
+    assert_eq!(toro["patient_ref"], "local:lab-kensa:0001000052");
+    // The UTF-8 copy is the same message (same MSH-10): the same event, one version.
+    flow.send(fixture("SSMIX2-OUL-R22-utf8.hl7")).await;
+    let (_, again) = flow
+        .get("hospital-toro", "/clinic/results/lab-kensa/000000001219001")
+        .await;
+    assert_eq!(again["versions"].as_array().unwrap().len(), 1);
+    assert_eq!(again["results"], toro["results"]);
+
+    // Each clinic's list holds its own reports only.
+    let (status, sakura) = flow.get("clinic-sakura", "/clinic/results").await;
+    assert_eq!(status, 200);
+    let keys: Vec<&str> = sakura["reports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["report"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(keys.contains(&"lab-kensa/82503246"));
+    // A pharmacy has no results inbox; a lab reads none.
+    let (status, _) = flow.get("pharmacy-aozora", "/clinic/results").await;
+    assert_eq!(status, 403);
+    let (status, _) = flow.get("lab-kensa", "/clinic/results").await;
+    assert_eq!(status, 403);
+    flow.stop().await;
+}
+
+/// Reads server-sent events from `stream` until one of kind `event` mentions `needle`; its
+/// data.
+async fn next_event(stream: &mut reqwest::Response, event: &str, needle: &str) -> Value {
+    let mut received = String::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        for block in received.split("\n\n") {
+            let mut kind = None;
+            let mut data = None;
+            for line in block.lines() {
+                if let Some(k) = line.strip_prefix("event:") {
+                    kind = Some(k.trim());
+                } else if let Some(d) = line.strip_prefix("data:") {
+                    data = Some(d.trim());
+                }
+            }
+            if let (Some(k), Some(d)) = (kind, data)
+                && k == event
+                && d.contains(needle)
+            {
+                return serde_json::from_str(d).unwrap();
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let chunk = tokio::time::timeout(left, stream.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("no {event} event with {needle}: {received}"))
+            .unwrap()
+            .expect("stream open");
+        received.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}
+
+#[tokio::test]
+async fn a_critical_value_reaches_the_clinics_stream_stays_on_top_until_acknowledged_and_a_correction_supersedes()
+ {
+    let flow = ResultsFlow::start().await;
+    let mut stream = flow
+        .http
+        .get(format!("{}/clinic/results/stream", flow.clinic_url))
+        .bearer_auth(&flow.keys["hospital-toro"])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let mut other_stream = flow
+        .http
+        .get(format!("{}/clinic/results/stream", flow.clinic_url))
+        .bearer_auth(&flow.keys["clinic-sakura"])
+        .send()
+        .await
+        .unwrap();
+    let original = String::from_utf8(fixture("SSMIX2-OUL-R22-utf8.hl7")).unwrap();
+    let key = "lab-kensa/000000001219001";
+
+    // Total protein flagged HH by the lab: critical, pushed to the ordering hospital's screen.
+    let critical =
+        with_msh(&original, 10, "CRIT-1").replacen("|6.70-8.3||||F|", "|6.70-8.3|HH|||F|", 1);
+    flow.send(critical.into_bytes()).await;
+    let pushed = next_event(&mut stream, "critical", key).await;
+    assert_eq!(pushed["awaiting_acknowledgement"], true);
+    assert_eq!(pushed["critical"][0]["index"], 1);
+    assert_eq!(pushed["critical"][0]["code"]["display"], "総蛋白");
+    let first_version = pushed["event_id"].as_str().unwrap().to_owned();
+    let (_, list) = flow.get("hospital-toro", "/clinic/results").await;
+    assert_eq!(list["awaiting_acknowledgement"][0]["report"], key);
+
+    // A correction (OBR-25 C, the value corrected) supersedes it everywhere it was shown; its
+    // critical value must be acknowledged on its own.
+    let corrected = with_msh(&original, 10, "CRIT-2")
+        .replacen(
+            "|7.2|g/dl^g/dl^99XYZ|6.70-8.3||||F|",
+            "|9.9|g/dl^g/dl^99XYZ|6.70-8.3|HH|||C|",
+            1,
+        )
+        .replacen(
+            "||||||20111220103059\rORC",
+            "||||||20111220103059|||C\rORC",
+            1,
+        );
+    flow.send(corrected.into_bytes()).await;
+    let pushed = next_event(&mut stream, "critical", "9.9").await;
+    assert_eq!(pushed["status"], "corrected");
+    assert_eq!(pushed["results"][1]["value_numeric"], 9.9);
+    let shown = flow
+        .wait_for("hospital-toro", key, |r| r["status"] == "corrected")
+        .await;
+    assert_eq!(shown["results"][1]["value_numeric"], 9.9);
+    let versions = shown["versions"].as_array().unwrap();
+    assert_eq!(
+        versions.len(),
+        2,
+        "the superseded version is kept, not shown"
+    );
+    assert_eq!(versions[0]["event_id"], first_version.as_str());
+    let current = shown["event_id"].as_str().unwrap().to_owned();
+
+    // Acknowledging the version it no longer shows is refused; the shown one is recorded.
+    let acknowledge = |event_id: String| {
+        flow.http
+            .post(format!(
+                "{}/clinic/results/{key}/acknowledge",
+                flow.clinic_url
+            ))
+            .bearer_auth(&flow.keys["hospital-toro"])
+            .json(&serde_json::json!({
+                "event_id": event_id,
+                "acknowledged_by": {"id": "D001", "name": "医師一郎"}
+            }))
+            .send()
+    };
+    let stale = acknowledge(first_version.clone()).await.unwrap();
+    assert_eq!(stale.status(), 409);
+    let done = acknowledge(current.clone()).await.unwrap();
+    assert_eq!(done.status(), 200);
+    let done: Value = done.json().await.unwrap();
+    assert_eq!(done["awaiting_acknowledgement"], false);
+    assert_eq!(done["acknowledged"]["by"]["name"], "医師一郎");
+    let (_, list) = flow.get("hospital-toro", "/clinic/results").await;
+    assert_eq!(list["awaiting_acknowledgement"], serde_json::json!([]));
+    // Another clinic can neither acknowledge it nor hear of it.
+    let foreign = flow
+        .http
+        .post(format!(
+            "{}/clinic/results/{key}/acknowledge",
+            flow.clinic_url
+        ))
+        .bearer_auth(&flow.keys["clinic-sakura"])
+        .json(&serde_json::json!({"event_id": current, "acknowledged_by": {"id": "X"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(foreign.status(), 404);
+
+    // A cancellation (OBR-25 X) withdraws the report: still listed, marked withdrawn.
+    let cancelled = with_msh(&original, 10, "CRIT-3").replacen(
+        "||||||20111220103059\rORC",
+        "||||||20111220103059|||X\rORC",
+        1,
+    );
+    flow.send(cancelled.into_bytes()).await;
+    let shown = flow
+        .wait_for("hospital-toro", key, |r| r["withdrawn"] == true)
+        .await;
+    assert_eq!(shown["status"], "cancelled");
+    assert_eq!(shown["versions"].as_array().unwrap().len(), 3);
+
+    // A potassium of 6.5 mmol/L without a flag is critical by the limits table.
+    let potassium = with_msh(&original, 10, "K-1")
+        .replace("000000001219001", "000000001219002")
+        .replacen(
+            "OBX|1|NM|3A016000002327102^A/G比^JC10||1.7||1.2-2.0||||F|",
+            "OBX|1|NM|3H015000002327101^K^JC10||6.5|mmol/L|3.5-5.0||||F|",
+            1,
+        );
+    flow.send(potassium.into_bytes()).await;
+    let pushed = next_event(&mut stream, "critical", "lab-kensa/000000001219002").await;
+    assert!(
+        pushed["critical"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("potassium 6.5"),
+        "{pushed}"
+    );
+    // The other clinic's screen heard nothing of all this.
+    let heard = tokio::time::timeout(Duration::from_millis(500), other_stream.chunk()).await;
+    if let Ok(Ok(Some(chunk))) = heard {
+        assert!(
+            !String::from_utf8_lossy(&chunk).contains("lab-kensa/"),
+            "another clinic heard of it"
+        );
+    }
+    flow.stop().await;
+}
+
+fn fhir_fixture(path: &str) -> Value {
+    serde_json::from_slice(
+        &std::fs::read(format!(
+            "{}/fixtures/fhir/{path}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap(),
+    )
+    .unwrap()
+}
+
+impl ResultsFlow {
+    /// POSTs a FHIR resource to the lab gateway as `org`.
+    async fn send_fhir(&self, org: &str, endpoint: &str, body: &Value) -> (u16, Value) {
+        let answer = self
+            .http
+            .post(format!("{}/fhir/{endpoint}", self.lab_url))
+            .bearer_auth(&self.keys[org])
+            .header("content-type", "application/fhir+json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        (answer.status().as_u16(), answer.json().await.unwrap())
+    }
+}
+
+const JLAC10: [&str; 3] = [
+    "urn:oid:1.2.392.200119.4.504",
+    "http://medis.or.jp/CodeSystem/master-JLAC10-17digits",
+    "http://jpfhir.jp/fhir/clins/CodeSystem/JLAC10/JP_CLINS_ObsLabResult_CoreLabo_CS",
+];
+
+/// Asserts one shown result is the source Observation, field by field: every code it carries
+/// (JLAC10 first), its value and unit, the reference range and the flag.
+fn assert_observation_as_sent(at: &str, source: &Value, shown: &Value) {
+    let codings = source["code"]["coding"].as_array().unwrap();
+    let mut sent: Vec<(String, String)> = codings
+        .iter()
+        .map(|c| {
+            let system = c["system"].as_str().unwrap();
+            let system = if JLAC10.contains(&system) {
+                JLAC10[0]
+            } else {
+                system
+            };
+            (system.to_owned(), c["code"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    sent.dedup();
+    let mut kept = vec![(
+        shown["code"]["system"].as_str().unwrap().to_owned(),
+        shown["code"]["code"].as_str().unwrap().to_owned(),
+    )];
+    for other in shown["other_codes"].as_array().unwrap() {
+        kept.push((
+            other["system"].as_str().unwrap().to_owned(),
+            other["code"].as_str().unwrap().to_owned(),
+        ));
+    }
+    for code in &sent {
+        assert!(kept.contains(code), "{at}: {code:?} kept in {kept:?}");
+    }
+    assert_eq!(
+        kept.len(),
+        {
+            let mut unique = sent.clone();
+            unique.sort();
+            unique.dedup();
+            unique.len()
+        },
+        "{at}: no code invented"
+    );
+    if sent.iter().any(|(s, _)| s == JLAC10[0]) {
+        assert_eq!(shown["code"]["system"], JLAC10[0], "{at}: JLAC10 first");
+    }
+    if let Some(q) = source.get("valueQuantity") {
+        assert_eq!(
+            shown["value_numeric"].as_f64(),
+            q["value"].as_f64(),
+            "{at}: value"
+        );
+        assert_eq!(shown["unit"], q["unit"], "{at}: unit");
+    }
+    if let Some(c) = source.get("valueCodeableConcept") {
+        assert_eq!(
+            shown["value_coded"]["code"], c["coding"][0]["code"],
+            "{at}: value"
+        );
+        assert_eq!(shown["value_text"], c["text"], "{at}: value text");
+    }
+    match source.pointer("/referenceRange/0") {
+        Some(range) => {
+            assert_eq!(
+                shown["reference_range"]["low"].as_f64(),
+                range.pointer("/low/value").and_then(Value::as_f64),
+                "{at}: low"
+            );
+            assert_eq!(
+                shown["reference_range"]["high"].as_f64(),
+                range.pointer("/high/value").and_then(Value::as_f64),
+                "{at}: high"
+            );
+        }
+        None => assert!(shown["reference_range"].is_null(), "{at}: no range"),
+    }
+    let flag = match source
+        .pointer("/interpretation/0/coding/0/code")
+        .and_then(Value::as_str)
+    {
+        Some("L") => "LOW",
+        Some("H") => "HIGH",
+        Some("N") => "NORMAL",
+        Some("HH") => "CRITICALLY_HIGH",
+        Some("LL") => "CRITICALLY_LOW",
+        None => "UNKNOWN",
+        Some(other) => panic!("{at}: flag {other} not in the samples"),
+    };
+    assert_eq!(shown["interpretation"], flag, "{at}: flag");
+}
+
+#[tokio::test]
+async fn every_valid_fhir_lab_example_reaches_the_ordering_clinics_inbox_and_invalid_ones_are_refused()
+ {
+    let flow = ResultsFlow::start().await;
+    // (file, endpoint, sender, ordering clinic, the source Observations in report order)
+    let clins_bundle =
+        fhir_fixture("jp-clins-lab/Bundle-Bundle-CLINS-Observations-Example-01.json");
+    let core_report =
+        fhir_fixture("jp-core-lab/DiagnosticReport-jp-diagnosticreport-labresult-example-1.json");
+    let examples = [
+        (
+            "jp-clins-lab/Observation-Example-JP-Obs-LabResult-eCS-K.json",
+            "Observation",
+            "lab-kensa",
+            "hospital-clins",
+        ),
+        (
+            "jp-clins-lab/Observation-Example-JP-Obs-LabResult-eCS-Alb.json",
+            "Observation",
+            "lab-kensa",
+            "hospital-clins",
+        ),
+        (
+            "jp-clins-lab/Bundle-Bundle-CLINS-Observations-Example-01.json",
+            "Bundle",
+            "lab-kensa",
+            "hospital-clins",
+        ),
+        // A hospital's own laboratory, reporting its own orders.
+        (
+            "jp-core-lab/Observation-jp-observation-labresult-example-1.json",
+            "Observation",
+            "hospital-toro",
+            "hospital-toro",
+        ),
+        (
+            "jp-core-lab/DiagnosticReport-jp-diagnosticreport-labresult-example-1.json",
+            "DiagnosticReport",
+            "hospital-toro",
+            "hospital-toro",
+        ),
+    ];
+    for (file, endpoint, sender, clinic) in examples {
+        let source = fhir_fixture(file);
+        let (status, accepted) = flow.send_fhir(sender, endpoint, &source).await;
+        assert_eq!(status, 201, "{file}: {accepted}");
+        let key = format!("{sender}/{}", accepted["report_id"].as_str().unwrap());
+        let shown = flow
+            .wait_for(clinic, &key, |r| r["event_id"] == accepted["event_id"])
+            .await;
+        let observations: Vec<Value> = match endpoint {
+            "Observation" => vec![source.clone()],
+            "Bundle" => clins_bundle["entry"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["resource"].clone())
+                .filter(|r| r["resourceType"] == "Observation")
+                .collect(),
+            _ => core_report["contained"].as_array().unwrap().clone(),
+        };
+        let results = shown["results"].as_array().unwrap();
+        assert_eq!(results.len(), observations.len(), "{file}");
+        for (i, (o, r)) in observations.iter().zip(results).enumerate() {
+            assert_observation_as_sent(&format!("{file} result {i}"), o, r);
+        }
+        assert_eq!(shown["status"], "final", "{file}");
+        // Nobody else sees it.
+        for other in ["clinic-sakura", "hospital-toro", "hospital-clins"] {
+            if other != clinic {
+                let (status, _) = flow.get(other, &report_path(&key)).await;
+                assert_eq!(status, 404, "{file} leaked to {other}");
+            }
+        }
+    }
+    // JP-CLINS names the patient by insurance: the same patient as the prescriptions' Coverage,
+    // never the raw member id.
+    let (_, k) = flow
+        .send_fhir(
+            "lab-kensa",
+            "Observation",
+            &fhir_fixture("jp-clins-lab/Observation-Example-JP-Obs-LabResult-eCS-K.json"),
+        )
+        .await;
+    assert_eq!(k["patient_ref"], "jp-insured:00012345:あいう:187:05");
+    // Japanese text intact.
+    let shown = flow
+        .wait_for(
+            "hospital-clins",
+            &format!("lab-kensa/{}", k["report_id"].as_str().unwrap()),
+            |_| true,
+        )
+        .await;
+    assert_eq!(shown["results"][0]["other_codes"][0]["display"], "カリウム");
+    assert_eq!(shown["specimen"]["specimen_type"]["display"], "血清");
+
+    // Refused, each with an OperationOutcome saying where and why; nothing published.
+    let before = reports(&flow.stack).await.len();
+    let error_example = fhir_fixture("jp-clins-lab/Observation-ErrorExample-ObsLabo-eGFR.json");
+    let (status, outcome) = flow
+        .send_fhir("lab-kensa", "Observation", &error_example)
+        .await;
+    assert_eq!(status, 422, "{outcome}");
+    assert_eq!(outcome["resourceType"], "OperationOutcome");
+    assert_eq!(
+        outcome["issue"][0]["expression"][0],
+        "Observation.code.coding"
+    );
+    assert!(
+        outcome["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("local code")
+    );
+    let mut no_value = fhir_fixture("jp-clins-lab/Observation-Example-JP-Obs-LabResult-eCS-K.json");
+    no_value.as_object_mut().unwrap().remove("valueQuantity");
+    let mut no_subject =
+        fhir_fixture("jp-core-lab/Observation-jp-observation-labresult-example-1.json");
+    no_subject.as_object_mut().unwrap().remove("subject");
+    let mut dangling = core_report.clone();
+    dangling["result"][0]["reference"] = "#nowhere".into();
+    let mut many = clins_bundle.clone();
+    let entry = many["entry"][1].clone();
+    many["entry"] = Value::Array(std::iter::repeat_n(entry, 501).collect());
+    for (what, endpoint, body, status) in [
+        ("no value", "Observation", no_value, 422),
+        ("no patient", "Observation", no_subject, 422),
+        (
+            "a result it does not hold",
+            "DiagnosticReport",
+            dangling,
+            422,
+        ),
+        (
+            "a Patient",
+            "Observation",
+            serde_json::json!({"resourceType": "Patient"}),
+            400,
+        ),
+        ("501 results", "Bundle", many, 422),
+    ] {
+        let (got, outcome) = flow.send_fhir("lab-kensa", endpoint, &body).await;
+        assert_eq!(got, status, "{what}: {outcome}");
+        assert_eq!(outcome["resourceType"], "OperationOutcome", "{what}");
+    }
+    let not_json = flow
+        .http
+        .post(format!("{}/fhir/Observation", flow.lab_url))
+        .bearer_auth(&flow.keys["lab-kensa"])
+        .header("content-type", "application/fhir+json")
+        .body("{\"resourceType\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_json.status(), 400);
+    let xml = flow
+        .http
+        .post(format!("{}/fhir/Observation", flow.lab_url))
+        .bearer_auth(&flow.keys["lab-kensa"])
+        .header("content-type", "application/fhir+xml")
+        .body("<Observation/>")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(xml.status(), 415);
+    // A clinic does not send results.
+    let (status, _) = flow
+        .send_fhir("clinic-sakura", "Observation", &error_example)
+        .await;
+    assert_eq!(status, 403);
+    assert_eq!(
+        reports(&flow.stack).await.len(),
+        before,
+        "nothing refused was published"
+    );
+    flow.stop().await;
 }

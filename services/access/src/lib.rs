@@ -50,6 +50,10 @@ pub enum Action {
     DispensePrescription,
     /// Send lab results (HL7 v2 or FHIR) as the performing laboratory.
     ReportLabResults,
+    /// Read the results of tests the organization ordered, and acknowledge critical ones.
+    ViewOrderedResults,
+    /// Send health checkup reports as the institution that performed the checkup.
+    ReportCheckups,
     /// Read schemas from the registry (every producer and consumer needs to).
     ReadSchemas,
     /// Register schemas, change compatibility, delete subjects.
@@ -65,12 +69,21 @@ impl Role {
         match self {
             Role::Clinic => matches!(
                 action,
-                IssuePrescription | CancelPrescription | ViewIssuedPrescriptions
+                IssuePrescription
+                    | CancelPrescription
+                    | ViewIssuedPrescriptions
+                    | ViewOrderedResults
+                    | ReportCheckups
             ),
             // A hospital's own laboratory reports results too.
             Role::Hospital => matches!(
                 action,
-                IssuePrescription | CancelPrescription | ViewIssuedPrescriptions | ReportLabResults
+                IssuePrescription
+                    | CancelPrescription
+                    | ViewIssuedPrescriptions
+                    | ViewOrderedResults
+                    | ReportLabResults
+                    | ReportCheckups
             ),
             Role::Lab => action == ReportLabResults,
             Role::Pharmacy => matches!(action, ViewPharmacyInbox | DispensePrescription),
@@ -403,6 +416,8 @@ fn describe(action: Action) -> &'static str {
         Action::ViewPharmacyInbox => "view a pharmacy inbox",
         Action::DispensePrescription => "dispense prescriptions",
         Action::ReportLabResults => "report lab results",
+        Action::ViewOrderedResults => "view the results of tests it ordered",
+        Action::ReportCheckups => "report health checkups",
         Action::ReadSchemas => "read schemas",
         Action::ManageSchemas => "register or change schemas",
     }

@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 
 use chrono::NaiveDate;
+use hixbus_contracts::identity;
 use hixbus_contracts::lifecycle::{self, MAX_LINES};
 use hixbus_contracts::{CodedConcept, Date, MedicationLine, PractitionerRef, Quantity};
 use hixbus_service::text;
@@ -34,13 +35,6 @@ pub const MAX_ENTRIES: usize = MAX_LINES + 60;
 pub const HOT9: &str = "urn:oid:1.2.392.200119.4.403.1";
 pub const YJ: &str = "urn:oid:1.2.392.100495.20.1.73";
 const RP_NUMBER: &str = "urn:oid:1.2.392.100495.20.3.81";
-const INSURER_NUMBER: &str = "urn:oid:1.2.392.100495.20.3.61";
-const INSURED_SYMBOL: &str =
-    "http://jpfhir.jp/fhir/core/Extension/StructureDefinition/JP_Coverage_InsuredPersonSymbol";
-const INSURED_NUMBER: &str =
-    "http://jpfhir.jp/fhir/core/Extension/StructureDefinition/JP_Coverage_InsuredPersonNumber";
-const INSURED_BRANCH: &str =
-    "http://jpfhir.jp/fhir/core/Extension/StructureDefinition/JP_Coverage_InsuredPersonSubNumber";
 const SUBSTITUTION_NOT_ALLOWED: &str = "urn:oid:1.2.392.100495.20.2.41";
 
 /// What the gateway takes from a submission, before ids and envelope are added. Serialized, it
@@ -57,20 +51,6 @@ pub struct Submission {
     pub issued_on_at: &'static str,
     pub lines: Vec<MedicationLine>,
     pub notes: Option<String>,
-}
-
-/// Every string in the request that contains a control or bidi character or is over-long,
-/// as `value` problems at their location (see `hixbus_service::text`).
-pub fn text_problems(body: &Value) -> Vec<Issue> {
-    let root = body
-        .get("resourceType")
-        .and_then(Value::as_str)
-        .filter(|r| r.len() <= 64 && r.chars().all(|c| c.is_ascii_alphabetic()))
-        .unwrap_or("$");
-    text::scan_json(body, root, text::MAX_STRING_CHARS)
-        .into_iter()
-        .map(|(at, problem)| Issue::new("value", at, format!("the text {problem}")))
-        .collect()
 }
 
 /// Reads a prescription document `Bundle` (`type` = `document`, with a `Composition`, the
@@ -581,59 +561,15 @@ impl<'a> Resources<'a> {
 /// The cross-institution patient reference (insurance card) or the issuer-local one.
 fn patient_reference(patient: &Value, resources: &Resources<'_>, org_id: &str) -> Option<String> {
     let insured = resources.all("Coverage").find_map(|(_, coverage)| {
-        let symbol = extension_string(coverage, INSURED_SYMBOL);
-        let number = extension_string(coverage, INSURED_NUMBER)?;
         let payer = resources.resolve(coverage.pointer("/payor/0"))?;
-        let insurer = payer
-            .get("identifier")
-            .and_then(Value::as_array)?
-            .iter()
-            .find(|id| id.get("system").and_then(Value::as_str) == Some(INSURER_NUMBER))?
-            .get("value")?
-            .as_str()?;
-        let branch = extension_string(coverage, INSURED_BRANCH).or_else(|| {
-            coverage
-                .get("dependent")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        });
-        Some(format!(
-            "jp-insured:{}:{}:{}:{}",
-            ascii_digits(insurer),
-            symbol.as_deref().map(ascii_digits).unwrap_or_default(),
-            ascii_digits(&number),
-            branch.as_deref().map(ascii_digits).unwrap_or_default(),
-        ))
+        identity::insured(coverage, payer).map(|i| i.patient_ref)
     });
     insured.or_else(|| {
         let value = patient
             .pointer("/identifier/0/value")
             .and_then(Value::as_str)?;
-        Some(format!("local:{org_id}:{value}"))
+        Some(identity::local_ref(org_id, value))
     })
-}
-
-fn extension_string(resource: &Value, url: &str) -> Option<String> {
-    resource
-        .get("extension")?
-        .as_array()?
-        .iter()
-        .find(|e| e.get("url").and_then(Value::as_str) == Some(url))?
-        .get("valueString")?
-        .as_str()
-        .map(str::to_owned)
-}
-
-/// Insurance numbers are often typed with full-width digits; the same card must give the same
-/// reference however it was typed.
-fn ascii_digits(text: &str) -> String {
-    text.chars()
-        .map(|c| match c {
-            '０'..='９' => char::from(b'0' + (c as u32 - '０' as u32) as u8),
-            _ => c,
-        })
-        .filter(|c| !c.is_whitespace())
-        .collect()
 }
 
 fn practitioner(resource: &Value) -> PractitionerRef {
@@ -830,7 +766,9 @@ mod tests {
 
     #[test]
     fn full_width_insurance_numbers_give_the_same_patient() {
-        assert_eq!(ascii_digits("６７８９０"), "67890");
-        assert_eq!(ascii_digits("67 890"), "67890");
+        assert_eq!(
+            identity::insured_ref("06123456", "", "６７８９０", "01"),
+            identity::insured_ref("06123456", "", "67 890", "01")
+        );
     }
 }

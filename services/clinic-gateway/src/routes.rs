@@ -6,7 +6,7 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRef, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use hixbus_access::codes::{self, CodeKeys};
 use hixbus_access::{Action, Caller, Directory, Organization, Role};
@@ -42,6 +42,7 @@ pub struct AppState {
     pub view: ClinicView,
     pub audit: AuditLog,
     pub codes: Arc<CodeKeys>,
+    pub inbox: crate::results_api::Inbox,
 }
 
 impl FromRef<AppState> for Arc<Directory> {
@@ -120,12 +121,12 @@ async fn submit(
     read: Reader,
 ) -> Result<Response, FhirError> {
     let org = caller.require(Action::IssuePrescription)?;
-    check_fhir_media_type(headers)?;
+    hixbus_service::fhir::require_media_type(headers)?;
     let body = body::read(body, MAX_BODY_BYTES)
         .await
         .map_err(|e| Outcome::one(e.status(), "too-costly", "$", format!("{e}")))?;
-    let json = parse_fhir_json(&body)?;
-    let problems = fhir::text_problems(&json);
+    let json = hixbus_service::fhir::parse(&body)?;
+    let problems = hixbus_service::fhir::text_problems(&json);
     if !problems.is_empty() {
         return Err(FhirError::from(Outcome::invalid(problems)));
     }
@@ -141,35 +142,6 @@ async fn submit(
         )));
     }
     issue(state, org, submission, params).await
-}
-
-fn check_fhir_media_type(headers: &HeaderMap) -> Result<(), Outcome> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let media = content_type.split(';').next().unwrap_or("").trim();
-    if matches!(media, "application/fhir+json" | "application/json") {
-        return Ok(());
-    }
-    let shown: String = content_type.chars().take(64).collect();
-    Err(Outcome::one(
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "not-supported",
-        "Content-Type",
-        format!("send application/fhir+json, not {shown:?}"),
-    ))
-}
-
-fn parse_fhir_json(body: &[u8]) -> Result<Value, Outcome> {
-    serde_json::from_slice(body).map_err(|e| {
-        Outcome::one(
-            StatusCode::BAD_REQUEST,
-            "structure",
-            "$",
-            format!("the body is not valid JSON: {e}"),
-        )
-    })
 }
 
 /// The digest a resubmission is compared by: the normalized submission (what the gateway read

@@ -9,10 +9,14 @@ use axum::middleware;
 use axum::routing::{get, post};
 use hixbus_bus::Publisher;
 use hixbus_service::config::code_keys;
-use hixbus_service::{CancellationToken, DenialAudit, Deps, Service, StartupError, audit_denials};
+use hixbus_service::{
+    CancellationToken, DenialAudit, Deps, PerKeyLimit, Service, StartupError, audit_denials,
+};
 use hixbus_storage::AuditLog;
 
 use crate::config::Config;
+use crate::results::{self, Results};
+use crate::results_api::{self, Inbox};
 use crate::routes::{self, AppState};
 use crate::store::Submissions;
 use crate::view::{self, ClinicView};
@@ -21,6 +25,8 @@ use crate::view::{self, ClinicView};
 pub const NAME: &str = "clinic-gateway";
 /// The consumer group of every gateway replica (it feeds the clinic view).
 pub const GROUP: &str = "hixbus-clinic-gateway";
+/// The consumer group feeding the results inbox.
+pub const RESULTS_GROUP: &str = "hixbus-clinic-gateway-results";
 
 /// Migrates its tables, connects to the bus and binds `config.listen`.
 pub async fn build(config: Config, deps: Deps) -> Result<Service, StartupError> {
@@ -33,6 +39,21 @@ pub async fn build(config: Config, deps: Deps) -> Result<Service, StartupError> 
     let view = ClinicView::new(db.clone()).await?;
     let audit = AuditLog::new(db.clone()).await?;
     let consumer = view::consumer(&deps.kafka, deps.codec.clone(), GROUP, &view)?;
+    // Live result streams, and the listener feeding them, end when the service begins to stop:
+    // the graceful shutdown waits for every open response.
+    let stopping = CancellationToken::new();
+    let results = Results::new(db.clone()).await?;
+    let changes =
+        results::Changes::start(&db, results.clone(), results::CHANNEL, stopping.clone()).await?;
+    let results_consumer = results::consumer(
+        &deps.kafka,
+        deps.codec.clone(),
+        RESULTS_GROUP,
+        results::Projector {
+            results: results.clone(),
+            changes: changes.clone(),
+        },
+    )?;
     let state = AppState {
         directory: deps.directory.clone(),
         publisher: Publisher::new(&deps.kafka, deps.codec.clone())?,
@@ -40,14 +61,19 @@ pub async fn build(config: Config, deps: Deps) -> Result<Service, StartupError> 
         view,
         audit,
         codes: Arc::new(codes),
+        inbox: Inbox {
+            results,
+            changes,
+            streams: PerKeyLimit::new(results_api::STREAMS_PER_CLINIC),
+        },
     };
     Service::bind(
         NAME,
         config.listen,
         app(state),
-        vec![consumer],
+        vec![consumer, results_consumer],
         Some(db),
-        CancellationToken::new(),
+        stopping,
     )
     .await
 }
@@ -66,6 +92,13 @@ pub fn app(state: AppState) -> Router {
         .route("/clinic/prescriptions", get(routes::list_issued))
         .route("/clinic/prescriptions/{id}", get(routes::get_issued))
         .route("/clinic/prescriptions/{id}/cancel", post(routes::cancel))
+        .route("/clinic/results", get(results_api::list))
+        .route("/clinic/results/stream", get(results_api::stream))
+        .route("/clinic/results/{lab}/{report_id}", get(results_api::get))
+        .route(
+            "/clinic/results/{lab}/{report_id}/acknowledge",
+            post(results_api::acknowledge),
+        )
         .fallback(hixbus_service::no_such_route)
         .method_not_allowed_fallback(hixbus_service::method_not_allowed)
         .layer(middleware::from_fn_with_state(denials, audit_denials))

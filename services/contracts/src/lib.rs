@@ -4,11 +4,14 @@
 
 pub mod catalog;
 pub mod codec;
+pub mod critical;
 pub mod docs;
 pub mod events;
 pub mod gate;
+pub mod identity;
 pub mod lifecycle;
 pub mod samples;
+pub mod systems;
 pub mod time;
 pub mod wire;
 

@@ -314,6 +314,13 @@ pub fn checkup_completed(patient: &str) -> CheckupCompleted {
             answer_text: None,
         }],
         overall_assessment: Some("要指導（動機付け支援）".to_owned()),
+        insurer: Some(InstitutionRef {
+            org_id: "insurer-kenpo".to_owned(),
+            institution_code: Some("06123456".to_owned()),
+            name: Some("サンプル健康保険組合".to_owned()),
+        }),
+        metabolic_syndrome: Some(coded("urn:oid:1.2.392.200119.6.1008", "2", "予備群該当")),
+        guidance_level: Some(coded("urn:oid:1.2.392.200119.6.3001", "2", "動機付け支援")),
     }
 }
 

@@ -6,7 +6,7 @@
 //! tables: docs/labs.md.
 
 use hixbus_contracts::{
-    CodedConcept, Interpretation, Observation, ReferenceRange, ReportStatus, Timestamp,
+    CodedConcept, Interpretation, Observation, ReferenceRange, ReportStatus, Timestamp, systems,
 };
 use hl7_parser::Message;
 use hl7_parser::message::{Field, Segment};
@@ -77,14 +77,26 @@ pub struct Header {
     pub msh18: String,
 }
 
+/// How a message names the patient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PatientId {
+    /// The sender's own id (HL7 PID-3.1, a FHIR Patient's identifier or id).
+    Local(String),
+    /// The cross-institution reference, when the message names the patient by insurance
+    /// (JP-CLINS' member id): see `hixbus_contracts::identity`.
+    Insured(String),
+}
+
 /// A lab report as read from the message: everything of `LabResultReported` but who sent it
 /// (the gateway knows that from the authenticated connection).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LabReport {
-    /// The sender's own id of the patient (PID-3), and its assigning authority.
-    pub patient_local_id: String,
+    pub patient: PatientId,
     pub report_id: String,
     pub order_id: String,
+    /// ORC-21 (ordering facility): its identifier (XON-10), else its name (XON-1). The gateway
+    /// uses it when MSH-6 names nobody on the exchange.
+    pub ordering_facility: Option<String>,
     pub status: ReportStatus,
     pub specimen_id: Option<String>,
     pub specimen_type: CodedConcept,
@@ -300,10 +312,17 @@ fn report(message: &Message, header: &Header) -> Result<LabReport, Problem> {
         ));
     }
     let status = report_status(value(obr, 25), &statuses);
+    let ordering_facility = orc.and_then(|o| {
+        [component(o, 21, 10), component(o, 21, 1)]
+            .into_iter()
+            .find(|s| !s.trim().is_empty())
+            .map(|s| s.trim().to_owned())
+    });
     Ok(LabReport {
-        patient_local_id,
+        patient: PatientId::Local(patient_local_id),
         report_id,
         order_id,
+        ordering_facility,
         status,
         specimen_id,
         specimen_type,
@@ -318,10 +337,10 @@ const V2_0487: &str = "http://terminology.hl7.org/CodeSystem/v2-0487";
 /// The code system URI for an HL7 v2 coding-system name (CWE.3).
 pub fn system_uri(name: &str) -> String {
     match name {
-        "LN" => "http://loinc.org".to_owned(),
-        "JC10" => "urn:oid:1.2.392.200119.4.504".to_owned(),
-        "SCT" => "http://snomed.info/sct".to_owned(),
-        "UCUM" => "http://unitsofmeasure.org".to_owned(),
+        "LN" => systems::LOINC.to_owned(),
+        "JC10" => systems::JLAC10.to_owned(),
+        "SCT" => systems::SNOMED_CT.to_owned(),
+        "UCUM" => systems::UCUM.to_owned(),
         "HL70078" => "http://terminology.hl7.org/CodeSystem/v2-0078".to_owned(),
         "HL70487" => V2_0487.to_owned(),
         "" => "urn:hixbus:hl7v2:unnamed".to_owned(),
@@ -393,7 +412,13 @@ fn observation(message: &Message, obx: &Segment, n: usize) -> Result<Observation
                 })?;
             observation.value_numeric = Some(number);
         }
-        "CWE" | "CE" | "CNE" => observation.value_coded = Some(coded(message, obx, 5, 1)),
+        "CWE" | "CE" | "CNE" => {
+            observation.value_coded = Some(coded(message, obx, 5, 1));
+            // A repeated coded value keeps every repetition, as sent, beside the first.
+            if raw.contains(message.separators.repetition) {
+                observation.value_text = Some(message.separators.decode(raw).to_string());
+            }
+        }
         // References (RP) and encapsulated data (ED) are kept as sent, bounded above.
         "ST" | "TX" | "FT" | "SN" | "TS" | "DT" | "TM" | "NA" | "RP" | "ED" => {
             observation.value_text = Some(message.separators.decode(raw).to_string());
@@ -556,7 +581,7 @@ mod tests {
     #[test]
     fn every_ss_mix2_result_keeps_its_code_value_unit_and_range_field_by_field() {
         let report = report("SSMIX2-OUL-R22-utf8.hl7");
-        assert_eq!(report.patient_local_id, "0001000052");
+        assert_eq!(report.patient, PatientId::Local("0001000052".to_owned()));
         assert_eq!(report.order_id, "000000011000354");
         assert_eq!(report.report_id, "000000001219001");
         assert_eq!(report.status, ReportStatus::Final);

@@ -6,7 +6,9 @@
 
 pub mod ack;
 pub mod charset;
+pub mod checkup;
 pub mod config;
+pub mod fhir;
 pub mod hl7;
 pub mod mllp;
 pub mod routes;

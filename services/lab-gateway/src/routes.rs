@@ -8,13 +8,20 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hixbus_access::{Action, Caller, Directory, Organization, Role};
 use hixbus_bus::Publisher;
-use hixbus_contracts::{Envelope, InstitutionRef, LabResultReported, Specimen, Timestamp};
+use hixbus_contracts::identity;
+use hixbus_contracts::{
+    CheckupCompleted, Envelope, InstitutionRef, LabResultReported, Specimen, Timestamp,
+};
+use hixbus_service::fhir::{self, FhirError, Outcome};
 use hixbus_service::{ApiError, body};
 use hixbus_storage::AuditLog;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 
 use crate::ack::{self, AckCode};
 use crate::charset::Charset;
-use crate::hl7::{self, Header, LabReport, Problem, Refusal};
+use crate::checkup;
+use crate::hl7::{self, Header, LabReport, PatientId, Problem, Refusal};
 
 /// The largest message taken: a report of hundreds of results is tens of kilobytes.
 pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
@@ -80,9 +87,20 @@ pub async fn receive(state: &AppState, org: &Organization, bytes: &[u8]) -> Answ
             return refused(&read.header, read.charset, &problem);
         }
     };
-    let event = lab_result_reported(&state.directory, org, &read.header, report);
-    if let Err(e) = state.publisher.publish(&event).await {
-        tracing::warn!(error = %e, org = %org.id, "lab report not published");
+    let msh6 = read
+        .header
+        .receiving_facility
+        .split('^')
+        .next()
+        .unwrap_or("");
+    let event = lab_result_reported(
+        &state.directory,
+        org,
+        &read.header.control_id,
+        &[msh6],
+        report,
+    );
+    if publish(state, org, &event).await.is_err() {
         let problem = Problem {
             refusal: Refusal::Error,
             code: 207,
@@ -92,6 +110,39 @@ pub async fn receive(state: &AppState, org: &Organization, bytes: &[u8]) -> Answ
             reason: "the report was not published; send the same message again".to_owned(),
         };
         return refused(&read.header, read.charset, &problem);
+    }
+    let text = ack::ack(
+        &read.header,
+        AckCode::Accept,
+        None,
+        &match &event.ordering {
+            Some(_) => format!("published as {}", event.envelope.event_id),
+            // Accepted (the patient's record takes it), but the lab should know.
+            None => format!(
+                "published as {}; MSH-6 and ORC-21 name no clinic or hospital on the exchange, so no ordering clinic receives it",
+                event.envelope.event_id
+            ),
+        },
+        now_in_japan(),
+    );
+    Answer {
+        code: AckCode::Accept,
+        ack: ack::encode(&text, read.charset),
+        status: StatusCode::OK,
+        event_id: Some(event.envelope.event_id),
+    }
+}
+
+/// Publishes one report and audits it; `Err` when the broker did not take it (the sender must
+/// send it again).
+async fn publish(
+    state: &AppState,
+    org: &Organization,
+    event: &LabResultReported,
+) -> Result<(), ()> {
+    if let Err(e) = state.publisher.publish(event).await {
+        tracing::warn!(error = %e, org = %org.id, "lab report not published");
+        return Err(());
     }
     if let Err(e) = state
         .audit
@@ -107,55 +158,56 @@ pub async fn receive(state: &AppState, org: &Organization, bytes: &[u8]) -> Answ
         tracing::error!(error = %e, report_id = %event.report_id, "audit write failed");
     }
     tracing::info!(org = %org.id, report_id = %event.report_id, results = event.results.len(), "lab report published");
-    let text = ack::ack(
-        &read.header,
-        AckCode::Accept,
-        None,
-        &format!("published as {}", event.envelope.event_id),
-        now_in_japan(),
-    );
-    Answer {
-        code: AckCode::Accept,
-        ack: ack::encode(&text, read.charset),
-        status: StatusCode::OK,
-        event_id: Some(event.envelope.event_id),
-    }
+    Ok(())
 }
 
-/// The ordering institution named by MSH-6 (receiving facility), by organization id or
-/// institution code; `None` when it is not on the exchange.
-fn ordering(directory: &Directory, header: &Header) -> Option<InstitutionRef> {
-    let named = header
-        .receiving_facility
-        .split('^')
-        .next()
-        .unwrap_or("")
-        .trim();
-    if named.is_empty() {
-        return None;
-    }
-    let org = directory.get(named).cloned().or_else(|| {
-        directory
-            .organizations()
-            .find(|o| o.institution_code.as_deref() == Some(named))
-            .cloned()
-    })?;
-    matches!(org.role, Role::Clinic | Role::Hospital).then(|| InstitutionRef {
+/// The ordering institution: the first of `named` (HL7: MSH-6.1, the receiving facility), then
+/// the report's ordering facility (HL7 ORC-21; FHIR: the ServiceRequest's requester, JP-CLINS'
+/// institution number) that is an organization on the exchange (by id or institution code) with
+/// the role clinic or hospital. When none is and the sender is a hospital, its own laboratory
+/// reported its own orders. `None` otherwise.
+fn ordering(
+    directory: &Directory,
+    sender: &Organization,
+    named: &[&str],
+    report: &LabReport,
+) -> Option<InstitutionRef> {
+    let org = named
+        .iter()
+        .copied()
+        .chain(report.ordering_facility.as_deref())
+        .map(str::trim)
+        .filter(|named| !named.is_empty())
+        .filter_map(|named| {
+            directory.get(named).or_else(|| {
+                directory
+                    .organizations()
+                    .find(|o| o.institution_code.as_deref() == Some(named))
+            })
+        })
+        .map(|org| &**org)
+        .find(|org| matches!(org.role, Role::Clinic | Role::Hospital))
+        .or((sender.role == Role::Hospital).then_some(sender))?;
+    Some(InstitutionRef {
         org_id: org.id.clone(),
         institution_code: org.institution_code.clone(),
         name: Some(org.name.clone()),
     })
 }
 
+/// The event for `report` from `org`; `message_id` names the message (HL7 MSH-10, FHIR the
+/// digest of the request) so that the same message sent again is the same event.
 fn lab_result_reported(
     directory: &Directory,
     org: &Organization,
-    header: &Header,
+    message_id: &str,
+    named: &[&str],
     report: LabReport,
 ) -> LabResultReported {
+    let ordering = ordering(directory, org, named, &report);
     let event_id = uuid::Uuid::new_v5(
         &REPORT_NAMESPACE,
-        format!("{}/{}", org.id, header.control_id).as_bytes(),
+        format!("{}/{message_id}", org.id).as_bytes(),
     )
     .to_string();
     LabResultReported {
@@ -164,13 +216,16 @@ fn lab_result_reported(
             occurred_at: Timestamp::now(),
             producer_org: org.id.clone(),
             // Until the identity service links it: the lab's own id of the patient.
-            patient_ref: format!("local:{}:{}", org.id, report.patient_local_id),
+            patient_ref: match &report.patient {
+                PatientId::Local(id) => identity::local_ref(&org.id, id),
+                PatientId::Insured(reference) => reference.clone(),
+            },
             correlation_id: Some(report.order_id.clone()),
             causation_id: None,
         },
         report_id: report.report_id,
         order_id: report.order_id,
-        ordering: ordering(directory, header),
+        ordering,
         performing_lab: InstitutionRef {
             org_id: org.id.clone(),
             institution_code: org.institution_code.clone(),
@@ -217,6 +272,217 @@ pub async fn post_hl7v2(
         answer.status,
         [(header::CONTENT_TYPE, "application/hl7-v2")],
         answer.ack,
+    )
+        .into_response())
+}
+
+/// The largest FHIR request taken: a report's Bundle with its Observations and Specimens.
+pub const MAX_FHIR_BYTES: usize = 4 * 1024 * 1024;
+
+/// `POST /fhir/Observation`: one lab result.
+pub async fn post_observation(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, FhirError> {
+    receive_fhir(&state, &caller, &headers, body, "Observation").await
+}
+
+/// `POST /fhir/DiagnosticReport`: a report with its Observations contained.
+pub async fn post_diagnostic_report(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, FhirError> {
+    receive_fhir(&state, &caller, &headers, body, "DiagnosticReport").await
+}
+
+/// `POST /fhir/Bundle`: a DiagnosticReport and its Observations, or Observations alone.
+pub async fn post_bundle(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, FhirError> {
+    receive_fhir(&state, &caller, &headers, body, "Bundle").await
+}
+
+/// A report's rendering (`presentedForm`, a PDF) is not carried on the bus: only its results
+/// are. It is dropped before the text checks, which bound what is carried.
+fn drop_renderings(resource: &mut Value) {
+    if let Some(object) = resource.as_object_mut() {
+        object.remove("presentedForm");
+    }
+    if let Some(entries) = resource.get_mut("entry").and_then(Value::as_array_mut) {
+        for entry in entries {
+            if let Some(r) = entry.get_mut("resource") {
+                drop_renderings(r);
+            }
+        }
+    }
+}
+
+async fn receive_fhir(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    body: Body,
+    expected: &str,
+) -> Result<Response, FhirError> {
+    fhir::require_media_type(headers)?;
+    let bytes = body::read(body, MAX_FHIR_BYTES)
+        .await
+        .map_err(|e| Outcome::one(e.status(), "too-costly", "$", e.to_string()))?;
+    let mut json = fhir::parse(&bytes)?;
+    let kind = json.get("resourceType").and_then(Value::as_str);
+    if kind != Some(expected) {
+        let shown: String = kind.unwrap_or("no resourceType").chars().take(64).collect();
+        return Err(Outcome::one(
+            StatusCode::BAD_REQUEST,
+            "structure",
+            "resourceType",
+            format!("this endpoint takes a {expected}, not {shown}"),
+        )
+        .into());
+    }
+    drop_renderings(&mut json);
+    let problems = fhir::text_problems(&json);
+    if !problems.is_empty() {
+        return Err(Outcome::invalid(problems).into());
+    }
+    // The same request sent again (its answer was lost) is the same event.
+    let digest = hex::encode(Sha256::digest(&bytes));
+    if expected == "Bundle" && checkup::is_checkup(&json) {
+        let org = caller.require(Action::ReportCheckups)?;
+        return receive_checkup(state, org, &json, &digest).await;
+    }
+    let org = caller.require(Action::ReportLabResults)?;
+    let report = crate::fhir::read(&json).map_err(Outcome::invalid)?;
+    let event = lab_result_reported(
+        &state.directory,
+        org,
+        &format!("fhir:{digest}"),
+        &[],
+        report,
+    );
+    if publish(state, org, &event).await.is_err() {
+        return Err(Outcome::one(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "transient",
+            "$",
+            "the report was not published; send the same request again",
+        )
+        .into());
+    }
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({
+            "event_id": event.envelope.event_id,
+            "report_id": event.report_id,
+            "order_id": event.order_id,
+            "status": event.status,
+            "results": event.results.len(),
+            "patient_ref": event.envelope.patient_ref,
+            "ordering": event.ordering,
+            "warning": event.ordering.is_none().then_some(
+                "no clinic or hospital on the exchange is named as the orderer (ServiceRequest.requester, JP_eCS_InstitutionNumber), so no ordering clinic receives it"
+            ),
+        })),
+    )
+        .into_response())
+}
+
+/// Namespace of checkup event ids (see [`receive_checkup`]).
+const CHECKUP_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x6869_7862_7573_2d63_6865_636b_7570_0001);
+
+/// A 特定健診 document Bundle: published as one `CheckupCompleted` for the patient's insurer.
+async fn receive_checkup(
+    state: &AppState,
+    org: &Organization,
+    json: &Value,
+    digest: &str,
+) -> Result<Response, FhirError> {
+    let report = checkup::read(json).map_err(Outcome::invalid)?;
+    let insurer_number = report.insurer_number.clone();
+    let insurer = state
+        .directory
+        .organizations()
+        .find(|o| {
+            o.role == Role::Insurer && o.institution_code.as_deref() == Some(&report.insurer_number)
+        })
+        .map(|o| InstitutionRef {
+            org_id: o.id.clone(),
+            institution_code: o.institution_code.clone(),
+            name: Some(o.name.clone()),
+        });
+    let event = CheckupCompleted {
+        envelope: Envelope {
+            event_id: uuid::Uuid::new_v5(
+                &CHECKUP_NAMESPACE,
+                format!("{}/{digest}", org.id).as_bytes(),
+            )
+            .to_string(),
+            occurred_at: Timestamp::now(),
+            producer_org: org.id.clone(),
+            patient_ref: report.patient_ref,
+            correlation_id: Some(report.checkup_id.clone()),
+            causation_id: None,
+        },
+        checkup_id: report.checkup_id,
+        checkup_type: report.checkup_type,
+        performed_by: InstitutionRef {
+            org_id: org.id.clone(),
+            institution_code: org.institution_code.clone(),
+            name: Some(org.name.clone()),
+        },
+        performed_on: report.performed_on,
+        items: report.items,
+        questionnaire: report.questionnaire,
+        overall_assessment: report.overall_assessment,
+        insurer,
+        metabolic_syndrome: report.metabolic_syndrome,
+        guidance_level: report.guidance_level,
+    };
+    if let Err(e) = state.publisher.publish(&event).await {
+        tracing::warn!(error = %e, org = %org.id, "checkup not published");
+        return Err(Outcome::one(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "transient",
+            "$",
+            "the checkup was not published; send the same request again",
+        )
+        .into());
+    }
+    if let Err(e) = state
+        .audit
+        .record(
+            &org.id,
+            "checkup.report",
+            &event.checkup_id,
+            &event.envelope.patient_ref,
+        )
+        .await
+    {
+        tracing::error!(error = %e, checkup_id = %event.checkup_id, "audit write failed");
+    }
+    tracing::info!(org = %org.id, checkup_id = %event.checkup_id, items = event.items.len(), "checkup published");
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({
+            "event_id": event.envelope.event_id,
+            "checkup_id": event.checkup_id,
+            "checkup_type": event.checkup_type,
+            "items": event.items.len(),
+            "questionnaire": event.questionnaire.len(),
+            "patient_ref": event.envelope.patient_ref,
+            "insurer": event.insurer,
+            "warning": event.insurer.is_none().then(|| format!(
+                "insurer {insurer_number} is not on the exchange: no insurer receives this checkup"
+            )),
+        })),
     )
         .into_response())
 }

@@ -62,10 +62,16 @@ pub fn app(state: AppState) -> Router {
     };
     Router::new()
         .route("/hl7v2", post(routes::post_hl7v2))
+        .route("/fhir/Observation", post(routes::post_observation))
+        .route(
+            "/fhir/DiagnosticReport",
+            post(routes::post_diagnostic_report),
+        )
+        .route("/fhir/Bundle", post(routes::post_bundle))
         .fallback(hixbus_service::no_such_route)
         .method_not_allowed_fallback(hixbus_service::method_not_allowed)
         .layer(middleware::from_fn_with_state(denials, audit_denials))
-        .layer(DefaultBodyLimit::max(routes::MAX_MESSAGE_BYTES))
+        .layer(DefaultBodyLimit::max(routes::MAX_FHIR_BYTES))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }

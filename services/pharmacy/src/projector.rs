@@ -36,7 +36,7 @@ impl Projector {
     /// Tells the screens about `id` when `changed`.
     async fn announce(&self, changed: bool, id: &str) {
         if changed {
-            self.changes.announce(&self.store, id).await;
+            self.changes.announce(id).await;
         }
     }
 
@@ -93,7 +93,7 @@ impl Projector {
 
     pub async fn alert(self, e: MedicationAlert, _: EventContext) -> Result<(), HandlerError> {
         for prescription_id in self.store.add_alert(&e).await? {
-            self.changes.announce(&self.store, &prescription_id).await;
+            self.changes.announce(&prescription_id).await;
         }
         Ok(())
     }

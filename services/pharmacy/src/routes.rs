@@ -8,8 +8,8 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::{FromRef, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use futures::{Stream, StreamExt as _};
+use axum::response::sse::{Event as SseEvent, Sse};
+use futures::Stream;
 use hixbus_access::{Action, Caller, Directory, Organization};
 use hixbus_bus::Publisher;
 use hixbus_contracts::lifecycle::{self, MAX_OVER_DISPENSE_FACTOR};
@@ -17,14 +17,14 @@ use hixbus_contracts::{
     CodedConcept, DispensedLine, Envelope, InstitutionRef, MedicationLine, PractitionerRef,
     PrescriptionClaimed, PrescriptionDispensed, Quantity,
 };
+use hixbus_service::changes::Shown;
 use hixbus_service::{
     ApiError, ClientAddr, JsonPath, JsonQuery, PerKeyLimit, body, check_id, require_json, text,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::broadcast::error::RecvError;
 
-use crate::changes::{Changed, Changes};
+use crate::changes::Changes;
 use crate::claims::ClaimLimiter;
 use crate::store::{PrescriptionRow, Status, Store, StoreError};
 use hixbus_storage::AuditLog;
@@ -226,56 +226,20 @@ pub async fn stream(
             std::time::Duration::from_secs(5),
         ));
     };
-    let receiver = state.changes.subscribe();
-    let ending = state.changes.ending();
-    let audit = state.audit.clone();
-    let events = futures::stream::unfold(
-        (receiver, audit, org, permit),
-        |(mut receiver, audit, org, permit)| async move {
-            loop {
-                let event = match receiver.recv().await {
-                    Ok(Changed::Prescription(row))
-                        if row.holder.as_deref() == Some(org.id.as_str()) =>
-                    {
-                        delivery(&audit, &org, &row).await
-                    }
-                    Ok(Changed::Prescription(_)) => continue,
-                    // Too slow to keep up, or changes were missed: the screen reloads its inbox.
-                    Ok(Changed::Missed) | Err(RecvError::Lagged(_)) => resync(),
-                    Err(RecvError::Closed) => return None,
-                };
-                return Some((Ok(event), (receiver, audit, org, permit)));
-            }
+    Ok(state.changes.screen(
+        state.audit.clone(),
+        org,
+        "inbox.stream",
+        permit,
+        |org, row| {
+            (row.holder.as_deref() == Some(org.id.as_str())).then(|| Shown {
+                event: "prescription",
+                data: inbox_item(row).to_string(),
+                subject_id: row.prescription_id.clone(),
+                patient_ref: row.patient_ref.clone(),
+            })
         },
-    )
-    .take_until(ending);
-    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
-}
-
-/// The stream event for one changed prescription, already checked to be `org`'s. Nothing is
-/// delivered unaudited: if the audit cannot be written, the screen is told to reload instead
-/// (through the inbox, which audits or answers 503), so it neither sees unaudited data nor
-/// silently misses the change.
-async fn delivery(audit: &AuditLog, org: &Organization, row: &PrescriptionRow) -> SseEvent {
-    let audited = audit
-        .record(
-            &org.id,
-            "inbox.stream",
-            &row.prescription_id,
-            &row.patient_ref,
-        )
-        .await;
-    if let Err(e) = audited {
-        tracing::error!(error = %e, prescription_id = %row.prescription_id, "delivery audit failed; screen told to reload");
-        return resync();
-    }
-    SseEvent::default()
-        .event("prescription")
-        .data(inbox_item(row).to_string())
-}
-
-fn resync() -> SseEvent {
-    SseEvent::default().event("resync").data("{}")
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -346,10 +310,7 @@ pub async fn claim(
                 "the claim was not recorded ({e}); retry"
             )));
         }
-        state
-            .changes
-            .announce(&state.store, &row.prescription_id)
-            .await;
+        state.changes.announce(&row.prescription_id).await;
         claimed.push(row.prescription_id);
     }
     if claimed.is_empty() {
@@ -539,7 +500,7 @@ async fn publish_dispensing(
     if let Err(e) = state.store.record_dispensed(&event).await {
         tracing::error!(error = %e, prescription_id = %id, "dispensing published but not yet recorded; the projector will");
     }
-    state.changes.announce(&state.store, id).await;
+    state.changes.announce(id).await;
     Ok(Json(json!({
         "prescription_id": id,
         "status": "dispensed",
@@ -567,7 +528,7 @@ pub async fn resume_dispensings(store: Store, publisher: Publisher, changes: Cha
                 if let Err(e) = store.record_dispensed(&event).await {
                     tracing::warn!(error = %e, prescription_id = %id, "resumed dispensing not recorded yet; the projector will");
                 }
-                changes.announce(&store, &id).await;
+                changes.announce(&id).await;
                 tracing::info!(prescription_id = %id, "dispensing begun before a restart published");
             }
             // Left as begun: the pharmacy's retry, or the next start, publishes it.

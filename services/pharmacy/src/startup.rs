@@ -14,7 +14,7 @@ use hixbus_service::{
 };
 use hixbus_storage::AuditLog;
 
-use crate::changes::Changes;
+use crate::changes::{self, Changes};
 use crate::config::Config;
 use crate::projector;
 use crate::routes::{self, AppState};
@@ -37,7 +37,7 @@ pub async fn build(config: Config, deps: Deps) -> Result<Service, StartupError> 
     // Live inbox streams, and the listener feeding them, end when the service begins to stop:
     // the graceful shutdown waits for every open response.
     let stopping = CancellationToken::new();
-    let changes = Changes::start(&db, &store, stopping.clone()).await?;
+    let changes = Changes::start(&db, store.clone(), changes::CHANNEL, stopping.clone()).await?;
     let consumer = projector::consumer(
         &deps.kafka,
         deps.codec.clone(),

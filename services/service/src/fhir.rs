@@ -3,7 +3,7 @@
 //! `/fhir/*` route answers its errors this way ([`Outcome`], which handlers return with `?`).
 
 use axum::Json;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
@@ -117,4 +117,50 @@ impl From<hixbus_access::Denied> for FhirError {
     fn from(denied: hixbus_access::Denied) -> Self {
         Self::Access(denied.into())
     }
+}
+
+/// FHIR routes take `application/fhir+json` (or plain JSON); anything else is refused before
+/// the body is read.
+pub fn require_media_type(headers: &HeaderMap) -> Result<(), Outcome> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let media = content_type.split(';').next().unwrap_or("").trim();
+    if matches!(media, "application/fhir+json" | "application/json") {
+        return Ok(());
+    }
+    let shown: String = content_type.chars().take(64).collect();
+    Err(Outcome::one(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "not-supported",
+        "Content-Type",
+        format!("send application/fhir+json, not {shown:?}"),
+    ))
+}
+
+/// The body as JSON, or a `structure` problem.
+pub fn parse(body: &[u8]) -> Result<Value, Outcome> {
+    serde_json::from_slice(body).map_err(|e| {
+        Outcome::one(
+            StatusCode::BAD_REQUEST,
+            "structure",
+            "$",
+            format!("the body is not valid JSON: {e}"),
+        )
+    })
+}
+
+/// Every string in the request that contains a control or bidi character or is over-long,
+/// as `value` problems at their location (see [`crate::text`]).
+pub fn text_problems(body: &Value) -> Vec<Issue> {
+    let root = body
+        .get("resourceType")
+        .and_then(Value::as_str)
+        .filter(|r| r.len() <= 64 && r.chars().all(|c| c.is_ascii_alphabetic()))
+        .unwrap_or("$");
+    crate::text::scan_json(body, root, crate::text::MAX_STRING_CHARS)
+        .into_iter()
+        .map(|(at, problem)| Issue::new("value", at, format!("the text {problem}")))
+        .collect()
 }

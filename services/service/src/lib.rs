@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod body;
+pub mod changes;
 pub mod config;
 pub mod error;
 pub mod fhir;

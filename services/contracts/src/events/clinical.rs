@@ -48,6 +48,13 @@ pub struct CheckupCompleted {
     pub items: Vec<Observation>,
     pub questionnaire: Vec<QuestionnaireAnswer>,
     pub overall_assessment: Option<String>,
+    /// The patient's insurer (absent in records written before it existed).
+    #[serde(default)]
+    pub insurer: Option<InstitutionRef>,
+    #[serde(default)]
+    pub metabolic_syndrome: Option<CodedConcept>,
+    #[serde(default)]
+    pub guidance_level: Option<CodedConcept>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, AvroSchema)]

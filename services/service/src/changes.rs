@@ -1,0 +1,250 @@
+//! The change feed live screens listen to, across replicas.
+//!
+//! A row changes on whichever replica projected its event or served the request, but a screen
+//! is connected to whichever replica its load balancer chose. So on PostgreSQL a change goes out
+//! as a `NOTIFY` on the service's channel, after its transaction committed, and every replica
+//! `LISTEN`s and passes it on to its own screens. On SQLite (the single-process demo) it goes
+//! straight to this process's screens.
+
+use std::convert::Infallible;
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures::{Stream, StreamExt as _};
+use hixbus_access::Organization;
+use hixbus_storage::{AuditLog, Backend, Database};
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::Permit;
+use sqlx::AnyPool;
+use sqlx::postgres::PgListener;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+/// Where a changed row is read back from, by the key announced.
+pub trait Source: Clone + Send + Sync + 'static {
+    type Row: Debug + Send + Sync + 'static;
+    type Error: std::fmt::Display + Send;
+
+    fn load(
+        &self,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<Self::Row>, Self::Error>> + Send;
+}
+
+/// What a screen hears.
+#[derive(Debug)]
+pub enum Changed<R> {
+    /// A row changed: as it now reads, so every screen showing it skips the re-read. Each
+    /// screen checks it may see it.
+    Row(Arc<R>),
+    /// Changes may have been missed (the notification connection dropped, or a read failed):
+    /// screens reload.
+    Missed,
+}
+
+impl<R> Clone for Changed<R> {
+    fn clone(&self) -> Self {
+        match self {
+            Changed::Row(row) => Changed::Row(row.clone()),
+            Changed::Missed => Changed::Missed,
+        }
+    }
+}
+
+/// The change feed of one replica.
+#[derive(Debug)]
+pub struct Changes<S: Source> {
+    feed: broadcast::Sender<Changed<S::Row>>,
+    source: S,
+    /// Completes when the service stops; streams and the listener end then.
+    ending: CancellationToken,
+    /// On PostgreSQL: where changes are announced to every replica, and on which channel.
+    relay: Option<(AnyPool, &'static str)>,
+}
+
+impl<S: Source> Clone for Changes<S> {
+    fn clone(&self) -> Self {
+        Self {
+            feed: self.feed.clone(),
+            source: self.source.clone(),
+            ending: self.ending.clone(),
+            relay: self.relay.clone(),
+        }
+    }
+}
+
+impl<S: Source> Changes<S> {
+    /// This process only (SQLite, or tests without a database).
+    pub fn local(source: S, ending: CancellationToken) -> Self {
+        Self {
+            feed: broadcast::channel(1024).0,
+            source,
+            ending,
+            relay: None,
+        }
+    }
+
+    /// The feed for `db`: on PostgreSQL it listens on `channel` before returning, so no change
+    /// announced after startup is missed. `channel` must be the service's own.
+    pub async fn start(
+        db: &Database,
+        source: S,
+        channel: &'static str,
+        ending: CancellationToken,
+    ) -> Result<Self, sqlx::Error> {
+        let mut changes = Self::local(source, ending);
+        if db.backend == Backend::Postgres {
+            let mut listener = PgListener::connect(db.url()).await?;
+            listener.listen(channel).await?;
+            tokio::spawn(relay(listener, changes.clone()));
+            changes.relay = Some((db.pool.clone(), channel));
+        }
+        Ok(changes)
+    }
+
+    /// The PostgreSQL channel a statement may notify itself (`pg_notify`, delivered at its
+    /// commit) instead of calling [`Changes::announce`] afterwards; `None` on SQLite.
+    pub fn channel(&self) -> Option<&'static str> {
+        self.relay.as_ref().map(|(_, channel)| *channel)
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Changed<S::Row>> {
+        self.feed.subscribe()
+    }
+
+    /// Completes when the service stops: a live stream must end then, or the graceful
+    /// shutdown would wait for it forever.
+    pub fn ending(&self) -> impl Future<Output = ()> + Send + use<S> {
+        self.ending.clone().cancelled_owned()
+    }
+
+    /// Tells every replica's screens that `key` changed. Call it after the change committed.
+    pub async fn announce(&self, key: &str) {
+        if let Some((pool, channel)) = &self.relay {
+            let sent = sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(*channel)
+                .bind(key)
+                .execute(pool)
+                .await;
+            match sent {
+                Ok(_) => return,
+                // Other replicas' screens miss this one; this replica's still hear it.
+                Err(e) => tracing::warn!(error = %e, "change notification failed"),
+            }
+        }
+        self.tell_screens(key).await;
+    }
+
+    /// Passes a change to this replica's screens (nobody listening is fine).
+    async fn tell_screens(&self, key: &str) {
+        if self.feed.receiver_count() == 0 {
+            return;
+        }
+        match self.source.load(key).await {
+            Ok(Some(row)) => {
+                let _ = self.feed.send(Changed::Row(Arc::new(row)));
+            }
+            Ok(None) => {}
+            // The screens cannot be told what changed; they reload.
+            Err(e) => {
+                tracing::warn!(error = %e, key, "changed row unreadable; screens told to reload");
+                let _ = self.feed.send(Changed::Missed);
+            }
+        }
+    }
+}
+
+/// What a screen is sent of one changed row it may see.
+#[derive(Debug)]
+pub struct Shown {
+    /// The server-sent event's name.
+    pub event: &'static str,
+    pub data: String,
+    /// What the audit line names: the row's id, and whose data it is.
+    pub subject_id: String,
+    pub patient_ref: String,
+}
+
+impl<S: Source> Changes<S> {
+    /// One screen's live stream (server-sent events) for `org`: every changed row `show` lets
+    /// it see, audited as `action` before it is sent; `resync` when changes may have been
+    /// missed (the screen reloads its list). It holds `permit` while open, and ends when the
+    /// service stops.
+    pub fn screen<F>(
+        &self,
+        audit: AuditLog,
+        org: Organization,
+        action: &'static str,
+        permit: Permit,
+        show: F,
+    ) -> Sse<impl Stream<Item = Result<Event, Infallible>> + use<S, F>>
+    where
+        F: Fn(&Organization, &S::Row) -> Option<Shown> + Send + Sync + 'static,
+    {
+        let receiver = self.subscribe();
+        let events = futures::stream::unfold(
+            (receiver, audit, org, permit, show),
+            move |(mut receiver, audit, org, permit, show)| async move {
+                loop {
+                    let event = match receiver.recv().await {
+                        Ok(Changed::Row(row)) => match show(&org, &row) {
+                            Some(shown) => delivery(&audit, &org, action, shown).await,
+                            None => continue,
+                        },
+                        // Too slow to keep up, or changes were missed: the screen reloads.
+                        Ok(Changed::Missed) | Err(RecvError::Lagged(_)) => resync(),
+                        Err(RecvError::Closed) => return None,
+                    };
+                    return Some((Ok(event), (receiver, audit, org, permit, show)));
+                }
+            },
+        )
+        .take_until(self.ending());
+        Sse::new(events).keep_alive(KeepAlive::default())
+    }
+}
+
+/// Nothing is delivered unaudited: if the audit cannot be written, the screen is told to reload
+/// instead (through its list, which audits or answers 503), so it neither sees unaudited data
+/// nor silently misses the change.
+async fn delivery(audit: &AuditLog, org: &Organization, action: &str, shown: Shown) -> Event {
+    if let Err(e) = audit
+        .record(&org.id, action, &shown.subject_id, &shown.patient_ref)
+        .await
+    {
+        tracing::error!(error = %e, subject = %shown.subject_id, "delivery audit failed; screen told to reload");
+        return resync();
+    }
+    Event::default().event(shown.event).data(shown.data)
+}
+
+/// Tells a screen to reload its list.
+pub fn resync() -> Event {
+    Event::default().event("resync").data("{}")
+}
+
+/// Passes every replica's changes to this replica's screens until the service stops.
+async fn relay<S: Source>(mut listener: PgListener, changes: Changes<S>) {
+    let ending = changes.ending();
+    tokio::pin!(ending);
+    loop {
+        let received = tokio::select! {
+            () = &mut ending => return,
+            received = listener.try_recv() => received,
+        };
+        match received {
+            Ok(Some(notification)) => changes.tell_screens(notification.payload()).await,
+            // The connection dropped and was re-established: what came meanwhile is lost.
+            Ok(None) => {
+                let _ = changes.feed.send(Changed::Missed);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "change listener failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
