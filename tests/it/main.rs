@@ -2,6 +2,7 @@
 
 mod adversarial;
 mod bus;
+mod checkups;
 mod codec;
 mod confluent_clients;
 mod faults;

@@ -21,11 +21,12 @@ gateway="127.0.0.1:$(port)"
 pharmacy="127.0.0.1:$(port)"
 safety="127.0.0.1:$(port)"
 lab="127.0.0.1:$(port)"
+feed="127.0.0.1:$(port)"
 mllp="127.0.0.1:$(port)"
 
 started=$(date +%s.%N)
 "$bin" up --kafka-listen "$kafka" --registry-listen "$registry" --demo-interval-ms 50 \
-  --listen "clinic-gateway=$gateway" --listen "pharmacy=$pharmacy" --listen "medication-safety=$safety" --listen "lab-gateway=$lab" --mllp-listen "$mllp" \
+  --listen "clinic-gateway=$gateway" --listen "pharmacy=$pharmacy" --listen "medication-safety=$safety" --listen "lab-gateway=$lab" --listen "insurer-feed=$feed" --mllp-listen "$mllp" \
   >"$work/up.out" 2>"$work/up.err" &
 up=$!
 # Ready in well under a second usually; the medication-safety rebuild can take a few seconds
@@ -89,7 +90,7 @@ curl -sf "http://$gateway/clinic/prescriptions/$id" -H "Authorization: Bearer $S
   || { echo "the clinic never saw $id dispensed" >&2; exit 1; }
 
 # Every service answers its health and readiness probes.
-for svc in "$gateway" "$pharmacy" "$safety" "$lab"; do
+for svc in "$gateway" "$pharmacy" "$safety" "$lab" "$feed"; do
   curl -sf "http://$svc/ready" | grep -q '"status":"ready"' || { echo "$svc is not ready" >&2; exit 1; }
 done
 
@@ -113,6 +114,29 @@ with socket.create_connection((host, int(port)), timeout=10) as s:
         answer += chunk
 assert b"\rMSA|AA|" in answer, answer
 PY
+# The ordering hospital sees the demo lab's results in its inbox.
+for _ in $(seq 1 100); do
+  curl -sf "http://$gateway/clinic/results" -H "Authorization: Bearer $DAIICHI_KEY" | grep -q '"report":"lab-kensa/' && break
+  sleep 0.1
+done
+curl -sf "http://$gateway/clinic/results" -H "Authorization: Bearer $DAIICHI_KEY" | grep -q '"report":"lab-kensa/' \
+  || { echo "the demo hospital's results inbox stayed empty" >&2; exit 1; }
+
+# The README's checkup: the 特定健診 example reaches its insurer, and only that insurer.
+"$bin" demo checkup >"$work/checkup.json"
+checkup=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["identifier"]["value"])' "$work/checkup.json")
+curl -sf -X POST "http://$lab/fhir/Bundle" -H "Authorization: Bearer $DAIICHI_KEY" \
+  -H 'Content-Type: application/fhir+json' --data @"$work/checkup.json" | grep -q '"insurer":{"org_id":"insurer-kenpo"' \
+  || { echo "the lab gateway did not take the demo checkup for insurer-kenpo" >&2; exit 1; }
+for _ in $(seq 1 100); do
+  curl -sf "http://$feed/insurer/feed?limit=500" -H "Authorization: Bearer $KENPO_KEY" | grep -q "\"checkup_id\":\"$checkup\"" && break
+  sleep 0.1
+done
+curl -sf "http://$feed/insurer/feed?limit=500" -H "Authorization: Bearer $KENPO_KEY" | grep -q "\"checkup_id\":\"$checkup\"" \
+  || { echo "insurer-kenpo's feed never showed checkup $checkup" >&2; exit 1; }
+if curl -sf "http://$feed/insurer/feed?limit=500" -H "Authorization: Bearer $KOKUHO_KEY" | grep -q "$checkup"; then
+  echo "another insurer saw checkup $checkup" >&2; exit 1
+fi
 
 # The dev registry takes changes from the operator only, as production does.
 status=$(curl -s -o /dev/null -w '%{http_code}' -X PUT "http://$registry/config" \
@@ -145,4 +169,4 @@ wait "$up" || { cat "$work/up.err"; echo "hixbus up exited with an error" >&2; e
 grep -q "hixbus stopped" "$work/up.out" || { echo "no clean shutdown" >&2; exit 1; }
 grep -Eq "demo lab stopped after [1-9][0-9]* results" "$work/up.out" \
   || { cat "$work/up.out" "$work/up.err"; echo "the demo lab's results were not accepted over MLLP" >&2; exit 1; }
-echo "hixbus up: ready in ${ready}s, tail saw 3 demo events (each audited), a prescription went clinic → pharmacy → dispensed → clinic, the registry refused an anonymous change${hostile_summary}, Ctrl-C stopped it cleanly"
+echo "hixbus up: ready in ${ready}s, tail saw 3 demo events (each audited), a prescription went clinic → pharmacy → dispensed → clinic, lab results reached the hospital's inbox, a checkup reached its insurer only, the registry refused an anonymous change${hostile_summary}, Ctrl-C stopped it cleanly"

@@ -54,6 +54,8 @@ pub enum Action {
     ViewOrderedResults,
     /// Send health checkup reports as the institution that performed the checkup.
     ReportCheckups,
+    /// Read the insurer's own feed (its members' checkups, later its claims).
+    ReadInsurerFeed,
     /// Read schemas from the registry (every producer and consumer needs to).
     ReadSchemas,
     /// Register schemas, change compatibility, delete subjects.
@@ -88,7 +90,7 @@ impl Role {
             Role::Lab => action == ReportLabResults,
             Role::Pharmacy => matches!(action, ViewPharmacyInbox | DispensePrescription),
             Role::Operator => action == ManageSchemas,
-            Role::Insurer => false,
+            Role::Insurer => action == ReadInsurerFeed,
         }
     }
 
@@ -418,6 +420,7 @@ fn describe(action: Action) -> &'static str {
         Action::ReportLabResults => "report lab results",
         Action::ViewOrderedResults => "view the results of tests it ordered",
         Action::ReportCheckups => "report health checkups",
+        Action::ReadInsurerFeed => "read an insurer's feed",
         Action::ReadSchemas => "read schemas",
         Action::ManageSchemas => "register or change schemas",
     }

@@ -84,6 +84,7 @@ services! {
     Pharmacy => hixbus_pharmacy,
     MedicationSafety => hixbus_medication_safety,
     LabGateway => hixbus_lab_gateway,
+    InsurerFeed => hixbus_insurer_feed,
 }
 
 impl std::fmt::Display for Kind {

@@ -447,9 +447,13 @@ impl Banner<'_> {
             self.services.url(Kind::MedicationSafety)
         );
         println!(
-            " Lab gateway       {:<24} HL7 v2 lab results in (POST /hl7v2; MLLP on {})",
+            " Lab gateway       {:<24} lab results in (HL7 v2: POST /hl7v2, MLLP on {}; FHIR), checkups in",
             self.services.url(Kind::LabGateway),
             self.mllp
+        );
+        println!(
+            " Insurer feed      {:<24} each insurer's members' checkups (GET /insurer/feed, /stream)",
+            self.services.url(Kind::InsurerFeed)
         );
         println!();
         println!(
@@ -476,6 +480,19 @@ impl Banner<'_> {
         println!(
             "   curl -X POST {}/hl7v2 -H \"Authorization: Bearer $KENSA_KEY\" -H 'Content-Type: application/hl7-v2' --data-binary @lab.hl7",
             self.services.url(Kind::LabGateway)
+        );
+        println!(
+            "   curl -N {}/clinic/results/stream -H \"Authorization: Bearer $DAIICHI_KEY\"",
+            self.services.url(Kind::ClinicGateway)
+        );
+        println!("   cargo run -p hixbus -- demo checkup > checkup.json");
+        println!(
+            "   curl -X POST {}/fhir/Bundle -H \"Authorization: Bearer $DAIICHI_KEY\" -H 'Content-Type: application/fhir+json' --data @checkup.json",
+            self.services.url(Kind::LabGateway)
+        );
+        println!(
+            "   curl {}/insurer/feed -H \"Authorization: Bearer $KENPO_KEY\"",
+            self.services.url(Kind::InsurerFeed)
         );
         println!();
         println!(" Ctrl-C stops everything.");

@@ -1,0 +1,242 @@
+//! Each insurer's feed: entries numbered 1, 2, 3… per insurer in the order they were recorded.
+//! A number is handed out only after every smaller one is committed (two replicas computing the
+//! same number collide on the key, and the later one retries), so a reader paging by "after N"
+//! never skips an entry that commits late: the cursor is exact.
+
+use std::sync::Arc;
+
+use hixbus_access::{Directory, Role};
+use hixbus_bus::consumer::ConsumerError;
+use hixbus_bus::{Consumer, EventContext, HandlerError, KafkaConfig};
+use hixbus_contracts::codec::Codec;
+use hixbus_contracts::{CheckupCompleted, CheckupType};
+use hixbus_service::changes::{self, Source};
+use hixbus_storage::Database;
+use serde_json::{Value, json};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+/// The PostgreSQL channel new entries are announced on; the payload is `<insurer>/<seq>`.
+pub const CHANNEL: &str = "hixbus_insurer_feed";
+
+pub type Changes = changes::Changes<Feed>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("stored JSON is unreadable: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+impl From<FeedError> for HandlerError {
+    /// The feed is a database: what fails there (a number taken by another replica meanwhile
+    /// included) may work on a retry.
+    fn from(e: FeedError) -> Self {
+        HandlerError::transient(e)
+    }
+}
+
+/// One entry of an insurer's feed.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub insurer_org: String,
+    pub seq: i64,
+    pub event_id: String,
+    pub kind: String,
+    pub subject_id: String,
+    pub patient_ref: String,
+    pub recorded_at: String,
+    pub body: Value,
+}
+
+impl Entry {
+    /// What the insurer reads: the cursor, and the event under its kind.
+    pub fn item(&self) -> Value {
+        let mut item = json!({
+            "cursor": self.seq,
+            "kind": self.kind,
+            "event_id": self.event_id,
+            "recorded_at": self.recorded_at,
+        });
+        item[&self.kind] = self.body.clone();
+        item
+    }
+
+    fn key(&self) -> String {
+        format!("{}/{}", self.insurer_org, self.seq)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Feed {
+    db: Database,
+}
+
+const SELECT: &str = "SELECT insurer_org, seq, event_id, kind, subject_id, patient_ref,
+    recorded_at, body FROM insurer_feed";
+
+fn read(r: &AnyRow) -> Result<Entry, FeedError> {
+    Ok(Entry {
+        insurer_org: r.try_get(0)?,
+        seq: r.try_get(1)?,
+        event_id: r.try_get(2)?,
+        kind: r.try_get(3)?,
+        subject_id: r.try_get(4)?,
+        patient_ref: r.try_get(5)?,
+        recorded_at: r.try_get(6)?,
+        body: serde_json::from_str(&r.try_get::<String, _>(7)?)?,
+    })
+}
+
+impl Feed {
+    pub async fn new(db: Database) -> Result<Self, sqlx::Error> {
+        db.migrate(&crate::MIGRATIONS).await?;
+        Ok(Self { db })
+    }
+
+    /// Appends an event to `insurer`'s feed; the entry, or `None` if it is there already.
+    pub async fn append(
+        &self,
+        insurer: &str,
+        kind: &str,
+        event_id: &str,
+        subject_id: &str,
+        patient_ref: &str,
+        body: &Value,
+    ) -> Result<Option<Entry>, FeedError> {
+        let mut tx = self.db.pool.begin().await?;
+        let there =
+            sqlx::query("SELECT 1 FROM insurer_feed WHERE insurer_org = $1 AND event_id = $2")
+                .bind(insurer)
+                .bind(event_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if there.is_some() {
+            return Ok(None);
+        }
+        let seq: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(MAX(seq), 0) + 1 FROM insurer_feed WHERE insurer_org = $1",
+        )
+        .bind(insurer)
+        .fetch_one(&mut *tx)
+        .await?;
+        let entry = Entry {
+            insurer_org: insurer.to_owned(),
+            seq,
+            event_id: event_id.to_owned(),
+            kind: kind.to_owned(),
+            subject_id: subject_id.to_owned(),
+            patient_ref: patient_ref.to_owned(),
+            recorded_at: chrono::Utc::now().to_rfc3339(),
+            body: body.clone(),
+        };
+        sqlx::query(
+            "INSERT INTO insurer_feed (insurer_org, seq, event_id, kind, subject_id, patient_ref,
+                 recorded_at, body)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&entry.insurer_org)
+        .bind(entry.seq)
+        .bind(&entry.event_id)
+        .bind(&entry.kind)
+        .bind(&entry.subject_id)
+        .bind(&entry.patient_ref)
+        .bind(&entry.recorded_at)
+        .bind(body.to_string())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(entry))
+    }
+
+    /// `insurer`'s entries after the cursor `after`, at most `limit`, in order.
+    pub async fn page(
+        &self,
+        insurer: &str,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<Entry>, FeedError> {
+        let rows = sqlx::query(&format!(
+            "{SELECT} WHERE insurer_org = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+        ))
+        .bind(insurer)
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.db.pool)
+        .await?;
+        rows.iter().map(read).collect()
+    }
+}
+
+impl Source for Feed {
+    type Row = Entry;
+    type Error = FeedError;
+
+    async fn load(&self, key: &str) -> Result<Option<Entry>, FeedError> {
+        let Some((insurer, seq)) = key.rsplit_once('/') else {
+            return Ok(None);
+        };
+        let Ok(seq) = seq.parse::<i64>() else {
+            return Ok(None);
+        };
+        Ok(self.page(insurer, seq - 1, 1).await?.pop())
+    }
+}
+
+/// The consumer's state.
+#[derive(Debug, Clone)]
+pub struct Projector {
+    pub feed: Feed,
+    pub changes: Changes,
+    pub directory: Arc<Directory>,
+}
+
+impl Projector {
+    /// A specific health checkup goes to the insurer its Coverage names, by law, and to no
+    /// other; other checkups (employer, school, 人間ドック) are not the insurer's.
+    pub async fn checkup(self, e: CheckupCompleted, _: EventContext) -> Result<(), HandlerError> {
+        if e.checkup_type != CheckupType::SpecificHealthCheckup {
+            return Ok(());
+        }
+        let Some(insurer) = &e.insurer else {
+            return Ok(());
+        };
+        let is_insurer = self
+            .directory
+            .get(&insurer.org_id)
+            .is_some_and(|o| o.role == Role::Insurer);
+        if !is_insurer {
+            tracing::warn!(insurer = %insurer.org_id, checkup_id = %e.checkup_id, "checkup names no insurer on the exchange; not delivered");
+            return Ok(());
+        }
+        let body = serde_json::to_value(&e).map_err(FeedError::from)?;
+        let appended = self
+            .feed
+            .append(
+                &insurer.org_id,
+                "checkup",
+                &e.envelope.event_id,
+                &e.checkup_id,
+                &e.envelope.patient_ref,
+                &body,
+            )
+            .await?;
+        if let Some(entry) = appended {
+            self.changes.announce(&entry.key()).await;
+        }
+        Ok(())
+    }
+}
+
+pub fn consumer(
+    kafka: &KafkaConfig,
+    codec: Arc<Codec>,
+    group: &str,
+    projector: Projector,
+) -> Result<Consumer, ConsumerError> {
+    Consumer::builder(kafka, codec, group)
+        .with_state(projector)
+        .on(Projector::checkup)?
+        .build()
+}
