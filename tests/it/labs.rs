@@ -1126,3 +1126,178 @@ async fn every_valid_fhir_lab_example_reaches_the_ordering_clinics_inbox_and_inv
     );
     flow.stop().await;
 }
+
+#[tokio::test]
+async fn malformed_hl7_gets_ae_or_ar_with_the_reason_publishes_nothing_and_the_gateway_keeps_serving()
+ {
+    let stack = BusStack::start().await;
+    let mut directory = Directory::from_toml(ORGANIZATIONS).unwrap();
+    let lab = directory.issue_key("lab-kensa").unwrap();
+    let directory = Arc::new(directory);
+    let db = fresh_database(Backend::Sqlite).await;
+    let mllp = format!("127.0.0.1:{}", free_port());
+    let (url, service) = start_service_with(
+        Kind::LabGateway,
+        &stack,
+        &directory,
+        Some(&db),
+        &[
+            ("mllp_listen", &mllp),
+            ("mllp_senders", "lab-kensa=127.0.0.1"),
+            ("mllp_frame_timeout_secs", "1"),
+        ],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let good = String::from_utf8(fixture("SSMIX2-OUL-R22-utf8.hl7")).unwrap();
+    let many_results = {
+        let obx = good.split('\r').find(|s| s.starts_with("OBX|")).unwrap();
+        let mut m = good.clone();
+        for _ in 0..501 {
+            m.push_str(obx);
+            m.push('\r');
+        }
+        m
+    };
+    let corpus: Vec<(&str, Vec<u8>)> = vec![
+        ("empty", Vec::new()),
+        (
+            "no MSH",
+            good.split_once('\r').unwrap().1.as_bytes().to_vec(),
+        ),
+        ("binary", (0u8..=255).cycle().take(4096).collect()),
+        (
+            "delimiters that repeat",
+            good.replacen("MSH|^~\\&|", "MSH|^^^^|", 1).into_bytes(),
+        ),
+        (
+            "segments split by another delimiter",
+            good.replacen("\rPID|", "\rPID#", 1).into_bytes(),
+        ),
+        ("truncated", good.as_bytes()[..300].to_vec()),
+        (
+            "not UTF-8 though it says so",
+            good.replacen("~ISO IR87", "UNICODE UTF-8", 1)
+                .replacen("総蛋白", "\u{FFFD}", 1)
+                .into_bytes()
+                .into_iter()
+                .map(|b| if b == 0xEF { 0xFF } else { b })
+                .collect(),
+        ),
+        (
+            "an unknown character set",
+            good.replacen("~ISO IR87", "EBCDIC", 1).into_bytes(),
+        ),
+        (
+            "an unknown message type",
+            good.replacen("OUL^R22^OUL_R22", "ZZZ^Z01^ZZZ_Z01", 1)
+                .into_bytes(),
+        ),
+        (
+            "version 3",
+            good.replacen("|P|2.5|", "|P|3.0|", 1).into_bytes(),
+        ),
+        (
+            "no patient id",
+            good.replacen("PID|0001||0001000052", "PID|0001||", 1)
+                .into_bytes(),
+        ),
+        ("501 results", many_results.into_bytes()),
+        (
+            "a date that is not one",
+            good.replacen("|201112191500\rOBR", "|2011-12-19\rOBR", 1)
+                .into_bytes(),
+        ),
+    ];
+    for (what, message) in &corpus {
+        let answer = http
+            .post(format!("{url}/hl7v2"))
+            .bearer_auth(lab.expose())
+            .header("content-type", "application/hl7-v2")
+            .body(message.clone())
+            .send()
+            .await
+            .unwrap();
+        let status = answer.status().as_u16();
+        let ack = String::from_utf8_lossy(&answer.bytes().await.unwrap()).into_owned();
+        assert!((400..500).contains(&status), "{what}: {status} {ack}");
+        assert!(
+            ack.contains("\rMSA|AE|") || ack.contains("\rMSA|AR|"),
+            "{what}: {ack}"
+        );
+        let err = ack.split('\r').find(|s| s.starts_with("ERR|"));
+        let reason = err.and_then(|e| e.split('|').nth(8)).unwrap_or("");
+        assert!(!reason.is_empty(), "{what}: the ERR says why: {ack}");
+    }
+    // Ten megabytes: refused before it is read whole.
+    let huge = {
+        let mut m = good.clone().into_bytes();
+        m.resize(10 * 1024 * 1024, b'A');
+        m
+    };
+    let answer = http
+        .post(format!("{url}/hl7v2"))
+        .bearer_auth(lab.expose())
+        .header("content-type", "application/hl7-v2")
+        .body(huge.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 413);
+    assert_eq!(
+        reports(&stack).await.len(),
+        0,
+        "nothing refused was published"
+    );
+
+    // Over MLLP: the same corpus, each answered on the connection, which keeps serving.
+    let mut stream = tokio::net::TcpStream::connect(&mllp).await.unwrap();
+    for (what, message) in &corpus {
+        stream.write_all(&framed(message)).await.unwrap();
+        let ack = read_frame(&mut stream)
+            .await
+            .unwrap_or_else(|| panic!("{what}: no ACK"));
+        let ack = String::from_utf8_lossy(&ack).into_owned();
+        assert!(
+            ack.contains("\rMSA|AE|") || ack.contains("\rMSA|AR|"),
+            "{what}: {ack}"
+        );
+    }
+    // Ten megabytes in one frame: AR, then the connection is closed.
+    let _ = stream.write_all(&framed(&huge)).await;
+    let ack = read_frame(&mut stream).await.unwrap();
+    assert!(String::from_utf8_lossy(&ack).contains("MSA|AR|"));
+    assert!(read_frame(&mut stream).await.is_none());
+    // A frame that never ends, however patiently its bytes trickle in: cut at the frame
+    // timeout (1 s here) without an answer.
+    let mut slow = tokio::net::TcpStream::connect(&mllp).await.unwrap();
+    let started = Instant::now();
+    slow.write_all(b"\x0bMSH|^~\\&|").await.unwrap();
+    let closed = loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if slow.write_all(b"A").await.is_err() {
+            break started.elapsed();
+        }
+        let mut probe = [0u8; 1];
+        match tokio::time::timeout(Duration::from_millis(1), slow.read(&mut probe)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break started.elapsed(),
+            Ok(Ok(_)) => panic!("a frame that never ended was answered"),
+            Err(_) => {}
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "never cut");
+    };
+    assert!(closed >= Duration::from_secs(1), "cut at {closed:?}");
+    assert_eq!(
+        reports(&stack).await.len(),
+        0,
+        "nothing refused was published"
+    );
+
+    // And the gateway still takes good messages, on both transports.
+    let mut fresh = tokio::net::TcpStream::connect(&mllp).await.unwrap();
+    fresh.write_all(&framed(good.as_bytes())).await.unwrap();
+    let ack = String::from_utf8(read_frame(&mut fresh).await.unwrap()).unwrap();
+    assert!(ack.contains("\rMSA|AA|"), "{ack}");
+    assert_eq!(reports(&stack).await.len(), 1);
+    service.stop().await;
+}

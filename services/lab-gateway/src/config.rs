@@ -27,8 +27,15 @@ pub struct Config {
     /// its own: docs/labs.md).
     #[serde(default, deserialize_with = "comma_list")]
     pub mllp_senders: Vec<String>,
+    /// How long one MLLP message may take to arrive once its frame began (seconds).
+    #[serde(default = "default_frame_timeout")]
+    pub mllp_frame_timeout_secs: u64,
     #[serde(default)]
     pub bus: BusSettings,
+}
+
+fn default_frame_timeout() -> u64 {
+    crate::mllp::FRAME.as_secs()
 }
 
 /// The port after the medication-safety check's.
@@ -44,6 +51,7 @@ impl Default for Config {
             organizations: None,
             mllp_listen: None,
             mllp_senders: Vec::new(),
+            mllp_frame_timeout_secs: default_frame_timeout(),
             bus: BusSettings::default(),
         }
     }

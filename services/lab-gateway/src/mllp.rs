@@ -24,9 +24,10 @@ use crate::routes::{AppState, MAX_MESSAGE_BYTES, receive, refused};
 const START: u8 = 0x0B;
 const END: [u8; 2] = [0x1C, 0x0D];
 
-/// How long a connection may stay silent between messages, and how long one message may take
-/// to arrive once begun: a frame that never ends is not waited for.
+/// How long a connection may stay silent between messages.
 pub const IDLE: Duration = Duration::from_secs(300);
+/// How long one message may take to arrive once begun, by default (`mllp_frame_timeout_secs`):
+/// a frame that never ends, or trickles in a byte at a time, is not waited for.
 pub const FRAME: Duration = Duration::from_secs(30);
 /// Connections open at once, from all senders.
 pub const MAX_CONNECTIONS: usize = 256;
@@ -40,6 +41,7 @@ pub async fn serve(
     listener: TcpListener,
     state: AppState,
     senders: Senders,
+    frame: Duration,
     stopping: CancellationToken,
 ) {
     let connections = TaskTracker::new();
@@ -63,7 +65,7 @@ pub async fn serve(
         };
         let (state, senders, stopping) = (state.clone(), senders.clone(), stopping.clone());
         connections.spawn(async move {
-            connection(stream, peer, &state, &senders, &stopping).await;
+            connection(stream, peer, &state, &senders, frame, &stopping).await;
             drop(permit);
         });
     }
@@ -76,6 +78,7 @@ async fn connection(
     peer: SocketAddr,
     state: &AppState,
     senders: &Senders,
+    frame: Duration,
     stopping: &CancellationToken,
 ) {
     let org = senders
@@ -97,16 +100,25 @@ async fn connection(
     let _ = stream.set_nodelay(true);
     let mut buffer: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
+    // When the frame in hand must have ended: from its start, however slowly its bytes come.
+    let mut frame_deadline: Option<tokio::time::Instant> = None;
     loop {
         // Answer every complete frame already received.
         while let Some((frame, rest)) = next_frame(&buffer) {
             let answer = receive(state, &org, &frame).await;
             buffer = rest;
+            // The next frame's time starts when it does.
+            frame_deadline = None;
             if write_frame(&mut stream, &answer.ack).await.is_err() {
                 return;
             }
         }
         let in_frame = buffer.contains(&START);
+        if !in_frame {
+            frame_deadline = None;
+        } else if frame_deadline.is_none() {
+            frame_deadline = Some(tokio::time::Instant::now() + frame);
+        }
         if buffer.len() > MAX_MESSAGE_BYTES + 2 {
             let problem = Problem {
                 refusal: Refusal::Reject,
@@ -121,10 +133,10 @@ async fn connection(
             tracing::info!(org = %org.id, %peer, "MLLP frame too large; connection closed");
             return;
         }
-        let wait = if in_frame { FRAME } else { IDLE };
+        let deadline = frame_deadline.unwrap_or_else(|| tokio::time::Instant::now() + IDLE);
         let read = tokio::select! {
             () = stopping.cancelled(), if !in_frame => return,
-            read = tokio::time::timeout(wait, stream.read(&mut chunk)) => read,
+            read = tokio::time::timeout_at(deadline, stream.read(&mut chunk)) => read,
         };
         match read {
             Ok(Ok(0)) | Ok(Err(_)) => return, // closed: a partial frame is dropped, unanswered

@@ -49,7 +49,8 @@ pub async fn build(config: Config, deps: Deps) -> Result<Service, StartupError> 
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, senders = senders.len(), "MLLP listening");
             }
-            service.with_server(mllp::serve(listener, state, senders, stopping))
+            let frame = std::time::Duration::from_secs(config.mllp_frame_timeout_secs.max(1));
+            service.with_server(mllp::serve(listener, state, senders, frame, stopping))
         }
         None => service,
     })

@@ -169,10 +169,16 @@ pub fn load_as<C: DeserializeOwned, W: DeserializeOwned>(
 /// one list serves every service.
 pub fn local<C: DeserializeOwned>(values: &[(&str, &str)]) -> Result<C, ConfigError> {
     let known = fields::<C>();
-    let values: BTreeMap<&str, &str> = values
+    // Read as the environment's values are: `"1"` is a number, `"true"` a boolean.
+    let values: BTreeMap<&str, figment::value::Value> = values
         .iter()
         .filter(|(key, _)| known.contains(key))
-        .copied()
+        .map(|(key, value)| {
+            let parsed = value
+                .parse()
+                .unwrap_or_else(|never: std::convert::Infallible| match never {});
+            (*key, parsed)
+        })
         .collect();
     Figment::from(figment::providers::Serialized::defaults(values))
         .extract()
