@@ -1,0 +1,300 @@
+//! Lab ACK to the ordering clinic's screen, for critical values, at a steady rate on a real
+//! broker.
+//!
+//!   cargo bench -p hixbus-tests --bench critical_latency
+//!
+//! A laboratory POSTs SS-MIX2 messages (HL7 v2) with a critically high result to the lab gateway
+//! at `HIXBUS_BENCH_RATE` per second (default 20) for `HIXBUS_BENCH_SECONDS` (default 15); the
+//! ordering hospital's screen is the results inbox's live stream (SSE). For each report it
+//! records when the ACK (`MSA|AA`) came back and when the `critical` event reached the screen,
+//! and prints percentiles. The baseline, in the same run: a bare hixbus consumer of the
+//! `lab-results` topic (decode and nothing else), so the ratio is what the inbox adds to the bus
+//! hop (its database write, the change feed, the audit of the delivery, SSE). The target is a
+//! critical value on the screen within one second of the ACK (docs/labs.md). Not a test:
+//! numbers go to docs/performance.md.
+//!
+//! `HIXBUS_BENCH_BROKER=mock` runs on librdkafka's in-memory mock cluster (the broker of
+//! `hixbus up`) instead of Tansu, whose fetches wait out `fetch.wait.max.ms` even when data is
+//! there (docs/performance.md).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hixbus::stack::Kind;
+use hixbus_access::Directory;
+use hixbus_bus::dev::DevCluster;
+use hixbus_bus::{Consumer, HandlerError};
+use hixbus_contracts::LabResultReported;
+use hixbus_tests::{
+    Backend, BusStack, TestBroker, TestRegistry, drop_database, fresh_database, init_tracing,
+    start_service,
+};
+use serde_json::Value;
+
+const MESSAGE: &str = include_str!("../fixtures/hl7v2/SSMIX2-OUL-R22-utf8.hl7");
+const ORGANIZATIONS: &str = r#"
+[[organization]]
+id = "lab-kensa"
+role = "lab"
+name = "検査センター"
+
+[[organization]]
+id = "hospital-daiichi"
+role = "hospital"
+name = "第一病院"
+"#;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+type Times = Arc<Mutex<HashMap<String, Instant>>>;
+
+#[tokio::main]
+async fn main() {
+    let smoke = !std::env::args().any(|a| a == "--bench");
+    let env = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let rate = env("HIXBUS_BENCH_RATE", if smoke { 5 } else { 20 });
+    let seconds = env("HIXBUS_BENCH_SECONDS", if smoke { 1 } else { 15 });
+    let total = (rate * seconds) as usize;
+    if smoke {
+        println!("smoke run (no --bench): the numbers below mean nothing");
+    }
+    let (stack, mock) = stack().await;
+    println!(
+        "broker: {}",
+        if mock.is_some() {
+            "librdkafka mock cluster (in memory, in this process)"
+        } else {
+            "Tansu (memory engine)"
+        }
+    );
+    let mut directory = Directory::from_toml(ORGANIZATIONS).unwrap();
+    let lab_key = directory.issue_key("lab-kensa").unwrap();
+    let hospital_key = directory.issue_key("hospital-daiichi").unwrap();
+    let directory = Arc::new(directory);
+    let databases = [
+        fresh_database(Backend::Postgres).await,
+        fresh_database(Backend::Postgres).await,
+    ];
+    let (lab_url, lab) =
+        start_service(Kind::LabGateway, &stack, &directory, Some(&databases[0])).await;
+    let (clinic_url, clinic) =
+        start_service(Kind::ClinicGateway, &stack, &directory, Some(&databases[1])).await;
+    let http = reqwest::Client::new();
+
+    // The baseline: a bare consumer of the topic, in its own group.
+    let consumed: Times = Arc::default();
+    let stop = hixbus_service::CancellationToken::new();
+    let baseline = Consumer::builder(&stack.kafka, stack.codec(), "bench-baseline")
+        .with_state(consumed.clone())
+        .on(|times: Times, e: LabResultReported, _| async move {
+            times
+                .lock()
+                .unwrap()
+                .entry(e.report_id)
+                .or_insert_with(Instant::now);
+            Ok::<(), HandlerError>(())
+        })
+        .unwrap()
+        .build()
+        .unwrap();
+    let baseline = tokio::spawn(baseline.run(stop.clone().cancelled_owned()));
+
+    // The hospital's screen: the first `critical` event of each report.
+    let on_screen: Times = Arc::default();
+    let mut stream = http
+        .get(format!("{clinic_url}/clinic/results/stream"))
+        .bearer_auth(hospital_key.expose())
+        .send()
+        .await
+        .unwrap();
+    {
+        let on_screen = on_screen.clone();
+        tokio::spawn(async move {
+            let mut pending = String::new();
+            while let Ok(Some(chunk)) = stream.chunk().await {
+                let now = Instant::now();
+                pending.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(end) = pending.find("\n\n") {
+                    let event: String = pending.drain(..end + 2).collect();
+                    if !event.lines().any(|l| l == "event: critical") {
+                        continue;
+                    }
+                    let data = event.lines().find_map(|l| l.strip_prefix("data:"));
+                    let item: Option<Value> = data.and_then(|d| serde_json::from_str(d).ok());
+                    if let Some(id) = item.as_ref().and_then(|i| i["report_id"].as_str()) {
+                        on_screen
+                            .lock()
+                            .unwrap()
+                            .entry(id.to_owned())
+                            .or_insert(now);
+                    }
+                }
+            }
+        });
+    }
+
+    // Warm up (connections, consumer groups) before the clock matters.
+    for n in 0..10 {
+        send(&http, &lab_url, lab_key.expose(), &message(1_000_000 + n)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let bodies: Vec<(String, String)> = (0..total).map(|n| (report_id(n), message(n))).collect();
+    let acked: Times = Arc::default();
+    let started = Instant::now();
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+    let mut requests = Vec::with_capacity(total);
+    for (id, body) in bodies {
+        ticker.tick().await;
+        let (http, url, key, acked) = (
+            http.clone(),
+            lab_url.clone(),
+            lab_key.expose().to_owned(),
+            acked.clone(),
+        );
+        requests.push(tokio::spawn(async move {
+            send(&http, &url, &key, &body).await;
+            acked.lock().unwrap().insert(id, Instant::now());
+        }));
+    }
+    for r in requests {
+        r.await.unwrap();
+    }
+    let offered = started.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let done = {
+            let (acked, on_screen) = (acked.lock().unwrap(), on_screen.lock().unwrap());
+            acked.keys().all(|id| on_screen.contains_key(id))
+        };
+        if done {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let acked = acked.lock().unwrap().clone();
+    let lag = |arrivals: &Times| -> (Vec<f64>, usize) {
+        let arrivals = arrivals.lock().unwrap();
+        let mut samples = Vec::new();
+        let mut missing = 0;
+        for (id, at) in &acked {
+            match arrivals.get(id) {
+                Some(seen) => samples.push(seen.saturating_duration_since(*at).as_secs_f64() * 1e3),
+                None => missing += 1,
+            }
+        }
+        (samples, missing)
+    };
+    let (screen, missing) = lag(&on_screen);
+    let (bus, _) = lag(&consumed);
+    println!(
+        "{} critical reports offered at {rate}/s over {:.1} s; {missing} never reached the screen",
+        acked.len(),
+        offered.as_secs_f64()
+    );
+    println!();
+    println!("| ACK to … | p50 | p95 | p99 | max |");
+    println!("|---|---|---|---|---|");
+    let screen = percentiles(screen);
+    let bus = percentiles(bus);
+    for (what, q) in [
+        ("a bare consumer of `lab-results` (baseline)", bus),
+        ("the hospital's screen, `critical` event (SSE)", screen),
+    ] {
+        println!(
+            "| {what} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms |",
+            q[0], q[1], q[2], q[3]
+        );
+    }
+    println!(
+        "screen / baseline: p50 {:.2}, p99 {:.2}; p99 within the 1 s target: {}",
+        screen[0] / bus[0].max(0.001),
+        screen[2] / bus[2].max(0.001),
+        screen[2] < 1000.0
+    );
+    stop.cancel();
+    let _ = baseline.await;
+    lab.stop().await;
+    clinic.stop().await;
+    for url in &databases {
+        drop_database(url).await;
+    }
+    assert_eq!(
+        missing, 0,
+        "every acknowledged critical value reaches the screen"
+    );
+}
+
+/// The broker and registry of the run: Tansu, or the mock cluster with
+/// `HIXBUS_BENCH_BROKER=mock` (kept alive by the second value).
+async fn stack() -> (BusStack, Option<DevCluster>) {
+    if std::env::var("HIXBUS_BENCH_BROKER").as_deref() != Ok("mock") {
+        return (BusStack::start().await, None);
+    }
+    init_tracing();
+    let specs = hixbus_bus::topics::specs(
+        hixbus_bus::topics::EMBEDDED,
+        hixbus_contracts::Catalog::embedded(),
+    )
+    .unwrap();
+    let cluster = DevCluster::start(None, &specs).await.unwrap();
+    let bootstrap = cluster.bootstrap_servers().to_owned();
+    let stack = BusStack {
+        kafka: hixbus_bus::KafkaConfig::new(&bootstrap).with_client_id("hixbus-bench"),
+        broker: TestBroker::external(bootstrap),
+        registry: TestRegistry::fresh(Backend::Sqlite).await,
+    };
+    (stack, Some(cluster))
+}
+
+fn report_id(n: usize) -> String {
+    format!("{:015}", 500_000_000 + n)
+}
+
+/// Report `n`, addressed to the hospital, its total protein flagged HH.
+fn message(n: usize) -> String {
+    MESSAGE
+        .replacen("|GW|RCV|", "|GW|hospital-daiichi|", 1)
+        .replacen("|20111220131032|", &format!("|bench-{n}|"), 1)
+        .replace("000000001219001", &report_id(n))
+        .replacen(
+            "|7.2|g/dl^g/dl^99XYZ|6.70-8.3||",
+            "|12.5|g/dl^g/dl^99XYZ|6.70-8.3|HH|",
+            1,
+        )
+}
+
+async fn send(http: &reqwest::Client, lab: &str, key: &str, body: &str) {
+    let answer = http
+        .post(format!("{lab}/hl7v2"))
+        .bearer_auth(key)
+        .header("content-type", "application/hl7-v2")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    let status = answer.status();
+    let ack = answer.text().await.unwrap();
+    assert!(
+        status.is_success() && ack.contains("MSA|AA|"),
+        "{status} {ack}"
+    );
+}
+
+fn percentiles(mut samples: Vec<f64>) -> [f64; 4] {
+    if samples.is_empty() {
+        return [f64::NAN; 4];
+    }
+    samples.sort_by(f64::total_cmp);
+    let at =
+        |q: f64| samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1];
+    [at(0.50), at(0.95), at(0.99), samples[samples.len() - 1]]
+}
