@@ -1301,3 +1301,121 @@ async fn malformed_hl7_gets_ae_or_ar_with_the_reason_publishes_nothing_and_the_g
     assert_eq!(reports(&stack).await.len(), 1);
     service.stop().await;
 }
+
+async fn links(stack: &BusStack) -> Vec<hixbus_contracts::PatientLinked> {
+    let records = TopicReader::open(&stack.kafka, "patient-links", Start::Beginning)
+        .unwrap()
+        .read_to_end()
+        .await
+        .unwrap();
+    let codec = stack.codec();
+    let mut links = Vec::new();
+    for record in records {
+        let decoded = codec
+            .decode(record.payload.as_deref().unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        if let Event::PatientLinked(e) = decoded.event {
+            links.push(e);
+        }
+    }
+    links
+}
+
+#[tokio::test]
+async fn a_lab_links_its_patient_id_by_insurance_and_later_results_carry_the_patients_reference() {
+    let flow = ResultsFlow::start().await;
+    let key = "lab-kensa/000000001219001";
+    let original = String::from_utf8(fixture("SSMIX2-OUL-R22-utf8.hl7")).unwrap();
+    flow.send(original.clone().into_bytes()).await;
+    let before = flow.wait_for("hospital-toro", key, |_| true).await;
+    assert_eq!(
+        before["patient_ref"], "local:lab-kensa:0001000052",
+        "unlinked: the lab's own id"
+    );
+
+    let register = |org: &'static str, body: Value| {
+        flow.http
+            .put(format!("{}/fhir/Patient/0001000052", flow.lab_url))
+            .bearer_auth(&flow.keys[org])
+            .header("content-type", "application/fhir+json")
+            .body(body.to_string())
+            .send()
+    };
+    let insured = |member: &str| {
+        serde_json::json!({
+            "resourceType": "Patient",
+            "id": "0001000052",
+            "identifier": [{
+                "system": "http://jpfhir.jp/fhir/clins/Idsystem/JP_Insurance_memberID",
+                "value": member
+            }]
+        })
+    };
+    // Name and birth date link nobody; a pharmacy registers nothing here.
+    let named = serde_json::json!({
+        "resourceType": "Patient", "id": "0001000052",
+        "name": [{"text": "患者 太郎"}], "birthDate": "1970-04-05"
+    });
+    let answer = register("lab-kensa", named).await.unwrap();
+    assert_eq!(answer.status(), 422);
+    let outcome: Value = answer.json().await.unwrap();
+    assert_eq!(outcome["resourceType"], "OperationOutcome");
+    let answer = register("pharmacy-aozora", insured("06123456:12345:67890:01"))
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 403);
+    assert!(links(&flow.stack).await.is_empty());
+
+    // Linked by insurance: one PatientLinked says the local id is this patient.
+    let answer = register("lab-kensa", insured("06123456:１２３４５:67890:01"))
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 201);
+    let linked = links(&flow.stack).await;
+    assert_eq!(linked.len(), 1);
+    assert_eq!(linked[0].local_ref, "local:lab-kensa:0001000052");
+    assert_eq!(
+        linked[0].envelope.patient_ref,
+        "jp-insured:06123456:12345:67890:01"
+    );
+    assert_eq!(linked[0].source, hixbus_contracts::LinkSource::Registered);
+    // The same again changes nothing and says nothing new.
+    let answer = register("lab-kensa", insured("06123456:12345:67890:01"))
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(links(&flow.stack).await.len(), 1);
+
+    // The next result for that id carries the patient's reference from the start.
+    let next = with_msh(&original, 10, "AFTER-LINK").replace("000000001219001", "000000001219009");
+    flow.send(next.into_bytes()).await;
+    let after = flow
+        .wait_for("hospital-toro", "lab-kensa/000000001219009", |_| true)
+        .await;
+    assert_eq!(after["patient_ref"], "jp-insured:06123456:12345:67890:01");
+
+    // A new insurance card: a new link, naming the one it replaces.
+    let answer = register("lab-kensa", insured("138016:1:2:00"))
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let changed: Value = answer.json().await.unwrap();
+    assert_eq!(
+        changed["previous_ref"],
+        "jp-insured:06123456:12345:67890:01"
+    );
+    let linked = links(&flow.stack).await;
+    assert_eq!(linked.len(), 2);
+    // Keyed by the patient: the two links are on their own partitions, in no order between them.
+    let new = linked
+        .iter()
+        .find(|l| l.envelope.patient_ref == "jp-insured:138016:1:2:00")
+        .unwrap();
+    assert_eq!(
+        new.previous_ref.as_deref(),
+        Some("jp-insured:06123456:12345:67890:01")
+    );
+    flow.stop().await;
+}

@@ -56,6 +56,8 @@ pub enum Action {
     ReportCheckups,
     /// Read the insurer's own feed (its members' checkups, later its claims).
     ReadInsurerFeed,
+    /// Link the organization's own patient ids to the patients' insurance.
+    RegisterPatients,
     /// Read schemas from the registry (every producer and consumer needs to).
     ReadSchemas,
     /// Register schemas, change compatibility, delete subjects.
@@ -76,6 +78,7 @@ impl Role {
                     | ViewIssuedPrescriptions
                     | ViewOrderedResults
                     | ReportCheckups
+                    | RegisterPatients
             ),
             // A hospital's own laboratory reports results too.
             Role::Hospital => matches!(
@@ -86,8 +89,9 @@ impl Role {
                     | ViewOrderedResults
                     | ReportLabResults
                     | ReportCheckups
+                    | RegisterPatients
             ),
-            Role::Lab => action == ReportLabResults,
+            Role::Lab => matches!(action, ReportLabResults | RegisterPatients),
             Role::Pharmacy => matches!(action, ViewPharmacyInbox | DispensePrescription),
             Role::Operator => action == ManageSchemas,
             Role::Insurer => action == ReadInsurerFeed,
@@ -421,6 +425,7 @@ fn describe(action: Action) -> &'static str {
         Action::ViewOrderedResults => "view the results of tests it ordered",
         Action::ReportCheckups => "report health checkups",
         Action::ReadInsurerFeed => "read an insurer's feed",
+        Action::RegisterPatients => "register its patients' ids",
         Action::ReadSchemas => "read schemas",
         Action::ManageSchemas => "register or change schemas",
     }

@@ -437,5 +437,17 @@ pub fn one_of_each(patient: &str) -> Vec<Event> {
         claim_adjudicated(patient).into(),
         consent_changed(patient).into(),
         medication_alert(patient).into(),
+        patient_linked(patient).into(),
     ]
+}
+
+pub fn patient_linked(patient: &str) -> PatientLinked {
+    PatientLinked {
+        envelope: envelope("lab-kensa", patient, 1_711_966_000_000),
+        org_id: "lab-kensa".to_owned(),
+        local_id: format!("L-{patient}"),
+        local_ref: format!("local:lab-kensa:L-{patient}"),
+        source: LinkSource::Registered,
+        previous_ref: None,
+    }
 }

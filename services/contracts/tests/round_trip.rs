@@ -23,6 +23,7 @@ fn every_event_type_round_trips() {
             Event::ClaimAdjudicated(e) => round_trip(e),
             Event::ConsentChanged(e) => round_trip(e),
             Event::MedicationAlert(e) => round_trip(e),
+            Event::PatientLinked(e) => round_trip(e),
         }
     }
 }

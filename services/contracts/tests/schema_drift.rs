@@ -111,7 +111,8 @@ fn topics_and_subjects_follow_the_documented_strategy() {
             "claims",
             "claim-adjudications",
             "consents",
-            "alerts"
+            "alerts",
+            "patient-links"
         ]
     );
 }

@@ -10,10 +10,11 @@ use hixbus_access::{Action, Caller, Directory, Organization, Role};
 use hixbus_bus::Publisher;
 use hixbus_contracts::identity;
 use hixbus_contracts::{
-    CheckupCompleted, Envelope, InstitutionRef, LabResultReported, Specimen, Timestamp,
+    CheckupCompleted, Envelope, InstitutionRef, LabResultReported, LinkSource, PatientLinked,
+    Specimen, Timestamp,
 };
 use hixbus_service::fhir::{self, FhirError, Outcome};
-use hixbus_service::{ApiError, body};
+use hixbus_service::{ApiError, JsonPath, body, check_id};
 use hixbus_storage::AuditLog;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -22,6 +23,7 @@ use crate::ack::{self, AckCode};
 use crate::charset::Charset;
 use crate::checkup;
 use crate::hl7::{self, Header, LabReport, PatientId, Problem, Refusal};
+use crate::identity::{Linked, Links};
 
 /// The largest message taken: a report of hundreds of results is tens of kilobytes.
 pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
@@ -36,6 +38,7 @@ pub struct AppState {
     pub directory: Arc<Directory>,
     pub publisher: Publisher,
     pub audit: AuditLog,
+    pub links: Links,
 }
 
 impl FromRef<AppState> for Arc<Directory> {
@@ -93,11 +96,13 @@ pub async fn receive(state: &AppState, org: &Organization, bytes: &[u8]) -> Answ
         .split('^')
         .next()
         .unwrap_or("");
+    let patient_ref = patient_ref(state, org, &report.patient).await;
     let event = lab_result_reported(
         &state.directory,
         org,
         &read.header.control_id,
         &[msh6],
+        patient_ref,
         report,
     );
     if publish(state, org, &event).await.is_err() {
@@ -161,6 +166,24 @@ async fn publish(
     Ok(())
 }
 
+/// The patient's reference: the cross-institution one when the message names the patient by
+/// insurance or the sender registered its local id (the identity rule); else the sender's own.
+/// When the links cannot be read, the sender's own: the result goes through, and the link
+/// already published tells every view it is the same patient.
+async fn patient_ref(state: &AppState, org: &Organization, patient: &PatientId) -> String {
+    match patient {
+        PatientId::Insured(reference) => reference.clone(),
+        PatientId::Local(id) => match state.links.lookup(&org.id, id).await {
+            Ok(Some(linked)) => linked,
+            Ok(None) => identity::local_ref(&org.id, id),
+            Err(e) => {
+                tracing::warn!(error = %e, org = %org.id, "patient links unreadable; the local reference is used");
+                identity::local_ref(&org.id, id)
+            }
+        },
+    }
+}
+
 /// The ordering institution: the first of `named` (HL7: MSH-6.1, the receiving facility), then
 /// the report's ordering facility (HL7 ORC-21; FHIR: the ServiceRequest's requester, JP-CLINS'
 /// institution number) that is an organization on the exchange (by id or institution code) with
@@ -202,6 +225,7 @@ fn lab_result_reported(
     org: &Organization,
     message_id: &str,
     named: &[&str],
+    patient_ref: String,
     report: LabReport,
 ) -> LabResultReported {
     let ordering = ordering(directory, org, named, &report);
@@ -216,10 +240,7 @@ fn lab_result_reported(
             occurred_at: Timestamp::now(),
             producer_org: org.id.clone(),
             // Until the identity service links it: the lab's own id of the patient.
-            patient_ref: match &report.patient {
-                PatientId::Local(id) => identity::local_ref(&org.id, id),
-                PatientId::Insured(reference) => reference.clone(),
-            },
+            patient_ref,
             correlation_id: Some(report.order_id.clone()),
             causation_id: None,
         },
@@ -360,11 +381,13 @@ async fn receive_fhir(
     }
     let org = caller.require(Action::ReportLabResults)?;
     let report = crate::fhir::read(&json).map_err(Outcome::invalid)?;
+    let patient_ref = patient_ref(state, org, &report.patient).await;
     let event = lab_result_reported(
         &state.directory,
         org,
         &format!("fhir:{digest}"),
         &[],
+        patient_ref,
         report,
     );
     if publish(state, org, &event).await.is_err() {
@@ -486,3 +509,115 @@ async fn receive_checkup(
     )
         .into_response())
 }
+
+/// Namespace of link event ids: one link (organization, local id, reference) is one event.
+const LINK_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6869_7862_7573_2d6c_696e_6b00_0000_0001);
+
+/// `PUT /fhir/Patient/{id}`: the caller's own patient `id`, with the patient's insurance (the
+/// identity rule: docs/labs.md). Publishes `PatientLinked` when the link is new or changed.
+pub async fn put_patient(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonPath(local_id): JsonPath<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, FhirError> {
+    let org = caller.require(Action::RegisterPatients)?;
+    check_id(&local_id)
+        .map_err(|e| Outcome::one(StatusCode::BAD_REQUEST, "value", "id", e.to_string()))?;
+    fhir::require_media_type(&headers)?;
+    let bytes = body::read(body, MAX_PATIENT_BYTES)
+        .await
+        .map_err(|e| Outcome::one(e.status(), "too-costly", "$", e.to_string()))?;
+    let json = fhir::parse(&bytes)?;
+    let problems = fhir::text_problems(&json);
+    if !problems.is_empty() {
+        return Err(Outcome::invalid(problems).into());
+    }
+    let patient_ref =
+        crate::identity::registered_ref(&json, &local_id).map_err(Outcome::invalid)?;
+    let unavailable = |e: sqlx::Error| {
+        tracing::error!(error = %e, "patient links unavailable");
+        FhirError::from(Outcome::one(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "transient",
+            "$",
+            "the link was not recorded; send the same request again",
+        ))
+    };
+    let linked = state
+        .links
+        .compare(&org.id, &local_id, &patient_ref)
+        .await
+        .map_err(unavailable)?;
+    let local_ref = identity::local_ref(&org.id, &local_id);
+    if linked != Linked::Unchanged {
+        let previous_ref = match &linked {
+            Linked::Changed { previous } => Some(previous.clone()),
+            _ => None,
+        };
+        let event = PatientLinked {
+            envelope: Envelope {
+                event_id: uuid::Uuid::new_v5(
+                    &LINK_NAMESPACE,
+                    format!("{}/{local_id}/{patient_ref}", org.id).as_bytes(),
+                )
+                .to_string(),
+                occurred_at: Timestamp::now(),
+                producer_org: org.id.clone(),
+                patient_ref: patient_ref.clone(),
+                correlation_id: None,
+                causation_id: None,
+            },
+            org_id: org.id.clone(),
+            local_id: local_id.clone(),
+            local_ref: local_ref.clone(),
+            source: LinkSource::Registered,
+            previous_ref,
+        };
+        // Published first, recorded after: a link recorded but never announced would leave the
+        // views behind for good; one announced twice is the same event.
+        if let Err(e) = state.publisher.publish(&event).await {
+            tracing::warn!(error = %e, org = %org.id, "patient link not published");
+            return Err(Outcome::one(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "transient",
+                "$",
+                "the link was not published; send the same request again",
+            )
+            .into());
+        }
+        state
+            .links
+            .record(&org.id, &local_id, &patient_ref)
+            .await
+            .map_err(unavailable)?;
+    }
+    if let Err(e) = state
+        .audit
+        .record(&org.id, "patient.link", &local_ref, &patient_ref)
+        .await
+    {
+        tracing::error!(error = %e, "audit write failed");
+    }
+    let status = match linked {
+        Linked::New => StatusCode::CREATED,
+        _ => StatusCode::OK,
+    };
+    Ok((
+        status,
+        axum::Json(json!({
+            "local_ref": local_ref,
+            "patient_ref": patient_ref,
+            "changed": linked != Linked::Unchanged,
+            "previous_ref": match linked {
+                Linked::Changed { previous } => Some(previous),
+                _ => None,
+            },
+        })),
+    )
+        .into_response())
+}
+
+/// A registered Patient is small: an identifier or a contained Coverage and its payor.
+const MAX_PATIENT_BYTES: usize = 64 * 1024;

@@ -3,7 +3,7 @@
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
-use axum::routing::post;
+use axum::routing::{post, put};
 use hixbus_bus::Publisher;
 use hixbus_service::{CancellationToken, DenialAudit, Deps, Service, StartupError, audit_denials};
 use hixbus_storage::AuditLog;
@@ -11,6 +11,7 @@ use hixbus_storage::AuditLog;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
+use crate::identity::Links;
 use crate::mllp;
 use crate::routes::{self, AppState};
 
@@ -25,6 +26,7 @@ pub async fn build(config: Config, deps: Deps) -> Result<Service, StartupError> 
         directory: deps.directory.clone(),
         publisher: Publisher::new(&deps.kafka, deps.codec.clone())?,
         audit: AuditLog::new(db.clone()).await?,
+        links: Links::new(db.clone()).await?,
     };
     let stopping = CancellationToken::new();
     let mllp = match config.mllp_listen {
@@ -69,6 +71,7 @@ pub fn app(state: AppState) -> Router {
             post(routes::post_diagnostic_report),
         )
         .route("/fhir/Bundle", post(routes::post_bundle))
+        .route("/fhir/Patient/{id}", put(routes::put_patient))
         .fallback(hixbus_service::no_such_route)
         .method_not_allowed_fallback(hixbus_service::method_not_allowed)
         .layer(middleware::from_fn_with_state(denials, audit_denials))

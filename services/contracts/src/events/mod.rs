@@ -7,6 +7,7 @@
 mod claims;
 mod clinical;
 mod common;
+mod identity;
 mod prescription;
 mod safety;
 
@@ -24,6 +25,7 @@ pub use common::{
     CodedConcept, Envelope, InstitutionRef, Interpretation, Observation, PractitionerRef, Quantity,
     ReferenceRange,
 };
+pub use identity::{LinkSource, PatientLinked};
 pub use prescription::{
     DispensedLine, MedicationLine, PrescriptionCancelled, PrescriptionClaimed,
     PrescriptionDispensed, PrescriptionIssued,
@@ -164,4 +166,5 @@ event_set!(
     ClaimAdjudicated,
     ConsentChanged,
     MedicationAlert,
+    PatientLinked,
 );
