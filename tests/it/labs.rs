@@ -40,25 +40,28 @@ fn fixture(name: &str) -> Vec<u8> {
     .unwrap()
 }
 
-async fn reports(stack: &BusStack) -> Vec<LabResultReported> {
-    let records = TopicReader::open(&stack.kafka, "lab-results", Start::Beginning)
+/// Every event of type `E` on `topic`, from the beginning.
+async fn on_topic<E: TryFrom<Event>>(stack: &BusStack, topic: &str) -> Vec<E> {
+    let records = TopicReader::open(&stack.kafka, topic, Start::Beginning)
         .unwrap()
         .read_to_end()
         .await
         .unwrap();
     let codec = stack.codec();
-    let mut reports = Vec::new();
+    let mut events = Vec::new();
     for record in records {
         let decoded = codec
             .decode(record.payload.as_deref().unwrap())
             .await
             .unwrap()
             .unwrap();
-        if let Event::LabResultReported(e) = decoded.event {
-            reports.push(e);
-        }
+        events.extend(E::try_from(decoded.event).ok());
     }
-    reports
+    events
+}
+
+async fn reports(stack: &BusStack) -> Vec<LabResultReported> {
+    on_topic(stack, "lab-results").await
 }
 
 #[tokio::test]
@@ -1303,24 +1306,7 @@ async fn malformed_hl7_gets_ae_or_ar_with_the_reason_publishes_nothing_and_the_g
 }
 
 async fn links(stack: &BusStack) -> Vec<hixbus_contracts::PatientLinked> {
-    let records = TopicReader::open(&stack.kafka, "patient-links", Start::Beginning)
-        .unwrap()
-        .read_to_end()
-        .await
-        .unwrap();
-    let codec = stack.codec();
-    let mut links = Vec::new();
-    for record in records {
-        let decoded = codec
-            .decode(record.payload.as_deref().unwrap())
-            .await
-            .unwrap()
-            .unwrap();
-        if let Event::PatientLinked(e) = decoded.event {
-            links.push(e);
-        }
-    }
-    links
+    on_topic(stack, "patient-links").await
 }
 
 #[tokio::test]
