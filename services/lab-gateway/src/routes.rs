@@ -352,6 +352,15 @@ async fn receive_fhir(
     body: Body,
     expected: &str,
 ) -> Result<Response, FhirError> {
+    // Who may send anything here is known before the body is read: a Bundle may be a checkup
+    // (clinics and hospitals) or a lab report (labs and hospitals), the rest are lab reports.
+    if expected == "Bundle" {
+        caller
+            .require(Action::ReportLabResults)
+            .or_else(|_| caller.require(Action::ReportCheckups))?;
+    } else {
+        caller.require(Action::ReportLabResults)?;
+    }
     fhir::require_media_type(headers)?;
     let bytes = body::read(body, MAX_FHIR_BYTES)
         .await
