@@ -543,6 +543,7 @@ async fn gateway() -> Gateway {
             .unwrap(),
         audit: AuditLog::new(db.clone()).await.unwrap(),
         codes: Arc::new(CodeKeys::ephemeral()),
+        links: hixbus_storage::Links::new(db.clone()).await.unwrap(),
         inbox: {
             let results = hixbus_clinic_gateway::results::Results::new(db.clone())
                 .await

@@ -1403,5 +1403,90 @@ async fn a_lab_links_its_patient_id_by_insurance_and_later_results_carry_the_pat
         new.previous_ref.as_deref(),
         Some("jp-insured:06123456:12345:67890:01")
     );
+
+    // A hospital's prescription names its patient by its own id and by insurance: the link is
+    // learned there, and the hospital's own lab results for that id carry the patient's
+    // reference once the lab gateway has it.
+    let mut bundle: Value = serde_json::from_slice(
+        &std::fs::read(format!(
+            "{}/fixtures/fhir/jp-eprescription/Bundle-Bundle-for-JP-MedReq-ePreBundleExample01.json",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let now = chrono::Utc::now().to_rfc3339();
+    bundle["identifier"]["value"] = serde_json::json!("urn:uuid:identity-test");
+    for entry in bundle["entry"].as_array_mut().unwrap() {
+        match entry["resource"]["resourceType"].as_str() {
+            Some("Composition") => entry["resource"]["date"] = serde_json::json!(now),
+            Some("MedicationRequest") => entry["resource"]["authoredOn"] = serde_json::json!(now),
+            _ => {}
+        }
+    }
+    let issued = flow
+        .http
+        .post(format!("{}/fhir/Bundle", flow.clinic_url))
+        .bearer_auth(&flow.keys["hospital-toro"])
+        .header("content-type", "application/fhir+json")
+        .body(bundle.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(issued.status(), 202);
+    let issued: Value = issued.json().await.unwrap();
+    let insured = issued["patient_ref"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let learned = loop {
+        let found = links(&flow.stack)
+            .await
+            .into_iter()
+            .find(|l| l.local_ref == "local:hospital-toro:00000010");
+        if let Some(found) = found {
+            break found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no link learned from the prescription"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(learned.source, hixbus_contracts::LinkSource::Prescription);
+    assert_eq!(learned.envelope.patient_ref, insured);
+    let own_result = |n: usize| {
+        with_msh(&original, 10, &format!("OWN-{n}"))
+            .replace("000000001219001", &format!("0000000012190{n:02}"))
+            .replace("PID|0001||0001000052", "PID|0001||00000010")
+    };
+    let mut n = 50;
+    loop {
+        let answer = flow
+            .http
+            .post(format!("{}/hl7v2", flow.lab_url))
+            .bearer_auth(&flow.keys["hospital-toro"])
+            .header("content-type", "application/hl7-v2")
+            .body(own_result(n))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+        let shown = flow
+            .wait_for(
+                "hospital-toro",
+                &format!("hospital-toro/0000000012190{n:02}"),
+                |_| true,
+            )
+            .await;
+        if shown["patient_ref"] == insured.as_str() {
+            break;
+        }
+        assert_eq!(shown["patient_ref"], "local:hospital-toro:00000010");
+        assert!(
+            Instant::now() < deadline,
+            "the lab gateway never learned the link"
+        );
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     flow.stop().await;
 }

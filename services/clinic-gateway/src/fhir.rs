@@ -44,6 +44,10 @@ pub struct Submission {
     /// The clinic's own identifier of this prescription (`system|value`): the idempotency key.
     pub identifier: String,
     pub patient_ref: String,
+    /// The clinic's own id of the patient (the Patient's first identifier) when the patient is
+    /// named by insurance too: the link the identity rule learns from a prescription.
+    #[serde(skip)]
+    pub patient_local_id: Option<String>,
     pub prescriber: PractitionerRef,
     pub issued_on: Date,
     /// Where the issue date was read (for an error about it).
@@ -229,9 +233,21 @@ pub fn read_bundle(body: &Value, org_id: &str) -> Result<Submission, Vec<Issue>>
     if !issues.is_empty() {
         return Err(issues);
     }
+    let patient_local_id = patient
+        .and_then(|(_, p)| p.pointer("/identifier/0/value"))
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|id| !id.is_empty())
+        .filter(|_| {
+            patient_ref
+                .as_deref()
+                .is_some_and(|r| r.starts_with("jp-insured:"))
+        })
+        .map(str::to_owned);
     Ok(Submission {
         identifier: identifier.unwrap_or_default(),
         patient_ref: patient_ref.unwrap_or_default(),
+        patient_local_id,
         prescriber,
         issued_on: issued_on.unwrap_or(Date::from_days_since_epoch(0)),
         issued_on_at,
@@ -322,6 +338,7 @@ pub fn read_medication_request(body: &Value, org_id: &str) -> Result<Submission,
     Ok(Submission {
         identifier: identifier.unwrap_or_default(),
         patient_ref: patient_ref.unwrap_or_default(),
+        patient_local_id: None,
         prescriber: PractitionerRef {
             id: prescriber_id,
             name: body

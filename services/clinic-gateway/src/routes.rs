@@ -13,7 +13,8 @@ use hixbus_access::{Action, Caller, Directory, Organization, Role};
 use hixbus_bus::Publisher;
 use hixbus_contracts::lifecycle::{self, Status, Transition};
 use hixbus_contracts::{
-    Envelope, InstitutionRef, PractitionerRef, PrescriptionCancelled, PrescriptionIssued, Timestamp,
+    Envelope, InstitutionRef, LinkSource, PractitionerRef, PrescriptionCancelled,
+    PrescriptionIssued, Timestamp,
 };
 use hixbus_service::fhir::{FhirError, Issue, Outcome};
 use hixbus_service::{ApiError, JsonPath, JsonQuery, body, check_id, require_json, text};
@@ -24,7 +25,8 @@ use sha2::{Digest, Sha256};
 use crate::fhir::{self, MAX_IDENTIFIER_CHARS, Submission};
 use crate::store::{SubmissionRow, Submissions};
 use crate::view::{ClinicView, ViewError};
-use hixbus_storage::AuditLog;
+use hixbus_service::identity::link_patient;
+use hixbus_storage::{AuditLog, Links};
 
 /// FHIR prescription bundles are tens of kilobytes; this bounds memory, not use.
 pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
@@ -43,6 +45,7 @@ pub struct AppState {
     pub audit: AuditLog,
     pub codes: Arc<CodeKeys>,
     pub inbox: crate::results_api::Inbox,
+    pub links: Links,
 }
 
 impl FromRef<AppState> for Arc<Directory> {
@@ -196,6 +199,7 @@ async fn issue(
             ),
         )));
     }
+    let learned = submission.patient_local_id.clone();
     let event = prescription_issued(org, submission, &row, params.target_pharmacy, &state.codes);
     if !row.published {
         let delivery = state
@@ -214,6 +218,27 @@ async fn issue(
             .mark_published(&row.prescription_id)
             .await
             .map_err(|e| unavailable(&format!("issued, but not recorded: {e}")))?;
+    }
+    // The prescription named the patient by the clinic's own id and by insurance: the identity
+    // rule learns the link, off the clinic's request path. The prescription is issued either
+    // way; a link not made now is made with the patient's next prescription.
+    if let Some(local_id) = learned {
+        let (publisher, links) = (state.publisher.clone(), state.links.clone());
+        let (org_id, patient_ref) = (org.id.clone(), event.envelope.patient_ref.clone());
+        tokio::spawn(async move {
+            let linked = link_patient(
+                &publisher,
+                &links,
+                &org_id,
+                &local_id,
+                &patient_ref,
+                LinkSource::Prescription,
+            )
+            .await;
+            if let Err(e) = linked {
+                tracing::warn!(error = %e, org = %org_id, "patient link from a prescription not made");
+            }
+        });
     }
     if let Err(e) = state
         .audit

@@ -12,7 +12,7 @@ use hixbus_service::config::code_keys;
 use hixbus_service::{
     CancellationToken, DenialAudit, Deps, PerKeyLimit, Service, StartupError, audit_denials,
 };
-use hixbus_storage::AuditLog;
+use hixbus_storage::{AuditLog, Links};
 
 use crate::config::Config;
 use crate::results::{self, Results};
@@ -61,6 +61,7 @@ pub async fn build(config: Config, deps: Deps) -> Result<Service, StartupError> 
         view,
         audit,
         codes: Arc::new(codes),
+        links: Links::new(db.clone()).await?,
         inbox: Inbox {
             results,
             changes,

@@ -1,88 +1,15 @@
 //! The identity rule: a sender's own patient id is linked to the cross-institution reference
 //! only by the patient's health insurance, which the sender registers (`PUT /fhir/Patient/{id}`)
 //! — never guessed from a name and a birth date. A link is published as `PatientLinked` (the
-//! views keyed by patient catch up on what was published under the local id) and kept here, so
-//! every later result for that local id carries the patient's reference from the start.
+//! views keyed by patient catch up on what was published under the local id) and kept
+//! (`hixbus_storage::Links`), so every later result for that local id carries the patient's
+//! reference from the start.
 
 use hixbus_contracts::identity;
 use hixbus_service::fhir::Issue;
-use hixbus_storage::Database;
 use serde_json::Value;
-use sqlx::Row;
 
 use crate::fhir::{Resources, array_at, str_at};
-
-#[derive(Debug, Clone)]
-pub struct Links {
-    db: Database,
-}
-
-/// What a registration changed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Linked {
-    /// The local id was linked to this reference already.
-    Unchanged,
-    New,
-    /// The local id was linked to another reference (the patient's insurance changed).
-    Changed {
-        previous: String,
-    },
-}
-
-impl Links {
-    pub async fn new(db: Database) -> Result<Self, sqlx::Error> {
-        db.migrate(&crate::MIGRATIONS).await?;
-        Ok(Self { db })
-    }
-
-    /// The reference `org`'s local id `local_id` is linked to, if any.
-    pub async fn lookup(&self, org: &str, local_id: &str) -> Result<Option<String>, sqlx::Error> {
-        let row = sqlx::query(
-            "SELECT patient_ref FROM patient_links WHERE org_id = $1 AND local_id = $2",
-        )
-        .bind(org)
-        .bind(local_id)
-        .fetch_optional(&self.db.pool)
-        .await?;
-        row.map(|r| r.try_get(0)).transpose()
-    }
-
-    /// What linking would change, without changing it.
-    pub async fn compare(
-        &self,
-        org: &str,
-        local_id: &str,
-        patient_ref: &str,
-    ) -> Result<Linked, sqlx::Error> {
-        Ok(match self.lookup(org, local_id).await? {
-            None => Linked::New,
-            Some(current) if current == patient_ref => Linked::Unchanged,
-            Some(previous) => Linked::Changed { previous },
-        })
-    }
-
-    /// Records the link (after its event was published).
-    pub async fn record(
-        &self,
-        org: &str,
-        local_id: &str,
-        patient_ref: &str,
-    ) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO patient_links (org_id, local_id, patient_ref, linked_at)
-             VALUES ($1, $2, $3, $4)
-             ON CONFLICT (org_id, local_id) DO UPDATE SET
-                 patient_ref = excluded.patient_ref, linked_at = excluded.linked_at",
-        )
-        .bind(org)
-        .bind(local_id)
-        .bind(patient_ref)
-        .bind(chrono::Utc::now().to_rfc3339())
-        .execute(&self.db.pool)
-        .await?;
-        Ok(())
-    }
-}
 
 /// The cross-institution reference of a registered `Patient`: from JP-CLINS' insurance member id
 /// among its identifiers, else from a contained JP Core `Coverage` and its payor.

@@ -18,7 +18,4 @@ pub mod routes;
 pub mod startup;
 
 pub use config::Config;
-pub use startup::{NAME, build};
-
-/// The gateway's tables: patient links (versions 7000–7999).
-pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+pub use startup::{GROUP, NAME, build};

@@ -10,10 +10,10 @@ use hixbus_access::{Action, Caller, Directory, Organization, Role};
 use hixbus_bus::Publisher;
 use hixbus_contracts::identity;
 use hixbus_contracts::{
-    CheckupCompleted, Envelope, InstitutionRef, LabResultReported, LinkSource, PatientLinked,
-    Specimen, Timestamp,
+    CheckupCompleted, Envelope, InstitutionRef, LabResultReported, LinkSource, Specimen, Timestamp,
 };
 use hixbus_service::fhir::{self, FhirError, Outcome};
+use hixbus_service::identity::link_patient;
 use hixbus_service::{ApiError, JsonPath, body, check_id};
 use hixbus_storage::AuditLog;
 use serde_json::{Value, json};
@@ -23,7 +23,7 @@ use crate::ack::{self, AckCode};
 use crate::charset::Charset;
 use crate::checkup;
 use crate::hl7::{self, Header, LabReport, PatientId, Problem, Refusal};
-use crate::identity::{Linked, Links};
+use hixbus_storage::{Linked, Links};
 
 /// The largest message taken: a report of hundreds of results is tens of kilobytes.
 pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
@@ -519,9 +519,6 @@ async fn receive_checkup(
         .into_response())
 }
 
-/// Namespace of link event ids: one link (organization, local id, reference) is one event.
-const LINK_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6869_7862_7573_2d6c_696e_6b00_0000_0001);
-
 /// `PUT /fhir/Patient/{id}`: the caller's own patient `id`, with the patient's insurance (the
 /// identity rule: docs/labs.md). Publishes `PatientLinked` when the link is new or changed.
 pub async fn put_patient(
@@ -545,63 +542,25 @@ pub async fn put_patient(
     }
     let patient_ref =
         crate::identity::registered_ref(&json, &local_id).map_err(Outcome::invalid)?;
-    let unavailable = |e: sqlx::Error| {
-        tracing::error!(error = %e, "patient links unavailable");
-        FhirError::from(Outcome::one(
+    let local_ref = identity::local_ref(&org.id, &local_id);
+    let linked = link_patient(
+        &state.publisher,
+        &state.links,
+        &org.id,
+        &local_id,
+        &patient_ref,
+        LinkSource::Registered,
+    )
+    .await
+    .map_err(|e| {
+        tracing::warn!(error = %e, org = %org.id, "patient link not made");
+        Outcome::one(
             StatusCode::SERVICE_UNAVAILABLE,
             "transient",
             "$",
-            "the link was not recorded; send the same request again",
-        ))
-    };
-    let linked = state
-        .links
-        .compare(&org.id, &local_id, &patient_ref)
-        .await
-        .map_err(unavailable)?;
-    let local_ref = identity::local_ref(&org.id, &local_id);
-    if linked != Linked::Unchanged {
-        let previous_ref = match &linked {
-            Linked::Changed { previous } => Some(previous.clone()),
-            _ => None,
-        };
-        let event = PatientLinked {
-            envelope: Envelope {
-                event_id: uuid::Uuid::new_v5(
-                    &LINK_NAMESPACE,
-                    format!("{}/{local_id}/{patient_ref}", org.id).as_bytes(),
-                )
-                .to_string(),
-                occurred_at: Timestamp::now(),
-                producer_org: org.id.clone(),
-                patient_ref: patient_ref.clone(),
-                correlation_id: None,
-                causation_id: None,
-            },
-            org_id: org.id.clone(),
-            local_id: local_id.clone(),
-            local_ref: local_ref.clone(),
-            source: LinkSource::Registered,
-            previous_ref,
-        };
-        // Published first, recorded after: a link recorded but never announced would leave the
-        // views behind for good; one announced twice is the same event.
-        if let Err(e) = state.publisher.publish(&event).await {
-            tracing::warn!(error = %e, org = %org.id, "patient link not published");
-            return Err(Outcome::one(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "transient",
-                "$",
-                "the link was not published; send the same request again",
-            )
-            .into());
-        }
-        state
-            .links
-            .record(&org.id, &local_id, &patient_ref)
-            .await
-            .map_err(unavailable)?;
-    }
+            format!("{e}; send the same request again"),
+        )
+    })?;
     if let Err(e) = state
         .audit
         .record(&org.id, "patient.link", &local_ref, &patient_ref)

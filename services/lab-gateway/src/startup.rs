@@ -4,19 +4,23 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::routing::{post, put};
-use hixbus_bus::Publisher;
+use hixbus_bus::{Consumer, HandlerError, Publisher};
+use hixbus_contracts::PatientLinked;
+use hixbus_service::identity::keep_link;
 use hixbus_service::{CancellationToken, DenialAudit, Deps, Service, StartupError, audit_denials};
 use hixbus_storage::AuditLog;
 
 use tokio::net::TcpListener;
 
 use crate::config::Config;
-use crate::identity::Links;
 use crate::mllp;
 use crate::routes::{self, AppState};
+use hixbus_storage::Links;
 
 /// The service's name (health answers, logs, `hixbus serve lab-gateway`).
 pub const NAME: &str = "lab-gateway";
+/// The consumer group of every replica (it keeps the patient links others published).
+pub const GROUP: &str = "hixbus-lab-gateway";
 
 /// Migrates its tables (the audit log), connects to the bus and binds `config.listen`.
 pub async fn build(config: Config, deps: Deps) -> Result<Service, StartupError> {
@@ -28,6 +32,13 @@ pub async fn build(config: Config, deps: Deps) -> Result<Service, StartupError> 
         audit: AuditLog::new(db.clone()).await?,
         links: Links::new(db.clone()).await?,
     };
+    // Links made elsewhere (from prescriptions, by another replica) resolve local ids here too.
+    let links = Consumer::builder(&deps.kafka, deps.codec.clone(), GROUP)
+        .with_state(state.links.clone())
+        .on(|links: Links, e: PatientLinked, _| async move {
+            keep_link(&links, &e).await.map_err(HandlerError::transient)
+        })?
+        .build()?;
     let stopping = CancellationToken::new();
     let mllp = match config.mllp_listen {
         Some(addr) => Some(
@@ -41,7 +52,7 @@ pub async fn build(config: Config, deps: Deps) -> Result<Service, StartupError> 
         NAME,
         config.listen,
         app(state.clone()),
-        Vec::new(),
+        vec![links],
         Some(db),
         stopping.clone(),
     )

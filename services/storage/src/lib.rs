@@ -5,10 +5,12 @@
 //! same queries production runs on PostgreSQL.
 
 mod audit;
+mod links;
 
 pub use audit::{AuditEntry, AuditLog};
+pub use links::{Linked, Links};
 
-/// This crate's migrations: the audit log (versions 1000–1999).
+/// This crate's migrations: the audit log and patient links (versions 1000–1999).
 pub static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 
 use std::time::Duration;
