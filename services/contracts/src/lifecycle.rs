@@ -34,8 +34,15 @@ pub const MAX_DAYS_SUPPLY: i32 = 365;
 /// change of strength, 規格変更, such as two 125 mg tablets for one 250 mg): at most twice.
 pub const MAX_OVER_DISPENSE_FACTOR: f64 = 2.0;
 
-fn japan() -> FixedOffset {
+/// Japan Standard Time (UTC+9, no daylight saving): the calendar of validity and expiry, and
+/// the zone of HL7 times that name none.
+pub fn japan() -> FixedOffset {
     FixedOffset::east_opt(9 * 3600).unwrap_or_else(|| unreachable!("UTC+9 is a valid offset"))
+}
+
+/// Now, in Japan (HL7 ACKs are written in local time).
+pub fn now_in_japan() -> chrono::DateTime<FixedOffset> {
+    Utc::now().with_timezone(&japan())
 }
 
 /// Today's date in Japan.

@@ -8,10 +8,10 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hixbus_access::{Action, Caller, Directory, Organization, Role};
 use hixbus_bus::Publisher;
-use hixbus_contracts::identity;
 use hixbus_contracts::{
     CheckupCompleted, Envelope, InstitutionRef, LabResultReported, LinkSource, Specimen, Timestamp,
 };
+use hixbus_contracts::{identity, lifecycle};
 use hixbus_service::fhir::{self, FhirError, Outcome};
 use hixbus_service::identity::link_patient;
 use hixbus_service::{ApiError, JsonPath, body, check_id};
@@ -57,14 +57,15 @@ pub struct Answer {
     pub event_id: Option<String>,
 }
 
-fn now_in_japan() -> chrono::DateTime<chrono::FixedOffset> {
-    let japan = chrono::FixedOffset::east_opt(9 * 3600).expect("a valid offset");
-    chrono::Utc::now().with_timezone(&japan)
-}
-
 pub(crate) fn refused(header: &Header, charset: Charset, problem: &Problem) -> Answer {
     let code = AckCode::from(problem.refusal);
-    let text = ack::ack(header, code, Some(problem), &problem.reason, now_in_japan());
+    let text = ack::ack(
+        header,
+        code,
+        Some(problem),
+        &problem.reason,
+        lifecycle::now_in_japan(),
+    );
     Answer {
         code,
         ack: ack::encode(&text, charset),
@@ -128,7 +129,7 @@ pub async fn receive(state: &AppState, org: &Organization, bytes: &[u8]) -> Answ
                 event.envelope.event_id
             ),
         },
-        now_in_japan(),
+        lifecycle::now_in_japan(),
     );
     Answer {
         code: AckCode::Accept,
@@ -270,13 +271,8 @@ pub async fn post_hl7v2(
     body: Body,
 ) -> Result<Response, ApiError> {
     let org = caller.require(Action::ReportLabResults)?;
-    let media = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(str::trim);
     if !matches!(
-        media,
+        hixbus_service::media_type(&headers),
         Some("application/hl7-v2" | "x-application/hl7-v2+er7")
     ) {
         return Err(ApiError::new(

@@ -122,15 +122,11 @@ impl From<hixbus_access::Denied> for FhirError {
 /// FHIR routes take `application/fhir+json` (or plain JSON); anything else is refused before
 /// the body is read.
 pub fn require_media_type(headers: &HeaderMap) -> Result<(), Outcome> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let media = content_type.split(';').next().unwrap_or("").trim();
-    if matches!(media, "application/fhir+json" | "application/json") {
+    let media = crate::media_type(headers);
+    if matches!(media, Some("application/fhir+json" | "application/json")) {
         return Ok(());
     }
-    let shown: String = content_type.chars().take(64).collect();
+    let shown: String = media.unwrap_or("").chars().take(64).collect();
     Err(Outcome::one(
         StatusCode::UNSUPPORTED_MEDIA_TYPE,
         "not-supported",

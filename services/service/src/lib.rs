@@ -48,15 +48,20 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
     }
 }
 
-/// JSON APIs take JSON (`application/json` or a `+json` type): anything else is refused
-/// before the body is read.
-pub fn require_json(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
-    let media = headers
+/// The request's media type without its parameters (`application/fhir+json` of
+/// `application/fhir+json; charset=utf-8`), if it has one.
+pub fn media_type(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
-        .map(str::trim);
-    match media {
+        .map(str::trim)
+}
+
+/// JSON APIs take JSON (`application/json` or a `+json` type): anything else is refused
+/// before the body is read.
+pub fn require_json(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    match media_type(headers) {
         Some(m)
             if m == "application/json"
                 || (m.starts_with("application/") && m.ends_with("+json")) =>
