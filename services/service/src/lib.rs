@@ -10,6 +10,7 @@ pub mod changes;
 pub mod config;
 pub mod error;
 pub mod fhir;
+pub mod http;
 pub mod identity;
 pub mod limits;
 pub mod run;

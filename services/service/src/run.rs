@@ -8,7 +8,6 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use hixbus_access::Directory;
 use hixbus_bus::consumer::ConsumerError;
 use hixbus_bus::{Consumer, KafkaConfig, PublishError};
@@ -112,6 +111,7 @@ pub struct Service {
     /// is cancelled.
     servers: Vec<futures::future::BoxFuture<'static, ()>>,
     stopping: CancellationToken,
+    header_timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for Service {
@@ -177,6 +177,7 @@ impl Service {
             consumers,
             servers: Vec::new(),
             stopping,
+            header_timeout: crate::http::HEADER_TIMEOUT,
         })
     }
 
@@ -184,6 +185,12 @@ impl Service {
     /// once the `stopping` token given to [`Service::bind`] is cancelled, and is waited for.
     pub fn with_server(mut self, server: impl Future<Output = ()> + Send + 'static) -> Self {
         self.servers.push(Box::pin(server));
+        self
+    }
+
+    /// How long a client may take to send a request's headers (tests shorten it).
+    pub fn with_header_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.header_timeout = timeout;
         self
     }
 
@@ -208,6 +215,7 @@ impl Service {
             consumers,
             servers,
             stopping,
+            header_timeout,
         } = self;
         let tasks = TaskTracker::new();
         for consumer in consumers {
@@ -230,19 +238,7 @@ impl Service {
                 stopping.cancel();
             })
         };
-        // Server-sent events are a run of small writes: with Nagle's algorithm on, each one
-        // written while the previous is unacknowledged waits for the client's delayed ACK
-        // (40 ms on Linux).
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-        });
-        // Handlers see the client's address (`ConnectInfo`), e.g. to limit per client.
-        let app = app.into_make_service_with_connect_info::<SocketAddr>();
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(stopping.clone().cancelled_owned())
-            .await;
+        let served = crate::http::serve(listener, app, header_timeout, stopping.clone()).await;
         // The server can also end by itself (an accept error): stop the consumers then too.
         stopping.cancel();
         tasks.wait().await;
@@ -321,5 +317,61 @@ mod tests {
         stop.cancel();
         running.await.unwrap().unwrap();
         assert!(get("/health").await.is_err(), "stopped serving");
+    }
+
+    #[tokio::test]
+    async fn a_client_trickling_its_headers_is_cut_off_and_handlers_see_the_clients_address() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let service = Service::bind(
+            "example",
+            "127.0.0.1:0".parse().unwrap(),
+            Router::new().route(
+                "/who",
+                get(
+                    |crate::ClientAddr(addr): crate::ClientAddr| async move { format!("{addr:?}") },
+                ),
+            ),
+            Vec::new(),
+            None,
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap()
+        .with_header_timeout(std::time::Duration::from_secs(1));
+        let addr = service.url().trim_start_matches("http://").to_owned();
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(service.run_until(stop.clone()));
+
+        let mut whole = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        whole
+            .write_all(b"GET /who HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        whole.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.contains("Some(127.0.0.1)"), "{answer}");
+
+        let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        slow.write_all(b"GET /who HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        let cut = loop {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            if slow.write_all(b"X").await.is_err() {
+                break started.elapsed();
+            }
+            let mut probe = [0u8; 64];
+            match tokio::time::timeout(std::time::Duration::from_millis(1), slow.read(&mut probe))
+                .await
+            {
+                Ok(Ok(0)) | Ok(Err(_)) => break started.elapsed(),
+                Ok(Ok(_)) | Err(_) => {}
+            }
+            assert!(started.elapsed().as_secs() < 15, "never cut off");
+        };
+        assert!(cut.as_millis() >= 800, "cut at {cut:?}");
+        stop.cancel();
+        running.await.unwrap().unwrap();
     }
 }
