@@ -1207,6 +1207,10 @@ async fn malformed_hl7_gets_ae_or_ar_with_the_reason_publishes_nothing_and_the_g
         ),
         ("501 results", many_results.into_bytes()),
         (
+            "70,000 empty fields",
+            format!("{good}OBX{}\r", "|".repeat(70_000)).into_bytes(),
+        ),
+        (
             "a date that is not one",
             good.replacen("|201112191500\rOBR", "|2011-12-19\rOBR", 1)
                 .into_bytes(),

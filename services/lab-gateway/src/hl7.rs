@@ -15,6 +15,11 @@ use crate::charset::{self, Charset};
 
 /// The most OBX segments one message may carry (a full panel is tens).
 pub const MAX_RESULTS: usize = 500;
+/// The most delimiters (fields, components, repetitions, subcomponents) one message may have.
+/// The parser indexes each, at several hundred bytes apiece: a 1 MiB message of nothing but
+/// delimiters would take about 700 MB. 500 results of thirty-odd fields and components are
+/// well under this.
+pub const MAX_DELIMITERS: usize = 65_536;
 /// The longest value one OBX-5 may carry (an embedded image is refused; send a reference).
 pub const MAX_VALUE_CHARS: usize = 4096;
 
@@ -119,6 +124,19 @@ pub fn read(bytes: &[u8]) -> Result<Read, Problem> {
         charset::CharsetProblem::NoMsh => Problem::reject(100, "MSH", 0, e.to_string()),
         _ => Problem::reject(103, "MSH", 18, e.to_string()),
     })?;
+    // MSH-1 and MSH-2 name the delimiters (usually `|^~\&`); counted before anything is built.
+    let delimiters: Vec<char> = text.chars().skip(3).take(5).collect();
+    let count = text.chars().filter(|c| delimiters.contains(c)).count();
+    if count > MAX_DELIMITERS {
+        return Err(Problem::reject(
+            100,
+            "MSH",
+            0,
+            format!(
+                "the message has {count} fields, components and repetitions; at most {MAX_DELIMITERS} are taken"
+            ),
+        ));
+    }
     // Segments end with CR; files and some senders use LF or CRLF.
     let message = hl7_parser::parse_message_with_lenient_newlines(text.trim_end())
         .map_err(|e| Problem::reject(100, "MSH", 0, format!("not an HL7 v2 message: {e}")))?;
@@ -162,7 +180,37 @@ fn text(message: &Message, segment: &Segment, field: usize, comp: usize) -> Stri
     let Some(c) = segment.field(field).and_then(|f| f.component(comp)) else {
         return String::new();
     };
-    message.separators.decode(c.raw_value()).to_string()
+    unescape(&message.separators, c.raw_value())
+}
+
+/// `value` with its HL7 escape sequences resolved (`\F\` `\S\` `\T\` `\R\` `\E\`, `\X0D\`,
+/// `\X0A\`, `\.br\`; any other is kept as its text). hl7-parser's own decoder slices the
+/// text at character counts rather than byte offsets, so it panics on an escape after
+/// Japanese text (found by the generated suite, tests/generated.rs).
+pub fn unescape(separators: &hl7_parser::message::Separators, value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(start) = rest.find(separators.escape) {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + separators.escape.len_utf8()..];
+        let Some(end) = after.find(separators.escape) else {
+            // An escape never closed: what follows it is dropped, as the standard reads it.
+            return out;
+        };
+        match &after[..end] {
+            "F" => out.push(separators.field),
+            "R" => out.push(separators.repetition),
+            "S" => out.push(separators.component),
+            "T" => out.push(separators.subcomponent),
+            "E" => out.push(separators.escape),
+            "X0A" => out.push('\n'),
+            "X0D" | ".br" => out.push('\r'),
+            other => out.push_str(other),
+        }
+        rest = &after[end + separators.escape.len_utf8()..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn report(message: &Message, header: &Header) -> Result<LabReport, Problem> {
@@ -393,7 +441,7 @@ fn observation(message: &Message, obx: &Segment, n: usize) -> Result<Observation
         _ if raw.is_empty() || status == "X" => {}
         // Repeated numbers (`60~120`) are kept as sent.
         "NM" if raw.contains(message.separators.repetition) => {
-            observation.value_text = Some(message.separators.decode(raw).to_string());
+            observation.value_text = Some(unescape(&message.separators, raw));
         }
         "NM" => {
             let number: f64 = raw
@@ -416,12 +464,12 @@ fn observation(message: &Message, obx: &Segment, n: usize) -> Result<Observation
             observation.value_coded = Some(coded(message, obx, 5, 1));
             // A repeated coded value keeps every repetition, as sent, beside the first.
             if raw.contains(message.separators.repetition) {
-                observation.value_text = Some(message.separators.decode(raw).to_string());
+                observation.value_text = Some(unescape(&message.separators, raw));
             }
         }
         // References (RP) and encapsulated data (ED) are kept as sent, bounded above.
         "ST" | "TX" | "FT" | "SN" | "TS" | "DT" | "TM" | "NA" | "RP" | "ED" => {
-            observation.value_text = Some(message.separators.decode(raw).to_string());
+            observation.value_text = Some(unescape(&message.separators, raw));
         }
         other => {
             return Err(Problem::error(
@@ -437,8 +485,7 @@ fn observation(message: &Message, obx: &Segment, n: usize) -> Result<Observation
     }
     let unit = text(message, obx, 6, 1);
     observation.unit = (!unit.is_empty()).then_some(unit);
-    observation.reference_range =
-        reference_range(&message.separators.decode(value(obx, 7)).to_string());
+    observation.reference_range = reference_range(&unescape(&message.separators, value(obx, 7)));
     Ok(observation)
 }
 
@@ -545,6 +592,18 @@ pub fn timestamp(value: &str) -> Option<Timestamp> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escapes_after_japanese_text_are_resolved_not_a_panic() {
+        let separators = hl7_parser::message::Separators::default();
+        assert_eq!(
+            unescape(&separators, "総蛋白\\T\\高値\\X0D\\"),
+            "総蛋白&高値\r"
+        );
+        assert_eq!(unescape(&separators, "a\\F\\b\\S\\c\\E\\"), "a|b^c\\");
+        assert_eq!(unescape(&separators, "値\\ZZ\\"), "値ZZ");
+        assert_eq!(unescape(&separators, "開いたまま\\H"), "開いたまま");
+    }
 
     fn fixture(name: &str) -> Vec<u8> {
         let path = format!(
