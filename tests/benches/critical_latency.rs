@@ -22,13 +22,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hixbus::stack::Kind;
-use hixbus_access::Directory;
-use hixbus_bus::dev::DevCluster;
+
 use hixbus_bus::{Consumer, HandlerError};
 use hixbus_contracts::LabResultReported;
 use hixbus_tests::{
-    Backend, BusStack, TestBroker, TestRegistry, drop_database, fresh_database, init_tracing,
-    start_service,
+    Backend, bench, directory_with_keys, drop_database, fresh_database, start_service,
 };
 use serde_json::Value;
 
@@ -65,19 +63,10 @@ async fn main() {
     if smoke {
         println!("smoke run (no --bench): the numbers below mean nothing");
     }
-    let (stack, mock) = stack().await;
-    println!(
-        "broker: {}",
-        if mock.is_some() {
-            "librdkafka mock cluster (in memory, in this process)"
-        } else {
-            "Tansu (memory engine)"
-        }
-    );
-    let mut directory = Directory::from_toml(ORGANIZATIONS).unwrap();
-    let lab_key = directory.issue_key("lab-kensa").unwrap();
-    let hospital_key = directory.issue_key("hospital-daiichi").unwrap();
-    let directory = Arc::new(directory);
+    let (stack, mock) = bench::stack().await;
+    println!("broker: {}", bench::broker_name(&mock));
+    let (directory, keys) = directory_with_keys(ORGANIZATIONS);
+    let (lab_key, hospital_key) = (&keys["lab-kensa"], &keys["hospital-daiichi"]);
     let databases = [
         fresh_database(Backend::Postgres).await,
         fresh_database(Backend::Postgres).await,
@@ -110,7 +99,7 @@ async fn main() {
     let on_screen: Times = Arc::default();
     let mut stream = http
         .get(format!("{clinic_url}/clinic/results/stream"))
-        .bearer_auth(hospital_key.expose())
+        .bearer_auth(hospital_key)
         .send()
         .await
         .unwrap();
@@ -142,7 +131,7 @@ async fn main() {
 
     // Warm up (connections, consumer groups) before the clock matters.
     for n in 0..10 {
-        send(&http, &lab_url, lab_key.expose(), &message(1_000_000 + n)).await;
+        send(&http, &lab_url, lab_key, &message(1_000_000 + n)).await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
 
@@ -156,7 +145,7 @@ async fn main() {
         let (http, url, key, acked) = (
             http.clone(),
             lab_url.clone(),
-            lab_key.expose().to_owned(),
+            lab_key.to_owned(),
             acked.clone(),
         );
         requests.push(tokio::spawn(async move {
@@ -203,8 +192,8 @@ async fn main() {
     println!();
     println!("| ACK to … | p50 | p95 | p99 | max |");
     println!("|---|---|---|---|---|");
-    let screen = percentiles(screen);
-    let bus = percentiles(bus);
+    let screen = bench::percentiles(screen);
+    let bus = bench::percentiles(bus);
     for (what, q) in [
         ("a bare consumer of `lab-results` (baseline)", bus),
         ("the hospital's screen, `critical` event (SSE)", screen),
@@ -231,28 +220,6 @@ async fn main() {
         missing, 0,
         "every acknowledged critical value reaches the screen"
     );
-}
-
-/// The broker and registry of the run: Tansu, or the mock cluster with
-/// `HIXBUS_BENCH_BROKER=mock` (kept alive by the second value).
-async fn stack() -> (BusStack, Option<DevCluster>) {
-    if std::env::var("HIXBUS_BENCH_BROKER").as_deref() != Ok("mock") {
-        return (BusStack::start().await, None);
-    }
-    init_tracing();
-    let specs = hixbus_bus::topics::specs(
-        hixbus_bus::topics::EMBEDDED,
-        hixbus_contracts::Catalog::embedded(),
-    )
-    .unwrap();
-    let cluster = DevCluster::start(None, &specs).await.unwrap();
-    let bootstrap = cluster.bootstrap_servers().to_owned();
-    let stack = BusStack {
-        kafka: hixbus_bus::KafkaConfig::new(&bootstrap).with_client_id("hixbus-bench"),
-        broker: TestBroker::external(bootstrap),
-        registry: TestRegistry::fresh(Backend::Sqlite).await,
-    };
-    (stack, Some(cluster))
 }
 
 fn report_id(n: usize) -> String {
@@ -287,14 +254,4 @@ async fn send(http: &reqwest::Client, lab: &str, key: &str, body: &str) {
         status.is_success() && ack.contains("MSA|AA|"),
         "{status} {ack}"
     );
-}
-
-fn percentiles(mut samples: Vec<f64>) -> [f64; 4] {
-    if samples.is_empty() {
-        return [f64::NAN; 4];
-    }
-    samples.sort_by(f64::total_cmp);
-    let at =
-        |q: f64| samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1];
-    [at(0.50), at(0.95), at(0.99), samples[samples.len() - 1]]
 }

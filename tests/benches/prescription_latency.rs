@@ -22,11 +22,7 @@ use std::time::{Duration, Instant};
 
 use hixbus::stack::Kind;
 use hixbus_access::Directory;
-use hixbus_bus::dev::DevCluster;
-use hixbus_tests::{
-    Backend, BusStack, TestBroker, TestRegistry, drop_database, fresh_database, init_tracing,
-    start_service,
-};
+use hixbus_tests::{Backend, bench, drop_database, fresh_database, start_service};
 use serde_json::{Value, json};
 
 const BUNDLE: &str = include_str!(
@@ -64,15 +60,8 @@ async fn main() {
         println!("smoke run (no --bench): the numbers below mean nothing");
     }
 
-    let (mut stack, mock) = stack().await;
-    println!(
-        "broker: {}",
-        if mock.is_some() {
-            "librdkafka mock cluster (in memory, in this process)"
-        } else {
-            "Tansu (memory engine)"
-        }
-    );
+    let (mut stack, mock) = bench::stack().await;
+    println!("broker: {}", bench::broker_name(&mock));
     // How long the broker may hold a fetch (see docs/performance.md): the runtime's default is
     // 20 ms; the benchmark can try others.
     if let Ok(wait) = std::env::var("HIXBUS_BENCH_FETCH_WAIT_MS") {
@@ -209,29 +198,6 @@ async fn main() {
     assert_eq!(missing, 0, "every accepted prescription reaches the inbox");
 }
 
-/// The broker and registry of the run: Tansu, or the mock cluster with
-/// `HIXBUS_BENCH_BROKER=mock` (kept alive by the second value).
-async fn stack() -> (BusStack, Option<DevCluster>) {
-    if std::env::var("HIXBUS_BENCH_BROKER").as_deref() != Ok("mock") {
-        return (BusStack::start().await, None);
-    }
-    init_tracing();
-    // The mock cannot create topics through the admin API: they are made with the cluster.
-    let specs = hixbus_bus::topics::specs(
-        hixbus_bus::topics::EMBEDDED,
-        hixbus_contracts::Catalog::embedded(),
-    )
-    .unwrap();
-    let cluster = DevCluster::start(None, &specs).await.unwrap();
-    let bootstrap = cluster.bootstrap_servers().to_owned();
-    let stack = BusStack {
-        kafka: hixbus_bus::KafkaConfig::new(&bootstrap).with_client_id("hixbus-bench"),
-        broker: TestBroker::external(bootstrap),
-        registry: TestRegistry::fresh(Backend::Sqlite).await,
-    };
-    (stack, Some(cluster))
-}
-
 /// Prints the run's percentiles; returns how many accepted prescriptions never arrived.
 fn report(
     rate: u64,
@@ -269,7 +235,7 @@ fn report(
         ),
         ("202 to pharmacy screen (SSE)", accept_to_inbox),
     ] {
-        let q = percentiles(samples);
+        let q = bench::percentiles(samples);
         println!(
             "| {what} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms |",
             q[0], q[1], q[2], q[3]
@@ -325,13 +291,4 @@ fn prescription_id(event: &str) -> Option<String> {
     let data = event.lines().find_map(|l| l.strip_prefix("data:"))?;
     let item: Value = serde_json::from_str(data.trim()).ok()?;
     item["prescription_id"].as_str().map(str::to_owned)
-}
-
-fn percentiles(mut samples: Vec<f64>) -> [f64; 4] {
-    if samples.is_empty() {
-        return [f64::NAN; 4];
-    }
-    samples.sort_by(f64::total_cmp);
-    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
-    [at(0.50), at(0.95), at(0.99), *samples.last().unwrap()]
 }

@@ -3,12 +3,14 @@
 //! (named by the Coverage) with every one of its 44 observations, and no other insurer.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+
 use std::time::{Duration, Instant};
 
 use hixbus::stack::Kind;
-use hixbus_access::Directory;
-use hixbus_tests::{Backend, BusStack, Service, fresh_database, start_service};
+
+use hixbus_tests::{
+    Backend, BusStack, Service, directory_with_keys, fresh_database, start_service,
+};
 use serde_json::{Value, json};
 
 const ORGANIZATIONS: &str = r#"
@@ -50,25 +52,14 @@ struct Flow {
     feed: Service,
     gateway_url: String,
     feed_url: String,
-    keys: HashMap<&'static str, String>,
+    keys: HashMap<String, String>,
     http: reqwest::Client,
 }
 
 impl Flow {
     async fn start() -> Self {
         let stack = BusStack::start().await;
-        let mut directory = Directory::from_toml(ORGANIZATIONS).unwrap();
-        let mut keys = HashMap::new();
-        for org in [
-            "hospital-daiichi",
-            "insurer-kenpo",
-            "insurer-kokuho",
-            "lab-kensa",
-            "pharmacy-aozora",
-        ] {
-            keys.insert(org, directory.issue_key(org).unwrap().expose().to_owned());
-        }
-        let directory = Arc::new(directory);
+        let (directory, keys) = directory_with_keys(ORGANIZATIONS);
         let gateway_db = fresh_database(Backend::Sqlite).await;
         let feed_db = fresh_database(Backend::Postgres).await;
         let (gateway_url, gateway) =

@@ -9,7 +9,10 @@ use hixbus::stack::Kind;
 use hixbus_access::Directory;
 use hixbus_bus::reader::{Start, TopicReader};
 use hixbus_contracts::{Event, LabResultReported, ReportStatus};
-use hixbus_tests::{Backend, BusStack, Service, fresh_database, start_service, start_service_with};
+use hixbus_tests::{
+    Backend, BusStack, Service, directory_with_keys, fresh_database, start_service,
+    start_service_with,
+};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -311,7 +314,7 @@ struct ResultsFlow {
     clinic: Service,
     lab_url: String,
     clinic_url: String,
-    keys: std::collections::HashMap<&'static str, String>,
+    keys: std::collections::HashMap<String, String>,
     http: reqwest::Client,
 }
 
@@ -362,20 +365,7 @@ name = "あおぞら薬局"
 impl ResultsFlow {
     async fn start() -> Self {
         let stack = BusStack::start().await;
-        let mut directory = Directory::from_toml(RESULT_ORGANIZATIONS).unwrap();
-        let mut keys = std::collections::HashMap::new();
-        for org in [
-            "lab-kensa",
-            "hospital-toro",
-            "clinic-nist",
-            "clinic-iowa",
-            "clinic-sakura",
-            "hospital-clins",
-            "pharmacy-aozora",
-        ] {
-            keys.insert(org, directory.issue_key(org).unwrap().expose().to_owned());
-        }
-        let directory = Arc::new(directory);
+        let (directory, keys) = directory_with_keys(RESULT_ORGANIZATIONS);
         let lab_db = fresh_database(Backend::Sqlite).await;
         let clinic_db = fresh_database(Backend::Sqlite).await;
         let (lab_url, lab) =

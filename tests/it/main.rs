@@ -8,6 +8,7 @@ mod confluent_clients;
 mod faults;
 mod gate;
 mod hardening;
+mod hl7_generated;
 mod labs;
 mod migrations;
 mod prescriptions;

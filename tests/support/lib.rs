@@ -1,6 +1,7 @@
 //! Helpers shared by the end-to-end tests: a real registry on a fresh database, and plain HTTP
 //! calls for checking answers byte-for-byte as a client in another language would see them.
 
+pub mod bench;
 mod broker;
 pub mod hostile;
 mod postgres;
@@ -327,6 +328,25 @@ pub async fn start_service_with(
     let stop = hixbus_service::CancellationToken::new();
     let task = tokio::spawn(service.run_until(stop.clone()));
     (url, Service { stop, task })
+}
+
+/// The directory `toml` describes, with a fresh API key for every organization in it (by id).
+pub fn directory_with_keys(
+    toml: &str,
+) -> (
+    std::sync::Arc<hixbus_access::Directory>,
+    std::collections::HashMap<String, String>,
+) {
+    let mut directory = hixbus_access::Directory::from_toml(toml).expect("organizations");
+    let ids: Vec<String> = directory.organizations().map(|o| o.id.clone()).collect();
+    let keys = ids
+        .into_iter()
+        .map(|id| {
+            let key = directory.issue_key(&id).expect("a key").expose().to_owned();
+            (id, key)
+        })
+        .collect();
+    (std::sync::Arc::new(directory), keys)
 }
 
 /// A name no other test uses: for patients, groups and anything else tests could share.

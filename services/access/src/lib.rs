@@ -303,6 +303,17 @@ impl Directory {
         self.organizations.get(id)
     }
 
+    /// The organizations with the official code `code` (a medical institution code, an insurer
+    /// number): how other systems name them.
+    pub fn with_institution_code<'a>(
+        &'a self,
+        code: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<Organization>> {
+        self.organizations
+            .values()
+            .filter(move |o| o.institution_code.as_deref() == Some(code))
+    }
+
     pub fn organizations(&self) -> impl Iterator<Item = &Arc<Organization>> {
         self.organizations.values()
     }

@@ -14,6 +14,7 @@ use hixbus_bus::{Consumer, EventContext, HandlerError, KafkaConfig};
 use hixbus_contracts::codec::Codec;
 use hixbus_contracts::critical::critical;
 use hixbus_contracts::{LabResultReported, ReportStatus, Timestamp};
+use hixbus_service::ReadModelError;
 use hixbus_service::changes::{self, Source};
 use hixbus_storage::Database;
 use serde_json::{Value, json};
@@ -27,21 +28,6 @@ pub const CHANNEL: &str = "hixbus_clinic_results";
 pub const MAX_CRITICAL_LISTED: i64 = 200;
 
 pub type Changes = changes::Changes<Results>;
-
-#[derive(Debug, thiserror::Error)]
-pub enum ResultsError {
-    #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
-    #[error("stored JSON is unreadable: {0}")]
-    Json(#[from] serde_json::Error),
-}
-
-impl From<ResultsError> for HandlerError {
-    /// The inbox is a database: what fails there may work on a retry.
-    fn from(e: ResultsError) -> Self {
-        HandlerError::transient(e)
-    }
-}
 
 /// One report as its ordering clinic sees it.
 #[derive(Debug, Clone)]
@@ -146,8 +132,8 @@ pub struct Results {
 const SELECT: &str = "SELECT report_key, ordering_org, patient_ref, status, reported_at, critical,
     acknowledged, report FROM lab_reports";
 
-fn read(r: &AnyRow) -> Result<ReportRow, ResultsError> {
-    let json = |i: usize| -> Result<Option<Value>, ResultsError> {
+fn read(r: &AnyRow) -> Result<ReportRow, ReadModelError> {
+    let json = |i: usize| -> Result<Option<Value>, ReadModelError> {
         let text: Option<String> = r.try_get(i)?;
         Ok(text.map(|t| serde_json::from_str(&t)).transpose()?)
     };
@@ -172,7 +158,7 @@ impl Results {
 
     /// Records one version of a report; `Some(key)` when the inbox changed. A report for no
     /// clinic on the exchange has no inbox to go to.
-    pub async fn apply(&self, e: &LabResultReported) -> Result<Option<String>, ResultsError> {
+    pub async fn apply(&self, e: &LabResultReported) -> Result<Option<String>, ReadModelError> {
         let Some(ordering) = &e.ordering else {
             return Ok(None);
         };
@@ -224,7 +210,7 @@ impl Results {
         Ok((shown > 0).then_some(key))
     }
 
-    pub async fn get(&self, key: &str) -> Result<Option<ReportRow>, ResultsError> {
+    pub async fn get(&self, key: &str) -> Result<Option<ReportRow>, ReadModelError> {
         let row = sqlx::query(&format!("{SELECT} WHERE report_key = $1"))
             .bind(key)
             .fetch_optional(&self.db.pool)
@@ -233,12 +219,12 @@ impl Results {
     }
 
     /// The report `key` if `org` ordered it (`None` also when another clinic did).
-    pub async fn get_for(&self, org: &str, key: &str) -> Result<Option<ReportRow>, ResultsError> {
+    pub async fn get_for(&self, org: &str, key: &str) -> Result<Option<ReportRow>, ReadModelError> {
         Ok(self.get(key).await?.filter(|r| r.ordering_org == org))
     }
 
     /// `org`'s critical reports nobody acknowledged, the longest waiting first.
-    pub async fn awaiting(&self, org: &str) -> Result<Vec<ReportRow>, ResultsError> {
+    pub async fn awaiting(&self, org: &str) -> Result<Vec<ReportRow>, ReadModelError> {
         let rows = sqlx::query(&format!(
             "{SELECT} WHERE ordering_org = $1 AND critical IS NOT NULL AND acknowledged IS NULL
                  AND status <> 'cancelled'
@@ -257,7 +243,7 @@ impl Results {
         org: &str,
         before: Option<(i64, &str)>,
         limit: u32,
-    ) -> Result<Vec<ReportRow>, ResultsError> {
+    ) -> Result<Vec<ReportRow>, ReadModelError> {
         let (at, key) = before.unwrap_or((i64::MAX, ""));
         let rows = sqlx::query(&format!(
             "{SELECT} WHERE ordering_org = $1
@@ -274,7 +260,7 @@ impl Results {
     }
 
     /// Every version of `key`, oldest first.
-    pub async fn versions(&self, key: &str) -> Result<Vec<Value>, ResultsError> {
+    pub async fn versions(&self, key: &str) -> Result<Vec<Value>, ReadModelError> {
         let rows = sqlx::query(
             "SELECT event_id, reported_at, status, report FROM lab_report_versions
              WHERE report_key = $1 ORDER BY reported_at, event_id",
@@ -302,7 +288,7 @@ impl Results {
         key: &str,
         event_id: &str,
         acknowledgement: &Value,
-    ) -> Result<bool, ResultsError> {
+    ) -> Result<bool, ReadModelError> {
         let changed = sqlx::query(
             "UPDATE lab_reports SET acknowledged = $3
              WHERE report_key = $1 AND current_event_id = $2 AND critical IS NOT NULL
@@ -320,9 +306,9 @@ impl Results {
 
 impl Source for Results {
     type Row = ReportRow;
-    type Error = ResultsError;
+    type Error = ReadModelError;
 
-    async fn load(&self, key: &str) -> Result<Option<ReportRow>, ResultsError> {
+    async fn load(&self, key: &str) -> Result<Option<ReportRow>, ReadModelError> {
         self.get(key).await
     }
 }

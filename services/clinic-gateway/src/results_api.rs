@@ -21,8 +21,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::fhir::MAX_IDENTIFIER_CHARS;
-use crate::results::{Changes, ReportRow, Results, ResultsError, report_key};
+use crate::results::{Changes, ReportRow, Results, report_key};
 use crate::routes::AppState;
+use hixbus_service::ReadModelError;
 
 const DEFAULT_PAGE: u32 = 50;
 const MAX_PAGE: u32 = 200;
@@ -38,7 +39,7 @@ pub struct Inbox {
     pub streams: Arc<PerKeyLimit>,
 }
 
-fn failed(e: ResultsError) -> ApiError {
+fn failed(e: ReadModelError) -> ApiError {
     tracing::error!(error = %e, "results inbox failed");
     ApiError::unavailable("the results inbox is unavailable; retry")
 }

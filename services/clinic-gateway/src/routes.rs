@@ -13,8 +13,7 @@ use hixbus_access::{Action, Caller, Directory, Organization, Role};
 use hixbus_bus::Publisher;
 use hixbus_contracts::lifecycle::{self, Status, Transition};
 use hixbus_contracts::{
-    Envelope, InstitutionRef, LinkSource, PractitionerRef, PrescriptionCancelled,
-    PrescriptionIssued, Timestamp,
+    Envelope, LinkSource, PractitionerRef, PrescriptionCancelled, PrescriptionIssued, Timestamp,
 };
 use hixbus_service::fhir::{FhirError, Issue, Outcome};
 use hixbus_service::{ApiError, JsonPath, JsonQuery, body, check_id, require_json, text};
@@ -283,11 +282,7 @@ fn prescription_issued(
         },
         prescription_id: row.prescription_id.clone(),
         prescriber: submission.prescriber,
-        issuer: InstitutionRef {
-            org_id: org.id.clone(),
-            institution_code: org.institution_code.clone(),
-            name: Some(org.name.clone()),
-        },
+        issuer: hixbus_service::institution(org),
         target_pharmacy_org: target_pharmacy,
         access_code: String::new(),
         issued_on: submission.issued_on,

@@ -10,6 +10,7 @@ use hixbus_bus::consumer::ConsumerError;
 use hixbus_bus::{Consumer, EventContext, HandlerError, KafkaConfig};
 use hixbus_contracts::codec::Codec;
 use hixbus_contracts::{CheckupCompleted, CheckupType};
+use hixbus_service::ReadModelError;
 use hixbus_service::changes::{self, Source};
 use hixbus_storage::Database;
 use serde_json::{Value, json};
@@ -20,22 +21,6 @@ use sqlx::any::AnyRow;
 pub const CHANNEL: &str = "hixbus_insurer_feed";
 
 pub type Changes = changes::Changes<Feed>;
-
-#[derive(Debug, thiserror::Error)]
-pub enum FeedError {
-    #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
-    #[error("stored JSON is unreadable: {0}")]
-    Json(#[from] serde_json::Error),
-}
-
-impl From<FeedError> for HandlerError {
-    /// The feed is a database: what fails there (a number taken by another replica meanwhile
-    /// included) may work on a retry.
-    fn from(e: FeedError) -> Self {
-        HandlerError::transient(e)
-    }
-}
 
 /// One entry of an insurer's feed.
 #[derive(Debug, Clone)]
@@ -76,7 +61,7 @@ pub struct Feed {
 const SELECT: &str = "SELECT insurer_org, seq, event_id, kind, subject_id, patient_ref,
     recorded_at, body FROM insurer_feed";
 
-fn read(r: &AnyRow) -> Result<Entry, FeedError> {
+fn read(r: &AnyRow) -> Result<Entry, ReadModelError> {
     Ok(Entry {
         insurer_org: r.try_get(0)?,
         seq: r.try_get(1)?,
@@ -104,7 +89,7 @@ impl Feed {
         subject_id: &str,
         patient_ref: &str,
         body: &Value,
-    ) -> Result<Option<Entry>, FeedError> {
+    ) -> Result<Option<Entry>, ReadModelError> {
         let mut tx = self.db.pool.begin().await?;
         let there =
             sqlx::query("SELECT 1 FROM insurer_feed WHERE insurer_org = $1 AND event_id = $2")
@@ -156,7 +141,7 @@ impl Feed {
         insurer: &str,
         after: i64,
         limit: u32,
-    ) -> Result<Vec<Entry>, FeedError> {
+    ) -> Result<Vec<Entry>, ReadModelError> {
         let rows = sqlx::query(&format!(
             "{SELECT} WHERE insurer_org = $1 AND seq > $2 ORDER BY seq LIMIT $3"
         ))
@@ -171,9 +156,9 @@ impl Feed {
 
 impl Source for Feed {
     type Row = Entry;
-    type Error = FeedError;
+    type Error = ReadModelError;
 
-    async fn load(&self, key: &str) -> Result<Option<Entry>, FeedError> {
+    async fn load(&self, key: &str) -> Result<Option<Entry>, ReadModelError> {
         let Some((insurer, seq)) = key.rsplit_once('/') else {
             return Ok(None);
         };
@@ -210,7 +195,7 @@ impl Projector {
             tracing::warn!(insurer = %insurer.org_id, checkup_id = %e.checkup_id, "checkup names no insurer on the exchange; not delivered");
             return Ok(());
         }
-        let body = serde_json::to_value(&e).map_err(FeedError::from)?;
+        let body = serde_json::to_value(&e).map_err(ReadModelError::from)?;
         let appended = self
             .feed
             .append(

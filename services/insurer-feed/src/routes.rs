@@ -20,7 +20,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
-use crate::feed::{Changes, Entry, Feed, FeedError};
+use crate::feed::{Changes, Entry, Feed};
+use hixbus_service::ReadModelError;
 
 const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 500;
@@ -42,7 +43,7 @@ impl FromRef<AppState> for Arc<Directory> {
     }
 }
 
-fn failed(e: FeedError) -> ApiError {
+fn failed(e: ReadModelError) -> ApiError {
     tracing::error!(error = %e, "insurer feed failed");
     ApiError::unavailable("the feed is unavailable; retry from the same cursor")
 }

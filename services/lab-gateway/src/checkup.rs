@@ -189,16 +189,16 @@ pub fn read(body: &Value) -> Result<CheckupReport, Vec<Issue>> {
             items.push(result);
         }
     }
-    if !issues.is_empty() {
+    let (Some(insured), Some(performed_on), true) = (insured, performed_on, issues.is_empty())
+    else {
         return Err(issues);
-    }
-    let insured = insured.expect("checked above");
+    };
     Ok(CheckupReport {
         checkup_id: checkup_id.unwrap_or_default(),
         checkup_type,
         patient_ref: insured.patient_ref,
         insurer_number: insured.insurer,
-        performed_on: performed_on.expect("checked above"),
+        performed_on,
         items,
         questionnaire,
         overall_assessment,

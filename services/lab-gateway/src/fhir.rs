@@ -231,13 +231,12 @@ fn report(
     }
     let first = observations.first().map(|(_, o)| *o);
     let describing = diagnostic.or(first).unwrap_or(body);
-    let (root, describing_at) = match diagnostic {
-        Some(d) if std::ptr::eq(d, body) => ("DiagnosticReport", "DiagnosticReport".to_owned()),
-        Some(_) => ("Bundle", "DiagnosticReport".to_owned()),
-        None => (
-            str_at(body, "/resourceType").unwrap_or("$"),
-            "Observation".to_owned(),
-        ),
+    let root = str_at(body, "/resourceType").unwrap_or("$");
+    // Where the report's own fields are read from, for the problems' locations.
+    let describing_at = if diagnostic.is_some() {
+        "DiagnosticReport"
+    } else {
+        "Observation"
     };
 
     let patient = patient(describing, resources);

@@ -186,7 +186,7 @@ fn text(message: &Message, segment: &Segment, field: usize, comp: usize) -> Stri
 /// `value` with its HL7 escape sequences resolved (`\F\` `\S\` `\T\` `\R\` `\E\`, `\X0D\`,
 /// `\X0A\`, `\.br\`; any other is kept as its text). hl7-parser's own decoder slices the
 /// text at character counts rather than byte offsets, so it panics on an escape after
-/// Japanese text (found by the generated suite, tests/generated.rs).
+/// Japanese text (found by the generated suite, tests/it/hl7_generated.rs).
 pub fn unescape(separators: &hl7_parser::message::Separators, value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     let mut rest = value;

@@ -14,7 +14,7 @@ use hixbus_contracts::{
 use hixbus_contracts::{identity, lifecycle};
 use hixbus_service::fhir::{self, FhirError, Outcome};
 use hixbus_service::identity::link_patient;
-use hixbus_service::{ApiError, JsonPath, body, check_id};
+use hixbus_service::{ApiError, JsonPath, body, check_id, institution};
 use hixbus_storage::AuditLog;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -203,20 +203,14 @@ fn ordering(
         .map(str::trim)
         .filter(|named| !named.is_empty())
         .filter_map(|named| {
-            directory.get(named).or_else(|| {
-                directory
-                    .organizations()
-                    .find(|o| o.institution_code.as_deref() == Some(named))
-            })
+            directory
+                .get(named)
+                .or_else(|| directory.with_institution_code(named).next())
         })
         .map(|org| &**org)
         .find(|org| matches!(org.role, Role::Clinic | Role::Hospital))
         .or((sender.role == Role::Hospital).then_some(sender))?;
-    Some(InstitutionRef {
-        org_id: org.id.clone(),
-        institution_code: org.institution_code.clone(),
-        name: Some(org.name.clone()),
-    })
+    Some(institution(org))
 }
 
 /// The event for `report` from `org`; `message_id` names the message (HL7 MSH-10, FHIR the
@@ -248,11 +242,7 @@ fn lab_result_reported(
         report_id: report.report_id,
         order_id: report.order_id,
         ordering,
-        performing_lab: InstitutionRef {
-            org_id: org.id.clone(),
-            institution_code: org.institution_code.clone(),
-            name: Some(org.name.clone()),
-        },
+        performing_lab: institution(org),
         status: report.status,
         specimen: Specimen {
             specimen_id: report.specimen_id,
@@ -437,15 +427,9 @@ async fn receive_checkup(
     let insurer_number = report.insurer_number.clone();
     let insurer = state
         .directory
-        .organizations()
-        .find(|o| {
-            o.role == Role::Insurer && o.institution_code.as_deref() == Some(&report.insurer_number)
-        })
-        .map(|o| InstitutionRef {
-            org_id: o.id.clone(),
-            institution_code: o.institution_code.clone(),
-            name: Some(o.name.clone()),
-        });
+        .with_institution_code(&report.insurer_number)
+        .find(|o| o.role == Role::Insurer)
+        .map(|o| institution(o));
     let event = CheckupCompleted {
         envelope: Envelope {
             event_id: uuid::Uuid::new_v5(
@@ -461,11 +445,7 @@ async fn receive_checkup(
         },
         checkup_id: report.checkup_id,
         checkup_type: report.checkup_type,
-        performed_by: InstitutionRef {
-            org_id: org.id.clone(),
-            institution_code: org.institution_code.clone(),
-            name: Some(org.name.clone()),
-        },
+        performed_by: institution(org),
         performed_on: report.performed_on,
         items: report.items,
         questionnaire: report.questionnaire,

@@ -14,12 +14,13 @@ use hixbus_access::{Action, Caller, Directory, Organization};
 use hixbus_bus::Publisher;
 use hixbus_contracts::lifecycle::{self, MAX_OVER_DISPENSE_FACTOR};
 use hixbus_contracts::{
-    CodedConcept, DispensedLine, Envelope, InstitutionRef, MedicationLine, PractitionerRef,
-    PrescriptionClaimed, PrescriptionDispensed, Quantity,
+    CodedConcept, DispensedLine, Envelope, MedicationLine, PractitionerRef, PrescriptionClaimed,
+    PrescriptionDispensed, Quantity,
 };
 use hixbus_service::changes::Shown;
 use hixbus_service::{
-    ApiError, ClientAddr, JsonPath, JsonQuery, PerKeyLimit, body, check_id, require_json, text,
+    ApiError, ClientAddr, JsonPath, JsonQuery, PerKeyLimit, body, check_id, institution,
+    require_json, text,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -337,14 +338,6 @@ async fn audit_best_effort(
         .await
     {
         tracing::error!(error = %e, action, prescription_id = %row.prescription_id, "audit write failed");
-    }
-}
-
-fn institution(org: &Organization) -> InstitutionRef {
-    InstitutionRef {
-        org_id: org.id.clone(),
-        institution_code: org.institution_code.clone(),
-        name: Some(org.name.clone()),
     }
 }
 

@@ -13,6 +13,7 @@ pub mod fhir;
 pub mod http;
 pub mod identity;
 pub mod limits;
+pub mod read_model;
 pub mod run;
 pub mod telemetry;
 pub mod text;
@@ -22,6 +23,7 @@ pub use config::BusSettings;
 pub use error::ApiError;
 pub use fhir::Outcome;
 pub use limits::{PerKeyLimit, Permit};
+pub use read_model::ReadModelError;
 pub use run::{Deps, Service, StartupError, load_directory, shutdown_signal};
 pub use tokio_util::sync::CancellationToken;
 
@@ -46,6 +48,15 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
                 .get::<ConnectInfo<SocketAddr>>()
                 .map(|c| c.0.ip()),
         ))
+    }
+}
+
+/// How an event names an organization of the directory.
+pub fn institution(org: &hixbus_access::Organization) -> hixbus_contracts::InstitutionRef {
+    hixbus_contracts::InstitutionRef {
+        org_id: org.id.clone(),
+        institution_code: org.institution_code.clone(),
+        name: Some(org.name.clone()),
     }
 }
 
