@@ -122,6 +122,19 @@ done
 curl -sf "http://$gateway/clinic/results" -H "Authorization: Bearer $DAIICHI_KEY" | grep -q '"report":"lab-kensa/' \
   || { echo "the demo hospital's results inbox stayed empty" >&2; exit 1; }
 
+# The README's FHIR result reaches the institution it names (hospital-minato).
+curl -sf -X POST "http://$lab/fhir/Observation" -H "Authorization: Bearer $KENSA_KEY" \
+  -H 'Content-Type: application/fhir+json' \
+  --data @"$(dirname "$0")/../fixtures/fhir/jp-clins-lab/Observation-Example-JP-Obs-LabResult-eCS-K.json" \
+  | grep -q '"ordering":{"org_id":"hospital-minato"' \
+  || { echo "the README's FHIR result named no demo institution" >&2; exit 1; }
+for _ in $(seq 1 100); do
+  curl -sf "http://$gateway/clinic/results" -H "Authorization: Bearer $MINATO_KEY" | grep -q '"report":"lab-kensa/' && break
+  sleep 0.1
+done
+curl -sf "http://$gateway/clinic/results" -H "Authorization: Bearer $MINATO_KEY" | grep -q '"report":"lab-kensa/' \
+  || { echo "hospital-minato's inbox stayed empty" >&2; exit 1; }
+
 # The README's checkup: the 特定健診 example reaches its insurer, and only that insurer.
 "$bin" demo checkup >"$work/checkup.json"
 checkup=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["identifier"]["value"])' "$work/checkup.json")
