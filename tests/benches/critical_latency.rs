@@ -17,8 +17,7 @@
 //! `hixbus up`) instead of Tansu, whose fetches wait out `fetch.wait.max.ms` even when data is
 //! there (docs/performance.md).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hixbus::stack::Kind;
@@ -46,23 +45,12 @@ name = "第一病院"
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-type Times = Arc<Mutex<HashMap<String, Instant>>>;
+use bench::Times;
 
 #[tokio::main]
 async fn main() {
-    let smoke = !std::env::args().any(|a| a == "--bench");
-    let env = |name: &str, default: u64| {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
-    let rate = env("HIXBUS_BENCH_RATE", if smoke { 5 } else { 20 });
-    let seconds = env("HIXBUS_BENCH_SECONDS", if smoke { 1 } else { 15 });
-    let total = (rate * seconds) as usize;
-    if smoke {
-        println!("smoke run (no --bench): the numbers below mean nothing");
-    }
+    let load = bench::Load::from_env((20, 15), (5, 1));
+    let (rate, total) = (load.rate, load.total());
     let (stack, mock) = bench::stack().await;
     println!("broker: {}", bench::broker_name(&mock));
     let (directory, keys) = directory_with_keys(ORGANIZATIONS);
@@ -138,7 +126,7 @@ async fn main() {
     let bodies: Vec<(String, String)> = (0..total).map(|n| (report_id(n), message(n))).collect();
     let acked: Times = Arc::default();
     let started = Instant::now();
-    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+    let mut ticker = tokio::time::interval(load.interval());
     let mut requests = Vec::with_capacity(total);
     for (id, body) in bodies {
         ticker.tick().await;
@@ -157,52 +145,24 @@ async fn main() {
         r.await.unwrap();
     }
     let offered = started.elapsed();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        let done = {
-            let (acked, on_screen) = (acked.lock().unwrap(), on_screen.lock().unwrap());
-            acked.keys().all(|id| on_screen.contains_key(id))
-        };
-        if done {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-
-    let acked = acked.lock().unwrap().clone();
-    let lag = |arrivals: &Times| -> (Vec<f64>, usize) {
-        let arrivals = arrivals.lock().unwrap();
-        let mut samples = Vec::new();
-        let mut missing = 0;
-        for (id, at) in &acked {
-            match arrivals.get(id) {
-                Some(seen) => samples.push(seen.saturating_duration_since(*at).as_secs_f64() * 1e3),
-                None => missing += 1,
-            }
-        }
-        (samples, missing)
-    };
-    let (screen, missing) = lag(&on_screen);
-    let (bus, _) = lag(&consumed);
+    bench::wait_for_all(&acked, &on_screen, Duration::from_secs(60)).await;
+    let (screen, missing) = bench::lags(&acked, &on_screen);
+    let (bus, _) = bench::lags(&acked, &consumed);
     println!(
         "{} critical reports offered at {rate}/s over {:.1} s; {missing} never reached the screen",
-        acked.len(),
+        acked.lock().unwrap().len(),
         offered.as_secs_f64()
     );
     println!();
-    println!("| ACK to … | p50 | p95 | p99 | max |");
-    println!("|---|---|---|---|---|");
     let screen = bench::percentiles(screen);
     let bus = bench::percentiles(bus);
-    for (what, q) in [
-        ("a bare consumer of `lab-results` (baseline)", bus),
-        ("the hospital's screen, `critical` event (SSE)", screen),
-    ] {
-        println!(
-            "| {what} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms |",
-            q[0], q[1], q[2], q[3]
-        );
-    }
+    bench::table(
+        "ACK to …",
+        &[
+            ("a bare consumer of `lab-results` (baseline)", bus),
+            ("the hospital's screen, `critical` event (SSE)", screen),
+        ],
+    );
     println!(
         "screen / baseline: p50 {:.2}, p99 {:.2}; p99 within the 1 s target: {}",
         screen[0] / bus[0].max(0.001),

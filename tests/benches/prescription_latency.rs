@@ -46,19 +46,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() {
-    let smoke = !std::env::args().any(|a| a == "--bench");
-    let env = |name: &str, default: u64| {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
-    let rate = env("HIXBUS_BENCH_RATE", if smoke { 50 } else { 500 });
-    let seconds = env("HIXBUS_BENCH_SECONDS", if smoke { 1 } else { 10 });
-    let total = (rate * seconds) as usize;
-    if smoke {
-        println!("smoke run (no --bench): the numbers below mean nothing");
-    }
+    let load = bench::Load::from_env((500, 10), (50, 1));
+    let (rate, total) = (load.rate, load.total());
 
     let (mut stack, mock) = bench::stack().await;
     println!("broker: {}", bench::broker_name(&mock));
@@ -146,7 +135,7 @@ async fn main() {
     let bodies: Vec<String> = (0..total).map(bundle).collect();
     let accepted: Arc<Mutex<HashMap<String, (Instant, Instant)>>> = Arc::default();
     let started = Instant::now();
-    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+    let mut ticker = tokio::time::interval(load.interval());
     let mut requests = Vec::with_capacity(total);
     for body in bodies {
         ticker.tick().await;

@@ -21,6 +21,7 @@ async fn encode_event(codec: &Codec, event: &Event) -> hixbus_contracts::Encoded
         Event::LabResultReported(e) => codec.encode(e).await,
         Event::CheckupCompleted(e) => codec.encode(e).await,
         Event::ClaimSubmitted(e) => codec.encode(e).await,
+        Event::ClaimEvidence(e) => codec.encode(e).await,
         Event::ClaimAdjudicated(e) => codec.encode(e).await,
         Event::ConsentChanged(e) => codec.encode(e).await,
         Event::MedicationAlert(e) => codec.encode(e).await,

@@ -84,7 +84,10 @@ async fn schema_registry_converter_registers_fetches_checks_and_sees_deletes() {
 
 fn strategy_for(event: &Event) -> SubjectNameStrategy {
     let entry = Catalog::embedded().entry(event.name()).unwrap();
-    if entry.subject.ends_with("-value") {
+    if entry.is_per_insurer() {
+        // Per-insurer topics: one subject for every insurer's topic.
+        SubjectNameStrategy::RecordNameStrategy(entry.full_name.clone())
+    } else if entry.subject.ends_with("-value") {
         SubjectNameStrategy::TopicNameStrategy(entry.topic.clone(), false)
     } else {
         SubjectNameStrategy::TopicRecordNameStrategy(entry.topic.clone(), entry.full_name.clone())
@@ -141,6 +144,7 @@ async fn our_records_and_the_converters_records_are_interchangeable() {
             Event::LabResultReported(e) => converter_encode(&encoder, e, &strategy).await,
             Event::CheckupCompleted(e) => converter_encode(&encoder, e, &strategy).await,
             Event::ClaimSubmitted(e) => converter_encode(&encoder, e, &strategy).await,
+            Event::ClaimEvidence(e) => converter_encode(&encoder, e, &strategy).await,
             Event::ClaimAdjudicated(e) => converter_encode(&encoder, e, &strategy).await,
             Event::ConsentChanged(e) => converter_encode(&encoder, e, &strategy).await,
             Event::MedicationAlert(e) => converter_encode(&encoder, e, &strategy).await,

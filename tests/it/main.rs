@@ -3,6 +3,7 @@
 mod adversarial;
 mod bus;
 mod checkups;
+mod claims;
 mod codec;
 mod confluent_clients;
 mod faults;

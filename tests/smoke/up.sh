@@ -22,11 +22,13 @@ pharmacy="127.0.0.1:$(port)"
 safety="127.0.0.1:$(port)"
 lab="127.0.0.1:$(port)"
 feed="127.0.0.1:$(port)"
+claims="127.0.0.1:$(port)"
+insurer="127.0.0.1:$(port)"
 mllp="127.0.0.1:$(port)"
 
 started=$(date +%s.%N)
 "$bin" up --kafka-listen "$kafka" --registry-listen "$registry" --demo-interval-ms 50 \
-  --listen "clinic-gateway=$gateway" --listen "pharmacy=$pharmacy" --listen "medication-safety=$safety" --listen "lab-gateway=$lab" --listen "insurer-feed=$feed" --mllp-listen "$mllp" \
+  --listen "clinic-gateway=$gateway" --listen "pharmacy=$pharmacy" --listen "medication-safety=$safety" --listen "lab-gateway=$lab" --listen "insurer-feed=$feed" --listen "claims=$claims" --listen "insurer=$insurer" --mllp-listen "$mllp" \
   >"$work/up.out" 2>"$work/up.err" &
 up=$!
 # Ready in well under a second usually; the medication-safety rebuild can take a few seconds
@@ -88,9 +90,16 @@ for _ in $(seq 1 100); do
 done
 curl -sf "http://$gateway/clinic/prescriptions/$id" -H "Authorization: Bearer $SAKURA_KEY" | grep -q '"status":"dispensed"' \
   || { echo "the clinic never saw $id dispensed" >&2; exit 1; }
+# The dispensing was billed without anyone typing it, and the demo insurer decided it.
+for _ in $(seq 1 150); do
+  curl -sf "http://$claims/claims/dispensing:$id" -H "Authorization: Bearer $AOZORA_KEY" | grep -q '"status":"accepted"' && break
+  sleep 0.1
+done
+curl -sf "http://$claims/claims/dispensing:$id" -H "Authorization: Bearer $AOZORA_KEY" | grep -q '"status":"accepted"' \
+  || { curl -s "http://$claims/claims/dispensing:$id" -H "Authorization: Bearer $AOZORA_KEY"; echo "the dispensing of $id was not billed and accepted" >&2; exit 1; }
 
 # Every service answers its health and readiness probes.
-for svc in "$gateway" "$pharmacy" "$safety" "$lab" "$feed"; do
+for svc in "$gateway" "$pharmacy" "$safety" "$lab" "$feed" "$claims" "$insurer"; do
   curl -sf "http://$svc/ready" | grep -q '"status":"ready"' || { echo "$svc is not ready" >&2; exit 1; }
 done
 
@@ -182,4 +191,4 @@ wait "$up" || { cat "$work/up.err"; echo "hixbus up exited with an error" >&2; e
 grep -q "hixbus stopped" "$work/up.out" || { echo "no clean shutdown" >&2; exit 1; }
 grep -Eq "demo lab stopped after [1-9][0-9]* results" "$work/up.out" \
   || { cat "$work/up.out" "$work/up.err"; echo "the demo lab's results were not accepted over MLLP" >&2; exit 1; }
-echo "hixbus up: ready in ${ready}s, tail saw 3 demo events (each audited), a prescription went clinic → pharmacy → dispensed → clinic, lab results reached the hospital's inbox, a checkup reached its insurer only, the registry refused an anonymous change${hostile_summary}, Ctrl-C stopped it cleanly"
+echo "hixbus up: ready in ${ready}s, tail saw 3 demo events (each audited), a prescription went clinic → pharmacy → dispensed → clinic and was billed and accepted, lab results reached the hospital's inbox, a checkup reached its insurer only, the registry refused an anonymous change${hostile_summary}, Ctrl-C stopped it cleanly"

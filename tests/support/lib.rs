@@ -11,6 +11,10 @@ pub use broker::{Engine, Tansu, TestBroker};
 pub use postgres::PrivatePostgres;
 pub use watchdog::watch;
 
+/// The demo organizations (`hixbus up`'s): two clinics and hospitals, two pharmacies, a lab and
+/// two insurers with their official codes, for flows that need them all.
+pub const DEMO_ORGANIZATIONS: &str = include_str!("../../infra/organizations.demo.toml");
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 

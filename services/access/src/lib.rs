@@ -58,6 +58,11 @@ pub enum Action {
     ReadInsurerFeed,
     /// Link the organization's own patient ids to the patients' insurance.
     RegisterPatients,
+    /// Bill insurers (FHIR Claims; a pharmacy's dispensings are billed for it) and read its
+    /// own claims and the insurers' decisions on them.
+    SubmitClaims,
+    /// Decide on the claims billed to it and manage its member roster.
+    AdjudicateClaims,
     /// Read schemas from the registry (every producer and consumer needs to).
     ReadSchemas,
     /// Register schemas, change compatibility, delete subjects.
@@ -79,6 +84,7 @@ impl Role {
                     | ViewOrderedResults
                     | ReportCheckups
                     | RegisterPatients
+                    | SubmitClaims
             ),
             // A hospital's own laboratory reports results too.
             Role::Hospital => matches!(
@@ -90,11 +96,15 @@ impl Role {
                     | ReportLabResults
                     | ReportCheckups
                     | RegisterPatients
+                    | SubmitClaims
             ),
             Role::Lab => matches!(action, ReportLabResults | RegisterPatients),
-            Role::Pharmacy => matches!(action, ViewPharmacyInbox | DispensePrescription),
+            Role::Pharmacy => matches!(
+                action,
+                ViewPharmacyInbox | DispensePrescription | SubmitClaims
+            ),
             Role::Operator => action == ManageSchemas,
-            Role::Insurer => action == ReadInsurerFeed,
+            Role::Insurer => matches!(action, ReadInsurerFeed | AdjudicateClaims),
         }
     }
 
@@ -437,6 +447,8 @@ fn describe(action: Action) -> &'static str {
         Action::ReportCheckups => "report health checkups",
         Action::ReadInsurerFeed => "read an insurer's feed",
         Action::RegisterPatients => "register its patients' ids",
+        Action::SubmitClaims => "submit claims and read its own",
+        Action::AdjudicateClaims => "adjudicate claims",
         Action::ReadSchemas => "read schemas",
         Action::ManageSchemas => "register or change schemas",
     }

@@ -170,6 +170,7 @@ pub struct ConsumerBuilder {
     group: String,
     handlers: HashMap<&'static str, Handler>,
     topics: BTreeSet<String>,
+    subscription: Option<BTreeSet<String>>,
     retry: RetryPolicy,
 }
 
@@ -193,7 +194,9 @@ impl ConsumerBuilder {
         let entry = Catalog::embedded()
             .entry(E::NAME)
             .ok_or(ConsumerError::NotInCatalog(E::NAME))?;
-        self.topics.insert(entry.topic.clone());
+        if !entry.is_per_insurer() {
+            self.topics.insert(entry.topic.clone());
+        }
         let handler = Arc::new(handler);
         let erased: Handler = Arc::new(move |event: Event, ctx: EventContext| {
             let handler = handler.clone();
@@ -214,6 +217,13 @@ impl ConsumerBuilder {
 
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = policy;
+        self
+    }
+
+    /// Reads exactly `topics` rather than the handled types' catalog topics: an insurer reads
+    /// its own topic (`hixbus_contracts::insurer_topic`), where several types travel.
+    pub fn topics(mut self, topics: impl IntoIterator<Item = String>) -> Self {
+        self.subscription = Some(topics.into_iter().collect());
         self
     }
 
@@ -238,7 +248,13 @@ impl ConsumerBuilder {
             .to_rdkafka(Role::GroupConsumer)
             .set("group.id", &self.group)
             .create_with_context(BusContext::new(client))?;
-        let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+        let topics: Vec<&str> = self
+            .subscription
+            .as_ref()
+            .unwrap_or(&self.topics)
+            .iter()
+            .map(String::as_str)
+            .collect();
         consumer.subscribe(&topics)?;
         let dead_letters = Publisher::new(&self.config, self.codec.clone())?;
         Ok(Consumer {
@@ -285,6 +301,12 @@ impl<S: Clone + Send + Sync + 'static> StatefulBuilder<S> {
 
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.builder = self.builder.retry(policy);
+        self
+    }
+
+    /// See [`ConsumerBuilder::topics`].
+    pub fn topics(mut self, topics: impl IntoIterator<Item = String>) -> Self {
+        self.builder = self.builder.topics(topics);
         self
     }
 
@@ -355,6 +377,7 @@ impl Consumer {
             group: group.into(),
             handlers: HashMap::new(),
             topics: BTreeSet::new(),
+            subscription: None,
             retry: RetryPolicy::default(),
         }
     }

@@ -95,6 +95,27 @@ impl Publisher {
         self.send_encoded(E::NAME, event.envelope(), encoded).await
     }
 
+    /// Publishes `event` to `topic` instead of its catalog topic: a per-insurer topic
+    /// (`hixbus_contracts::insurer_topic`), which carries events cut to what that insurer's
+    /// purpose needs. The record is framed with the event's own schema id, so any Confluent
+    /// deserializer reads it.
+    pub async fn publish_to<E: EventRecord>(
+        &self,
+        topic: &str,
+        event: &E,
+    ) -> Result<Delivery, PublishError> {
+        let encoded = self
+            .codec
+            .encode(event)
+            .await
+            .map_err(|source| PublishError::Encode {
+                event: E::NAME,
+                source,
+            });
+        self.send_to(topic.to_owned(), E::NAME, event.envelope(), encoded)
+            .await
+    }
+
     /// Publishes an event whose type is only known at run time.
     pub async fn publish_event(&self, event: &Event) -> Result<Delivery, PublishError> {
         let encoded = self
@@ -117,8 +138,19 @@ impl Publisher {
     ) -> Result<Delivery, PublishError> {
         let topic = Catalog::embedded()
             .entry(name)
+            .filter(|entry| !entry.is_per_insurer())
             .map(|entry| entry.topic.clone())
             .ok_or_else(|| PublishError::NotInCatalog(name.to_owned()))?;
+        self.send_to(topic, name, envelope, encoded).await
+    }
+
+    async fn send_to(
+        &self,
+        topic: String,
+        name: &'static str,
+        envelope: &hixbus_contracts::Envelope,
+        encoded: Result<Encoded, PublishError>,
+    ) -> Result<Delivery, PublishError> {
         let span = tracing::info_span!(
             "hixbus.publish",
             otel.kind = "producer",

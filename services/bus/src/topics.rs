@@ -37,6 +37,9 @@ struct TopicEntry {
 #[serde(deny_unknown_fields)]
 struct TopicsFile {
     defaults: Defaults,
+    /// Settings of every insurer's own topic (`insurer.<id>.feed`).
+    #[serde(default)]
+    insurer_topics: TopicEntry,
     topics: BTreeMap<String, TopicEntry>,
 }
 
@@ -62,6 +65,8 @@ pub enum TopicsError {
     Invalid(String),
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
+    #[error("reading the cluster's topics: {0}")]
+    Metadata(String),
     #[error("creating {topic}: {code}")]
     Create {
         topic: String,
@@ -115,6 +120,36 @@ pub fn specs(text: &str, catalog: &Catalog) -> Result<Vec<TopicSpec>, TopicsErro
     Ok(specs)
 }
 
+/// The topics of each insurer in `insurers` (its feed and the feed's dead letters), with the
+/// settings `text` gives insurer topics.
+pub fn insurer_specs<'a>(
+    text: &str,
+    insurers: impl IntoIterator<Item = &'a str>,
+) -> Result<Vec<TopicSpec>, TopicsError> {
+    let file: TopicsFile = toml::from_str(text)?;
+    let d = &file.defaults;
+    let entry = &file.insurer_topics;
+    let partitions = entry.partitions.unwrap_or(d.partitions);
+    let replication_factor = entry.replication_factor.unwrap_or(d.replication_factor);
+    let mut specs = Vec::new();
+    for insurer in insurers {
+        let name = hixbus_contracts::insurer_topic(insurer);
+        specs.push(TopicSpec {
+            name: crate::dlq_topic(&name),
+            partitions: partitions.min(3),
+            replication_factor,
+            config: topic_config(d.dead_letter_retention_ms),
+        });
+        specs.push(TopicSpec {
+            name,
+            partitions,
+            replication_factor,
+            config: topic_config(entry.retention_ms.unwrap_or(d.retention_ms)),
+        });
+    }
+    Ok(specs)
+}
+
 fn topic_config(retention_ms: i64) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("cleanup.policy".to_owned(), "delete".to_owned()),
@@ -127,6 +162,38 @@ fn topic_config(retention_ms: i64) -> BTreeMap<String, String> {
 pub enum Created {
     New,
     AlreadyExisted,
+}
+
+/// Creates those of `specs` the cluster does not have. A cluster that has them all is asked
+/// nothing more (librdkafka's mock cluster, for one, cannot create topics through the admin
+/// API: `hixbus up` makes them when it starts it).
+pub async fn create_missing(
+    config: &KafkaConfig,
+    specs: &[TopicSpec],
+) -> Result<Vec<(String, Created)>, TopicsError> {
+    let admin: AdminClient<BusContext> = config
+        .to_rdkafka(Role::Admin)
+        .create_with_context(BusContext::new(format!("{}-admin", config.client_id)))?;
+    let existing: std::collections::BTreeSet<String> = tokio::task::spawn_blocking(move || {
+        admin
+            .inner()
+            .fetch_metadata(None, Duration::from_secs(10))
+            .map(|m| m.topics().iter().map(|t| t.name().to_owned()).collect())
+    })
+    .await
+    .map_err(|e| TopicsError::Metadata(e.to_string()))??;
+    let missing: Vec<TopicSpec> = specs
+        .iter()
+        .filter(|s| !existing.contains(&s.name))
+        .cloned()
+        .collect();
+    if missing.is_empty() {
+        return Ok(specs
+            .iter()
+            .map(|s| (s.name.clone(), Created::AlreadyExisted))
+            .collect());
+    }
+    create(config, &missing).await
 }
 
 /// Creates the topics that do not exist yet; existing ones are left untouched.

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use chrono::NaiveDate;
 use hixbus_contracts::identity;
 use hixbus_contracts::lifecycle::{self, MAX_LINES};
-use hixbus_contracts::{CodedConcept, Date, MedicationLine, PractitionerRef, Quantity};
+use hixbus_contracts::{CodedConcept, Coverage, Date, MedicationLine, PractitionerRef, Quantity};
 use hixbus_service::text;
 use serde::Serialize;
 use serde_json::Value;
@@ -55,6 +55,9 @@ pub struct Submission {
     pub issued_on_at: &'static str,
     pub lines: Vec<MedicationLine>,
     pub notes: Option<String>,
+    /// The insurance billed, from the Bundle's Coverage resources (JP Core).
+    #[serde(skip)]
+    pub coverage: Option<Coverage>,
 }
 
 /// Reads a prescription document `Bundle` (`type` = `document`, with a `Composition`, the
@@ -244,7 +247,18 @@ pub fn read_bundle(body: &Value, org_id: &str) -> Result<Submission, Vec<Issue>>
                 .is_some_and(|r| r.starts_with("jp-insured:"))
         })
         .map(str::to_owned);
+    let birth_date = patient
+        .and_then(|(_, p)| p.get("birthDate"))
+        .and_then(Value::as_str)
+        .and_then(parse_date);
+    let coverage = identity::coverage(
+        resources.all("Coverage").filter_map(|(_, coverage)| {
+            Some((coverage, resources.resolve(coverage.pointer("/payor/0"))?))
+        }),
+        birth_date,
+    );
     Ok(Submission {
+        coverage,
         identifier: identifier.unwrap_or_default(),
         patient_ref: patient_ref.unwrap_or_default(),
         patient_local_id,
@@ -336,6 +350,7 @@ pub fn read_medication_request(body: &Value, org_id: &str) -> Result<Submission,
             |r| format!("{org_id}:{r}"),
         );
     Ok(Submission {
+        coverage: None,
         identifier: identifier.unwrap_or_default(),
         patient_ref: patient_ref.unwrap_or_default(),
         patient_local_id: None,

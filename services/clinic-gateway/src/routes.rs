@@ -13,7 +13,8 @@ use hixbus_access::{Action, Caller, Directory, Organization, Role};
 use hixbus_bus::Publisher;
 use hixbus_contracts::lifecycle::{self, Status, Transition};
 use hixbus_contracts::{
-    Envelope, LinkSource, PractitionerRef, PrescriptionCancelled, PrescriptionIssued, Timestamp,
+    Coverage, Envelope, LinkSource, PractitionerRef, PrescriptionCancelled, PrescriptionIssued,
+    Timestamp,
 };
 use hixbus_service::fhir::{FhirError, Issue, Outcome};
 use hixbus_service::{ApiError, JsonPath, JsonQuery, body, check_id, require_json, text};
@@ -199,7 +200,14 @@ async fn issue(
         )));
     }
     let learned = submission.patient_local_id.clone();
-    let event = prescription_issued(org, submission, &row, params.target_pharmacy, &state.codes);
+    let event = prescription_issued(
+        org,
+        submission,
+        &row,
+        params.target_pharmacy,
+        &state.codes,
+        &state.directory,
+    );
     if !row.published {
         let delivery = state
             .publisher
@@ -270,6 +278,7 @@ fn prescription_issued(
     row: &SubmissionRow,
     target_pharmacy: Option<String>,
     codes: &CodeKeys,
+    directory: &Directory,
 ) -> PrescriptionIssued {
     PrescriptionIssued {
         envelope: Envelope {
@@ -290,6 +299,16 @@ fn prescription_issued(
         lines: submission.lines,
         notes: submission.notes,
         access_code_digest: Some(codes.digest(&row.access_code)),
+        coverage: submission.coverage.map(|coverage| {
+            let insurer_org = directory
+                .with_institution_code(&coverage.insurer_number)
+                .find(|o| o.role == Role::Insurer)
+                .map(|o| o.id.clone());
+            Coverage {
+                insurer_org,
+                ..coverage
+            }
+        }),
     }
 }
 

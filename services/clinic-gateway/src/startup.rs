@@ -4,14 +4,10 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
-use axum::middleware;
 use axum::routing::{get, post};
 use hixbus_bus::Publisher;
 use hixbus_service::config::code_keys;
-use hixbus_service::{
-    CancellationToken, DenialAudit, Deps, PerKeyLimit, Service, StartupError, audit_denials,
-};
+use hixbus_service::{CancellationToken, Deps, PerKeyLimit, Service, StartupError};
 use hixbus_storage::{AuditLog, Links};
 
 use crate::config::Config;
@@ -80,30 +76,27 @@ pub async fn build(config: Config, deps: Deps) -> Result<Service, StartupError> 
 }
 
 pub fn app(state: AppState) -> Router {
-    let denials = DenialAudit {
-        directory: state.directory.clone(),
-        audit: state.audit.clone(),
-    };
-    Router::new()
-        .route("/fhir/Bundle", post(routes::post_bundle))
-        .route(
-            "/fhir/MedicationRequest",
-            post(routes::post_medication_request),
-        )
-        .route("/clinic/prescriptions", get(routes::list_issued))
-        .route("/clinic/prescriptions/{id}", get(routes::get_issued))
-        .route("/clinic/prescriptions/{id}/cancel", post(routes::cancel))
-        .route("/clinic/results", get(results_api::list))
-        .route("/clinic/results/stream", get(results_api::stream))
-        .route("/clinic/results/{lab}/{report_id}", get(results_api::get))
-        .route(
-            "/clinic/results/{lab}/{report_id}/acknowledge",
-            post(results_api::acknowledge),
-        )
-        .fallback(hixbus_service::no_such_route)
-        .method_not_allowed_fallback(hixbus_service::method_not_allowed)
-        .layer(middleware::from_fn_with_state(denials, audit_denials))
-        .layer(DefaultBodyLimit::max(routes::MAX_BODY_BYTES))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
-        .with_state(state)
+    let (directory, audit) = (state.directory.clone(), state.audit.clone());
+    hixbus_service::api(
+        Router::new()
+            .route("/fhir/Bundle", post(routes::post_bundle))
+            .route(
+                "/fhir/MedicationRequest",
+                post(routes::post_medication_request),
+            )
+            .route("/clinic/prescriptions", get(routes::list_issued))
+            .route("/clinic/prescriptions/{id}", get(routes::get_issued))
+            .route("/clinic/prescriptions/{id}/cancel", post(routes::cancel))
+            .route("/clinic/results", get(results_api::list))
+            .route("/clinic/results/stream", get(results_api::stream))
+            .route("/clinic/results/{lab}/{report_id}", get(results_api::get))
+            .route(
+                "/clinic/results/{lab}/{report_id}/acknowledge",
+                post(results_api::acknowledge),
+            ),
+        directory,
+        audit,
+        routes::MAX_BODY_BYTES,
+    )
+    .with_state(state)
 }

@@ -33,6 +33,29 @@ pub struct CatalogEntry {
     pub schema: Schema,
 }
 
+impl CatalogEntry {
+    /// Whether the event travels only on each insurer's own topic ([`insurer_topic`]).
+    pub fn is_per_insurer(&self) -> bool {
+        self.topic == INSURER_TOPIC
+    }
+}
+
+/// How the catalog writes the per-insurer topic.
+pub const INSURER_TOPIC: &str = "insurer.{insurer}.feed";
+
+/// The topic only `insurer` reads: its members' claims, the specific health checkups the law
+/// sends it, and the evidence its claims check needs. Named so that one Apache Kafka prefixed
+/// ACL (`insurer.<id>.`) grants exactly it; the trailing dot keeps `insurer-a` from matching
+/// `insurer-ab`'s topic.
+pub fn insurer_topic(insurer: &str) -> String {
+    INSURER_TOPIC.replace("{insurer}", insurer)
+}
+
+/// The prefix of every topic (and consumer group) that belongs to `insurer` alone.
+pub fn insurer_prefix(insurer: &str) -> String {
+    format!("insurer.{insurer}.")
+}
+
 #[derive(Debug, Clone)]
 pub struct Catalog {
     compatibility: String,
@@ -100,6 +123,7 @@ macro_rules! embedded_sources {
 pub const EMBEDDED_SOURCES: &[(&str, &str)] = embedded_sources!(
     "catalog.toml",
     "common/CodedConcept.avsc",
+    "common/Coverage.avsc",
     "common/Envelope.avsc",
     "common/InstitutionRef.avsc",
     "common/Observation.avsc",
@@ -107,6 +131,7 @@ pub const EMBEDDED_SOURCES: &[(&str, &str)] = embedded_sources!(
     "common/Quantity.avsc",
     "events/CheckupCompleted.avsc",
     "events/ClaimAdjudicated.avsc",
+    "events/ClaimEvidence.avsc",
     "events/ClaimSubmitted.avsc",
     "events/ConsentChanged.avsc",
     "events/LabResultReported.avsc",
@@ -205,11 +230,12 @@ impl Catalog {
         self.entries.iter().find(|e| e.subject == subject)
     }
 
-    /// Distinct topics, in catalog order.
+    /// Distinct shared topics, in catalog order (not the per-insurer ones: see
+    /// [`insurer_topic`]).
     pub fn topics(&self) -> Vec<&str> {
         let mut topics: Vec<&str> = Vec::new();
         for e in &self.entries {
-            if !topics.contains(&e.topic.as_str()) {
+            if !e.is_per_insurer() && !topics.contains(&e.topic.as_str()) {
                 topics.push(&e.topic);
             }
         }

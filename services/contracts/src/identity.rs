@@ -5,6 +5,9 @@
 
 use serde_json::Value;
 
+use crate::events::{Coverage, PublicExpense};
+use crate::time::Date;
+
 /// The reference of the insured person `insurer` / `symbol` (記号) / `number` (番号) /
 /// `branch` (枝番), full-width digits normalized and whitespace dropped.
 pub fn insured_ref(insurer: &str, symbol: &str, number: &str, branch: &str) -> String {
@@ -77,6 +80,101 @@ pub fn insured(coverage: &Value, payer: &Value) -> Option<Insured> {
     })
 }
 
+/// The public-expense payer number's system (公費負担者番号) on a Coverage's payor.
+pub const PUBLIC_PAYER_NUMBER: &str = "urn:oid:1.2.392.100495.20.3.71";
+
+/// What a prescription's Coverage resources say about billing: the health insurance (payor with
+/// an insurer number) and any public-expense programmes (payor with a public payer number). Each
+/// pair is a Coverage and its resolved payor. `None` when no health insurance is among them.
+pub fn coverage<'a>(
+    pairs: impl IntoIterator<Item = (&'a Value, &'a Value)>,
+    birth_date: Option<Date>,
+) -> Option<Coverage> {
+    let mut insurance = None;
+    let mut public_programs = Vec::new();
+    for (coverage, payer) in pairs {
+        if let Some(insurer) = payer_number(payer, INSURER_NUMBER) {
+            if insurance.is_some() {
+                continue;
+            }
+            let Some(number) = extension_string(coverage, INSURED_NUMBER) else {
+                continue;
+            };
+            let branch = extension_string(coverage, INSURED_BRANCH)
+                .or_else(|| coverage.get("dependent").and_then(Value::as_str));
+            insurance = Some(Coverage {
+                insurer_number: normalized(insurer),
+                insurer_org: None,
+                symbol: extension_string(coverage, INSURED_SYMBOL)
+                    .map(normalized)
+                    .filter(|s| !s.is_empty()),
+                number: normalized(number),
+                branch: branch.map(normalized).filter(|s| !s.is_empty()),
+                copay_percent: copay_percent(coverage),
+                birth_date,
+                public_programs: Vec::new(),
+            });
+        } else if let Some(payer_number) = payer_number(payer, PUBLIC_PAYER_NUMBER) {
+            let Some(copay) = copay_percent(coverage) else {
+                continue;
+            };
+            let date = |at: &str| {
+                coverage
+                    .pointer(at)
+                    .and_then(Value::as_str)
+                    .and_then(|d| d.get(..10))
+                    .and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+                    .map(Date::from)
+            };
+            public_programs.push(PublicExpense {
+                payer_number: normalized(payer_number),
+                recipient_number: coverage
+                    .get("subscriberId")
+                    .and_then(Value::as_str)
+                    .map(normalized),
+                copay_percent: copay,
+                valid_from: date("/period/start"),
+                valid_to: date("/period/end"),
+            });
+        }
+    }
+    insurance.map(|insurance| Coverage {
+        public_programs,
+        ..insurance
+    })
+}
+
+fn payer_number<'a>(payer: &'a Value, system: &str) -> Option<&'a str> {
+    payer
+        .get("identifier")
+        .and_then(Value::as_array)?
+        .iter()
+        .find(|id| id.get("system").and_then(Value::as_str) == Some(system))?
+        .get("value")?
+        .as_str()
+}
+
+/// `costToBeneficiary` of type `copaypct` (負担率), a whole percentage from 0 to 100.
+fn copay_percent(coverage: &Value) -> Option<i32> {
+    coverage
+        .get("costToBeneficiary")?
+        .as_array()?
+        .iter()
+        .find(|c| {
+            c.pointer("/type/coding")
+                .and_then(Value::as_array)
+                .is_some_and(|codes| {
+                    codes
+                        .iter()
+                        .any(|code| code.get("code").and_then(Value::as_str) == Some("copaypct"))
+                })
+        })?
+        .pointer("/valueQuantity/value")?
+        .as_f64()
+        .filter(|v| (0.0..=100.0).contains(v) && v.fract() == 0.0)
+        .map(|v| v as i32)
+}
+
 fn extension_string<'a>(resource: &'a Value, url: &str) -> Option<&'a str> {
     resource
         .get("extension")?
@@ -94,7 +192,7 @@ pub fn local_ref(org_id: &str, local_id: &str) -> String {
 
 /// Insurance numbers are often typed with full-width digits; the same card must give the same
 /// reference however it was typed.
-fn normalized(text: &str) -> String {
+pub fn normalized(text: &str) -> String {
     text.chars()
         .map(|c| match c {
             '０'..='９' => char::from(b'0' + (c as u32 - '０' as u32) as u8),
@@ -120,5 +218,39 @@ mod tests {
         );
         assert_eq!(member_id_ref("00012345:187"), None);
         assert_eq!(member_id_ref(":x:187:05"), None);
+    }
+
+    #[test]
+    fn the_prescription_examples_coverages_give_the_insurance_and_the_public_programme() {
+        let bundle: Value = serde_json::from_str(include_str!(
+            "../../../tests/fixtures/fhir/jp-eprescription/Bundle-Bundle-for-JP-MedReq-ePreBundleExample01.json"
+        ))
+        .unwrap();
+        let resources: Vec<&Value> = bundle["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| &e["resource"])
+            .collect();
+        let payer = |coverage: &Value| {
+            let reference = coverage["payor"][0]["reference"].as_str().unwrap();
+            let id = reference.trim_start_matches("Organization/");
+            *resources.iter().find(|r| r["id"] == id).unwrap()
+        };
+        let pairs: Vec<(&Value, &Value)> = resources
+            .iter()
+            .filter(|r| r["resourceType"] == "Coverage")
+            .map(|c| (*c, payer(c)))
+            .collect();
+        let coverage = coverage(pairs, Date::from_ymd(1920, 2, 11)).unwrap();
+        assert_eq!(coverage.insurer_number, "06123456");
+        assert_eq!(coverage.member_id(), "12345:67890:01");
+        assert_eq!(coverage.copay_percent, Some(30));
+        assert_eq!(coverage.public_programs.len(), 1);
+        let public = &coverage.public_programs[0];
+        assert_eq!(public.payer_number, "01234567");
+        assert_eq!(public.recipient_number.as_deref(), Some("12345678"));
+        assert_eq!(public.copay_percent, 10);
+        assert_eq!(public.valid_to, Date::from_ymd(2020, 12, 31));
     }
 }

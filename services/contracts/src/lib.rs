@@ -15,7 +15,7 @@ pub mod systems;
 pub mod time;
 pub mod wire;
 
-pub use catalog::{Catalog, CatalogEntry, CatalogError};
+pub use catalog::{Catalog, CatalogEntry, CatalogError, insurer_prefix, insurer_topic};
 pub use codec::{
     Codec, DataError, Decoded, EncodeError, Encoded, SchemaIdStrategy, TransientError, decode_body,
     encode_body,

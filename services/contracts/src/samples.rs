@@ -101,6 +101,28 @@ pub fn prescription_issued(patient: &str, lines: usize) -> PrescriptionIssued {
         access_code_digest: Some(
             "k1:6a3f0d5c9b8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a".to_owned(),
         ),
+        coverage: Some(coverage()),
+    }
+}
+
+/// The Japanese e-prescription example's insurance: a health insurance society member with a
+/// 30 % share and a public programme.
+pub fn coverage() -> Coverage {
+    Coverage {
+        insurer_number: "06123456".to_owned(),
+        insurer_org: Some("insurer-kenpo".to_owned()),
+        symbol: Some("12345".to_owned()),
+        number: "67890".to_owned(),
+        branch: Some("01".to_owned()),
+        copay_percent: Some(30),
+        birth_date: Date::from_ymd(1960, 2, 11),
+        public_programs: vec![PublicExpense {
+            payer_number: "01234567".to_owned(),
+            recipient_number: Some("12345678".to_owned()),
+            copay_percent: 10,
+            valid_from: Date::from_ymd(2024, 1, 1),
+            valid_to: Date::from_ymd(2024, 12, 31),
+        }],
     }
 }
 
@@ -147,6 +169,7 @@ pub fn prescription_issued_minimal(patient: &str) -> PrescriptionIssued {
         }],
         notes: None,
         access_code_digest: None,
+        coverage: None,
     }
 }
 
@@ -349,6 +372,9 @@ pub fn claim_submitted(patient: &str) -> ClaimSubmitted {
                 quantity: 1.0,
                 unit_price_jpy: Some(2_910),
                 amount_jpy: 2_910,
+                line_type: ClaimLineType::Fee,
+                prescription_line_no: None,
+                unit: Some("回".to_owned()),
             },
             ClaimLine {
                 line_no: 2,
@@ -356,10 +382,22 @@ pub fn claim_submitted(patient: &str) -> ClaimSubmitted {
                 quantity: 1.0,
                 unit_price_jpy: Some(490),
                 amount_jpy: 490,
+                line_type: ClaimLineType::Other,
+                prescription_line_no: None,
+                unit: None,
             },
         ],
         total_amount_jpy: 3_400,
         patient_copay_jpy: 1_020,
+        claim_type: ClaimType::Professional,
+        version: 2,
+        replaces_event_id: Some("0190a000-0000-7000-8000-000000000001".to_owned()),
+        prescription_id: None,
+        prescription_issuer_org: None,
+        coverage: Some(coverage()),
+        insurer_share_jpy: 2_380,
+        public_expense_jpy: 0,
+        tariff: Some("fees 2024-06-01".to_owned()),
     }
 }
 
@@ -377,6 +415,51 @@ pub fn claim_adjudicated(patient: &str) -> ClaimAdjudicated {
             paid_amount_jpy: 0,
             reason: Some(coded("urn:hixbus:adjudication-reason", "A", "適応外")),
         }],
+        claim_version: 2,
+        claim_event_id: Some("0190a000-0000-7000-8000-000000000002".to_owned()),
+        reduced_by_jpy: 343,
+    }
+}
+
+pub fn claim_evidence(patient: &str) -> ClaimEvidence {
+    let line = |line_no, code, name, quantity, substituted| EvidenceLine {
+        line_no,
+        drug: coded(HOT9, code, name),
+        quantity,
+        unit: "錠".to_owned(),
+        days_supply: Some(7),
+        substituted,
+    };
+    ClaimEvidence {
+        envelope: envelope("pharmacy-aozora", patient, 1_712_000_000_000),
+        prescription_id: format!("rx-{patient}-0001"),
+        insurer_org: "insurer-kenpo".to_owned(),
+        stage: EvidenceStage::Dispensed,
+        issuer: InstitutionRef {
+            org_id: "clinic-sakura".to_owned(),
+            institution_code: Some("1310000001".to_owned()),
+            name: Some("さくら内科クリニック".to_owned()),
+        },
+        issued_on: Date::from_days_since_epoch(19_814),
+        prescribed: vec![line(
+            1,
+            "103831601",
+            "カルボシステイン錠２５０ｍｇ",
+            21.0,
+            false,
+        )],
+        dispensed: vec![line(
+            1,
+            "103831601",
+            "カルボシステイン錠２５０ｍｇ",
+            21.0,
+            false,
+        )],
+        pharmacy: Some(InstitutionRef {
+            org_id: "pharmacy-aozora".to_owned(),
+            institution_code: None,
+            name: Some("あおぞら薬局".to_owned()),
+        }),
     }
 }
 
@@ -434,6 +517,7 @@ pub fn one_of_each(patient: &str) -> Vec<Event> {
         lab_result_reported(patient).into(),
         checkup_completed(patient).into(),
         claim_submitted(patient).into(),
+        claim_evidence(patient).into(),
         claim_adjudicated(patient).into(),
         consent_changed(patient).into(),
         medication_alert(patient).into(),

@@ -20,6 +20,7 @@ fn every_event_type_round_trips() {
             Event::LabResultReported(e) => round_trip(e),
             Event::CheckupCompleted(e) => round_trip(e),
             Event::ClaimSubmitted(e) => round_trip(e),
+            Event::ClaimEvidence(e) => round_trip(e),
             Event::ClaimAdjudicated(e) => round_trip(e),
             Event::ConsentChanged(e) => round_trip(e),
             Event::MedicationAlert(e) => round_trip(e),

@@ -94,7 +94,10 @@ fn topics_and_subjects_follow_the_documented_strategy() {
             .filter(|e| e.topic == entry.topic)
             .count()
             > 1;
-        let expected = if shared_topic {
+        let expected = if entry.is_per_insurer() {
+            // One subject for every insurer's topic (RecordNameStrategy).
+            entry.full_name.clone()
+        } else if shared_topic {
             format!("{}-{}", entry.topic, entry.full_name)
         } else {
             format!("{}-value", entry.topic)

@@ -85,6 +85,8 @@ services! {
     MedicationSafety => hixbus_medication_safety,
     LabGateway => hixbus_lab_gateway,
     InsurerFeed => hixbus_insurer_feed,
+    Claims => hixbus_claims,
+    Insurer => hixbus_insurer,
 }
 
 impl std::fmt::Display for Kind {

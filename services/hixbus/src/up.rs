@@ -69,7 +69,16 @@ fn parse_listen(text: &str) -> Result<(Kind, SocketAddr), String> {
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
-    let specs = topics::specs(topics::EMBEDDED, Catalog::embedded())?;
+    let (directory, keys) = demo_directory()?;
+    let mut specs = topics::specs(topics::EMBEDDED, Catalog::embedded())?;
+    // Each demo insurer's own topic (the mock cluster makes topics only when it starts).
+    specs.extend(topics::insurer_specs(
+        topics::EMBEDDED,
+        directory
+            .organizations()
+            .filter(|o| o.role == hixbus_access::Role::Insurer)
+            .map(|o| o.id.as_str()),
+    )?);
     let stop = CancellationToken::new();
 
     // The broker: a real cluster, or the in-memory one.
@@ -95,7 +104,6 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         }
     };
 
-    let (directory, keys) = demo_directory()?;
     let operator = keys
         .iter()
         .find(|(_, role, _)| *role == "operator")
@@ -193,6 +201,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
 /// The demo organizations; each gets a fresh API key at every start.
 const DEMO_ORGANIZATIONS: &str = include_str!("../../../infra/organizations.demo.toml");
 
+/// The demo insurer's members (one is the e-prescription examples' patient).
+const DEMO_ROSTER: &str = include_str!("../../../infra/insurers/insurer-kenpo.roster.csv");
+
 /// The services `up` runs, their addresses and the demo keys.
 struct Services {
     urls: Vec<(Kind, String)>,
@@ -245,6 +256,9 @@ async fn start_services(
     // Shared by the gateway (which digests the codes it issues) and the pharmacy (which looks
     // presented codes up by digest); new at every start, like everything else here.
     let access_code_key = CodeKeys::generate_text("up");
+    let roster_path = data.path().join("insurer-kenpo.roster.csv");
+    std::fs::write(&roster_path, DEMO_ROSTER)?;
+    let roster = roster_path.display().to_string();
     let mut urls = Vec::new();
     let mut tasks = Vec::new();
     for &kind in Kind::ALL {
@@ -272,6 +286,9 @@ async fn start_services(
         let mllp = args.mllp_listen.to_string();
         let mut settings = vec![
             ("access_code_key", access_code_key.as_str()),
+            // The demo insurer decides with its demo roster.
+            ("insurer", "insurer-kenpo"),
+            ("roster", roster.as_str()),
             ("mllp_listen", mllp.as_str()),
             // The demo lab sends from this machine.
             ("mllp_senders", "lab-kensa=127.0.0.1"),
@@ -308,6 +325,10 @@ async fn demo_clinic(
     for round in 0u64.. {
         let patient = format!("patient:demo-{:04}", round % 20 + 1);
         for mut event in samples::one_of_each(&patient) {
+            // Made by the insurer delivery from the prescriptions, on insurers' own topics.
+            if matches!(event, hixbus_contracts::Event::ClaimEvidence(_)) {
+                continue;
+            }
             tokio::select! {
                 () = stop.cancelled() => return Ok(sent),
                 _ = ticker.tick() => {}
@@ -452,8 +473,16 @@ impl Banner<'_> {
             self.mllp
         );
         println!(
-            " Insurer feed      {:<24} each insurer's members' checkups (GET /insurer/feed, /stream)",
+            " Insurer delivery  {:<24} each insurer's own claims, evidence and checkups (GET /insurer/feed, /stream; topic insurer.<id>.feed)",
             self.services.url(Kind::InsurerFeed)
+        );
+        println!(
+            " Claims            {:<24} dispensings billed for the pharmacy, FHIR Claims in, decisions (GET /claims)",
+            self.services.url(Kind::Claims)
+        );
+        println!(
+            " Insurer (demo)    {:<24} insurer-kenpo decides its members' claims (roster: 3 members)",
+            self.services.url(Kind::Insurer)
         );
         println!();
         println!(
@@ -475,6 +504,14 @@ impl Banner<'_> {
         println!(
             "   curl -N {}/pharmacy/inbox/stream -H \"Authorization: Bearer $AOZORA_KEY\"",
             self.services.url(Kind::Pharmacy)
+        );
+        println!(
+            "   curl -X POST {}/pharmacy/prescriptions/RX_ID/dispense -H \"Authorization: Bearer $AOZORA_KEY\" -H 'Content-Type: application/json' -d '{{\"pharmacist\":{{\"id\":\"ph-1\"}}}}'",
+            self.services.url(Kind::Pharmacy)
+        );
+        println!(
+            "   curl {}/claims -H \"Authorization: Bearer $AOZORA_KEY\"   # the claim, priced, and insurer-kenpo's decision",
+            self.services.url(Kind::Claims)
         );
         println!("   cargo run -p hixbus -- demo hl7-lab > lab.hl7");
         println!(

@@ -21,6 +21,13 @@ pub struct Config {
     pub organizations: Option<PathBuf>,
     #[serde(default)]
     pub bus: BusSettings,
+    /// Seconds a dispensing claim waits for its dispensing to reach the insurer first (1–60).
+    #[serde(default = "default_evidence_wait")]
+    pub evidence_wait_secs: u64,
+}
+
+pub fn default_evidence_wait() -> u64 {
+    10
 }
 
 /// The port after the lab gateway's.
@@ -35,6 +42,7 @@ impl Default for Config {
             database_url: None,
             organizations: None,
             bus: BusSettings::default(),
+            evidence_wait_secs: default_evidence_wait(),
         }
     }
 }

@@ -3,13 +3,6 @@
 //! same number collide on the key, and the later one retries), so a reader paging by "after N"
 //! never skips an entry that commits late: the cursor is exact.
 
-use std::sync::Arc;
-
-use hixbus_access::{Directory, Role};
-use hixbus_bus::consumer::ConsumerError;
-use hixbus_bus::{Consumer, EventContext, HandlerError, KafkaConfig};
-use hixbus_contracts::codec::Codec;
-use hixbus_contracts::{CheckupCompleted, CheckupType};
 use hixbus_service::ReadModelError;
 use hixbus_service::changes::{self, Source};
 use hixbus_storage::Database;
@@ -48,7 +41,7 @@ impl Entry {
         item
     }
 
-    fn key(&self) -> String {
+    pub fn key(&self) -> String {
         format!("{}/{}", self.insurer_org, self.seq)
     }
 }
@@ -167,61 +160,4 @@ impl Source for Feed {
         };
         Ok(self.page(insurer, seq - 1, 1).await?.pop())
     }
-}
-
-/// The consumer's state.
-#[derive(Debug, Clone)]
-pub struct Projector {
-    pub feed: Feed,
-    pub changes: Changes,
-    pub directory: Arc<Directory>,
-}
-
-impl Projector {
-    /// A specific health checkup goes to the insurer its Coverage names, by law, and to no
-    /// other; other checkups (employer, school, 人間ドック) are not the insurer's.
-    pub async fn checkup(self, e: CheckupCompleted, _: EventContext) -> Result<(), HandlerError> {
-        if e.checkup_type != CheckupType::SpecificHealthCheckup {
-            return Ok(());
-        }
-        let Some(insurer) = &e.insurer else {
-            return Ok(());
-        };
-        let is_insurer = self
-            .directory
-            .get(&insurer.org_id)
-            .is_some_and(|o| o.role == Role::Insurer);
-        if !is_insurer {
-            tracing::warn!(insurer = %insurer.org_id, checkup_id = %e.checkup_id, "checkup names no insurer on the exchange; not delivered");
-            return Ok(());
-        }
-        let body = serde_json::to_value(&e).map_err(ReadModelError::from)?;
-        let appended = self
-            .feed
-            .append(
-                &insurer.org_id,
-                "checkup",
-                &e.envelope.event_id,
-                &e.checkup_id,
-                &e.envelope.patient_ref,
-                &body,
-            )
-            .await?;
-        if let Some(entry) = appended {
-            self.changes.announce(&entry.key()).await;
-        }
-        Ok(())
-    }
-}
-
-pub fn consumer(
-    kafka: &KafkaConfig,
-    codec: Arc<Codec>,
-    group: &str,
-    projector: Projector,
-) -> Result<Consumer, ConsumerError> {
-    Consumer::builder(kafka, codec, group)
-        .with_state(projector)
-        .on(Projector::checkup)?
-        .build()
 }

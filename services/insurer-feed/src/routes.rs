@@ -23,6 +23,8 @@ use tokio::sync::broadcast;
 use crate::feed::{Changes, Entry, Feed};
 use hixbus_service::ReadModelError;
 
+/// The API only reads; a request body has no use here.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
 const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 500;
 /// Live streams one insurer may hold open.

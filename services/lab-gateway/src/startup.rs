@@ -1,13 +1,11 @@
 //! Builds the lab gateway from its configuration and what it is given.
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
-use axum::middleware;
 use axum::routing::{post, put};
 use hixbus_bus::{Consumer, HandlerError, Publisher};
 use hixbus_contracts::PatientLinked;
 use hixbus_service::identity::keep_link;
-use hixbus_service::{CancellationToken, DenialAudit, Deps, Service, StartupError, audit_denials};
+use hixbus_service::{CancellationToken, Deps, Service, StartupError};
 use hixbus_storage::AuditLog;
 
 use tokio::net::TcpListener;
@@ -70,23 +68,20 @@ pub async fn build(config: Config, deps: Deps) -> Result<Service, StartupError> 
 }
 
 pub fn app(state: AppState) -> Router {
-    let denials = DenialAudit {
-        directory: state.directory.clone(),
-        audit: state.audit.clone(),
-    };
-    Router::new()
-        .route("/hl7v2", post(routes::post_hl7v2))
-        .route("/fhir/Observation", post(routes::post_observation))
-        .route(
-            "/fhir/DiagnosticReport",
-            post(routes::post_diagnostic_report),
-        )
-        .route("/fhir/Bundle", post(routes::post_bundle))
-        .route("/fhir/Patient/{id}", put(routes::put_patient))
-        .fallback(hixbus_service::no_such_route)
-        .method_not_allowed_fallback(hixbus_service::method_not_allowed)
-        .layer(middleware::from_fn_with_state(denials, audit_denials))
-        .layer(DefaultBodyLimit::max(routes::MAX_FHIR_BYTES))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
-        .with_state(state)
+    let (directory, audit) = (state.directory.clone(), state.audit.clone());
+    hixbus_service::api(
+        Router::new()
+            .route("/hl7v2", post(routes::post_hl7v2))
+            .route("/fhir/Observation", post(routes::post_observation))
+            .route(
+                "/fhir/DiagnosticReport",
+                post(routes::post_diagnostic_report),
+            )
+            .route("/fhir/Bundle", post(routes::post_bundle))
+            .route("/fhir/Patient/{id}", put(routes::put_patient)),
+        directory,
+        audit,
+        routes::MAX_FHIR_BYTES,
+    )
+    .with_state(state)
 }

@@ -127,6 +127,26 @@ where
     }
 }
 
+/// Finishes a service's API the way every service's is: unknown routes and methods answered in
+/// JSON, request bodies bounded to `max_body` bytes, every refusal audited, every request
+/// traced.
+pub fn api<S: Clone + Send + Sync + 'static>(
+    routes: axum::Router<S>,
+    directory: std::sync::Arc<hixbus_access::Directory>,
+    audit: hixbus_storage::AuditLog,
+    max_body: usize,
+) -> axum::Router<S> {
+    routes
+        .fallback(no_such_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            DenialAudit { directory, audit },
+            audit_denials,
+        ))
+        .layer(axum::extract::DefaultBodyLimit::max(max_body))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+}
+
 /// The answer for a path no route has: JSON like every other error.
 pub async fn no_such_route() -> ApiError {
     ApiError::not_found("no such resource")

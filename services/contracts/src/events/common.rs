@@ -3,7 +3,7 @@
 use apache_avro::AvroSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::time::Timestamp;
+use crate::time::{Date, Timestamp};
 
 /// The first field of every event: who, when, about whom.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
@@ -67,6 +67,58 @@ impl Quantity {
             unit_system: None,
             unit_code: None,
         }
+    }
+}
+
+/// The insurance a service is billed to (`schemas/common/Coverage.avsc`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "hixbus.common")]
+pub struct Coverage {
+    pub insurer_number: String,
+    #[serde(default)]
+    pub insurer_org: Option<String>,
+    #[serde(default)]
+    pub symbol: Option<String>,
+    pub number: String,
+    #[serde(default)]
+    pub branch: Option<String>,
+    #[serde(default)]
+    pub copay_percent: Option<i32>,
+    #[serde(default)]
+    pub birth_date: Option<Date>,
+    #[serde(default)]
+    pub public_programs: Vec<PublicExpense>,
+}
+
+impl Coverage {
+    /// The member id a claim carries: 記号・番号・枝番 as `symbol:number:branch`.
+    pub fn member_id(&self) -> String {
+        format!(
+            "{}:{}:{}",
+            self.symbol.as_deref().unwrap_or_default(),
+            self.number,
+            self.branch.as_deref().unwrap_or_default()
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "hixbus.common")]
+pub struct PublicExpense {
+    pub payer_number: String,
+    #[serde(default)]
+    pub recipient_number: Option<String>,
+    pub copay_percent: i32,
+    #[serde(default)]
+    pub valid_from: Option<Date>,
+    #[serde(default)]
+    pub valid_to: Option<Date>,
+}
+
+impl PublicExpense {
+    /// Whether the programme covers a service on `day`.
+    pub fn covers(&self, day: Date) -> bool {
+        self.valid_from.is_none_or(|from| from <= day) && self.valid_to.is_none_or(|to| day <= to)
     }
 }
 

@@ -17,13 +17,16 @@ use apache_avro::{AvroSchema, Schema};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-pub use claims::{ClaimAdjudicated, ClaimLine, ClaimOutcome, ClaimSubmitted, LineAdjustment};
+pub use claims::{
+    ClaimAdjudicated, ClaimEvidence, ClaimLine, ClaimLineType, ClaimOutcome, ClaimSubmitted,
+    ClaimType, EvidenceLine, EvidenceStage, LineAdjustment,
+};
 pub use clinical::{
     CheckupCompleted, CheckupType, LabResultReported, QuestionnaireAnswer, ReportStatus, Specimen,
 };
 pub use common::{
-    CodedConcept, Envelope, InstitutionRef, Interpretation, Observation, PractitionerRef, Quantity,
-    ReferenceRange,
+    CodedConcept, Coverage, Envelope, InstitutionRef, Interpretation, Observation, PractitionerRef,
+    PublicExpense, Quantity, ReferenceRange,
 };
 pub use identity::{LinkSource, PatientLinked};
 pub use prescription::{
@@ -163,6 +166,7 @@ event_set!(
     LabResultReported,
     CheckupCompleted,
     ClaimSubmitted,
+    ClaimEvidence,
     ClaimAdjudicated,
     ConsentChanged,
     MedicationAlert,

@@ -3,7 +3,7 @@
 use apache_avro::AvroSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{CodedConcept, Envelope, InstitutionRef, PractitionerRef, Quantity};
+use super::common::{CodedConcept, Coverage, Envelope, InstitutionRef, PractitionerRef, Quantity};
 use crate::time::Date;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
@@ -24,6 +24,9 @@ pub struct PrescriptionIssued {
     pub notes: Option<String>,
     /// `<key id>:<hex HMAC-SHA256>` of the access code (see `hixbus_access::codes`).
     pub access_code_digest: Option<String>,
+    /// What the dispensing pharmacy bills; `None` when the prescription named no insurance.
+    #[serde(default)]
+    pub coverage: Option<Coverage>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
