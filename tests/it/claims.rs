@@ -540,11 +540,18 @@ async fn dispensings_become_priced_claims_the_named_insurer_decides_and_the_phar
     flow.topic_when("insurer-kenpo", |events| claim_count(events) >= 3)
         .await;
     let decisions = flow.decisions().await;
-    let on_first: Vec<_> = decisions
+    // The same decision may be sent again (same event id: consumers take it once); never a
+    // different one.
+    let on_first: BTreeSet<(&str, String)> = decisions
         .iter()
         .filter(|d| d.claim_event_id.as_deref() == Some(first.envelope.event_id.as_str()))
+        .map(|d| (d.envelope.event_id.as_str(), format!("{:?}", d.outcome)))
         .collect();
     assert_eq!(on_first.len(), 1, "{on_first:?}");
+    let v = flow
+        .decided("pharmacy-aozora", &format!("dispensing:{substituted}"), 1)
+        .await;
+    assert_eq!(v["status"], "accepted");
 
     // A provider sees only its own claims.
     let (status, other) = flow

@@ -33,16 +33,20 @@ const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6869_7862_7573_2d69_6e73_7
 /// The consumer's state.
 #[derive(Debug, Clone)]
 pub struct Delivery {
-    pub feed: Feed,
     pub changes: Changes,
     pub directory: Arc<Directory>,
     pub publisher: Publisher,
     pub db: Database,
-    /// Every delivery of patient data to an insurer's topic is audited, as a read is.
-    pub audit: AuditLog,
     /// How long a dispensing claim waits for its dispensing to be delivered first.
     pub evidence_wait: Duration,
+    /// Woken whenever this replica delivers a dispensing or a cancellation, so a claim held for
+    /// one goes on at once rather than at its next retry.
+    pub advanced: Arc<tokio::sync::Notify>,
 }
+
+/// How long a claim held for its dispensing waits in its handler, woken by this replica's
+/// deliveries, before it is retried later (the dispensing may be another replica's).
+const HOLD_IN_HANDLER: Duration = Duration::from_secs(1);
 
 fn failed(e: impl Into<ReadModelError>) -> HandlerError {
     HandlerError::from(e.into())
@@ -56,37 +60,61 @@ impl Delivery {
             .is_some_and(|o| o.role == Role::Insurer)
     }
 
-    /// Audits the delivery, puts `event` on `insurer`'s topic, then in its feed (a retry after a
-    /// failure in between puts it on the topic twice with the same event id; consumers
-    /// deduplicate on it, and the feed holds it once).
+    /// Puts `event` on `insurer`'s topic, then, in one transaction, audits the delivery, adds
+    /// it to the insurer's feed and records how far its prescription got (`stage`). A retry
+    /// after a failure in between puts it on the topic again with the same event id (consumers
+    /// deduplicate on it); the feed holds it once.
     async fn deliver<E: EventRecord + Serialize>(
         &self,
         insurer: &str,
         kind: &str,
         subject_id: &str,
         event: &E,
+        stage: Option<(&str, &ClaimEvidence)>,
     ) -> Result<(), HandlerError> {
-        let envelope = event.envelope();
-        self.audit
-            .record(insurer, "insurer.topic", subject_id, &envelope.patient_ref)
-            .await
-            .map_err(failed)?;
         self.publisher
             .publish_to(&insurer_topic(insurer), event)
             .await
             .map_err(HandlerError::transient)?;
+        let envelope = event.envelope();
         let body = serde_json::to_value(event).map_err(failed)?;
-        let appended = self
-            .feed
-            .append(
-                insurer,
-                kind,
-                &envelope.event_id,
-                subject_id,
-                &envelope.patient_ref,
-                &body,
+        let mut tx = self.db.pool.begin().await.map_err(failed)?;
+        AuditLog::record_in(
+            &mut tx,
+            insurer,
+            "insurer.topic",
+            subject_id,
+            &envelope.patient_ref,
+        )
+        .await
+        .map_err(failed)?;
+        if let Some((stage, evidence)) = stage {
+            sqlx::query(
+                "UPDATE insurer_prescriptions SET stage = $1, evidence = $2
+                 WHERE prescription_id = $3",
             )
-            .await?;
+            .bind(stage)
+            .bind(serde_json::to_string(evidence).map_err(failed)?)
+            .bind(&evidence.prescription_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(failed)?;
+        }
+        // Last, so the insurer's counter is held only for the entry and the commit.
+        let appended = Feed::append_in(
+            &mut tx,
+            insurer,
+            kind,
+            &envelope.event_id,
+            subject_id,
+            &envelope.patient_ref,
+            &body,
+        )
+        .await?;
+        tx.commit().await.map_err(failed)?;
+        if stage.is_some() {
+            self.advanced.notify_waiters();
+        }
         if let Some(entry) = appended {
             self.changes.announce(&entry.key()).await;
         }
@@ -107,7 +135,7 @@ impl Delivery {
             return Ok(());
         }
         let subject = e.checkup_id.clone();
-        self.deliver(&insurer, "checkup", &subject, &e).await
+        self.deliver(&insurer, "checkup", &subject, &e, None).await
     }
 
     /// The insurer of a prescription: the one its Coverage names, if it is on the exchange.
@@ -169,7 +197,7 @@ impl Delivery {
         .map_err(failed)?;
         match (insurer, evidence) {
             (Some(insurer), Some(evidence)) => {
-                self.deliver(&insurer, "evidence", &e.prescription_id, &evidence)
+                self.deliver(&insurer, "evidence", &e.prescription_id, &evidence, None)
                     .await
             }
             _ => Ok(()),
@@ -202,24 +230,6 @@ impl Delivery {
         Ok((insurer, stage, evidence))
     }
 
-    async fn advance(
-        &self,
-        prescription_id: &str,
-        stage: &str,
-        evidence: &ClaimEvidence,
-    ) -> Result<(), HandlerError> {
-        sqlx::query(
-            "UPDATE insurer_prescriptions SET stage = $1, evidence = $2 WHERE prescription_id = $3",
-        )
-        .bind(stage)
-        .bind(serde_json::to_string(evidence).map_err(failed)?)
-        .bind(prescription_id)
-        .execute(&self.db.pool)
-        .await
-        .map_err(failed)?;
-        Ok(())
-    }
-
     pub async fn dispensed(
         self,
         e: PrescriptionDispensed,
@@ -247,10 +257,14 @@ impl Delivery {
             pharmacy: Some(e.pharmacy.clone()),
             ..issued
         };
-        self.deliver(&insurer, "evidence", &e.prescription_id, &evidence)
-            .await?;
-        self.advance(&e.prescription_id, "dispensed", &evidence)
-            .await
+        self.deliver(
+            &insurer,
+            "evidence",
+            &e.prescription_id,
+            &evidence,
+            Some(("dispensed", &evidence)),
+        )
+        .await
     }
 
     pub async fn cancelled(
@@ -267,10 +281,14 @@ impl Delivery {
             stage: EvidenceStage::Cancelled,
             ..issued
         };
-        self.deliver(&insurer, "evidence", &e.prescription_id, &evidence)
-            .await?;
-        self.advance(&e.prescription_id, "cancelled", &evidence)
-            .await
+        self.deliver(
+            &insurer,
+            "evidence",
+            &e.prescription_id,
+            &evidence,
+            Some(("cancelled", &evidence)),
+        )
+        .await
     }
 
     /// A claim goes to the insurer it names, cut to the allow-list ([`for_insurer`]).
@@ -285,7 +303,7 @@ impl Delivery {
             self.hold_for_dispensing(&e, prescription).await?;
         }
         let claim = for_insurer(&e);
-        self.deliver(&e.insurer_org, "claim", &e.claim_id, &claim)
+        self.deliver(&e.insurer_org, "claim", &e.claim_id, &claim, None)
             .await
     }
 
@@ -296,15 +314,18 @@ impl Delivery {
         e: &ClaimSubmitted,
         prescription: &str,
     ) -> Result<(), HandlerError> {
-        let stage: Option<String> = sqlx::query_scalar(
-            "SELECT stage FROM insurer_prescriptions WHERE prescription_id = $1",
-        )
-        .bind(prescription)
-        .fetch_optional(&self.db.pool)
-        .await
-        .map_err(failed)?;
-        if matches!(stage.as_deref(), Some("dispensed" | "cancelled")) {
-            return Ok(());
+        let until = tokio::time::Instant::now() + HOLD_IN_HANDLER;
+        loop {
+            // Registered before the check, so a delivery in between is not missed.
+            let advanced = self.advanced.notified();
+            tokio::pin!(advanced);
+            advanced.as_mut().enable();
+            if self.delivered(prescription).await? {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(until, advanced).await.is_err() {
+                break;
+            }
         }
         let now = chrono::Utc::now().timestamp_millis();
         sqlx::query(
@@ -329,6 +350,20 @@ impl Delivery {
             )));
         }
         Ok(())
+    }
+}
+
+impl Delivery {
+    /// Whether the prescription's dispensing or cancellation has been delivered.
+    async fn delivered(&self, prescription: &str) -> Result<bool, HandlerError> {
+        let stage: Option<String> = sqlx::query_scalar(
+            "SELECT stage FROM insurer_prescriptions WHERE prescription_id = $1",
+        )
+        .bind(prescription)
+        .fetch_optional(&self.db.pool)
+        .await
+        .map_err(failed)?;
+        Ok(matches!(stage.as_deref(), Some("dispensed" | "cancelled")))
     }
 }
 

@@ -1,7 +1,7 @@
 //! Each insurer's feed: entries numbered 1, 2, 3… per insurer in the order they were recorded.
-//! A number is handed out only after every smaller one is committed (two replicas computing the
-//! same number collide on the key, and the later one retries), so a reader paging by "after N"
-//! never skips an entry that commits late: the cursor is exact.
+//! A number is handed out only after every smaller one is committed (appends take the insurer's
+//! counter row in turn and hold it to commit), so a reader paging by "after N" never skips an
+//! entry that commits late: the cursor is exact.
 
 use hixbus_service::ReadModelError;
 use hixbus_service::changes::{self, Source};
@@ -73,9 +73,11 @@ impl Feed {
         Ok(Self { db })
     }
 
-    /// Appends an event to `insurer`'s feed; the entry, or `None` if it is there already.
-    pub async fn append(
-        &self,
+    /// Appends an event to `insurer`'s feed inside the caller's transaction (what else it
+    /// records commits with the entry); the entry, or `None` if it is there already. The
+    /// insurer's counter stays taken until that transaction ends.
+    pub async fn append_in(
+        tx: &mut sqlx::AnyConnection,
         insurer: &str,
         kind: &str,
         event_id: &str,
@@ -83,7 +85,17 @@ impl Feed {
         patient_ref: &str,
         body: &Value,
     ) -> Result<Option<Entry>, ReadModelError> {
-        let mut tx = self.db.pool.begin().await?;
+        // Taking the insurer's counter first makes concurrent appends wait their turn; the
+        // check for the event after it sees what the one before committed.
+        let seq: i64 = sqlx::query_scalar(
+            "INSERT INTO insurer_feed_counters (insurer_org, last_seq) VALUES ($1, 1)
+             ON CONFLICT (insurer_org) DO UPDATE
+             SET last_seq = insurer_feed_counters.last_seq + 1
+             RETURNING last_seq",
+        )
+        .bind(insurer)
+        .fetch_one(&mut *tx)
+        .await?;
         let there =
             sqlx::query("SELECT 1 FROM insurer_feed WHERE insurer_org = $1 AND event_id = $2")
                 .bind(insurer)
@@ -91,14 +103,15 @@ impl Feed {
                 .fetch_optional(&mut *tx)
                 .await?;
         if there.is_some() {
+            // Handing the number back: the counter is decremented, not left with a gap.
+            sqlx::query(
+                "UPDATE insurer_feed_counters SET last_seq = last_seq - 1 WHERE insurer_org = $1",
+            )
+            .bind(insurer)
+            .execute(&mut *tx)
+            .await?;
             return Ok(None);
         }
-        let seq: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(MAX(seq), 0) + 1 FROM insurer_feed WHERE insurer_org = $1",
-        )
-        .bind(insurer)
-        .fetch_one(&mut *tx)
-        .await?;
         let entry = Entry {
             insurer_org: insurer.to_owned(),
             seq,
@@ -124,7 +137,6 @@ impl Feed {
         .bind(body.to_string())
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
         Ok(Some(entry))
     }
 

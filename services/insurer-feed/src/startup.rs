@@ -6,6 +6,7 @@ use hixbus_service::{CancellationToken, Deps, PerKeyLimit, Service, StartupError
 use hixbus_storage::AuditLog;
 
 use crate::config::Config;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hixbus_access::Role;
@@ -40,13 +41,12 @@ pub async fn build(config: Config, deps: Deps) -> Result<Service, StartupError> 
         deps.codec.clone(),
         GROUP,
         Delivery {
-            feed: feed.clone(),
             changes: changes.clone(),
             directory: deps.directory.clone(),
             publisher: Publisher::new(&deps.kafka, deps.codec.clone())?,
             db: db.clone(),
-            audit: audit.clone(),
             evidence_wait: Duration::from_secs(config.evidence_wait_secs),
+            advanced: Arc::default(),
         },
     )?;
     let state = AppState {

@@ -8,8 +8,10 @@ CREATE TABLE adjudication_evidence (
     evidence TEXT NOT NULL
 );
 
--- One decision per claim version (the claim's event id), recorded before it is sent: a
--- redelivered or replayed claim finds it and never yields a second one.
+-- One decision per claim version (the claim's event id), filed before it is sent: a redelivered
+-- or replayed claim finds it and sends that decision again (same event id), never a second one.
+-- A decision filed and not sent is sent when the claim comes again, as it must: its offset was
+-- not committed.
 CREATE TABLE adjudications (
     claim_event_id TEXT PRIMARY KEY,
     provider_org TEXT NOT NULL,
@@ -20,7 +22,6 @@ CREATE TABLE adjudications (
     outcome TEXT NOT NULL,
     patient_ref TEXT NOT NULL,
     decided_at TEXT NOT NULL,
-    published INTEGER NOT NULL,
     decision TEXT NOT NULL
 );
 CREATE INDEX adjudications_claim ON adjudications (provider_org, claim_id, version);

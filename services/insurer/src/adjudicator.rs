@@ -1,7 +1,7 @@
 //! The insurer's consumer: reads only its own topic, keeps the evidence, and decides each claim
 //! version once. The decision is filed before it is sent, under the claim's event id, so a
-//! claim delivered again (a rebalance, a replay, a duplicate on the topic) finds it and at most
-//! sends the same decision again — same event id, one decision downstream.
+//! claim delivered again (a rebalance, a replay, a duplicate on the topic) finds it and sends
+//! that same decision again — same event id, one decision downstream.
 
 use std::sync::Arc;
 
@@ -81,11 +81,9 @@ impl Adjudicator {
             tracing::warn!(claim_id = %c.claim_id, insurer = %c.insurer_org, "a claim for another insurer on this insurer's topic; ignored");
             return Ok(());
         }
-        if let Some(recorded) = self.store.decision(&c.envelope.event_id).await? {
-            if !recorded.published {
-                self.send(&recorded.decision).await?;
-            }
-            return Ok(());
+        if let Some(decided) = self.store.decision(&c.envelope.event_id).await? {
+            // Sent before, or filed and cut short: the same decision, same event id.
+            return self.send(&decided).await;
         }
         let evidence = match &c.prescription_id {
             Some(id) => self.store.evidence(id).await?,
@@ -176,10 +174,8 @@ impl Adjudicator {
         self.publisher
             .publish(decision)
             .await
-            .map_err(HandlerError::transient)?;
-        let claim_event = decision.claim_event_id.clone().unwrap_or_default();
-        self.store.mark_published(&claim_event).await?;
-        Ok(())
+            .map(drop)
+            .map_err(HandlerError::transient)
     }
 }
 

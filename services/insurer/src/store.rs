@@ -26,13 +26,6 @@ pub enum Same<'a> {
     Content(&'a str),
 }
 
-/// A decision as recorded.
-#[derive(Debug, Clone)]
-pub struct Recorded {
-    pub published: bool,
-    pub decision: ClaimAdjudicated,
-}
-
 /// The facts of a claim version a decision is filed under (for the duplicate checks).
 #[derive(Debug, Clone)]
 pub struct Filing<'a> {
@@ -106,20 +99,16 @@ impl Store {
     }
 
     /// The decision on the claim event `claim_event_id`, if there is one.
-    pub async fn decision(&self, claim_event_id: &str) -> Result<Option<Recorded>, ReadModelError> {
-        let row: Option<(i64, String)> = sqlx::query_as(
-            "SELECT published, decision FROM adjudications WHERE claim_event_id = $1",
-        )
-        .bind(claim_event_id)
-        .fetch_optional(&self.db.pool)
-        .await?;
-        row.map(|(published, json)| {
-            Ok(Recorded {
-                published: published != 0,
-                decision: serde_json::from_str(&json)?,
-            })
-        })
-        .transpose()
+    pub async fn decision(
+        &self,
+        claim_event_id: &str,
+    ) -> Result<Option<ClaimAdjudicated>, ReadModelError> {
+        let json: Option<String> =
+            sqlx::query_scalar("SELECT decision FROM adjudications WHERE claim_event_id = $1")
+                .bind(claim_event_id)
+                .fetch_optional(&self.db.pool)
+                .await?;
+        Ok(json.map(|j| serde_json::from_str(&j)).transpose()?)
     }
 
     /// Another claim (not `claim_id` of `provider`), not returned, that bills the same thing.
@@ -177,8 +166,8 @@ impl Store {
     ) -> Result<bool, ReadModelError> {
         let done = sqlx::query(
             "INSERT INTO adjudications (claim_event_id, provider_org, claim_id, version,
-                 prescription_id, fingerprint, outcome, patient_ref, decided_at, published, decision)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10)
+                 prescription_id, fingerprint, outcome, patient_ref, decided_at, decision)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
              ON CONFLICT (claim_event_id) DO NOTHING",
         )
         .bind(filing.claim_event_id)
@@ -194,14 +183,6 @@ impl Store {
         .execute(&self.db.pool)
         .await?;
         Ok(done.rows_affected() == 1)
-    }
-
-    pub async fn mark_published(&self, claim_event_id: &str) -> Result<(), ReadModelError> {
-        sqlx::query("UPDATE adjudications SET published = 1 WHERE claim_event_id = $1")
-            .bind(claim_event_id)
-            .execute(&self.db.pool)
-            .await?;
-        Ok(())
     }
 
     /// The latest decisions, newest first.
