@@ -510,7 +510,7 @@ impl Banner<'_> {
             self.services.url(Kind::Pharmacy)
         );
         println!(
-            "   curl {}/claims -H \"Authorization: Bearer $AOZORA_KEY\"   # the claim, priced, and insurer-kenpo's decision",
+            "   curl {}/claims/dispensing:RX_ID -H \"Authorization: Bearer $AOZORA_KEY\"   # its claim, priced, and insurer-kenpo's decision",
             self.services.url(Kind::Claims)
         );
         println!("   cargo run -p hixbus -- demo hl7-lab > lab.hl7");
