@@ -81,6 +81,24 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// `text` without its terminal colour codes (`ESC [ … m`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// One `hixbus serve …` process, restartable on the same port and database.
 struct Process {
     name: &'static str,
@@ -328,10 +346,54 @@ impl Stack {
     /// no partitions, and never rebalances afterwards (Apache Kafka rebalances at once). The
     /// wait is the broker's, not hixbus's; records the dead process had fetched but not
     /// finished are processed by the new one either way.
+    ///
+    /// Even so, on a loaded machine the new member sometimes still lands in the old generation
+    /// and is left without partitions (a CI run saw the restarted safety check raise nothing
+    /// more). A start whose consumer groups have not all been given partitions within 30 s is
+    /// therefore killed and started again, as an operator would, at most three times.
     async fn kill_and_restart(&mut self, which: &str) {
-        self.process(which).kill();
-        tokio::time::sleep(Duration::from_millis(11_500)).await;
-        self.launch(which).await;
+        for attempt in 1..=3 {
+            self.process(which).kill();
+            tokio::time::sleep(Duration::from_millis(11_500)).await;
+            self.launch(which).await;
+            if self.assigned(which, Duration::from_secs(30)).await {
+                return;
+            }
+            eprintln!("{which} was given no partitions (start {attempt}); starting it again");
+        }
+        panic!(
+            "{which} was never given partitions:\n{}",
+            self.process(which).log_tail()
+        );
+    }
+
+    /// Whether every consumer group of `which` has been given partitions within `limit`.
+    async fn assigned(&mut self, which: &str, limit: Duration) -> bool {
+        let groups: &[&str] = match which {
+            "gateway" => &["hixbus-clinic-gateway", "hixbus-clinic-gateway-results"],
+            "pharmacy" => &["hixbus-pharmacy"],
+            _ => &["hixbus-medication-safety"],
+        };
+        let deadline = Instant::now() + limit;
+        loop {
+            let log = strip_ansi(&self.process(which).log_text());
+            let given = |group: &str| {
+                log.lines().any(|line| {
+                    line.contains("partitions assigned")
+                        && line.contains(&format!("-{group} "))
+                        && line
+                            .rsplit_once("partitions=")
+                            .is_some_and(|(_, p)| !p.trim().is_empty())
+                })
+            };
+            if groups.iter().all(|g| given(g)) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 }
 
@@ -574,7 +636,7 @@ async fn the_flow_loses_and_doubles_nothing_through_broker_kills_a_database_cras
     );
     if fault_on("services") {
         assert!(
-            stack.gateway.starts == 2 && stack.pharmacy.starts == 2 && stack.safety.starts == 2,
+            stack.gateway.starts >= 2 && stack.pharmacy.starts >= 2 && stack.safety.starts >= 2,
             "each service was killed and started again"
         );
     }
