@@ -347,10 +347,10 @@ impl Stack {
     /// wait is the broker's, not hixbus's; records the dead process had fetched but not
     /// finished are processed by the new one either way.
     ///
-    /// Even so, on a loaded machine the new member sometimes still lands in the old generation
-    /// and is left without partitions (a CI run saw the restarted safety check raise nothing
-    /// more). A start whose consumer groups have not all been given partitions within 30 s is
-    /// therefore killed and started again, as an operator would, at most three times.
+    /// Even so, a CI run on a loaded machine saw the restarted safety check raise nothing more
+    /// (its logs were gone; a member left without partitions is the suspected cause). A start
+    /// whose consumer groups have not all been given partitions within 30 s is therefore killed
+    /// and started again, as an operator would, at most three times.
     async fn kill_and_restart(&mut self, which: &str) {
         for attempt in 1..=3 {
             self.process(which).kill();
