@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hixbus::stack::Kind;
-use hixbus_bus::{Consumer, HandlerError, Publisher};
+use hixbus_bus::Publisher;
 use hixbus_contracts::lifecycle;
 use hixbus_contracts::{CodedConcept, Coverage, PrescriptionDispensed, Quantity, samples};
 use hixbus_tests::{
@@ -129,22 +129,9 @@ async fn main() {
     }
 
     // The baseline: a bare consumer of the dispensings, in its own group.
-    let consumed: Times = Arc::default();
     let stop = hixbus_service::CancellationToken::new();
-    let baseline = Consumer::builder(&stack.kafka, stack.codec(), "bench-baseline")
-        .with_state(consumed.clone())
-        .on(|times: Times, e: PrescriptionDispensed, _| async move {
-            times
-                .lock()
-                .unwrap()
-                .entry(e.prescription_id)
-                .or_insert_with(Instant::now);
-            Ok::<(), HandlerError>(())
-        })
-        .unwrap()
-        .build()
-        .unwrap();
-    let baseline = tokio::spawn(baseline.run(stop.clone().cancelled_owned()));
+    let (consumed, baseline) =
+        bench::first_seen(&stack, |e: PrescriptionDispensed| e.prescription_id, &stop);
 
     // The pharmacy's screen: the first decided `claim` event of each dispensing.
     let on_screen: Times = Arc::default();

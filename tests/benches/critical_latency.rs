@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 
 use hixbus::stack::Kind;
 
-use hixbus_bus::{Consumer, HandlerError};
 use hixbus_contracts::LabResultReported;
 use hixbus_tests::{
     Backend, bench, directory_with_keys, drop_database, fresh_database, start_service,
@@ -66,22 +65,8 @@ async fn main() {
     let http = reqwest::Client::new();
 
     // The baseline: a bare consumer of the topic, in its own group.
-    let consumed: Times = Arc::default();
     let stop = hixbus_service::CancellationToken::new();
-    let baseline = Consumer::builder(&stack.kafka, stack.codec(), "bench-baseline")
-        .with_state(consumed.clone())
-        .on(|times: Times, e: LabResultReported, _| async move {
-            times
-                .lock()
-                .unwrap()
-                .entry(e.report_id)
-                .or_insert_with(Instant::now);
-            Ok::<(), HandlerError>(())
-        })
-        .unwrap()
-        .build()
-        .unwrap();
-    let baseline = tokio::spawn(baseline.run(stop.clone().cancelled_owned()));
+    let (consumed, baseline) = bench::first_seen(&stack, |e: LabResultReported| e.report_id, &stop);
 
     // The hospital's screen: the first `critical` event of each report.
     let on_screen: Times = Arc::default();

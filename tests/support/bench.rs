@@ -139,3 +139,30 @@ pub fn table(first_column: &str, rows: &[(&str, [f64; 4])]) {
         );
     }
 }
+
+/// The benches' baseline: a bare hixbus consumer of `E`'s topic in a group of its own (decode,
+/// nothing else), noting when each event, by `key`, first arrives. It runs until `stop`.
+pub fn first_seen<E: hixbus_contracts::EventRecord>(
+    stack: &BusStack,
+    key: fn(E) -> String,
+    stop: &hixbus_service::CancellationToken,
+) -> (Times, tokio::task::JoinHandle<()>) {
+    let seen: Times = Times::default();
+    let consumer = hixbus_bus::Consumer::builder(&stack.kafka, stack.codec(), "bench-baseline")
+        .with_state(seen.clone())
+        .on(move |seen: Times, e: E, _| async move {
+            seen.lock()
+                .unwrap()
+                .entry(key(e))
+                .or_insert_with(std::time::Instant::now);
+            Ok::<(), hixbus_bus::HandlerError>(())
+        })
+        .expect("the event is in the catalog")
+        .build()
+        .expect("the baseline consumer");
+    let stop = stop.clone();
+    let task = tokio::spawn(async move {
+        let _ = consumer.run(stop.cancelled_owned()).await;
+    });
+    (seen, task)
+}

@@ -51,6 +51,15 @@ impl PublishError {
     }
 }
 
+/// The one topic `event` travels on (not a per-insurer one: those are named by the caller).
+fn catalog_topic(event: &str) -> Result<String, PublishError> {
+    Catalog::embedded()
+        .entry(event)
+        .filter(|entry| !entry.is_per_insurer())
+        .map(|entry| entry.topic.clone())
+        .ok_or_else(|| PublishError::NotInCatalog(event.to_owned()))
+}
+
 /// A cheap-to-clone handle on one idempotent producer.
 #[derive(Clone)]
 pub struct Publisher {
@@ -84,15 +93,7 @@ impl Publisher {
 
     /// Publishes `event` to its topic and waits for the broker's acknowledgement.
     pub async fn publish<E: EventRecord>(&self, event: &E) -> Result<Delivery, PublishError> {
-        let encoded = self
-            .codec
-            .encode(event)
-            .await
-            .map_err(|source| PublishError::Encode {
-                event: E::NAME,
-                source,
-            });
-        self.send_encoded(E::NAME, event.envelope(), encoded).await
+        self.publish_to(&catalog_topic(E::NAME)?, event).await
     }
 
     /// Publishes `event` to `topic` instead of its catalog topic: a per-insurer topic
@@ -136,12 +137,8 @@ impl Publisher {
         envelope: &hixbus_contracts::Envelope,
         encoded: Result<Encoded, PublishError>,
     ) -> Result<Delivery, PublishError> {
-        let topic = Catalog::embedded()
-            .entry(name)
-            .filter(|entry| !entry.is_per_insurer())
-            .map(|entry| entry.topic.clone())
-            .ok_or_else(|| PublishError::NotInCatalog(name.to_owned()))?;
-        self.send_to(topic, name, envelope, encoded).await
+        self.send_to(catalog_topic(name)?, name, envelope, encoded)
+            .await
     }
 
     async fn send_to(

@@ -164,39 +164,10 @@ pub enum Created {
     AlreadyExisted,
 }
 
-/// Creates those of `specs` the cluster does not have. A cluster that has them all is asked
-/// nothing more (librdkafka's mock cluster, for one, cannot create topics through the admin
-/// API: `hixbus up` makes them when it starts it).
-pub async fn create_missing(
-    config: &KafkaConfig,
-    specs: &[TopicSpec],
-) -> Result<Vec<(String, Created)>, TopicsError> {
-    let admin: AdminClient<BusContext> = config
-        .to_rdkafka(Role::Admin)
-        .create_with_context(BusContext::new(format!("{}-admin", config.client_id)))?;
-    let existing: std::collections::BTreeSet<String> = tokio::task::spawn_blocking(move || {
-        admin
-            .inner()
-            .fetch_metadata(None, Duration::from_secs(10))
-            .map(|m| m.topics().iter().map(|t| t.name().to_owned()).collect())
-    })
-    .await
-    .map_err(|e| TopicsError::Metadata(e.to_string()))??;
-    let missing: Vec<TopicSpec> = specs
-        .iter()
-        .filter(|s| !existing.contains(&s.name))
-        .cloned()
-        .collect();
-    if missing.is_empty() {
-        return Ok(specs
-            .iter()
-            .map(|s| (s.name.clone(), Created::AlreadyExisted))
-            .collect());
-    }
-    create(config, &missing).await
-}
-
-/// Creates the topics that do not exist yet; existing ones are left untouched.
+/// Creates the topics that do not exist yet; existing ones are left untouched. The cluster is
+/// asked which it has first, so one that has them all is asked nothing more (librdkafka's mock
+/// cluster, for one, cannot create topics through the admin API: `hixbus up` makes them when
+/// it starts it).
 pub async fn create(
     config: &KafkaConfig,
     specs: &[TopicSpec],
@@ -204,6 +175,32 @@ pub async fn create(
     let admin: AdminClient<BusContext> = config
         .to_rdkafka(Role::Admin)
         .create_with_context(BusContext::new(format!("{}-admin", config.client_id)))?;
+    let (admin, existing) = tokio::task::spawn_blocking(move || {
+        let names = admin
+            .inner()
+            .fetch_metadata(None, Duration::from_secs(10))
+            .map(|m| {
+                m.topics()
+                    .iter()
+                    .map(|t| t.name().to_owned())
+                    .collect::<std::collections::BTreeSet<String>>()
+            });
+        (admin, names)
+    })
+    .await
+    .map_err(|e| TopicsError::Metadata(e.to_string()))?;
+    let existing = existing?;
+    let all = specs;
+    let order = |name: &str| all.iter().position(|s| s.name == name);
+    let mut outcome: Vec<(String, Created)> = all
+        .iter()
+        .filter(|s| existing.contains(&s.name))
+        .map(|s| (s.name.clone(), Created::AlreadyExisted))
+        .collect();
+    let specs: Vec<&TopicSpec> = all.iter().filter(|s| !existing.contains(&s.name)).collect();
+    if specs.is_empty() {
+        return Ok(outcome);
+    }
     let configs: Vec<Vec<(&str, &str)>> = specs
         .iter()
         .map(|s| {
@@ -229,7 +226,6 @@ pub async fn create(
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results = admin.create_topics(&new_topics, &options).await?;
-    let mut outcome = Vec::new();
     for result in results {
         match result {
             Ok(topic) => outcome.push((topic, Created::New)),
@@ -239,6 +235,8 @@ pub async fn create(
             Err((topic, code)) => return Err(TopicsError::Create { topic, code }),
         }
     }
+    // In the order asked for, whichever way each was found.
+    outcome.sort_by_key(|(name, _)| order(name));
     Ok(outcome)
 }
 

@@ -209,16 +209,15 @@ impl Delivery {
     async fn known(
         &self,
         prescription_id: &str,
-    ) -> Result<(Option<String>, String, Option<ClaimEvidence>), HandlerError> {
-        let row: Option<(Option<String>, String, Option<String>)> = sqlx::query_as(
-            "SELECT insurer_org, stage, evidence FROM insurer_prescriptions
-             WHERE prescription_id = $1",
+    ) -> Result<(Option<String>, Option<ClaimEvidence>), HandlerError> {
+        let row: Option<(Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT insurer_org, evidence FROM insurer_prescriptions WHERE prescription_id = $1",
         )
         .bind(prescription_id)
         .fetch_optional(&self.db.pool)
         .await
         .map_err(failed)?;
-        let Some((insurer, stage, evidence)) = row else {
+        let Some((insurer, evidence)) = row else {
             return Err(HandlerError::not_yet(format!(
                 "prescription {prescription_id}"
             )));
@@ -227,7 +226,7 @@ impl Delivery {
             .map(|j| serde_json::from_str(&j))
             .transpose()
             .map_err(failed)?;
-        Ok((insurer, stage, evidence))
+        Ok((insurer, evidence))
     }
 
     pub async fn dispensed(
@@ -235,34 +234,27 @@ impl Delivery {
         e: PrescriptionDispensed,
         _: EventContext,
     ) -> Result<(), HandlerError> {
-        let (insurer, _, issued) = self.known(&e.prescription_id).await?;
-        let (Some(insurer), Some(issued)) = (insurer, issued) else {
-            return Ok(());
-        };
-        let evidence = ClaimEvidence {
-            envelope: evidence_envelope(&e.envelope, &insurer),
-            stage: EvidenceStage::Dispensed,
-            dispensed: e
-                .lines
-                .iter()
-                .map(|l| EvidenceLine {
-                    line_no: l.prescription_line_no,
-                    drug: l.drug.clone(),
-                    quantity: l.quantity.value,
-                    unit: l.quantity.unit.clone(),
-                    days_supply: l.days_supply,
-                    substituted: l.substituted,
-                })
-                .collect(),
-            pharmacy: Some(e.pharmacy.clone()),
-            ..issued
-        };
-        self.deliver(
-            &insurer,
-            "evidence",
+        let dispensed = e
+            .lines
+            .iter()
+            .map(|l| EvidenceLine {
+                line_no: l.prescription_line_no,
+                drug: l.drug.clone(),
+                quantity: l.quantity.value,
+                unit: l.quantity.unit.clone(),
+                days_supply: l.days_supply,
+                substituted: l.substituted,
+            })
+            .collect();
+        self.advance(
+            &e.envelope,
             &e.prescription_id,
-            &evidence,
-            Some(("dispensed", &evidence)),
+            EvidenceStage::Dispensed,
+            |issued| ClaimEvidence {
+                dispensed,
+                pharmacy: Some(e.pharmacy.clone()),
+                ..issued
+            },
         )
         .await
     }
@@ -272,21 +264,44 @@ impl Delivery {
         e: PrescriptionCancelled,
         _: EventContext,
     ) -> Result<(), HandlerError> {
-        let (insurer, _, issued) = self.known(&e.prescription_id).await?;
+        self.advance(
+            &e.envelope,
+            &e.prescription_id,
+            EvidenceStage::Cancelled,
+            |issued| issued,
+        )
+        .await
+    }
+
+    /// Delivers the prescription's evidence at its next `stage`, made from what was delivered
+    /// when it was issued; nothing for a prescription no insurer on the exchange pays.
+    async fn advance(
+        &self,
+        source: &Envelope,
+        prescription_id: &str,
+        stage: EvidenceStage,
+        with: impl FnOnce(ClaimEvidence) -> ClaimEvidence,
+    ) -> Result<(), HandlerError> {
+        let (insurer, issued) = self.known(prescription_id).await?;
         let (Some(insurer), Some(issued)) = (insurer, issued) else {
             return Ok(());
         };
         let evidence = ClaimEvidence {
-            envelope: evidence_envelope(&e.envelope, &insurer),
-            stage: EvidenceStage::Cancelled,
-            ..issued
+            envelope: evidence_envelope(source, &insurer),
+            stage,
+            ..with(issued)
+        };
+        let name = match stage {
+            EvidenceStage::Issued => "issued",
+            EvidenceStage::Dispensed => "dispensed",
+            EvidenceStage::Cancelled => "cancelled",
         };
         self.deliver(
             &insurer,
             "evidence",
-            &e.prescription_id,
+            prescription_id,
             &evidence,
-            Some(("cancelled", &evidence)),
+            Some((name, &evidence)),
         )
         .await
     }

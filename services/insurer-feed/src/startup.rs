@@ -77,7 +77,7 @@ async fn create_insurer_topics(deps: &Deps) {
         .map(|o| o.id.as_str())
         .collect();
     let result = match topics::insurer_specs(topics::EMBEDDED, insurers) {
-        Ok(specs) => topics::create_missing(&deps.kafka, &specs).await.map(drop),
+        Ok(specs) => topics::create(&deps.kafka, &specs).await.map(drop),
         Err(e) => Err(e),
     };
     if let Err(e) = result {
