@@ -3,7 +3,7 @@
 //!
 //! Each dispensed line is priced as its own unit of account (剤): an internal medicine (a line
 //! with days of supply) by one day's quantity times the days, an external one by its whole
-//! quantity, each in points by the fifteen-yen rule ([`tariff::drug_points`]), at the price of
+//! quantity, each in points by the fifteen-yen rule ([`crate::tariff::DrugPrice::amount_jpy`]), at the price of
 //! what was handed over (the generic's, when substituted). The fees are the fee table's.
 
 use hixbus_contracts::{
@@ -12,7 +12,7 @@ use hixbus_contracts::{
 };
 
 use crate::shares;
-use crate::tariff::{self, Fee, Tariff};
+use crate::tariff::{Fee, Tariff};
 
 /// Why a dispensing cannot be priced; the pharmacy sees it on the claim.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -86,24 +86,16 @@ pub fn claim(
                 dispensed: d.quantity.unit.clone(),
             });
         }
-        let points = match d.days_supply.filter(|days| *days > 0) {
-            Some(days) => {
-                internal.push(days);
-                let per_day = d.quantity.value / f64::from(days);
-                tariff::drug_points((price.price_sen as f64 * per_day).round() as i64)
-                    * i64::from(days)
-            }
-            None => {
-                external += 1;
-                tariff::drug_points((price.price_sen as f64 * d.quantity.value).round() as i64)
-            }
-        };
+        match d.days_supply.filter(|days| *days > 0) {
+            Some(days) => internal.push(days),
+            None => external += 1,
+        }
         lines.push(ClaimLine {
             line_no: 0,
             service: d.drug.clone(),
             quantity: d.quantity.value,
             unit_price_jpy: None,
-            amount_jpy: points * 10,
+            amount_jpy: price.amount_jpy(d.quantity.value, d.days_supply),
             line_type: ClaimLineType::Drug,
             prescription_line_no: Some(d.prescription_line_no),
             unit: Some(d.quantity.unit.clone()),

@@ -56,6 +56,21 @@ impl DrugPrice {
     pub fn price_yen(&self) -> f64 {
         self.price_sen as f64 / 100.0
     }
+
+    /// The drug fee in yen of `quantity` of this drug: with days of supply (an internal
+    /// medicine), one day's quantity priced by [`drug_points`] times the days; without, the
+    /// whole quantity priced at once. The claims service bills with it and the insurer checks
+    /// with it, so the two cannot disagree on the rule.
+    pub fn amount_jpy(&self, quantity: f64, days_supply: Option<i32>) -> i64 {
+        let points = match days_supply.filter(|days| *days > 0) {
+            Some(days) => {
+                let per_day = quantity / f64::from(days);
+                drug_points((self.price_sen as f64 * per_day).round() as i64) * i64::from(days)
+            }
+            None => drug_points((self.price_sen as f64 * quantity).round() as i64),
+        };
+        points * 10
+    }
 }
 
 /// A fee of the fee table, in points (点; one point is 10 yen).

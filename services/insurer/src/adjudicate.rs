@@ -12,7 +12,7 @@
 
 use hixbus_access::{Directory, Role};
 use hixbus_claims::shares;
-use hixbus_claims::tariff::{self, FEE_SYSTEM, Tariff};
+use hixbus_claims::tariff::{FEE_SYSTEM, Tariff};
 use hixbus_contracts::{
     ClaimEvidence, ClaimLineType, ClaimOutcome, ClaimSubmitted, ClaimType, CodedConcept, Coverage,
     EvidenceStage, LineAdjustment,
@@ -387,17 +387,7 @@ fn allowed_amount(
                     tariff.price_revision
                 ));
             };
-            let points = match days.flatten().filter(|d| *d > 0) {
-                Some(days) => {
-                    let per_day = line.quantity / f64::from(days);
-                    tariff::drug_points((price.price_sen as f64 * per_day).round() as i64)
-                        * i64::from(days)
-                }
-                None => {
-                    tariff::drug_points((price.price_sen as f64 * line.quantity).round() as i64)
-                }
-            };
-            Ok(Some(points * 10))
+            Ok(Some(price.amount_jpy(line.quantity, days.flatten())))
         }
         ClaimLineType::Fee if line.service.system == FEE_SYSTEM => {
             let fees = &tariff.fees;
