@@ -12,6 +12,7 @@ mod hardening;
 mod hl7_generated;
 mod labs;
 mod migrations;
+mod patients;
 mod prescriptions;
 mod registry_api;
 mod registry_auth;

@@ -24,11 +24,13 @@ lab="127.0.0.1:$(port)"
 feed="127.0.0.1:$(port)"
 claims="127.0.0.1:$(port)"
 insurer="127.0.0.1:$(port)"
+patient="127.0.0.1:$(port)"
+oidc="127.0.0.1:$(port)"
 mllp="127.0.0.1:$(port)"
 
 started=$(date +%s.%N)
 "$bin" up --kafka-listen "$kafka" --registry-listen "$registry" --demo-interval-ms 50 \
-  --listen "clinic-gateway=$gateway" --listen "pharmacy=$pharmacy" --listen "medication-safety=$safety" --listen "lab-gateway=$lab" --listen "insurer-feed=$feed" --listen "claims=$claims" --listen "insurer=$insurer" --mllp-listen "$mllp" \
+  --listen "clinic-gateway=$gateway" --listen "pharmacy=$pharmacy" --listen "medication-safety=$safety" --listen "lab-gateway=$lab" --listen "insurer-feed=$feed" --listen "claims=$claims" --listen "insurer=$insurer" --listen "patient=$patient" --oidc-listen "$oidc" --mllp-listen "$mllp" \
   >"$work/up.out" 2>"$work/up.err" &
 up=$!
 # Ready in well under a second usually; the medication-safety rebuild can take a few seconds
@@ -98,8 +100,23 @@ done
 curl -sf "http://$claims/claims/dispensing:$id" -H "Authorization: Bearer $AOZORA_KEY" | grep -q '"status":"accepted"' \
   || { curl -s "http://$claims/claims/dispensing:$id" -H "Authorization: Bearer $AOZORA_KEY"; echo "the dispensing of $id was not billed and accepted" >&2; exit 1; }
 
+# The patient signs in with the token up printed and sees the prescription, its dispensing and
+# its claim in their own record; without the token, nothing.
+eval "$(grep -o 'export PATIENT_TARO=[A-Za-z0-9._-]*' "$work/up.out")"
+for _ in $(seq 1 150); do
+  curl -sf "http://$patient/patient/timeline" -H "Authorization: Bearer $PATIENT_TARO" | grep -q "\"claim_id\":\"dispensing:$id\"" && break
+  sleep 0.1
+done
+timeline=$(curl -sf "http://$patient/patient/timeline" -H "Authorization: Bearer $PATIENT_TARO") \
+  || { echo "the demo patient could not read their timeline" >&2; exit 1; }
+for needle in "\"kind\":\"prescription\"" "\"kind\":\"dispensing\"" "\"claim_id\":\"dispensing:$id\""; do
+  echo "$timeline" | grep -q "$needle" || { echo "$timeline"; echo "the patient's timeline lacks $needle" >&2; exit 1; }
+done
+status=$(curl -s -o /dev/null -w '%{http_code}' "http://$patient/patient/timeline")
+[ "$status" = 401 ] || { echo "the timeline without a sign-in answered $status, not 401" >&2; exit 1; }
+
 # Every service answers its health and readiness probes.
-for svc in "$gateway" "$pharmacy" "$safety" "$lab" "$feed" "$claims" "$insurer"; do
+for svc in "$gateway" "$pharmacy" "$safety" "$lab" "$feed" "$claims" "$insurer" "$patient"; do
   curl -sf "http://$svc/ready" | grep -q '"status":"ready"' || { echo "$svc is not ready" >&2; exit 1; }
 done
 
@@ -191,4 +208,4 @@ wait "$up" || { cat "$work/up.err"; echo "hixbus up exited with an error" >&2; e
 grep -q "hixbus stopped" "$work/up.out" || { echo "no clean shutdown" >&2; exit 1; }
 grep -Eq "demo lab stopped after [1-9][0-9]* results" "$work/up.out" \
   || { cat "$work/up.out" "$work/up.err"; echo "the demo lab's results were not accepted over MLLP" >&2; exit 1; }
-echo "hixbus up: ready in ${ready}s, tail saw 3 demo events (each audited), a prescription went clinic → pharmacy → dispensed → clinic and was billed and accepted, lab results reached the hospital's inbox, a checkup reached its insurer only, the registry refused an anonymous change${hostile_summary}, Ctrl-C stopped it cleanly"
+echo "hixbus up: ready in ${ready}s, tail saw 3 demo events (each audited), a prescription went clinic → pharmacy → dispensed → clinic and was billed and accepted and the patient saw it all in their own record (401 without signing in), lab results reached the hospital's inbox, a checkup reached its insurer only, the registry refused an anonymous change${hostile_summary}, Ctrl-C stopped it cleanly"

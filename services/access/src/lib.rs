@@ -58,6 +58,9 @@ pub enum Action {
     ReadInsurerFeed,
     /// Link the organization's own patient ids to the patients' insurance.
     RegisterPatients,
+    /// Hand a patient, whose insurance card it has checked, the one-time code that enrols
+    /// their sign-in to their record (docs/patients.md).
+    EnrolPatients,
     /// Bill insurers (FHIR Claims; a pharmacy's dispensings are billed for it) and read its
     /// own claims and the insurers' decisions on them.
     SubmitClaims,
@@ -84,6 +87,7 @@ impl Role {
                     | ViewOrderedResults
                     | ReportCheckups
                     | RegisterPatients
+                    | EnrolPatients
                     | SubmitClaims
             ),
             // A hospital's own laboratory reports results too.
@@ -96,12 +100,13 @@ impl Role {
                     | ReportLabResults
                     | ReportCheckups
                     | RegisterPatients
+                    | EnrolPatients
                     | SubmitClaims
             ),
             Role::Lab => matches!(action, ReportLabResults | RegisterPatients),
             Role::Pharmacy => matches!(
                 action,
-                ViewPharmacyInbox | DispensePrescription | SubmitClaims
+                ViewPharmacyInbox | DispensePrescription | SubmitClaims | EnrolPatients
             ),
             Role::Operator => action == ManageSchemas,
             Role::Insurer => matches!(action, ReadInsurerFeed | AdjudicateClaims),
@@ -447,6 +452,7 @@ fn describe(action: Action) -> &'static str {
         Action::ReportCheckups => "report health checkups",
         Action::ReadInsurerFeed => "read an insurer's feed",
         Action::RegisterPatients => "register its patients' ids",
+        Action::EnrolPatients => "enrol patients to their records",
         Action::SubmitClaims => "submit claims and read its own",
         Action::AdjudicateClaims => "adjudicate claims",
         Action::ReadSchemas => "read schemas",

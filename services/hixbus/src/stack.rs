@@ -87,6 +87,7 @@ services! {
     InsurerFeed => hixbus_insurer_feed,
     Claims => hixbus_claims,
     Insurer => hixbus_insurer,
+    Patient => hixbus_patient,
 }
 
 impl std::fmt::Display for Kind {

@@ -19,6 +19,7 @@ use hixbus_bus::dev::DevCluster;
 use hixbus_bus::topics::{self, TopicSpec};
 use hixbus_contracts::codec::{Codec, SchemaIdStrategy};
 use hixbus_contracts::{Catalog, Timestamp, gate, samples};
+use hixbus_patient::demo::{DEMO_AUDIENCE, DemoIssuer};
 use hixbus_schema_registry::{RegistryConfig, RegistryServer};
 use hixbus_service::{CancellationToken, Deps};
 use hixbus_storage::Database;
@@ -51,6 +52,9 @@ pub struct UpArgs {
     /// Where the lab gateway takes HL7 v2 over MLLP (from the demo lab, on this machine).
     #[arg(long, default_value = "127.0.0.1:2575")]
     mllp_listen: SocketAddr,
+    /// Where the demo sign-in provider (OpenID Connect, for the demo patients) listens.
+    #[arg(long, default_value = "127.0.0.1:8098")]
+    oidc_listen: SocketAddr,
     /// Milliseconds between demo events; 0 turns the demo clinic off.
     #[arg(long, default_value_t = 1000)]
     demo_interval_ms: u64,
@@ -142,7 +146,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
 
     let kafka = kafka_config(&bootstrap, "hixbus-up", &args.kafka_options);
     let codec = Arc::new(Codec::new(registry, SchemaIdStrategy::Lookup));
-    let services = start_services(&args, &kafka, &codec, &stop, directory, keys).await?;
+    let issuer = start_demo_issuer(args.oidc_listen, &stop).await?;
+    let services = start_services(&args, &kafka, &codec, &stop, directory, keys, &issuer).await?;
     let demo = (args.demo_interval_ms > 0).then(|| {
         let publisher = Publisher::new(&kafka, codec.clone());
         let interval = Duration::from_millis(args.demo_interval_ms);
@@ -208,6 +213,8 @@ const DEMO_ROSTER: &str = include_str!("../../../infra/insurers/insurer-kenpo.ro
 struct Services {
     urls: Vec<(Kind, String)>,
     keys: Vec<(String, &'static str, String)>,
+    /// (subject, who, ID token) of each demo patient.
+    patients: Vec<(&'static str, &'static str, String)>,
     tasks: Vec<(Kind, tokio::task::JoinHandle<std::io::Result<()>>)>,
     /// Where the services' SQLite files are; removed when `up` ends.
     _data: tempfile::TempDir,
@@ -249,6 +256,7 @@ async fn start_services(
     stop: &CancellationToken,
     directory: Arc<Directory>,
     keys: DemoKeys,
+    issuer: &DemoIssuer,
 ) -> anyhow::Result<Services> {
     // Files, not `sqlite::memory:`: an in-memory database is one connection, so one
     // organization's long read would make every other one wait. Gone when `up` ends.
@@ -271,6 +279,7 @@ async fn start_services(
         } else {
             None
         };
+        let patient_db = (kind == Kind::Patient).then(|| database.clone()).flatten();
         let deps = Deps {
             kafka: kafka.clone(),
             codec: codec.clone(),
@@ -292,6 +301,9 @@ async fn start_services(
             ("mllp_listen", mllp.as_str()),
             // The demo lab sends from this machine.
             ("mllp_senders", "lab-kensa=127.0.0.1"),
+            // Patients sign in at the demo provider.
+            ("oidc_issuer", issuer.issuer()),
+            ("oidc_audience", DEMO_AUDIENCE),
         ];
         if let Some(listen) = &listen {
             settings.push(("listen", listen.as_str()));
@@ -304,13 +316,75 @@ async fn start_services(
             ))?;
         urls.push((kind, service.url()));
         tasks.push((kind, tokio::spawn(service.run_until(stop.clone()))));
+        if let Some(db) = patient_db {
+            enrol_demo_patients(db, issuer).await?;
+        }
     }
+    let patients = DEMO_PATIENTS
+        .iter()
+        .map(|(subject, name, _)| {
+            let token = issuer.id_token(subject, DEMO_AUDIENCE, DEMO_TOKEN_TTL);
+            (*subject, *name, token)
+        })
+        .collect();
     Ok(Services {
         urls,
         keys,
+        patients,
         tasks,
         _data: data,
     })
+}
+
+/// The demo patients: (sign-in subject, who, patient reference). Taro is the e-prescription
+/// examples' patient (the README's flow); the demo clinic sends events for demo-0001 all along.
+const DEMO_PATIENTS: &[(&str, &str, &str)] = &[
+    (
+        "demo-taro",
+        "the e-prescription examples' patient",
+        "jp-insured:06123456:12345:67890:01",
+    ),
+    (
+        "demo-0001",
+        "the demo clinic's first patient",
+        "patient:demo-0001",
+    ),
+];
+
+/// How long the ID tokens `up` prints are valid.
+const DEMO_TOKEN_TTL: Duration = Duration::from_secs(12 * 3600);
+
+/// The demo sign-in provider, serving its discovery document and keys at `listen`.
+async fn start_demo_issuer(
+    listen: SocketAddr,
+    stop: &CancellationToken,
+) -> anyhow::Result<Arc<DemoIssuer>> {
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+        anyhow::anyhow!("demo sign-in provider on {listen}: {e} (try --oidc-listen 127.0.0.1:0)")
+    })?;
+    let issuer = Arc::new(DemoIssuer::new(&format!(
+        "http://{}",
+        listener.local_addr()?
+    ))?);
+    tokio::spawn(issuer.clone().serve(listener, stop.clone()));
+    Ok(issuer)
+}
+
+/// Enrols each demo patient's sign-in to their record, as their clinic's code would.
+async fn enrol_demo_patients(db: Database, issuer: &DemoIssuer) -> anyhow::Result<()> {
+    let store = hixbus_patient::store::Store::new(db).await?;
+    for (subject, _, patient_ref) in DEMO_PATIENTS {
+        store
+            .enrol(
+                issuer.issuer(),
+                subject,
+                None,
+                Some((patient_ref, "hixbus-up")),
+                chrono::Utc::now().timestamp_millis(),
+            )
+            .await?;
+    }
+    Ok(())
 }
 
 /// Publishes a realistic event every `interval`, cycling through every event type and twenty
@@ -484,6 +558,10 @@ impl Banner<'_> {
             " Insurer (demo)    {:<24} insurer-kenpo decides its members' claims (roster: 3 members)",
             self.services.url(Kind::Insurer)
         );
+        println!(
+            " Patient record    {:<24} each patient's own timeline, medications, results, expenses, FHIR export",
+            self.services.url(Kind::Patient)
+        );
         println!();
         println!(
             " Demo API keys (new at every start, valid 7 days; the operator's changes the registry):"
@@ -491,6 +569,14 @@ impl Banner<'_> {
         for (id, role, key) in &self.services.keys {
             let var = id.split('-').next_back().unwrap_or(id).to_uppercase();
             println!("   export {var}_KEY={key}   # {id} ({role})");
+        }
+        println!();
+        println!(
+            " Demo patients (ID tokens from the demo sign-in provider, valid 12 hours; docs/patients.md):"
+        );
+        for (subject, who, token) in &self.services.patients {
+            let var = subject.trim_start_matches("demo-").to_uppercase();
+            println!("   export PATIENT_{var}={token}   # {who}");
         }
         println!();
         println!(" In another terminal:");
@@ -530,6 +616,10 @@ impl Banner<'_> {
         println!(
             "   curl {}/insurer/feed -H \"Authorization: Bearer $KENPO_KEY\"",
             self.services.url(Kind::InsurerFeed)
+        );
+        println!(
+            "   curl {}/patient/timeline -H \"Authorization: Bearer $PATIENT_TARO\"   # the patient's own record (also /patient/medications, /expenses, /export)",
+            self.services.url(Kind::Patient)
         );
         println!();
         println!(" Ctrl-C stops everything.");
