@@ -44,7 +44,7 @@ fn fixture(name: &str) -> Vec<u8> {
 }
 
 /// Every event of type `E` on `topic`, from the beginning.
-async fn on_topic<E: TryFrom<Event>>(stack: &BusStack, topic: &str) -> Vec<E> {
+pub(crate) async fn on_topic<E: TryFrom<Event>>(stack: &BusStack, topic: &str) -> Vec<E> {
     let records = TopicReader::open(&stack.kafka, topic, Start::Beginning)
         .unwrap()
         .read_to_end()

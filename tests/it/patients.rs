@@ -37,6 +37,7 @@ institution_code = "RCV"
 
 struct Flow {
     stack: BusStack,
+    directory: Arc<hixbus_access::Directory>,
     services: Vec<Service>,
     patient_service: Option<Service>,
     keys: HashMap<String, String>,
@@ -62,6 +63,7 @@ impl Flow {
         let roster_path = roster.path().display().to_string();
         let mut flow = Self {
             stack,
+            directory: directory.clone(),
             services: Vec::new(),
             patient_service: None,
             keys,
@@ -99,21 +101,23 @@ impl Flow {
             flow.databases.insert(kind, db);
         }
         let db = fresh_database(Backend::Postgres).await;
-        flow.start_patient(&directory, &db, hixbus_patient::GROUP)
-            .await;
+        flow.start_patient(&db, hixbus_patient::GROUP).await;
         flow
     }
 
-    async fn start_patient(
-        &mut self,
-        directory: &Arc<hixbus_access::Directory>,
-        db: &str,
-        group: &str,
-    ) {
-        let (url, service) = start_service_with(
+    async fn start_patient(&mut self, db: &str, group: &str) {
+        let (url, service) = self.patient_replica(db, group).await;
+        self.patient_service = Some(service);
+        self.urls.insert(Kind::Patient, url);
+        self.databases.insert(Kind::Patient, db.to_owned());
+    }
+
+    /// A patient service on `db` in `group`: another replica when both are the running one's.
+    async fn patient_replica(&self, db: &str, group: &str) -> (String, Service) {
+        start_service_with(
             Kind::Patient,
             &self.stack,
-            directory,
+            &self.directory,
             Some(db),
             &[
                 ("oidc_issuer", self.issuer.issuer()),
@@ -121,10 +125,7 @@ impl Flow {
                 ("consumer_group", group),
             ],
         )
-        .await;
-        self.patient_service = Some(service);
-        self.urls.insert(Kind::Patient, url);
-        self.databases.insert(Kind::Patient, db.to_owned());
+        .await
     }
 
     fn url(&self, kind: Kind, path: &str) -> String {
@@ -235,6 +236,65 @@ impl Flow {
         assert_eq!(status, 200, "{answer}");
     }
 
+    /// Taro's history: prescriptions from a hospital and a clinic, both dispensed (one line as
+    /// a generic), and a laboratory's result under its own id of him, linked by insurance
+    /// afterwards. The two prescription ids.
+    async fn history(&self) -> (String, String) {
+        // Prescriptions from a hospital and a clinic, both dispensed (one line as a generic).
+        let substituted = self
+            .issue(
+                "hospital-daiichi",
+                "Bundle-Bundle-for-JP-MedReq-ePreData-Example01.json",
+                "patient-rx-1",
+            )
+            .await;
+        let as_prescribed = self
+            .issue(
+                "clinic-sakura",
+                "Bundle-Bundle-for-JP-MedReq-ePreBundleExample01.json",
+                "patient-rx-2",
+            )
+            .await;
+        let mut body = pharmacist();
+        body["lines"] = json!([
+            {"line_no": 1},
+            {"line_no": 2, "substitute": {"system": HOT9, "code": "106062102", "display": "デキサンＶＧクリーム０．１２％「デモ」　５ｇ"}, "reason": "後発医薬品への変更"}
+        ]);
+        self.dispense(&substituted, body).await;
+        self.dispense(&as_prescribed, pharmacist()).await;
+
+        // A laboratory's result under its own id of the patient, linked by insurance afterwards.
+        let (status, ack) = {
+            let answer = self
+                .http
+                .post(self.url(Kind::LabGateway, "/hl7v2"))
+                .bearer_auth(&self.keys["lab-kensa"])
+                .header("content-type", "application/hl7-v2")
+                .body(SSMIX2.as_bytes().to_vec())
+                .send()
+                .await
+                .unwrap();
+            (answer.status().as_u16(), answer.text().await.unwrap())
+        };
+        assert_eq!(status, 200, "{ack}");
+        assert!(ack.contains("MSA|AA|"), "{ack}");
+        let (status, linked) = self
+            .org(
+                "lab-kensa",
+                "PUT",
+                Kind::LabGateway,
+                "/fhir/Patient/0001000052",
+                Some(json!({
+                    "resourceType": "Patient", "id": "0001000052",
+                    "identifier": [{"system": "http://jpfhir.jp/fhir/clins/Idsystem/JP_Insurance_memberID", "value": "06123456:12345:67890:01"}]
+                })),
+            )
+            .await;
+        assert_eq!(status, 201, "{linked}");
+
+        (substituted, as_prescribed)
+    }
+
     /// An enrolment code `org` gets for the holder of `card` (insurer, symbol, number, branch).
     async fn code(&self, org: &str, card: [&str; 4]) -> (u16, Value) {
         let body = json!({"insurance": {"insurer": card[0], "symbol": card[1], "number": card[2], "branch": card[3]}});
@@ -307,6 +367,27 @@ impl Flow {
         .unwrap()
     }
 
+    /// Rebuilt from the topics into an empty database (a new consumer group), Taro's record
+    /// and consents are what they were.
+    async fn assert_rebuilds_the_same(&mut self) {
+        let before = record_of(&self.databases[&Kind::Patient]).await;
+        let fresh = fresh_database(Backend::Postgres).await;
+        self.patient_service.take().unwrap().stop().await;
+        self.start_patient(&fresh, "hixbus-patient-rebuild").await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let rebuilt = record_of(&fresh).await;
+            if rebuilt == before {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the rebuilt record differs:\n{rebuilt:#?}\nwas\n{before:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
     async fn stop(mut self) {
         if let Some(s) = self.patient_service.take() {
             s.stop().await;
@@ -359,59 +440,9 @@ async fn read_as_r4(bundle: &Value) -> Value {
 
 #[tokio::test]
 async fn a_patient_sees_their_whole_record_exports_it_as_r4_and_no_one_elses() {
-    let mut flow = Flow::start().await;
+    let flow = Flow::start().await;
 
-    // Prescriptions from a hospital and a clinic, both dispensed (one line as a generic).
-    let substituted = flow
-        .issue(
-            "hospital-daiichi",
-            "Bundle-Bundle-for-JP-MedReq-ePreData-Example01.json",
-            "patient-rx-1",
-        )
-        .await;
-    let as_prescribed = flow
-        .issue(
-            "clinic-sakura",
-            "Bundle-Bundle-for-JP-MedReq-ePreBundleExample01.json",
-            "patient-rx-2",
-        )
-        .await;
-    let mut body = pharmacist();
-    body["lines"] = json!([
-        {"line_no": 1},
-        {"line_no": 2, "substitute": {"system": HOT9, "code": "106062102", "display": "デキサンＶＧクリーム０．１２％「デモ」　５ｇ"}, "reason": "後発医薬品への変更"}
-    ]);
-    flow.dispense(&substituted, body).await;
-    flow.dispense(&as_prescribed, pharmacist()).await;
-
-    // A laboratory's result under its own id of the patient, linked by insurance afterwards.
-    let (status, ack) = {
-        let answer = flow
-            .http
-            .post(flow.url(Kind::LabGateway, "/hl7v2"))
-            .bearer_auth(&flow.keys["lab-kensa"])
-            .header("content-type", "application/hl7-v2")
-            .body(SSMIX2.as_bytes().to_vec())
-            .send()
-            .await
-            .unwrap();
-        (answer.status().as_u16(), answer.text().await.unwrap())
-    };
-    assert_eq!(status, 200, "{ack}");
-    assert!(ack.contains("MSA|AA|"), "{ack}");
-    let (status, linked) = flow
-        .org(
-            "lab-kensa",
-            "PUT",
-            Kind::LabGateway,
-            "/fhir/Patient/0001000052",
-            Some(json!({
-                "resourceType": "Patient", "id": "0001000052",
-                "identifier": [{"system": "http://jpfhir.jp/fhir/clins/Idsystem/JP_Insurance_memberID", "value": "06123456:12345:67890:01"}]
-            })),
-        )
-        .await;
-    assert_eq!(status, 201, "{linked}");
+    let (substituted, as_prescribed) = flow.history().await;
 
     // Enrolment: the clinic checked Taro's card and hands him a code; he redeems it signed in.
     let (status, issued) = flow
@@ -714,6 +745,110 @@ async fn a_patient_sees_their_whole_record_exports_it_as_r4_and_no_one_elses() {
     let (_, hanako) = flow.patient("hanako", "/patient/timeline").await;
     assert_eq!(hanako["entries"], json!([]));
 
+    // Proxy access: Taro's mother, signed in with her own account, reads his record once he
+    // invites her, and not after he revokes it; she cannot manage his proxies.
+    let taro_token = flow.token("taro");
+    let mother = flow.token("mother");
+    let as_taro = async |method: &str, path: &str, body: Option<Value>| {
+        flow.call(&taro_token, method, flow.url(Kind::Patient, path), body)
+            .await
+    };
+    let (status, invited) = as_taro(
+        "POST",
+        "/patient/delegations",
+        Some(json!({"relationship": "parent", "days": 365})),
+    )
+    .await;
+    assert_eq!(status, 201, "{invited}");
+    let acting = |token: &str, act_for: &str, path: &str| {
+        flow.http
+            .get(flow.url(Kind::Patient, path))
+            .bearer_auth(token)
+            .header("hixbus-act-for", act_for)
+            .send()
+    };
+    // Not before accepting; Taro cannot be his own proxy.
+    assert_eq!(
+        acting(&mother, TARO, "/patient/timeline")
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    let (status, _) = flow
+        .call(
+            &taro_token,
+            "POST",
+            flow.url(Kind::Patient, "/patient/delegations/accept"),
+            Some(json!({"code": invited["code"]})),
+        )
+        .await;
+    assert_eq!(status, 422);
+    let (status, accepted) = flow
+        .call(
+            &mother,
+            "POST",
+            flow.url(Kind::Patient, "/patient/delegations/accept"),
+            Some(json!({"code": invited["code"]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{accepted}");
+    assert_eq!(accepted["act_for"], TARO);
+    let (_, whom) = flow
+        .call(
+            &mother,
+            "GET",
+            flow.url(Kind::Patient, "/patient/acting-for"),
+            None,
+        )
+        .await;
+    assert_eq!(whom["patients"][0]["act_for"], TARO);
+    let answer = acting(&mother, TARO, "/patient/timeline?limit=200")
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let seen: Value = answer.json().await.unwrap();
+    assert_eq!(seen["entries"].as_array().unwrap().len(), timeline.len());
+    // Only as Taro's proxy: not as herself, not for Hanako, not managing his proxies.
+    assert_eq!(
+        flow.call(
+            &mother,
+            "GET",
+            flow.url(Kind::Patient, "/patient/timeline"),
+            None
+        )
+        .await
+        .0,
+        403
+    );
+    assert_eq!(
+        acting(&mother, "jp-insured:138016:1:2:00", "/patient/timeline")
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    assert_eq!(
+        acting(&mother, TARO, "/patient/delegations")
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    let (_, proxies) = as_taro("GET", "/patient/delegations", None).await;
+    assert_eq!(proxies["delegations"][0]["status"], "active");
+    assert_eq!(proxies["delegations"][0]["proxy"]["subject"], "mother");
+    let id = invited["id"].as_str().unwrap();
+    let (status, _) = as_taro("DELETE", &format!("/patient/delegations/{id}"), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        acting(&mother, TARO, "/patient/timeline")
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+
     // Every read Taro made is in the audit log under his sign-in, and only his.
     let audited = flow.audited(TARO).await;
     let reads: Vec<&(String, String, String)> = audited
@@ -739,33 +874,375 @@ async fn a_patient_sees_their_whole_record_exports_it_as_r4_and_no_one_elses() {
         reads.iter().all(|(who, _, _)| who != "patient:hanako"),
         "{reads:?}"
     );
-
-    // Rebuilt from the topics into an empty database, the record is the same.
-    let before_rebuild = record_of(&flow.databases[&Kind::Patient]).await;
-    let fresh = fresh_database(Backend::Postgres).await;
-    flow.patient_service.take().unwrap().stop().await;
-    let directory = Arc::new(
-        hixbus_access::Directory::from_toml(&format!("{DEMO_ORGANIZATIONS}\n{TORO}")).unwrap(),
+    let proxy_name = format!("proxy:mother:{id}");
+    assert!(
+        reads
+            .iter()
+            .any(|(who, action, _)| *who == proxy_name && action == "patient.timeline"),
+        "{reads:?}"
     );
-    flow.start_patient(&directory, &fresh, "hixbus-patient-rebuild")
+
+    flow.stop().await;
+}
+
+/// (kind, producing organization) of each entry, sorted.
+type Entries = Vec<(String, String)>;
+
+/// A summary as (own, others).
+fn parts(summary: &Value) -> (Entries, Entries) {
+    let pairs = |key: &str| {
+        let mut v: Entries = summary[key]
+            .as_array()
+            .unwrap_or_else(|| panic!("{summary}"))
+            .iter()
+            .map(|e| {
+                (
+                    e["kind"].as_str().unwrap().to_owned(),
+                    e["org"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    (pairs("own"), pairs("other_institutions"))
+}
+
+#[tokio::test]
+async fn consent_decides_what_a_treating_institution_sees_and_revocation_holds_on_every_replica_within_a_second()
+ {
+    let mut flow = Flow::start().await;
+    let (substituted, _) = flow.history().await;
+    let (_, issued) = flow
+        .code("clinic-sakura", ["06123456", "12345", "67890", "01"])
         .await;
-    let deadline = Instant::now() + Duration::from_secs(60);
+    assert_eq!(
+        flow.enrol("taro", issued["code"].as_str().unwrap()).await.0,
+        200
+    );
+    flow.timeline_when("taro", |t| {
+        of_kind(t, "prescription").len() == 2
+            && of_kind(t, "dispensing").len() == 2
+            && of_kind(t, "lab_result").len() == 1
+    })
+    .await;
+    // A second replica on the same database and group.
+    let (replica, replica_service) = flow
+        .patient_replica(&flow.databases[&Kind::Patient], hixbus_patient::GROUP)
+        .await;
+    let summary_path = format!("/summary/{TARO}");
+    let summary = async |org: &str, base: &str| -> (u16, Value) {
+        flow.call(
+            &flow.keys[org],
+            "GET",
+            format!("{base}{summary_path}"),
+            None,
+        )
+        .await
+    };
+    let primary = flow.urls[&Kind::Patient].clone();
+
+    // Without consent: each institution its own data only.
+    let (status, sakura) = summary("clinic-sakura", &primary).await;
+    assert_eq!(status, 200, "{sakura}");
+    let own_only = parts(&sakura);
+    assert_eq!(
+        own_only,
+        (
+            vec![
+                ("dispensing".to_owned(), "pharmacy-aozora".to_owned()),
+                ("prescription".to_owned(), "clinic-sakura".to_owned())
+            ],
+            vec![]
+        ),
+        "{sakura}"
+    );
+    assert_eq!(
+        sakura["needs_consent"],
+        json!(["PRESCRIPTIONS", "DISPENSATIONS", "LAB_RESULTS"])
+    );
+    let (_, minato) = summary("hospital-minato", &primary).await;
+    assert_eq!(parts(&minato), (vec![], vec![]));
+    // A laboratory and an insurer read no summaries.
+    assert_eq!(summary("lab-kensa", &primary).await.0, 403);
+    assert_eq!(summary("insurer-kenpo", &primary).await.0, 403);
+
+    // A visit consent for the clinic: everything from every institution, for 24 hours.
+    let taro = flow.token("taro");
+    let grant = |body: Value| {
+        flow.call(
+            &taro,
+            "POST",
+            flow.url(Kind::Patient, "/patient/consents"),
+            Some(body),
+        )
+    };
+    let (status, visit) =
+        grant(json!({"grantee_org": "clinic-sakura", "scope": ["ALL"], "kind": "visit"})).await;
+    assert_eq!(status, 201, "{visit}");
+    assert_eq!(visit["kind"], "visit");
+    assert_eq!(visit["in_force"], true);
+    let visit_id = visit["consent_id"].as_str().unwrap().to_owned();
+    let with_consent = (
+        own_only.0.clone(),
+        vec![
+            ("dispensing".to_owned(), "pharmacy-aozora".to_owned()),
+            ("lab_result".to_owned(), "lab-kensa".to_owned()),
+            ("prescription".to_owned(), "hospital-daiichi".to_owned()),
+        ],
+    );
+    for base in [&primary, &replica] {
+        let (_, seen) = summary("clinic-sakura", base).await;
+        assert_eq!(parts(&seen), with_consent, "{base}: {seen}");
+        assert!(
+            seen["other_institutions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|e| e["shown_under"] == format!("consent:{visit_id}"))
+        );
+        assert!(seen.to_string().contains(&substituted));
+    }
+    // Not for anyone else, and a bad grant is refused.
+    assert_eq!(
+        parts(&summary("hospital-minato", &primary).await.1),
+        (vec![], vec![])
+    );
+    for bad in [
+        json!({"grantee_org": "insurer-kenpo", "scope": ["ALL"], "kind": "visit"}),
+        json!({"grantee_org": "clinic-nowhere", "scope": ["ALL"], "kind": "visit"}),
+        json!({"grantee_org": "clinic-sakura", "scope": [], "kind": "visit"}),
+        json!({"grantee_org": "clinic-sakura", "scope": ["ALL"], "kind": "forever"}),
+        json!({"grantee_org": "clinic-sakura", "scope": ["XRAYS"], "kind": "visit"}),
+    ] {
+        let (status, body) = grant(bad.clone()).await;
+        assert!(status == 422 || status == 400, "{bad}: {status} {body}");
+    }
+
+    // Revoked on the primary: both replicas show the clinic its own data only, within 1 s.
+    let revoked_at = Instant::now();
+    let (status, revoked) = flow
+        .call(
+            &flow.token("taro"),
+            "DELETE",
+            flow.url(Kind::Patient, &format!("/patient/consents/{visit_id}")),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{revoked}");
+    assert_eq!(revoked["in_force"], false);
+    for base in [&primary, &replica] {
+        loop {
+            let (_, seen) = summary("clinic-sakura", base).await;
+            if parts(&seen) == own_only {
+                break;
+            }
+            assert!(
+                revoked_at.elapsed() < Duration::from_secs(1),
+                "{base} still shows other institutions' data {:?} after the revocation: {seen}",
+                revoked_at.elapsed()
+            );
+        }
+    }
+    let took = revoked_at.elapsed();
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    // Hanako cannot revoke (or learn of) Taro's consents.
+    let (_, other) = flow
+        .code("pharmacy-aozora", ["138016", "1", "2", "00"])
+        .await;
+    assert_eq!(
+        flow.enrol("hanako", other["code"].as_str().unwrap())
+            .await
+            .0,
+        200
+    );
+    let (status, _) = flow
+        .call(
+            &flow.token("hanako"),
+            "DELETE",
+            flow.url(Kind::Patient, &format!("/patient/consents/{visit_id}")),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+
+    // A standing consent for results only.
+    let (status, labs) = grant(
+        json!({"grantee_org": "hospital-minato", "scope": ["LAB_RESULTS"], "kind": "standing"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{labs}");
+    assert_eq!(labs["kind"], "standing");
+    let (_, minato) = summary("hospital-minato", &replica).await;
+    assert_eq!(
+        parts(&minato),
+        (
+            vec![],
+            vec![("lab_result".to_owned(), "lab-kensa".to_owned())]
+        )
+    );
+    assert_eq!(
+        minato["needs_consent"],
+        json!(["PRESCRIPTIONS", "DISPENSATIONS"])
+    );
+
+    // Break-glass: a reason, a time limit, then everything; the patient sees it first.
+    let break_glass = |body: Value| {
+        flow.call(
+            &flow.keys["hospital-minato"],
+            "POST",
+            flow.url(Kind::Patient, &format!("{summary_path}/break-glass")),
+            Some(body),
+        )
+    };
+    assert_eq!(break_glass(json!({"reason": "urgent"})).await.0, 422);
+    assert_eq!(
+        break_glass(
+            json!({"reason": "unconscious on arrival, no consent possible", "minutes": 1000})
+        )
+        .await
+        .0,
+        422
+    );
+    assert_eq!(
+        flow.call(
+            &flow.keys["pharmacy-aozora"],
+            "POST",
+            flow.url(Kind::Patient, &format!("{summary_path}/break-glass")),
+            Some(json!({"reason": "unconscious on arrival, no consent possible"})),
+        )
+        .await
+        .0,
+        403
+    );
+    let (status, opened) = break_glass(
+        json!({"reason": "unconscious on arrival, no consent possible", "minutes": 30}),
+    )
+    .await;
+    assert_eq!(status, 201, "{opened}");
+    let (_, minato) = summary("hospital-minato", &primary).await;
+    assert_eq!(minato["break_glass"], true);
+    let everything_else: Entries = [
+        ("dispensing", "pharmacy-aozora"),
+        ("dispensing", "pharmacy-aozora"),
+        ("lab_result", "lab-kensa"),
+        ("prescription", "clinic-sakura"),
+        ("prescription", "hospital-daiichi"),
+    ]
+    .iter()
+    .map(|(k, o)| ((*k).to_owned(), (*o).to_owned()))
+    .collect();
+    assert_eq!(parts(&minato), (vec![], everything_else), "{minato}");
+    let (status, access) = flow.patient("taro", "/patient/access").await;
+    assert_eq!(status, 200);
+    assert_eq!(access["break_glass"][0]["org"], "hospital-minato");
+    assert_eq!(
+        access["break_glass"][0]["reason"],
+        "unconscious on arrival, no consent possible"
+    );
+    let readers: Vec<(&str, &str)> = access["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["who"].as_str().unwrap(), e["action"].as_str().unwrap()))
+        .collect();
+    for expected in [
+        ("clinic-sakura", "summary.read"),
+        ("hospital-minato", "summary.read"),
+        ("hospital-minato", "summary.break_glass"),
+        ("patient:taro", "patient.consent.grant"),
+        ("patient:taro", "patient.consent.revoke"),
+    ] {
+        assert!(
+            readers.contains(&expected),
+            "{expected:?} not in {readers:?}"
+        );
+    }
+    // Every summary read names the policy version and what it rested on.
+    let audited = flow.audited(TARO).await;
+    let reads: Vec<&String> = audited
+        .iter()
+        .filter(|(_, action, _)| action == "summary.read")
+        .map(|(_, _, what)| what)
+        .collect();
+    assert!(
+        reads
+            .iter()
+            .all(|w| w.starts_with("policy=hixbus-consent-2026-11; shown="))
+    );
+    assert!(
+        reads
+            .iter()
+            .any(|w| w.contains(&format!("consent:{visit_id}")))
+    );
+    assert!(reads.iter().any(|w| w.contains("break-glass:")));
+    assert!(reads.iter().any(|w| w.ends_with("shown=own only")));
+
+    // Research: opted out, on the consents topic for the research stream to obey.
+    let (status, _) = flow
+        .call(
+            &flow.token("taro"),
+            "PUT",
+            flow.url(Kind::Patient, "/patient/research"),
+            Some(json!({"opted_out": true})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, consents) = flow.patient("taro", "/patient/consents").await;
+    assert_eq!(consents["research"]["opted_out"], true);
+    assert_eq!(consents["policy_version"], "hixbus-consent-2026-11");
+    assert!(consents["notes"].to_string().contains("特定健診"));
+    let listed: Vec<(&str, &str)> = consents["consents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["consent_id"].as_str().unwrap(),
+                c["decision"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        listed.contains(&(visit_id.as_str(), "REVOKED")),
+        "{listed:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let rebuilt = record_of(&fresh).await;
-        if rebuilt == before_rebuild {
+        let on_topic =
+            crate::labs::on_topic::<hixbus_contracts::ConsentChanged>(&flow.stack, "consents")
+                .await;
+        if on_topic.iter().any(|c| {
+            c.purpose == hixbus_contracts::PurposeOfUse::Research
+                && c.decision == hixbus_contracts::ConsentDecision::Revoked
+                && c.envelope.patient_ref == TARO
+        }) && on_topic.len() == 4
+        {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the rebuilt record differs:\n{rebuilt:#?}\nwas\n{before_rebuild:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(Instant::now() < deadline, "{on_topic:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    // The export carries the consents, as FHIR R4.
+    let (_, bundle) = flow.patient("taro", "/patient/export").await;
+    let read = read_as_r4(&bundle).await;
+    let consent_resources = read["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r[0] == "Consent")
+        .count();
+    assert_eq!(consent_resources, 3);
+
+    replica_service.stop().await;
+    flow.assert_rebuilds_the_same().await;
     flow.stop().await;
 }
 
 /// Taro's record in the patient service's database `db`: the timeline items and the export's
-/// resources (no audit entries: those are the service's own, not rebuilt from the topics).
+/// resources with his consents (no audit entries: those are the service's own, not rebuilt from
+/// the topics).
 async fn record_of(db: &str) -> Value {
     let store =
         hixbus_patient::store::Store::new(hixbus_storage::Database::connect(db).await.unwrap())
@@ -773,7 +1250,8 @@ async fn record_of(db: &str) -> Value {
             .unwrap();
     let refs = store.refs(TARO).await.unwrap();
     let record = store.record(&refs).await.unwrap();
-    let mut bundle = hixbus_patient::export::bundle(TARO, &record, &[]);
+    let consents = store.consents(&refs).await.unwrap();
+    let mut bundle = hixbus_patient::export::bundle(TARO, &record, &consents, &[]);
     bundle["timestamp"] = Value::Null;
     json!({
         "timeline": record.iter().map(hixbus_patient::record::item).collect::<Vec<_>>(),

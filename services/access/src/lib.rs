@@ -58,6 +58,11 @@ pub enum Action {
     ReadInsurerFeed,
     /// Link the organization's own patient ids to the patients' insurance.
     RegisterPatients,
+    /// Read a patient's cross-institution summary for treating or dispensing: its own data
+    /// always, others' as the patient's consent allows.
+    ViewPatientSummary,
+    /// Open a patient's summary without consent in an emergency, with a reason.
+    BreakGlass,
     /// Hand a patient, whose insurance card it has checked, the one-time code that enrols
     /// their sign-in to their record (docs/patients.md).
     EnrolPatients,
@@ -88,6 +93,8 @@ impl Role {
                     | ReportCheckups
                     | RegisterPatients
                     | EnrolPatients
+                    | ViewPatientSummary
+                    | BreakGlass
                     | SubmitClaims
             ),
             // A hospital's own laboratory reports results too.
@@ -101,12 +108,18 @@ impl Role {
                     | ReportCheckups
                     | RegisterPatients
                     | EnrolPatients
+                    | ViewPatientSummary
+                    | BreakGlass
                     | SubmitClaims
             ),
             Role::Lab => matches!(action, ReportLabResults | RegisterPatients),
             Role::Pharmacy => matches!(
                 action,
-                ViewPharmacyInbox | DispensePrescription | SubmitClaims | EnrolPatients
+                ViewPharmacyInbox
+                    | DispensePrescription
+                    | SubmitClaims
+                    | EnrolPatients
+                    | ViewPatientSummary
             ),
             Role::Operator => action == ManageSchemas,
             Role::Insurer => matches!(action, ReadInsurerFeed | AdjudicateClaims),
@@ -453,6 +466,8 @@ fn describe(action: Action) -> &'static str {
         Action::ReadInsurerFeed => "read an insurer's feed",
         Action::RegisterPatients => "register its patients' ids",
         Action::EnrolPatients => "enrol patients to their records",
+        Action::ViewPatientSummary => "read a patient's cross-institution summary",
+        Action::BreakGlass => "open a patient's record in an emergency",
         Action::SubmitClaims => "submit claims and read its own",
         Action::AdjudicateClaims => "adjudicate claims",
         Action::ReadSchemas => "read schemas",

@@ -15,7 +15,7 @@ use futures::Stream;
 use hixbus_access::{Action, Caller, Organization};
 use hixbus_contracts::PractitionerRef;
 use hixbus_service::changes::Shown;
-use hixbus_service::{ApiError, JsonPath, JsonQuery, PerKeyLimit, body, require_json, text};
+use hixbus_service::{ApiError, JsonPath, JsonQuery, PerKeyLimit, body, text};
 use hixbus_storage::AuditLog;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -171,12 +171,7 @@ pub async fn acknowledge(
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let org = caller.require(Action::ViewOrderedResults)?;
-    require_json(&headers)?;
-    let bytes = body::read(body, MAX_ACK_BYTES)
-        .await
-        .map_err(|e| ApiError::new(e.status(), "bad_request", e.to_string()))?;
-    let request: AcknowledgeRequest =
-        serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let request: AcknowledgeRequest = body::json(&headers, body, MAX_ACK_BYTES).await?;
     let by = &request.acknowledged_by;
     for (field, value) in [
         ("event_id", Some(&request.event_id)),

@@ -17,7 +17,7 @@ use hixbus_contracts::{
     Timestamp,
 };
 use hixbus_service::fhir::{FhirError, Issue, Outcome};
-use hixbus_service::{ApiError, JsonPath, JsonQuery, body, check_id, require_json, text};
+use hixbus_service::{ApiError, JsonPath, JsonQuery, body, check_id, text};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -452,12 +452,7 @@ pub async fn cancel(
 ) -> Result<Response, ApiError> {
     let org = caller.require(Action::CancelPrescription)?;
     check_id(&id)?;
-    require_json(&headers)?;
-    let body = body::read(body, MAX_CANCEL_BYTES)
-        .await
-        .map_err(|e| ApiError::new(e.status(), "bad_request", e.to_string()))?;
-    let request: CancelRequest =
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let request: CancelRequest = body::json(&headers, body, MAX_CANCEL_BYTES).await?;
     request.check()?;
     let row = state.view.get(&org.id, &id).await.map_err(view_failed)?;
     let row = row.ok_or_else(|| not_found(&id))?;

@@ -1,14 +1,15 @@
 //! The whole record as one FHIR R4 `Bundle` (type `collection`), so a patient can take it to
 //! any system that reads FHIR: Patient, MedicationRequest (one per prescribed line),
 //! MedicationDispense, DetectedIssue (the safety alerts), DiagnosticReport and Observation
-//! (results and checkups), Coverage, Claim and ClaimResponse, and AuditEvent (this service's
+//! (results and checkups), Coverage, Claim and ClaimResponse, Consent, and AuditEvent (this service's
 //! record of who read the record). Resource ids are derived from the entries, so the same
 //! record exports the same resources (after a rebuild too); only the Bundle's timestamp moves.
 
 use std::collections::BTreeMap;
 
 use hixbus_contracts::{
-    AlertSeverity, ClaimOutcome, CodedConcept, Coverage, Interpretation, Observation, ReportStatus,
+    AlertSeverity, ClaimOutcome, CodedConcept, ConsentChanged, ConsentDecision, Coverage,
+    Interpretation, Observation, PurposeOfUse, ReportStatus,
 };
 use hixbus_storage::AuditEntry;
 use serde_json::{Value, json};
@@ -175,8 +176,56 @@ fn prune(value: &mut Value) -> bool {
     }
 }
 
-/// The record of `patient_ref` (entries oldest first) and its audit entries as a Bundle.
-pub fn bundle(patient_ref: &str, record: &[Entry], audit: &[AuditEntry]) -> Value {
+/// A consent decision as FHIR: permit (granted) or deny (revoked, or a research opt-out), to
+/// the institution for its purpose over the categories, for the period a visit consent has.
+fn consent_resource(c: &ConsentChanged, patient: &str) -> Value {
+    let purpose = match c.purpose {
+        PurposeOfUse::Treatment => ("TREAT", "treatment"),
+        PurposeOfUse::Dispensing => ("PATRQT", "patient requested (dispensing)"),
+        PurposeOfUse::Payment => ("HPAYMT", "healthcare payment"),
+        PurposeOfUse::Research => ("HRESCH", "healthcare research"),
+        PurposeOfUse::PublicHealth => ("PUBHLTH", "public health"),
+        PurposeOfUse::PatientAccess => ("PATADMIN", "patient administration"),
+    };
+    let mut provision = json!({
+        "type": if c.decision == ConsentDecision::Granted { "permit" } else { "deny" },
+        "purpose": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": purpose.0, "display": purpose.1}],
+        "class": c.scope.iter().map(|k| json!({
+            "system": "urn:hixbus:data-category",
+            "code": serde_json::to_value(k).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+        })).collect::<Vec<_>>(),
+    });
+    if let Some(until) = c.valid_until {
+        provision["period"] = json!({"end": local_time(until.unix_millis())});
+    }
+    if let Some(org) = &c.grantee_org {
+        provision["actor"] = json!([{
+            "role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP", "display": "information recipient"}]},
+            "reference": {"display": org},
+        }]);
+    }
+    json!({
+        "resourceType": "Consent",
+        "id": id("Consent", &c.consent_id),
+        "identifier": [{"system": "urn:hixbus:consent-id", "value": c.consent_id}],
+        "status": "active",
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": if c.purpose == PurposeOfUse::Research { "research" } else { "patient-privacy" }}]},
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0", "display": "Patient Consent"}]}],
+        "patient": reference(patient),
+        "dateTime": local_time(c.envelope.occurred_at.unix_millis()),
+        "policyRule": {"coding": [{"system": "urn:hixbus:consent-policy", "code": crate::consent::POLICY_VERSION}]},
+        "provision": provision,
+    })
+}
+
+/// The record of `patient_ref` (entries oldest first), their consents and their audit entries
+/// as a Bundle.
+pub fn bundle(
+    patient_ref: &str,
+    record: &[Entry],
+    consents: &[ConsentChanged],
+    audit: &[AuditEntry],
+) -> Value {
     let patient = id("patient", patient_ref);
     let mut resources = vec![json!({
         "resourceType": "Patient",
@@ -430,6 +479,7 @@ pub fn bundle(patient_ref: &str, record: &[Entry], audit: &[AuditEntry]) -> Valu
         }
     }
     resources.extend(coverages.into_values());
+    resources.extend(consents.iter().map(|c| consent_resource(c, &patient)));
     for (n, a) in audit.iter().enumerate() {
         resources.push(json!({
             "resourceType": "AuditEvent",

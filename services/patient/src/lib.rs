@@ -3,9 +3,13 @@
 //! and read by the patient alone, signed in with their OpenID Connect provider and enrolled
 //! through an institution that checked their insurance card. Views: the timeline, current
 //! medications, lab trends, checkups year over year, medical expenses, and the whole record as
-//! a FHIR R4 Bundle.
+//! a FHIR R4 Bundle. The patient's consents decide what treating institutions see of other
+//! institutions' data in their summary (`consent.rs`, `summary.rs`).
 
 pub mod config;
+pub mod consent;
+pub mod consents;
+pub mod delegation;
 pub mod demo;
 pub mod export;
 pub mod projector;
@@ -14,6 +18,7 @@ pub mod routes;
 pub mod signin;
 pub mod startup;
 pub mod store;
+pub mod summary;
 
 pub use config::Config;
 pub use startup::{GROUP, NAME, build};

@@ -9,8 +9,9 @@ use hixbus_bus::{Consumer, EventContext, HandlerError, KafkaConfig};
 use hixbus_contracts::codec::Codec;
 use hixbus_contracts::time::Date;
 use hixbus_contracts::{
-    CheckupCompleted, ClaimAdjudicated, ClaimSubmitted, LabResultReported, MedicationAlert,
-    PatientLinked, PrescriptionCancelled, PrescriptionDispensed, PrescriptionIssued, lifecycle,
+    CheckupCompleted, ClaimAdjudicated, ClaimSubmitted, ConsentChanged, LabResultReported,
+    MedicationAlert, PatientLinked, PrescriptionCancelled, PrescriptionDispensed,
+    PrescriptionIssued, lifecycle,
 };
 
 #[cfg(test)]
@@ -174,6 +175,13 @@ impl Projector {
         Ok(())
     }
 
+    /// A consent decision, from the patient's API (already applied there) or recorded on their
+    /// behalf by an institution.
+    pub async fn consent(self, e: ConsentChanged, _: EventContext) -> Result<(), HandlerError> {
+        self.store.put_consent(&e).await?;
+        Ok(())
+    }
+
     /// Events an institution published under its own id of the patient are the patient's too,
     /// and so is what was published under the reference their earlier insurance gave.
     pub async fn linked(self, e: PatientLinked, _: EventContext) -> Result<(), HandlerError> {
@@ -209,6 +217,7 @@ pub fn consumer(
         .on(Projector::claim)?
         .on(Projector::decision)?
         .on(Projector::linked)?
+        .on(Projector::consent)?
         .build()
 }
 
@@ -389,6 +398,99 @@ mod tests {
                 .is_empty()
         );
         assert_eq!(record::item(&record[0])["detail"]["status"], "cancelled");
+    }
+
+    #[tokio::test]
+    async fn a_replayed_grant_does_not_undo_its_revocation() {
+        let (p, _dir) = projector().await;
+        let granted = samples::consent_changed("pt-1");
+        let mut revoked = granted.clone();
+        revoked.decision = hixbus_contracts::ConsentDecision::Revoked;
+        revoked.envelope.occurred_at =
+            Timestamp::from_unix_millis(granted.envelope.occurred_at.unix_millis() + 1);
+        for c in [&granted, &revoked, &granted] {
+            p.clone().consent(c.clone(), ctx()).await.unwrap();
+        }
+        let refs = p.store.refs("pt-1").await.unwrap();
+        assert_eq!(p.store.consents(&refs).await.unwrap(), [revoked]);
+    }
+
+    #[tokio::test]
+    async fn a_delegation_is_accepted_once_by_someone_else_and_ends_when_revoked() {
+        let (p, _dir) = projector().await;
+        let store = &p.store;
+        let now = 1_800_000_000_000;
+        store
+            .enrol("iss", "child", None, Some(("pt-child", "clinic")), now)
+            .await
+            .unwrap();
+        let invite = |id: &'static str, code: &'static str| crate::store::NewDelegation {
+            id,
+            patient_ref: "pt-child",
+            relationship: "parent",
+            code_sha256: code,
+            code_expires_at: now + 1000,
+            created_at: now,
+            until_ms: now + 10_000,
+        };
+        store
+            .create_delegation(&invite("d-1", "code-1"))
+            .await
+            .unwrap();
+        store
+            .create_delegation(&invite("d-2", "code-2"))
+            .await
+            .unwrap();
+        // The patient cannot be their own proxy; the code stays usable.
+        assert_eq!(
+            store
+                .accept_delegation("code-1", "iss", "child", now)
+                .await
+                .unwrap(),
+            None
+        );
+        let accepted = store
+            .accept_delegation("code-1", "iss", "mother", now)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(accepted.patient_ref, "pt-child");
+        assert!(accepted.active(now));
+        assert!(!accepted.active(now + 10_000));
+        assert_eq!(
+            store
+                .accept_delegation("code-1", "iss", "father", now)
+                .await
+                .unwrap(),
+            None,
+            "a code works once"
+        );
+        // Expired invitations cannot be accepted.
+        assert_eq!(
+            store
+                .accept_delegation("code-2", "iss", "father", now + 1000)
+                .await
+                .unwrap(),
+            None
+        );
+        // Only the patient's own delegation can be revoked by them.
+        assert!(
+            !store
+                .revoke_delegation("d-1", "pt-other", now)
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .revoke_delegation("d-1", "pt-child", now)
+                .await
+                .unwrap()
+        );
+        let held = store.held_by("iss", "mother").await.unwrap();
+        assert!(held.iter().all(|d| !d.active(now)), "{held:?}");
+        let all = store.delegations("pt-child").await.unwrap();
+        let statuses: Vec<&str> = all.iter().map(|d| d.status(now + 1000)).collect();
+        assert_eq!(statuses, ["revoked", "expired"]);
     }
 
     #[tokio::test]

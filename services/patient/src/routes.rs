@@ -14,10 +14,11 @@ use axum::extract::{FromRef, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hixbus_access::{Action, Caller, Directory};
+use hixbus_bus::Publisher;
 use hixbus_contracts::identity;
 use hixbus_contracts::lifecycle;
 use hixbus_contracts::time::Date;
-use hixbus_service::{ApiError, JsonQuery, body, require_json};
+use hixbus_service::{ApiError, JsonQuery, body};
 use hixbus_storage::AuditLog;
 use rand::Rng;
 use serde::Deserialize;
@@ -47,6 +48,8 @@ pub struct AppState {
     pub signin: SignIn,
     pub store: Store,
     pub audit: AuditLog,
+    /// Publishes the patients' consent decisions.
+    pub publisher: Publisher,
 }
 
 impl FromRef<AppState> for Arc<Directory> {
@@ -61,7 +64,7 @@ impl FromRef<AppState> for SignIn {
     }
 }
 
-fn unavailable(e: impl std::fmt::Display) -> ApiError {
+pub(crate) fn unavailable(e: impl std::fmt::Display) -> ApiError {
     tracing::error!(error = %e, "patient record store failed");
     ApiError::unavailable("the patient record is unavailable; try again")
 }
@@ -69,19 +72,19 @@ fn unavailable(e: impl std::fmt::Display) -> ApiError {
 impl AppState {
     /// Records that `patient` read `what` (and what of it), before the answer leaves: a read
     /// that cannot be audited is not answered.
-    async fn audited(&self, patient: &Patient, action: &str, what: &str) -> Result<(), ApiError> {
+    pub(crate) async fn audited(
+        &self,
+        patient: &Patient,
+        action: &str,
+        what: &str,
+    ) -> Result<(), ApiError> {
         self.audit
-            .record(
-                &patient.person.audit_name(),
-                action,
-                what,
-                &patient.patient_ref,
-            )
+            .record(&patient.audit_name(), action, what, &patient.patient_ref)
             .await
             .map_err(unavailable)
     }
 
-    async fn refs(&self, patient: &Patient) -> Result<Vec<String>, ApiError> {
+    pub(crate) async fn refs(&self, patient: &Patient) -> Result<Vec<String>, ApiError> {
         self.store
             .refs(&patient.patient_ref)
             .await
@@ -116,8 +119,12 @@ pub struct CodeRequest {
     pub insurance: Insurance,
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("the body: {e}")))
+/// A JSON request body of at most [`MAX_BODY_BYTES`].
+pub(crate) async fn json_body<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<T, ApiError> {
+    body::json(headers, body, MAX_BODY_BYTES).await
 }
 
 fn check_card_field(name: &str, value: &str, required: bool) -> Result<(), ApiError> {
@@ -133,15 +140,25 @@ fn check_card_field(name: &str, value: &str, required: bool) -> Result<(), ApiEr
     Ok(())
 }
 
-fn new_code() -> String {
+pub(crate) fn new_code() -> String {
     let mut rng = rand::rng();
     (0..CODE_CHARS)
         .map(|_| char::from(CODE_ALPHABET[rng.random_range(0..CODE_ALPHABET.len())]))
         .collect()
 }
 
+/// A code as handed over: three groups of four.
+pub(crate) fn shown_code(code: &str) -> String {
+    let chars: Vec<char> = code.chars().collect();
+    chars
+        .chunks(4)
+        .map(|c| c.iter().collect::<String>())
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
 /// A code as typed (any case, with or without dashes and spaces), as stored.
-fn code_digest(code: &str) -> String {
+pub(crate) fn code_digest(code: &str) -> String {
     let plain: String = code
         .chars()
         .filter(|c| !matches!(c, '-' | ' '))
@@ -159,11 +176,7 @@ pub async fn issue_code(
     body: Body,
 ) -> Result<Response, ApiError> {
     let org = caller.require(Action::EnrolPatients)?;
-    require_json(&headers)?;
-    let bytes = body::read(body, MAX_BODY_BYTES)
-        .await
-        .map_err(|e| ApiError::new(e.status(), "too_large", e.to_string()))?;
-    let request: CodeRequest = read_json(&bytes)?;
+    let request: CodeRequest = json_body(&headers, body).await?;
     let card = &request.insurance;
     check_card_field("insurer", &card.insurer, true)?;
     check_card_field("symbol", &card.symbol, false)?;
@@ -188,7 +201,7 @@ pub async fn issue_code(
         .record(&org.id, "patient.enrolment_code", "", &patient_ref)
         .await
         .map_err(unavailable)?;
-    let shown = format!("{}-{}-{}", &code[0..4], &code[4..8], &code[8..12]);
+    let shown = shown_code(&code);
     Ok((
         StatusCode::CREATED,
         Json(json!({
@@ -214,11 +227,7 @@ pub async fn enrol(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    require_json(&headers)?;
-    let bytes = body::read(body, MAX_BODY_BYTES)
-        .await
-        .map_err(|e| ApiError::new(e.status(), "too_large", e.to_string()))?;
-    let request: EnrolRequest = read_json(&bytes)?;
+    let request: EnrolRequest = json_body(&headers, body).await?;
     if request.code.len() > 64 {
         return Err(ApiError::invalid("that is not an enrolment code"));
     }
@@ -478,7 +487,9 @@ pub async fn export(State(state): State<AppState>, patient: Patient) -> Result<R
         .for_patient(&patient.patient_ref)
         .await
         .map_err(unavailable)?;
-    let bundle: Value = export::bundle(&patient.patient_ref, &entries, &audit);
+    let refs = state.refs(&patient).await?;
+    let consents = state.store.consents(&refs).await.map_err(unavailable)?;
+    let bundle: Value = export::bundle(&patient.patient_ref, &entries, &consents, &audit);
     Ok((
         [(header::CONTENT_TYPE, "application/fhir+json")],
         bundle.to_string(),
@@ -495,7 +506,7 @@ mod tests {
         let code = new_code();
         assert_eq!(code.len(), CODE_CHARS);
         assert!(code.bytes().all(|b| CODE_ALPHABET.contains(&b)));
-        let shown = format!("{}-{}-{}", &code[0..4], &code[4..8], &code[8..12]);
+        let shown = shown_code(&code);
         assert_eq!(code_digest(&shown), code_digest(&code));
         assert_eq!(code_digest(&shown.to_lowercase()), code_digest(&code));
         assert_ne!(code_digest(&new_code()), code_digest(&code));

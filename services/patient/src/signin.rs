@@ -264,6 +264,40 @@ fn bearer(parts: &Parts) -> Result<&str, SignInError> {
         .ok_or(SignInError::Missing)
 }
 
+/// A proxy acting for the patient `header` names, under a delegation in force.
+async fn act_for(
+    store: &Store,
+    person: Person,
+    header: &axum::http::HeaderValue,
+) -> Result<Patient, ApiError> {
+    let patient_ref = header
+        .to_str()
+        .ok()
+        .filter(|r| hixbus_service::text::check_line(r, hixbus_service::MAX_ID_CHARS).is_ok())
+        .ok_or_else(|| ApiError::bad_request(format!("{ACT_FOR} is not a patient reference")))?;
+    let held = store.held_by(&person.iss, &person.sub).await.map_err(|e| {
+        tracing::error!(error = %e, "reading delegations failed");
+        ApiError::unavailable("the patient record is unavailable; try again")
+    })?;
+    let now = chrono::Utc::now().timestamp_millis();
+    // One answer whether the patient exists or not: no delegation of theirs is in force.
+    let delegation = held
+        .into_iter()
+        .find(|d| d.patient_ref == patient_ref && d.active(now))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "no_delegation",
+                "no delegation in force lets this sign-in act for that patient",
+            )
+        })?;
+    Ok(Patient {
+        person,
+        patient_ref: delegation.patient_ref,
+        delegation: Some(delegation.id),
+    })
+}
+
 /// A caller with a valid ID token, enrolled or not (what enrolment itself needs).
 #[derive(Debug, Clone)]
 pub struct SignedIn(pub Person);
@@ -282,12 +316,41 @@ where
     }
 }
 
-/// A signed-in, enrolled patient: whose record this caller may read. Nothing in a request can
-/// name another patient; the reference comes from the enrolment alone.
+/// A signed-in, enrolled patient, or their proxy: whose record this caller may read. The
+/// reference comes from the caller's enrolment, or from a delegation the patient granted the
+/// caller when the request names the patient in [`ACT_FOR`]; nothing else can name a patient.
 #[derive(Debug, Clone)]
 pub struct Patient {
     pub person: Person,
     pub patient_ref: String,
+    /// The delegation a proxy acts under; `None` for the patient themself.
+    pub delegation: Option<String>,
+}
+
+/// The header a proxy names the patient they act for in.
+pub const ACT_FOR: &str = "hixbus-act-for";
+
+impl Patient {
+    /// How the audit log names who acted: the patient's sign-in, or the proxy's and the
+    /// delegation it used.
+    pub fn audit_name(&self) -> String {
+        match &self.delegation {
+            None => self.person.audit_name(),
+            Some(id) => format!("proxy:{}:{id}", self.person.sub),
+        }
+    }
+
+    /// Refuses a proxy: what only the patient may do (grant or revoke proxies).
+    pub fn require_self(&self) -> Result<(), ApiError> {
+        match self.delegation {
+            None => Ok(()),
+            Some(_) => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "patient_only",
+                "only the patient may do this, not a proxy",
+            )),
+        }
+    }
 }
 
 impl Person {
@@ -308,10 +371,14 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let SignedIn(person) = SignedIn::from_request_parts(parts, state).await?;
         let store = SignIn::from_ref(state).store;
+        if let Some(header) = parts.headers.get(ACT_FOR) {
+            return act_for(&store, person, header).await;
+        }
         match store.account(&person.iss, &person.sub).await {
             Ok(Some(patient_ref)) => Ok(Self {
                 person,
                 patient_ref,
+                delegation: None,
             }),
             Ok(None) => Err(ApiError::new(
                 StatusCode::FORBIDDEN,

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post, put};
+use hixbus_bus::Publisher;
 use hixbus_service::{CancellationToken, Deps, Service, StartupError};
 use hixbus_storage::AuditLog;
 
@@ -12,6 +13,7 @@ use crate::projector::{self, Projector};
 use crate::routes::{self, AppState};
 use crate::signin::{SignIn, Verifier};
 use crate::store::Store;
+use crate::{consents, delegation, summary};
 
 /// The service's name (health answers, logs, `hixbus serve patient`).
 pub const NAME: &str = "patient";
@@ -54,6 +56,7 @@ pub async fn build(config: Config, deps: Deps) -> Result<Service, StartupError> 
         },
         store,
         audit: AuditLog::new(db.clone()).await?,
+        publisher: Publisher::new(&deps.kafka, deps.codec.clone())?,
     };
     Service::bind(
         NAME,
@@ -78,7 +81,26 @@ pub fn app(state: AppState) -> Router {
             .route("/patient/lab-trends", get(routes::lab_trends))
             .route("/patient/checkups", get(routes::checkups))
             .route("/patient/expenses", get(routes::expenses))
-            .route("/patient/export", get(routes::export)),
+            .route("/patient/export", get(routes::export))
+            .route(
+                "/patient/consents",
+                get(consents::list).post(consents::grant),
+            )
+            .route("/patient/consents/{consent_id}", delete(consents::revoke))
+            .route("/patient/research", put(consents::research))
+            .route("/patient/access", get(consents::access))
+            .route(
+                "/patient/delegations",
+                get(delegation::list).post(delegation::invite),
+            )
+            .route("/patient/delegations/accept", post(delegation::accept))
+            .route("/patient/delegations/{id}", delete(delegation::revoke))
+            .route("/patient/acting-for", get(delegation::acting_for))
+            .route("/summary/{patient_ref}", get(summary::read))
+            .route(
+                "/summary/{patient_ref}/break-glass",
+                post(summary::break_glass),
+            ),
         directory,
         audit,
         routes::MAX_BODY_BYTES,

@@ -2,8 +2,8 @@
 //! links between a patient's references, and the accounts patients sign in with.
 
 use hixbus_contracts::{
-    CheckupCompleted, ClaimAdjudicated, ClaimSubmitted, LabResultReported, MedicationAlert,
-    PrescriptionCancelled, PrescriptionDispensed, PrescriptionIssued,
+    CheckupCompleted, ClaimAdjudicated, ClaimSubmitted, ConsentChanged, LabResultReported,
+    MedicationAlert, PrescriptionCancelled, PrescriptionDispensed, PrescriptionIssued,
 };
 use hixbus_service::ReadModelError;
 use hixbus_storage::Database;
@@ -193,6 +193,69 @@ pub enum Enrolled {
     BadCode,
     /// The sign-in is enrolled as another patient already.
     Taken,
+}
+
+/// A delegation to record.
+#[derive(Debug, Clone)]
+pub struct NewDelegation<'a> {
+    pub id: &'a str,
+    pub patient_ref: &'a str,
+    pub relationship: &'a str,
+    pub code_sha256: &'a str,
+    pub code_expires_at: i64,
+    pub created_at: i64,
+    pub until_ms: i64,
+}
+
+/// Proxy access a patient granted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delegation {
+    pub id: String,
+    pub patient_ref: String,
+    pub relationship: String,
+    /// (issuer, subject) of the proxy, once accepted.
+    pub proxy: Option<(String, String)>,
+    pub code_expires_at: i64,
+    pub created_at: i64,
+    pub accepted_at: Option<i64>,
+    pub until_ms: i64,
+    pub revoked_at: Option<i64>,
+}
+
+impl Delegation {
+    /// Whether it lets its proxy act for the patient at `now_ms`.
+    pub fn active(&self, now_ms: i64) -> bool {
+        self.proxy.is_some() && self.revoked_at.is_none() && self.until_ms > now_ms
+    }
+
+    pub fn status(&self, now_ms: i64) -> &'static str {
+        match (self.revoked_at, self.proxy.is_some()) {
+            (Some(_), _) => "revoked",
+            (None, _) if self.until_ms <= now_ms => "expired",
+            (None, true) => "active",
+            (None, false) if self.code_expires_at <= now_ms => "expired",
+            (None, false) => "invited",
+        }
+    }
+}
+
+const DELEGATION: &str = "SELECT id, patient_ref, relationship, proxy_issuer, proxy_subject,
+    code_expires_at, created_at, accepted_at, until_ms, revoked_at FROM delegations";
+
+fn delegation_from_row(r: &AnyRow) -> Result<Delegation, ReadModelError> {
+    let issuer: Option<String> = r.try_get(3)?;
+    let subject: Option<String> = r.try_get(4)?;
+    Ok(Delegation {
+        id: r.try_get(0)?,
+        patient_ref: r.try_get(1)?,
+        relationship: r.try_get(2)?,
+        proxy: issuer.zip(subject),
+        code_expires_at: r.try_get(5)?,
+        created_at: r.try_get(6)?,
+        accepted_at: r.try_get(7)?,
+        until_ms: r.try_get(8)?,
+        revoked_at: r.try_get(9)?,
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -457,6 +520,206 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Keeps a consent decision, unless a later decision on the same consent is kept already.
+    pub async fn put_consent(&self, c: &ConsentChanged) -> Result<(), ReadModelError> {
+        sqlx::query(
+            "INSERT INTO record_consents (consent_id, patient_ref, at, event) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (consent_id) DO UPDATE SET patient_ref = excluded.patient_ref,
+                 at = excluded.at, event = excluded.event
+             WHERE record_consents.at <= excluded.at",
+        )
+        .bind(&c.consent_id)
+        .bind(&c.envelope.patient_ref)
+        .bind(c.envelope.occurred_at.unix_millis())
+        .bind(serde_json::to_string(c)?)
+        .execute(&self.db.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Every consent decision about the patient under `refs` as it stands, oldest first.
+    pub async fn consents(&self, refs: &[String]) -> Result<Vec<ConsentChanged>, ReadModelError> {
+        let sql = format!(
+            "SELECT event FROM record_consents WHERE patient_ref IN ({}) ORDER BY at, consent_id",
+            placeholders(1, refs.len())
+        );
+        let mut query = sqlx::query_scalar::<_, String>(&sql);
+        for r in refs {
+            query = query.bind(r);
+        }
+        let rows = query.fetch_all(&self.db.pool).await?;
+        Ok(rows
+            .iter()
+            .map(|j| serde_json::from_str(j))
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// Records an emergency access; its audit entry is the caller's to write.
+    pub async fn add_break_glass(
+        &self,
+        id: &str,
+        patient_ref: &str,
+        org_id: &str,
+        reason: &str,
+        started_at: i64,
+        until_ms: i64,
+    ) -> Result<(), ReadModelError> {
+        sqlx::query(
+            "INSERT INTO break_glass (id, patient_ref, org_id, reason, started_at, until_ms)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(id)
+        .bind(patient_ref)
+        .bind(org_id)
+        .bind(reason)
+        .bind(started_at)
+        .bind(until_ms)
+        .execute(&self.db.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Every emergency access to the patient under `refs`, latest first: (id, org, reason,
+    /// started, until).
+    pub async fn break_glass(
+        &self,
+        refs: &[String],
+    ) -> Result<Vec<(String, String, String, i64, i64)>, ReadModelError> {
+        let sql = format!(
+            "SELECT id, org_id, reason, started_at, until_ms FROM break_glass
+             WHERE patient_ref IN ({}) ORDER BY started_at DESC, id",
+            placeholders(1, refs.len())
+        );
+        let mut query = sqlx::query_as(&sql);
+        for r in refs {
+            query = query.bind(r);
+        }
+        Ok(query.fetch_all(&self.db.pool).await?)
+    }
+
+    /// Records a delegation not accepted yet, with the digest of its invitation code.
+    pub async fn create_delegation(&self, d: &NewDelegation<'_>) -> Result<(), ReadModelError> {
+        sqlx::query(
+            "INSERT INTO delegations (id, patient_ref, relationship, code_sha256, code_expires_at,
+                 created_at, until_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(d.id)
+        .bind(d.patient_ref)
+        .bind(d.relationship)
+        .bind(d.code_sha256)
+        .bind(d.code_expires_at)
+        .bind(d.created_at)
+        .bind(d.until_ms)
+        .execute(&self.db.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Binds the sign-in to the delegation the code invites to, using the code up; the
+    /// delegation, or `None` for an unknown, used, revoked or expired code. A patient cannot be
+    /// their own proxy.
+    pub async fn accept_delegation(
+        &self,
+        code_sha256: &str,
+        issuer: &str,
+        subject: &str,
+        now_ms: i64,
+    ) -> Result<Option<Delegation>, ReadModelError> {
+        let mut tx = self.db.pool.begin().await?;
+        let row = sqlx::query(
+            "UPDATE delegations SET proxy_issuer = $1, proxy_subject = $2, accepted_at = $3,
+                 code_sha256 = NULL
+             WHERE code_sha256 = $4 AND accepted_at IS NULL AND revoked_at IS NULL
+                 AND code_expires_at > $3 AND until_ms > $3
+             RETURNING id",
+        )
+        .bind(issuer)
+        .bind(subject)
+        .bind(now_ms)
+        .bind(code_sha256)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let id: String = row.try_get(0)?;
+        let delegation = Self::delegation_in(&mut tx, &id).await?;
+        let own: Option<String> = sqlx::query_scalar(
+            "SELECT patient_ref FROM patient_accounts WHERE issuer = $1 AND subject = $2",
+        )
+        .bind(issuer)
+        .bind(subject)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if delegation
+            .as_ref()
+            .is_none_or(|d| own.as_deref() == Some(d.patient_ref.as_str()))
+        {
+            return Ok(None);
+        }
+        tx.commit().await?;
+        Ok(delegation)
+    }
+
+    async fn delegation_in(
+        conn: &mut sqlx::AnyConnection,
+        id: &str,
+    ) -> Result<Option<Delegation>, ReadModelError> {
+        let row = sqlx::query(&format!("{DELEGATION} WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(conn)
+            .await?;
+        row.as_ref().map(delegation_from_row).transpose()
+    }
+
+    /// Every delegation the patient made, newest first.
+    pub async fn delegations(&self, patient_ref: &str) -> Result<Vec<Delegation>, ReadModelError> {
+        let rows = sqlx::query(&format!(
+            "{DELEGATION} WHERE patient_ref = $1 ORDER BY created_at DESC, id"
+        ))
+        .bind(patient_ref)
+        .fetch_all(&self.db.pool)
+        .await?;
+        rows.iter().map(delegation_from_row).collect()
+    }
+
+    /// Every delegation the sign-in holds, accepted and not revoked (expired ones included).
+    pub async fn held_by(
+        &self,
+        issuer: &str,
+        subject: &str,
+    ) -> Result<Vec<Delegation>, ReadModelError> {
+        let rows = sqlx::query(&format!(
+            "{DELEGATION} WHERE proxy_issuer = $1 AND proxy_subject = $2 AND revoked_at IS NULL
+             ORDER BY created_at DESC, id"
+        ))
+        .bind(issuer)
+        .bind(subject)
+        .fetch_all(&self.db.pool)
+        .await?;
+        rows.iter().map(delegation_from_row).collect()
+    }
+
+    /// Revokes the patient's delegation `id`; `false` if they have none by that id.
+    pub async fn revoke_delegation(
+        &self,
+        id: &str,
+        patient_ref: &str,
+        now_ms: i64,
+    ) -> Result<bool, ReadModelError> {
+        let done = sqlx::query(
+            "UPDATE delegations SET revoked_at = $1, code_sha256 = NULL
+             WHERE id = $2 AND patient_ref = $3 AND revoked_at IS NULL",
+        )
+        .bind(now_ms)
+        .bind(id)
+        .bind(patient_ref)
+        .execute(&self.db.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// The patient a sign-in reads as, if it is enrolled.

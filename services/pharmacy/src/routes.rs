@@ -19,8 +19,7 @@ use hixbus_contracts::{
 };
 use hixbus_service::changes::Shown;
 use hixbus_service::{
-    ApiError, ClientAddr, JsonPath, JsonQuery, PerKeyLimit, body, check_id, institution,
-    require_json, text,
+    ApiError, ClientAddr, JsonPath, JsonQuery, PerKeyLimit, body, check_id, institution, text,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -93,16 +92,12 @@ fn not_found(prescription_id: &str) -> ApiError {
     ApiError::not_found(format!("no prescription {shown} in your inbox"))
 }
 
-/// A JSON request body: the right media type, bounded, in time, and parsed.
+/// A JSON request body of at most [`MAX_BODY_BYTES`].
 async fn json_body<T: for<'de> Deserialize<'de>>(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<T, ApiError> {
-    require_json(headers)?;
-    let bytes = body::read(body, MAX_BODY_BYTES)
-        .await
-        .map_err(|e| ApiError::new(e.status(), "bad_request", e.to_string()))?;
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(e.to_string()))
+    body::json(headers, body, MAX_BODY_BYTES).await
 }
 
 /// What a pharmacy sees of one prescription.

@@ -39,6 +39,20 @@ pub async fn read(body: Body, max: usize) -> Result<Bytes, BodyError> {
     read_within(body, max, BODY_TIMEOUT).await
 }
 
+/// A JSON request body, as every JSON API takes one: a JSON media type (else 415), at most `max`
+/// bytes in time (else 413, 408), parsed as `T` (else 400 with serde's reason).
+pub async fn json<T: serde::de::DeserializeOwned>(
+    headers: &axum::http::HeaderMap,
+    body: Body,
+    max: usize,
+) -> Result<T, crate::ApiError> {
+    crate::require_json(headers)?;
+    let bytes = read(body, max)
+        .await
+        .map_err(|e| crate::ApiError::new(e.status(), "bad_request", e.to_string()))?;
+    serde_json::from_slice(&bytes).map_err(|e| crate::ApiError::bad_request(e.to_string()))
+}
+
 pub async fn read_within(body: Body, max: usize, limit: Duration) -> Result<Bytes, BodyError> {
     let collected = tokio::time::timeout(limit, Limited::new(body, max).collect()).await;
     match collected {
