@@ -26,6 +26,7 @@ async fn encode_event(codec: &Codec, event: &Event) -> hixbus_contracts::Encoded
         Event::ConsentChanged(e) => codec.encode(e).await,
         Event::MedicationAlert(e) => codec.encode(e).await,
         Event::PatientLinked(e) => codec.encode(e).await,
+        Event::PatientDataAccessed(e) => codec.encode(e).await,
     };
     encoded.unwrap_or_else(|e| panic!("{}: {e}", event.name()))
 }

@@ -149,6 +149,7 @@ async fn our_records_and_the_converters_records_are_interchangeable() {
             Event::ConsentChanged(e) => converter_encode(&encoder, e, &strategy).await,
             Event::MedicationAlert(e) => converter_encode(&encoder, e, &strategy).await,
             Event::PatientLinked(e) => converter_encode(&encoder, e, &strategy).await,
+            Event::PatientDataAccessed(e) => converter_encode(&encoder, e, &strategy).await,
         };
         assert_eq!(
             bytes,

@@ -367,6 +367,52 @@ impl Flow {
         .unwrap()
     }
 
+    /// Waits until the patient service's trail holds exactly the audit rows every service
+    /// recorded about Taro (under any of his references); those event ids.
+    async fn trail_is_complete(&self) -> std::collections::BTreeSet<String> {
+        let patient_db = hixbus_storage::Database::connect(&self.databases[&Kind::Patient])
+            .await
+            .unwrap();
+        let store = hixbus_patient::store::Store::new(patient_db.clone())
+            .await
+            .unwrap();
+        let refs = store.refs(TARO).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut recorded = std::collections::BTreeSet::new();
+            for url in self.databases.values() {
+                let db = hixbus_storage::Database::connect(url).await.unwrap();
+                for r in &refs {
+                    let ids: Vec<String> = sqlx::query_scalar(
+                        "SELECT event_id FROM audit_log WHERE patient_ref = $1 AND event_id IS NOT NULL",
+                    )
+                    .bind(r)
+                    .fetch_all(&db.pool)
+                    .await
+                    .unwrap();
+                    recorded.extend(ids);
+                }
+            }
+            let on_trail: std::collections::BTreeSet<String> =
+                hixbus_patient::trail::for_patient(&patient_db, &refs)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|(_, _, _, e)| e.envelope.event_id)
+                    .collect();
+            if on_trail == recorded {
+                return recorded;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the trail differs from the audit logs: missing {:?}, extra {:?}",
+                recorded.difference(&on_trail).collect::<Vec<_>>(),
+                on_trail.difference(&recorded).collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Rebuilt from the topics into an empty database (a new consumer group), Taro's record
     /// and consents are what they were.
     async fn assert_rebuilds_the_same(&mut self) {
@@ -882,6 +928,90 @@ async fn a_patient_sees_their_whole_record_exports_it_as_r4_and_no_one_elses() {
         "{reads:?}"
     );
 
+    // The trail: every access any service recorded about Taro, no more, no less, across the
+    // gateway, the pharmacy, the lab gateway, claims, the insurer and this service.
+    let trail = flow.trail_is_complete().await;
+    assert!(trail.len() > 20, "{}", trail.len());
+    let (_, access) = flow.patient("taro", "/patient/access").await;
+    let services: std::collections::BTreeSet<&str> = access["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["service"].as_str().unwrap())
+        .collect();
+    for service in [
+        "hixbus-clinic-gateway",
+        "hixbus-pharmacy",
+        "hixbus-lab-gateway",
+        "hixbus-insurer-feed",
+        "hixbus-patient",
+    ] {
+        assert!(services.contains(service), "{service} not in {services:?}");
+    }
+    let pharmacy_read = access["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["who"] == "pharmacy-aozora")
+        .unwrap();
+    assert_eq!(pharmacy_read["role"], "pharmacy");
+    assert_eq!(pharmacy_read["purpose"], "DISPENSING");
+    // Hanako's trail holds her own entries, none of Taro's.
+    let (_, hanako_access) = flow.patient("hanako", "/patient/access").await;
+    let hanako_entries = hanako_access["entries"].as_array().unwrap();
+    assert!(!hanako_entries.is_empty());
+    assert!(
+        hanako_entries
+            .iter()
+            .all(|e| !trail.contains(e["event_id"].as_str().unwrap())),
+        "{hanako_access}"
+    );
+    let download = flow
+        .http
+        .get(flow.url(Kind::Patient, "/patient/access/download"))
+        .bearer_auth(flow.token("taro"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(download.lines().count() >= trail.len(), "{download}");
+    assert!(
+        download
+            .lines()
+            .all(|l| serde_json::from_str::<Value>(l).unwrap()["hash"].is_string())
+    );
+
+    // Tamper-evident: intact now; one stored entry altered, and verification names it.
+    let patient_db = hixbus_storage::Database::connect(&flow.databases[&Kind::Patient])
+        .await
+        .unwrap();
+    let heads = match hixbus_patient::trail::verify(&patient_db).await.unwrap() {
+        hixbus_patient::trail::Verdict::Intact(heads) => heads,
+        broken => panic!("{broken:?}"),
+    };
+    let (chain, entries, _) = heads.iter().max_by_key(|h| h.1).unwrap().clone();
+    let victim = entries / 2;
+    sqlx::query("UPDATE audit_trail SET entry = replace(entry, 'patient', 'nobody') WHERE chain = $1 AND seq = $2")
+        .bind(chain)
+        .bind(victim)
+        .execute(&patient_db.pool)
+        .await
+        .unwrap();
+    match hixbus_patient::trail::verify(&patient_db).await.unwrap() {
+        hixbus_patient::trail::Verdict::Broken {
+            chain: c,
+            seq,
+            problem,
+            ..
+        } => {
+            assert_eq!((c, seq), (chain, victim), "{problem}");
+            assert!(problem.contains("altered"), "{problem}");
+        }
+        intact => panic!("not detected: {intact:?}"),
+    }
+
     flow.stop().await;
 }
 
@@ -1133,6 +1263,8 @@ async fn consent_decides_what_a_treating_institution_sees_and_revocation_holds_o
     .map(|(k, o)| ((*k).to_owned(), (*o).to_owned()))
     .collect();
     assert_eq!(parts(&minato), (vec![], everything_else), "{minato}");
+    // The trail reaches the patient within moments of each access.
+    flow.trail_is_complete().await;
     let (status, access) = flow.patient("taro", "/patient/access").await;
     assert_eq!(status, 200);
     assert_eq!(access["break_glass"][0]["org"], "hospital-minato");
@@ -1257,4 +1389,86 @@ async fn record_of(db: &str) -> Value {
         "timeline": record.iter().map(hixbus_patient::record::item).collect::<Vec<_>>(),
         "export": bundle,
     })
+}
+
+#[tokio::test]
+async fn the_audit_log_is_shipped_to_the_trail_once_and_waits_while_the_broker_is_away() {
+    let stack = BusStack::start().await;
+    let db = hixbus_storage::Database::connect(&fresh_database(Backend::Sqlite).await)
+        .await
+        .unwrap();
+    let log = hixbus_storage::AuditLog::new(db).await.unwrap();
+    let (directory, _) = directory_with_keys(DEMO_ORGANIZATIONS);
+    log.record("pharmacy-aozora", "inbox.read", "rx-1", TARO)
+        .await
+        .unwrap();
+    log.record("clinic-sakura", "clinic.read", "rx-2", TARO)
+        .await
+        .unwrap();
+    // A refused request that named no patient stays local.
+    log.record("anonymous", "denied.401", "GET /x", "")
+        .await
+        .unwrap();
+
+    // The broker is away: nothing is marked shipped, and nothing is lost.
+    let away =
+        hixbus_bus::KafkaConfig::new("127.0.0.1:9").with_option("message.timeout.ms", "1000");
+    let unreachable = hixbus_bus::Publisher::new(&away, stack.codec()).unwrap();
+    let failed = hixbus_service::trail::ship_once("pharmacy", &log, &unreachable, &directory).await;
+    assert!(failed.is_err(), "{failed:?}");
+    assert_eq!(log.unshipped(100).await.unwrap().len(), 2);
+
+    // Back: both are shipped, once.
+    let publisher = stack.publisher();
+    let shipped = hixbus_service::trail::ship_once("pharmacy", &log, &publisher, &directory)
+        .await
+        .unwrap();
+    assert_eq!(shipped, 2);
+    assert_eq!(
+        hixbus_service::trail::ship_once("pharmacy", &log, &publisher, &directory)
+            .await
+            .unwrap(),
+        0
+    );
+    // Read record by record rather than to the high watermark: Tansu 0.6.0 seems to report the
+    // end of a partition as one past the first record of a batch when the producer sent several
+    // in one (the shipper sends a round at once), so a read "to the end" stopped after one.
+    let mut reader = hixbus_bus::reader::TopicReader::open(
+        &stack.kafka,
+        "audit",
+        hixbus_bus::reader::Start::Beginning,
+    )
+    .unwrap();
+    let codec = stack.codec();
+    let mut on_topic = Vec::new();
+    while on_topic.len() < 2 {
+        let record = tokio::time::timeout(Duration::from_secs(30), reader.next(false))
+            .await
+            .expect("the trail entries reach the topic")
+            .unwrap()
+            .unwrap();
+        match codec
+            .decode(&record.payload.unwrap())
+            .await
+            .unwrap()
+            .unwrap()
+            .event
+        {
+            hixbus_contracts::Event::PatientDataAccessed(e) => on_topic.push(e),
+            other => panic!("{other:?}"),
+        }
+    }
+    let mut actors: Vec<(&str, &str, Option<&str>)> = on_topic
+        .iter()
+        .map(|e| (e.actor.as_str(), e.action.as_str(), e.purpose.as_deref()))
+        .collect();
+    actors.sort();
+    assert_eq!(
+        actors,
+        [
+            ("clinic-sakura", "clinic.read", Some("TREATMENT")),
+            ("pharmacy-aozora", "inbox.read", Some("DISPENSING")),
+        ]
+    );
+    assert!(on_topic.iter().all(|e| e.envelope.patient_ref == TARO));
 }

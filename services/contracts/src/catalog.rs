@@ -136,6 +136,7 @@ pub const EMBEDDED_SOURCES: &[(&str, &str)] = embedded_sources!(
     "events/ConsentChanged.avsc",
     "events/LabResultReported.avsc",
     "events/MedicationAlert.avsc",
+    "events/PatientDataAccessed.avsc",
     "events/PatientLinked.avsc",
     "events/PrescriptionCancelled.avsc",
     "events/PrescriptionClaimed.avsc",

@@ -522,7 +522,20 @@ pub fn one_of_each(patient: &str) -> Vec<Event> {
         consent_changed(patient).into(),
         medication_alert(patient).into(),
         patient_linked(patient).into(),
+        patient_data_accessed(patient).into(),
     ]
+}
+
+pub fn patient_data_accessed(patient: &str) -> PatientDataAccessed {
+    PatientDataAccessed {
+        envelope: envelope("hixbus-pharmacy", patient, 1_711_967_000_000),
+        actor: "pharmacy-aozora".to_owned(),
+        actor_role: Some("pharmacy".to_owned()),
+        action: "inbox.read".to_owned(),
+        subject: format!("rx-{patient}-1"),
+        purpose: Some("DISPENSING".to_owned()),
+        policy: Some("role pharmacy: its own inbox".to_owned()),
+    }
 }
 
 pub fn patient_linked(patient: &str) -> PatientLinked {

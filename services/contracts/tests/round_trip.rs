@@ -25,6 +25,7 @@ fn every_event_type_round_trips() {
             Event::ConsentChanged(e) => round_trip(e),
             Event::MedicationAlert(e) => round_trip(e),
             Event::PatientLinked(e) => round_trip(e),
+            Event::PatientDataAccessed(e) => round_trip(e),
         }
     }
 }

@@ -115,7 +115,8 @@ fn topics_and_subjects_follow_the_documented_strategy() {
             "claim-adjudications",
             "consents",
             "alerts",
-            "patient-links"
+            "patient-links",
+            "audit"
         ]
     );
 }

@@ -96,6 +96,7 @@ pub async fn run(cmd: DlqCommand) -> anyhow::Result<ExitCode> {
                     );
                 }
             }
+            audit.ship(&bus).await;
             Ok(ExitCode::SUCCESS)
         }
         DlqCommand::Show {
@@ -113,6 +114,7 @@ pub async fn run(cmd: DlqCommand) -> anyhow::Result<ExitCode> {
             let mut shown = serde_json::to_value(&letter)?;
             shown["decoded"] = dlq::describe_payload(&codec, &record).await;
             println!("{}", serde_json::to_string_pretty(&shown)?);
+            audit.ship(&bus).await;
             Ok(ExitCode::SUCCESS)
         }
         DlqCommand::Redrive {

@@ -1,5 +1,6 @@
 //! `hixbus`: one binary for every hixbus process and operator task.
 
+mod audit;
 mod bus_args;
 mod demo;
 mod dlq;
@@ -54,6 +55,9 @@ enum Command {
     /// Organization API keys.
     #[command(subcommand)]
     Orgs(services::OrgsCommand),
+    /// Check the patients' access trail.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Inputs for trying the flow by hand.
     #[command(subcommand)]
     Demo(demo::DemoCommand),
@@ -93,6 +97,7 @@ async fn main() -> std::process::ExitCode {
         Command::Serve(args) => services::serve(args).await,
         Command::Orgs(cmd) => services::orgs(cmd),
         Command::Demo(cmd) => demo::run(cmd),
+        Command::Audit(cmd) => audit::run(cmd).await,
     };
     telemetry.shutdown();
     match result {

@@ -6,8 +6,12 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use hixbus_bus::Publisher;
 use hixbus_bus::reader::OwnedRecord;
+use hixbus_contracts::codec::SchemaIdStrategy;
 use hixbus_storage::{AuditLog, Database};
+
+use crate::bus_args::BusArgs;
 
 #[derive(Debug, Clone, Args)]
 pub struct OperatorArgs {
@@ -75,6 +79,37 @@ impl OperatorAudit {
             )
             .await
             .map_err(|e| anyhow::anyhow!("cannot audit the read of {position}, not shown: {e}"))
+    }
+}
+
+impl OperatorAudit {
+    /// Ships what this session recorded to the patients' access trail (the `audit` topic), as
+    /// every service ships its log. If the bus cannot take it now, the rows wait in the log and
+    /// go with the next command that ships; nothing is lost, and the reads were shown already.
+    pub async fn ship(&self, bus: &BusArgs) {
+        let outcome = async {
+            let codec = bus.codec(SchemaIdStrategy::Lookup)?;
+            let publisher = Publisher::new(&bus.kafka("hixbus-operator"), codec)?;
+            let directory = hixbus_access::Directory::default();
+            loop {
+                let shipped =
+                    hixbus_service::trail::ship_once("operator", &self.log, &publisher, &directory)
+                        .await
+                        .map_err(|e| anyhow::anyhow!(e))?;
+                if shipped == 0 {
+                    return anyhow::Ok(());
+                }
+            }
+        };
+        match tokio::time::timeout(std::time::Duration::from_secs(10), outcome).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!(
+                "hixbus: the reads were audited locally; shipping them to the patients' trail failed ({e}) and is retried by the next command"
+            ),
+            Err(_) => eprintln!(
+                "hixbus: the reads were audited locally; shipping them to the patients' trail timed out and is retried by the next command"
+            ),
+        }
     }
 }
 

@@ -45,7 +45,7 @@ macro_rules! services {
             }
 
             /// Builds it as deployed: its configuration from `file` and the environment,
-            /// connected to what that names.
+            /// connected to what that names, shipping its audit log to the access trail.
             pub async fn deployed(self, file: Option<&Path>) -> Result<Service, StartupError> {
                 match self {
                     $(Kind::$kind => {
@@ -58,13 +58,14 @@ macro_rules! services {
                             wiring.organizations.as_deref(),
                         )
                         .await?;
-                        $krate::build(settings, deps).await
+                        $krate::build(settings, deps.clone()).await?.with_audit_trail(&deps).await
                     })*
                 }
             }
 
-            /// Builds it on a stack's shared bus and directory (`hixbus up`, tests), with the
-            /// settings the stack chose (`listen`, `access_code_key`…; a key the service does
+            /// Builds it on a stack's shared bus and directory (`hixbus up`, tests), shipping its
+            /// audit log to the access trail as every service does, with the settings the stack
+            /// chose (`listen`, `access_code_key`…; a key the service does
             /// not have is skipped).
             pub async fn local(
                 self,
@@ -72,7 +73,12 @@ macro_rules! services {
                 deps: Deps,
             ) -> Result<Service, StartupError> {
                 match self {
-                    $(Kind::$kind => $krate::build(config::local(settings)?, deps).await,)*
+                    $(Kind::$kind => {
+                        $krate::build(config::local(settings)?, deps.clone())
+                            .await?
+                            .with_audit_trail(&deps)
+                            .await
+                    })*
                 }
             }
         }

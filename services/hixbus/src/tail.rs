@@ -58,6 +58,7 @@ pub async fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
         out.flush()?;
         printed += 1;
     }
+    audit.ship(&args.bus).await;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -399,8 +399,13 @@ async fn demo_clinic(
     for round in 0u64.. {
         let patient = format!("patient:demo-{:04}", round % 20 + 1);
         for mut event in samples::one_of_each(&patient) {
-            // Made by the insurer delivery from the prescriptions, on insurers' own topics.
-            if matches!(event, hixbus_contracts::Event::ClaimEvidence(_)) {
+            // Made by the insurer delivery from the prescriptions, on insurers' own topics; and
+            // the access trail is made by the services from their audit logs, never by hand.
+            if matches!(
+                event,
+                hixbus_contracts::Event::ClaimEvidence(_)
+                    | hixbus_contracts::Event::PatientDataAccessed(_)
+            ) {
                 continue;
             }
             tokio::select! {

@@ -9,7 +9,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use hixbus_contracts::{
-    ConsentChanged, ConsentDecision, DataCategory, Envelope, PurposeOfUse, Timestamp,
+    ConsentChanged, ConsentDecision, DataCategory, Envelope, PatientDataAccessed, PurposeOfUse,
+    Timestamp,
 };
 use hixbus_service::{ApiError, JsonPath};
 use serde::Deserialize;
@@ -19,6 +20,7 @@ use crate::consent::{self, POLICY_VERSION, VISIT_HOURS};
 use crate::record::local_time;
 use crate::routes::{AppState, json_body, unavailable};
 use crate::signin::Patient;
+use crate::trail;
 
 /// How a patient's consent events name their producer.
 pub const PORTAL: &str = "patient-portal";
@@ -222,17 +224,15 @@ pub async fn research(
     Ok(Json(json!({"opted_out": choice.opted_out})).into_response())
 }
 
-/// `GET /patient/access`: who read or was sent this patient's data here, emergency accesses
-/// first, then every audited access, newest first.
+/// `GET /patient/access`: who read, was sent or changed this patient's data, in every service
+/// of the exchange (the trail), emergency accesses first, then every entry, newest first.
 pub async fn access(State(state): State<AppState>, patient: Patient) -> Result<Response, ApiError> {
     state.audited(&patient, "patient.access", "").await?;
     let refs = state.refs(&patient).await?;
     let breaks = state.store.break_glass(&refs).await.map_err(unavailable)?;
-    let mut entries = Vec::new();
-    for r in &refs {
-        entries.extend(state.audit.for_patient(r).await.map_err(unavailable)?);
-    }
-    entries.sort_by(|a, b| b.at.cmp(&a.at));
+    let trail = trail::for_patient(state.store.database(), &refs)
+        .await
+        .map_err(unavailable)?;
     Ok(Json(json!({
         "break_glass": breaks.iter().map(|(id, org, reason, from, until)| json!({
             "id": id,
@@ -242,12 +242,57 @@ pub async fn access(State(state): State<AppState>, patient: Patient) -> Result<R
             "from": local_time(*from),
             "until": local_time(*until),
         })).collect::<Vec<_>>(),
-        "entries": entries.iter().map(|e| json!({
-            "at": e.at,
-            "who": e.org_id,
-            "action": e.action,
-            "what": e.subject_id,
-        })).collect::<Vec<_>>(),
+        "entries": trail.iter().map(|(_, _, _, e)| entry_view(&state, e)).collect::<Vec<_>>(),
     }))
     .into_response())
+}
+
+fn entry_view(state: &AppState, e: &PatientDataAccessed) -> Value {
+    json!({
+        "at": local_time(e.envelope.occurred_at.unix_millis()),
+        "who": e.actor,
+        "institution": state.directory.get(&e.actor).map(|o| o.name.clone()),
+        "role": e.actor_role,
+        "action": e.action,
+        "what": e.subject,
+        "purpose": e.purpose,
+        "policy": e.policy,
+        "service": e.envelope.producer_org,
+        "event_id": e.envelope.event_id,
+    })
+}
+
+/// `GET /patient/access/download`: the whole trail as JSON lines, each entry with its place in
+/// its chain and its hash, so the patient can keep it and check it later.
+pub async fn download(
+    State(state): State<AppState>,
+    patient: Patient,
+) -> Result<Response, ApiError> {
+    state
+        .audited(&patient, "patient.access_download", "")
+        .await?;
+    let refs = state.refs(&patient).await?;
+    let trail = trail::for_patient(state.store.database(), &refs)
+        .await
+        .map_err(unavailable)?;
+    let mut lines = String::new();
+    for (chain, seq, hash, e) in &trail {
+        let mut line = entry_view(&state, e);
+        line["chain"] = json!(chain);
+        line["seq"] = json!(seq);
+        line["hash"] = json!(hash);
+        lines.push_str(&line.to_string());
+        lines.push('\n');
+    }
+    Ok((
+        [
+            (axum::http::header::CONTENT_TYPE, "application/x-ndjson"),
+            (
+                axum::http::header::CONTENT_DISPOSITION,
+                "attachment; filename=\"access-trail.jsonl\"",
+            ),
+        ],
+        lines,
+    )
+        .into_response())
 }

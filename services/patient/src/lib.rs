@@ -19,6 +19,7 @@ pub mod signin;
 pub mod startup;
 pub mod store;
 pub mod summary;
+pub mod trail;
 
 pub use config::Config;
 pub use startup::{GROUP, NAME, build};

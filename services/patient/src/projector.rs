@@ -10,8 +10,8 @@ use hixbus_contracts::codec::Codec;
 use hixbus_contracts::time::Date;
 use hixbus_contracts::{
     CheckupCompleted, ClaimAdjudicated, ClaimSubmitted, ConsentChanged, LabResultReported,
-    MedicationAlert, PatientLinked, PrescriptionCancelled, PrescriptionDispensed,
-    PrescriptionIssued, lifecycle,
+    MedicationAlert, PatientDataAccessed, PatientLinked, PrescriptionCancelled,
+    PrescriptionDispensed, PrescriptionIssued, lifecycle,
 };
 
 #[cfg(test)]
@@ -182,6 +182,16 @@ impl Projector {
         Ok(())
     }
 
+    /// One access to a patient's data, from any service: appended to its partition's chain.
+    pub async fn accessed(
+        self,
+        e: PatientDataAccessed,
+        ctx: EventContext,
+    ) -> Result<(), HandlerError> {
+        crate::trail::append(self.store.database(), ctx.partition, &e).await?;
+        Ok(())
+    }
+
     /// Events an institution published under its own id of the patient are the patient's too,
     /// and so is what was published under the reference their earlier insurance gave.
     pub async fn linked(self, e: PatientLinked, _: EventContext) -> Result<(), HandlerError> {
@@ -218,6 +228,7 @@ pub fn consumer(
         .on(Projector::decision)?
         .on(Projector::linked)?
         .on(Projector::consent)?
+        .on(Projector::accessed)?
         .build()
 }
 

@@ -89,6 +89,7 @@ pub fn app(state: AppState) -> Router {
             .route("/patient/consents/{consent_id}", delete(consents::revoke))
             .route("/patient/research", put(consents::research))
             .route("/patient/access", get(consents::access))
+            .route("/patient/access/download", get(consents::download))
             .route(
                 "/patient/delegations",
                 get(delegation::list).post(delegation::invite),

@@ -17,6 +17,7 @@ pub mod read_model;
 pub mod run;
 pub mod telemetry;
 pub mod text;
+pub mod trail;
 
 pub use audit::{DenialAudit, audit_denials};
 pub use config::BusSettings;

@@ -188,6 +188,24 @@ impl Service {
         self
     }
 
+    /// Ships the service's audit log to the patients' access trail while it runs
+    /// ([`crate::trail`]); a service without a database has no log and ships nothing.
+    pub async fn with_audit_trail(self, deps: &Deps) -> Result<Self, StartupError> {
+        let Some(db) = &deps.database else {
+            return Ok(self);
+        };
+        let log = hixbus_storage::AuditLog::new(db.clone()).await?;
+        let publisher = hixbus_bus::Publisher::new(&deps.kafka, deps.codec.clone())?;
+        let shipper = crate::trail::ship(
+            self.name,
+            log,
+            publisher,
+            deps.directory.clone(),
+            self.stopping.clone(),
+        );
+        Ok(self.with_server(shipper))
+    }
+
     /// How long a client may take to send a request's headers (tests shorten it).
     pub fn with_header_timeout(mut self, timeout: std::time::Duration) -> Self {
         self.header_timeout = timeout;

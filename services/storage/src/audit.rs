@@ -18,6 +18,15 @@ pub struct AuditEntry {
     pub subject_id: String,
 }
 
+/// A row of the audit log waiting to be published to the patient's trail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shippable {
+    /// The row's own id: the trail entry's event id.
+    pub event_id: String,
+    pub patient_ref: String,
+    pub entry: AuditEntry,
+}
+
 #[derive(Debug, Clone)]
 pub struct AuditLog {
     db: Database,
@@ -49,18 +58,64 @@ impl AuditLog {
         subject_id: &str,
         patient_ref: &str,
     ) -> Result<(), sqlx::Error> {
+        // A row about a patient waits to be shipped to their trail; a refused request that
+        // named no patient stays local.
         sqlx::query(
-            "INSERT INTO audit_log (at, org_id, action, subject_id, patient_ref)
-             VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO audit_log (at, org_id, action, subject_id, patient_ref, event_id, shipped)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
         .bind(org_id)
         .bind(action)
         .bind(subject_id)
         .bind(patient_ref)
+        .bind(uuid::Uuid::now_v7().to_string())
+        .bind(i64::from(patient_ref.is_empty()))
         .execute(conn)
         .await
         .map(drop)
+    }
+
+    /// Up to `limit` rows not shipped to the trail yet, oldest first.
+    pub async fn unshipped(&self, limit: i64) -> Result<Vec<Shippable>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT event_id, at, org_id, action, subject_id, patient_ref FROM audit_log
+             WHERE shipped = 0 AND event_id IS NOT NULL ORDER BY at, event_id LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.db.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Shippable {
+                    event_id: r.try_get(0)?,
+                    patient_ref: r.try_get(5)?,
+                    entry: AuditEntry {
+                        at: r.try_get(1)?,
+                        org_id: r.try_get(2)?,
+                        action: r.try_get(3)?,
+                        subject_id: r.try_get(4)?,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// Marks rows as shipped (published and acknowledged).
+    pub async fn mark_shipped(&self, event_ids: &[String]) -> Result<(), sqlx::Error> {
+        for chunk in event_ids.chunks(500) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "UPDATE audit_log SET shipped = 1 WHERE event_id IN ({})",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(id);
+            }
+            query.execute(&self.db.pool).await?;
+        }
+        Ok(())
     }
 
     /// Everything recorded about one patient, oldest first.

@@ -7,7 +7,7 @@
 mod audit;
 mod links;
 
-pub use audit::{AuditEntry, AuditLog};
+pub use audit::{AuditEntry, AuditLog, Shippable};
 pub use links::{Linked, Links};
 
 /// This crate's migrations: the audit log and patient links (versions 1000–1999).

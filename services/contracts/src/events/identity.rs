@@ -1,4 +1,4 @@
-//! Patient identity across institutions.
+//! Patient identity across institutions, and the trail of who touched a patient's data.
 
 use apache_avro::AvroSchema;
 use serde::{Deserialize, Serialize};
@@ -23,4 +23,17 @@ pub enum LinkSource {
     Unknown,
     Registered,
     Prescription,
+}
+
+/// One entry of a patient's access trail (schemas/events/PatientDataAccessed.avsc).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "hixbus.events")]
+pub struct PatientDataAccessed {
+    pub envelope: Envelope,
+    pub actor: String,
+    pub actor_role: Option<String>,
+    pub action: String,
+    pub subject: String,
+    pub purpose: Option<String>,
+    pub policy: Option<String>,
 }

@@ -28,7 +28,7 @@ pub use common::{
     CodedConcept, Coverage, Envelope, InstitutionRef, Interpretation, Observation, PractitionerRef,
     PublicExpense, Quantity, ReferenceRange,
 };
-pub use identity::{LinkSource, PatientLinked};
+pub use identity::{LinkSource, PatientDataAccessed, PatientLinked};
 pub use prescription::{
     DispensedLine, MedicationLine, PrescriptionCancelled, PrescriptionClaimed,
     PrescriptionDispensed, PrescriptionIssued,
@@ -171,4 +171,5 @@ event_set!(
     ConsentChanged,
     MedicationAlert,
     PatientLinked,
+    PatientDataAccessed,
 );
