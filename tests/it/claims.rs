@@ -295,10 +295,10 @@ fn pharmacy_claim(identifier: &str, prescription: &str, items: &[Item<'_>]) -> V
 }
 
 /// (system, code, name, quantity, unit, yen) of a claim item.
-type Item<'a> = (&'a str, &'a str, &'a str, f64, &'a str, i64);
+pub(crate) type Item<'a> = (&'a str, &'a str, &'a str, f64, &'a str, i64);
 
 /// A FHIR Claim of `kind` (claim-type) for the e-prescription examples' patient.
-fn fhir_claim(
+pub(crate) fn fhir_claim(
     kind: &str,
     identifier: &str,
     prescription: Option<&str>,

@@ -1472,3 +1472,595 @@ async fn the_audit_log_is_shipped_to_the_trail_once_and_waits_while_the_broker_i
     );
     assert!(on_topic.iter().all(|e| e.envelope.patient_ref == TARO));
 }
+
+/// What a route does with patient data, for the audit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Audited {
+    /// It returns patient data: every call is audited as this action.
+    Reads(&'static str),
+    /// It takes patient data in, audited as this action.
+    Writes(&'static str),
+    /// It carries no patient data, for this reason.
+    NoPatientData(&'static str),
+}
+
+use Audited::{NoPatientData, Reads, Writes};
+
+const REGISTRY: Audited = NoPatientData("schemas and registry settings, never records");
+const UNIT_TEST: Audited = NoPatientData("a unit test's own router");
+
+/// Every route every crate declares (`.route("…"` in its source), classified. A route added
+/// without being classified here fails the test below.
+const ROUTES: &[(&str, &str, Audited)] = &[
+    ("access", "/", UNIT_TEST),
+    ("claims", "/fhir/Claim", Writes("claims.submit")),
+    ("claims", "/claims", Reads("claims.read")),
+    ("claims", "/claims/stream", Reads("claims.stream")),
+    ("claims", "/claims/{claim_id}", Reads("claims.read")),
+    (
+        "clinic-gateway",
+        "/fhir/Bundle",
+        Writes("prescription.issue"),
+    ),
+    (
+        "clinic-gateway",
+        "/fhir/MedicationRequest",
+        Writes("prescription.issue"),
+    ),
+    (
+        "clinic-gateway",
+        "/clinic/prescriptions",
+        Reads("clinic.list"),
+    ),
+    (
+        "clinic-gateway",
+        "/clinic/prescriptions/{id}",
+        Reads("clinic.read"),
+    ),
+    (
+        "clinic-gateway",
+        "/clinic/prescriptions/{id}/cancel",
+        Writes("clinic.cancel"),
+    ),
+    ("clinic-gateway", "/clinic/results", Reads("results.list")),
+    (
+        "clinic-gateway",
+        "/clinic/results/stream",
+        Reads("results.stream"),
+    ),
+    (
+        "clinic-gateway",
+        "/clinic/results/{lab}/{report_id}",
+        Reads("results.read"),
+    ),
+    (
+        "clinic-gateway",
+        "/clinic/results/{lab}/{report_id}/acknowledge",
+        Writes("results.acknowledge"),
+    ),
+    ("insurer", "/insurer/decisions", Reads("insurer.decisions")),
+    ("insurer-feed", "/insurer/feed", Reads("insurer.feed")),
+    (
+        "insurer-feed",
+        "/insurer/feed/stream",
+        Reads("insurer.stream"),
+    ),
+    ("lab-gateway", "/hl7v2", Writes("lab.report")),
+    ("lab-gateway", "/fhir/Observation", Writes("lab.report")),
+    (
+        "lab-gateway",
+        "/fhir/DiagnosticReport",
+        Writes("lab.report"),
+    ),
+    ("lab-gateway", "/fhir/Bundle", Writes("checkup.report")),
+    ("lab-gateway", "/fhir/Patient/{id}", Writes("patient.link")),
+    (
+        "patient",
+        "/.well-known/openid-configuration",
+        NoPatientData("the demo sign-in provider's public document"),
+    ),
+    (
+        "patient",
+        "/jwks.json",
+        NoPatientData("the demo sign-in provider's public keys"),
+    ),
+    (
+        "patient",
+        "/patient/enrolment-codes",
+        Writes("patient.enrolment_code"),
+    ),
+    ("patient", "/patient/enrol", Writes("patient.enrol")),
+    ("patient", "/patient/me", Reads("patient.me")),
+    ("patient", "/patient/timeline", Reads("patient.timeline")),
+    (
+        "patient",
+        "/patient/medications",
+        Reads("patient.medications"),
+    ),
+    (
+        "patient",
+        "/patient/lab-trends",
+        Reads("patient.lab_trends"),
+    ),
+    ("patient", "/patient/checkups", Reads("patient.checkups")),
+    ("patient", "/patient/expenses", Reads("patient.expenses")),
+    ("patient", "/patient/export", Reads("patient.export")),
+    ("patient", "/patient/consents", Reads("patient.consents")),
+    (
+        "patient",
+        "/patient/consents/{consent_id}",
+        Writes("patient.consent.revoke"),
+    ),
+    ("patient", "/patient/research", Writes("patient.research")),
+    ("patient", "/patient/access", Reads("patient.access")),
+    (
+        "patient",
+        "/patient/access/download",
+        Reads("patient.access_download"),
+    ),
+    (
+        "patient",
+        "/patient/delegations",
+        Reads("patient.delegations"),
+    ),
+    (
+        "patient",
+        "/patient/delegations/accept",
+        Writes("patient.delegation.accept"),
+    ),
+    (
+        "patient",
+        "/patient/delegations/{id}",
+        Writes("patient.delegation.revoke"),
+    ),
+    (
+        "patient",
+        "/patient/acting-for",
+        NoPatientData(
+            "which patients the caller may act for: references only, their own delegations",
+        ),
+    ),
+    ("patient", "/summary/{patient_ref}", Reads("summary.read")),
+    (
+        "patient",
+        "/summary/{patient_ref}/break-glass",
+        Writes("summary.break_glass"),
+    ),
+    ("pharmacy", "/pharmacy/inbox", Reads("inbox.read")),
+    ("pharmacy", "/pharmacy/inbox/stream", Reads("inbox.stream")),
+    ("pharmacy", "/pharmacy/claims", Reads("claim")),
+    (
+        "pharmacy",
+        "/pharmacy/prescriptions/{id}",
+        Reads("prescription.read"),
+    ),
+    (
+        "pharmacy",
+        "/pharmacy/prescriptions/{id}/dispense",
+        Writes("dispense"),
+    ),
+    ("registry-client", "/subjects/{s}/versions", UNIT_TEST),
+    ("registry-client", "/subjects/{s}", UNIT_TEST),
+    ("registry-client", "/schemas/ids/{id}", UNIT_TEST),
+    ("registry-client", "/subjects", UNIT_TEST),
+    ("schema-registry", "/", REGISTRY),
+    ("schema-registry", "/health", REGISTRY),
+    ("schema-registry", "/subjects", REGISTRY),
+    ("schema-registry", "/subjects/{subject}", REGISTRY),
+    ("schema-registry", "/subjects/{subject}/versions", REGISTRY),
+    (
+        "schema-registry",
+        "/subjects/{subject}/versions/{version}",
+        REGISTRY,
+    ),
+    (
+        "schema-registry",
+        "/subjects/{subject}/versions/{version}/schema",
+        REGISTRY,
+    ),
+    (
+        "schema-registry",
+        "/subjects/{subject}/versions/{version}/referencedby",
+        REGISTRY,
+    ),
+    ("schema-registry", "/schemas/types", REGISTRY),
+    ("schema-registry", "/schemas/ids/{id}", REGISTRY),
+    ("schema-registry", "/schemas/ids/{id}/schema", REGISTRY),
+    ("schema-registry", "/schemas/ids/{id}/versions", REGISTRY),
+    ("schema-registry", "/schemas/ids/{id}/subjects", REGISTRY),
+    ("schema-registry", "/config", REGISTRY),
+    ("schema-registry", "/config/{subject}", REGISTRY),
+    (
+        "schema-registry",
+        "/compatibility/subjects/{subject}/versions",
+        REGISTRY,
+    ),
+    (
+        "schema-registry",
+        "/compatibility/subjects/{subject}/versions/{version}",
+        REGISTRY,
+    ),
+    ("schema-registry", "/mode", REGISTRY),
+    ("schema-registry", "/mode/{subject}", REGISTRY),
+    ("service", "/health", NoPatientData("the liveness probe")),
+    ("service", "/ready", NoPatientData("the readiness probe")),
+    ("service", "/hello", UNIT_TEST),
+    ("service", "/who", UNIT_TEST),
+];
+
+/// Every consumer (`Consumer::builder(` in a source file), classified the same way: one that
+/// sends patient data on to someone audits each delivery; one that keeps a read model shows it
+/// only through audited routes.
+const CONSUMERS: &[(&str, &str, Audited)] = &[
+    (
+        "claims",
+        "projector.rs",
+        NoPatientData("keeps claims; shown through the audited /claims routes"),
+    ),
+    (
+        "clinic-gateway",
+        "view.rs",
+        NoPatientData("keeps the clinic view; shown through audited routes"),
+    ),
+    (
+        "clinic-gateway",
+        "results.rs",
+        NoPatientData("keeps the results inbox; shown through audited routes"),
+    ),
+    (
+        "insurer",
+        "adjudicator.rs",
+        NoPatientData(
+            "decides from the insurer's own topic, delivered audited by the insurer delivery",
+        ),
+    ),
+    ("insurer-feed", "delivery.rs", Reads("insurer.topic")),
+    (
+        "lab-gateway",
+        "startup.rs",
+        NoPatientData("keeps patient links, no clinical data"),
+    ),
+    (
+        "medication-safety",
+        "service.rs",
+        NoPatientData("derives alerts onto the bus; shown through audited routes"),
+    ),
+    (
+        "patient",
+        "projector.rs",
+        NoPatientData("keeps the record; shown through audited routes"),
+    ),
+    (
+        "pharmacy",
+        "projector.rs",
+        NoPatientData("keeps the inbox; shown through audited routes"),
+    ),
+];
+
+/// (crate directory, what) of each `pattern` occurrence in the crates' sources: the string
+/// literal after it, or the file name.
+fn declared(pattern: &str, literal: bool) -> std::collections::BTreeSet<(String, String)> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../services");
+    let mut found = std::collections::BTreeSet::new();
+    let mut dirs = vec![];
+    for krate in std::fs::read_dir(&root).unwrap() {
+        let krate = krate.unwrap().path();
+        dirs.push((
+            krate.file_name().unwrap().to_string_lossy().into_owned(),
+            krate.join("src"),
+        ));
+    }
+    while let Some((krate, dir)) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push((krate.clone(), path));
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            for (at, _) in text.match_indices(pattern) {
+                let what = if literal {
+                    let rest = text[at + pattern.len()..].trim_start();
+                    let Some(rest) = rest.strip_prefix('"') else {
+                        continue;
+                    };
+                    rest[..rest.find('"').unwrap()].to_owned()
+                } else {
+                    path.file_name().unwrap().to_string_lossy().into_owned()
+                };
+                found.insert((krate.clone(), what));
+            }
+        }
+    }
+    found
+}
+
+/// The first event of a server-sent event stream that carries data, within 60 s.
+async fn first_event(mut stream: reqwest::Response) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut text = String::new();
+    loop {
+        let chunk = tokio::time::timeout_at(deadline.into(), stream.chunk())
+            .await
+            .expect("an event within 60 s")
+            .unwrap()
+            .expect("the stream stays open");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        if let Some(event) = text
+            .split("\n\n")
+            .find(|e| e.contains("data:") && !e.contains("event: resync"))
+        {
+            return event.to_owned();
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_route_and_consumer_that_returns_patient_data_is_audited() {
+    // 1. Nothing is left unclassified, and nothing classified is gone.
+    let routes = declared(".route(", true);
+    let classified: std::collections::BTreeSet<(String, String)> = ROUTES
+        .iter()
+        .map(|(k, p, _)| ((*k).to_owned(), (*p).to_owned()))
+        .collect();
+    assert_eq!(
+        routes.difference(&classified).collect::<Vec<_>>(),
+        Vec::<&(String, String)>::new(),
+        "routes no one classified (add them to ROUTES)"
+    );
+    assert_eq!(
+        classified.difference(&routes).collect::<Vec<_>>(),
+        Vec::<&(String, String)>::new(),
+        "classified routes that no longer exist"
+    );
+    let consumers = declared("Consumer::builder(", false);
+    let classified: std::collections::BTreeSet<(String, String)> = CONSUMERS
+        .iter()
+        .map(|(k, f, _)| ((*k).to_owned(), (*f).to_owned()))
+        .collect();
+    assert_eq!(consumers, classified, "every consumer is classified");
+
+    // 2. Every route and consumer that returns patient data, called once on Taro's history:
+    // each leaves its audit row, naming him.
+    let flow = Flow::start().await;
+    let open = |kind: Kind, org: &str, path: &str| {
+        flow.http
+            .get(flow.url(kind, path))
+            .bearer_auth(&flow.keys[org])
+            .send()
+    };
+    // Live screens see only what changes after they open.
+    let inbox_stream = open(Kind::Pharmacy, "pharmacy-aozora", "/pharmacy/inbox/stream")
+        .await
+        .unwrap();
+    let claims_stream = open(Kind::Claims, "pharmacy-aozora", "/claims/stream")
+        .await
+        .unwrap();
+    let results_stream = open(
+        Kind::ClinicGateway,
+        "hospital-toro",
+        "/clinic/results/stream",
+    )
+    .await
+    .unwrap();
+    let (substituted, as_prescribed) = flow.history().await;
+    for stream in [inbox_stream, claims_stream, results_stream] {
+        assert_eq!(stream.status(), 200);
+        first_event(stream).await;
+    }
+    let (_, issued) = flow
+        .code("clinic-sakura", ["06123456", "12345", "67890", "01"])
+        .await;
+    assert_eq!(
+        flow.enrol("taro", issued["code"].as_str().unwrap()).await.0,
+        200
+    );
+    flow.timeline_when("taro", |t| {
+        decided(t) == 2 && of_kind(t, "lab_result").len() == 1
+    })
+    .await;
+    let feed_stream = open(
+        Kind::InsurerFeed,
+        "insurer-kenpo",
+        "/insurer/feed/stream?after=0",
+    )
+    .await
+    .unwrap();
+    first_event(feed_stream).await;
+    let ok = |answer: (u16, Value), what: &str| assert_eq!(answer.0, 200, "{what}: {}", answer.1);
+    for (org, kind, path) in [
+        (
+            "clinic-sakura",
+            Kind::ClinicGateway,
+            "/clinic/prescriptions".to_owned(),
+        ),
+        (
+            "clinic-sakura",
+            Kind::ClinicGateway,
+            format!("/clinic/prescriptions/{as_prescribed}"),
+        ),
+        (
+            "hospital-toro",
+            Kind::ClinicGateway,
+            "/clinic/results".to_owned(),
+        ),
+        (
+            "hospital-toro",
+            Kind::ClinicGateway,
+            "/clinic/results/lab-kensa/000000001219001".to_owned(),
+        ),
+        (
+            "pharmacy-aozora",
+            Kind::Pharmacy,
+            "/pharmacy/inbox".to_owned(),
+        ),
+        (
+            "pharmacy-aozora",
+            Kind::Pharmacy,
+            format!("/pharmacy/prescriptions/{substituted}"),
+        ),
+        ("pharmacy-aozora", Kind::Claims, "/claims".to_owned()),
+        (
+            "pharmacy-aozora",
+            Kind::Claims,
+            format!("/claims/dispensing:{substituted}"),
+        ),
+        (
+            "insurer-kenpo",
+            Kind::InsurerFeed,
+            "/insurer/feed".to_owned(),
+        ),
+        (
+            "insurer-kenpo",
+            Kind::Insurer,
+            "/insurer/decisions".to_owned(),
+        ),
+        ("clinic-sakura", Kind::Patient, format!("/summary/{TARO}")),
+    ] {
+        ok(flow.org(org, "GET", kind, &path, None).await, &path);
+    }
+    for path in [
+        "/patient/me",
+        "/patient/timeline",
+        "/patient/medications",
+        "/patient/lab-trends",
+        "/patient/checkups",
+        "/patient/expenses",
+        "/patient/export",
+        "/patient/consents",
+        "/patient/access",
+        "/patient/delegations",
+    ] {
+        ok(flow.patient("taro", path).await, path);
+    }
+    let download = flow
+        .http
+        .get(flow.url(Kind::Patient, "/patient/access/download"))
+        .bearer_auth(flow.token("taro"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(download.status(), 200);
+    // An open prescription, claimed at the counter with its access code.
+    let mut open_rx = fixture("Bundle-Bundle-for-JP-MedReq-ePreBundleExample01.json");
+    open_rx["identifier"]["value"] = json!("coverage-open-1");
+    let (status, accepted) = flow
+        .org(
+            "clinic-sakura",
+            "POST",
+            Kind::ClinicGateway,
+            "/fhir/Bundle",
+            Some(open_rx),
+        )
+        .await;
+    assert_eq!(status, 202, "{accepted}");
+    let code = accepted["access_code"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = flow
+            .http
+            .post(flow.url(Kind::Pharmacy, "/pharmacy/claims"))
+            .bearer_auth(&flow.keys["pharmacy-midori"])
+            .header("content-type", "application/json")
+            .body(json!({"access_code": code}).to_string())
+            .send()
+            .await
+            .unwrap();
+        let body: Value = answer.json().await.unwrap();
+        if body["claimed"].as_array().is_some_and(|c| !c.is_empty()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never claimable: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A clinic's own FHIR Claim for Taro.
+    let claim = crate::claims::fhir_claim(
+        "professional",
+        "coverage-claim-1",
+        None,
+        &[("urn:hixbus:medical-fee", "A000", "初診料", 1.0, "回", 2910)],
+    );
+    let (status, body) = flow
+        .org(
+            "clinic-sakura",
+            "POST",
+            Kind::Claims,
+            "/fhir/Claim",
+            Some(claim),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+
+    // Each route's and consumer's action is in its service's audit log, about Taro.
+    let refs = {
+        let db = hixbus_storage::Database::connect(&flow.databases[&Kind::Patient])
+            .await
+            .unwrap();
+        hixbus_patient::store::Store::new(db)
+            .await
+            .unwrap()
+            .refs(TARO)
+            .await
+            .unwrap()
+    };
+    let kind_of = |krate: &str| match krate {
+        "claims" => Kind::Claims,
+        "clinic-gateway" => Kind::ClinicGateway,
+        "insurer" => Kind::Insurer,
+        "insurer-feed" => Kind::InsurerFeed,
+        "lab-gateway" => Kind::LabGateway,
+        "patient" => Kind::Patient,
+        "pharmacy" => Kind::Pharmacy,
+        other => panic!("{other} serves no patient data"),
+    };
+    let exercised_writes = [
+        "claims.submit",
+        "prescription.issue",
+        "lab.report",
+        "patient.link",
+        "dispense",
+        "patient.enrolment_code",
+        "patient.enrol",
+    ];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut missing = Vec::new();
+        for (krate, what, audited) in ROUTES.iter().chain(CONSUMERS) {
+            let action = match audited {
+                Reads(action) => action,
+                Writes(action) if exercised_writes.contains(action) => action,
+                Writes(_) | NoPatientData(_) => continue,
+            };
+            let db = hixbus_storage::Database::connect(&flow.databases[&kind_of(krate)])
+                .await
+                .unwrap();
+            let mut found = false;
+            for r in &refs {
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM audit_log WHERE action = $1 AND patient_ref = $2",
+                )
+                .bind(*action)
+                .bind(r)
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+                found |= n > 0;
+            }
+            if !found {
+                missing.push(format!("{krate} {what}: {action}"));
+            }
+        }
+        if missing.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not audited: {missing:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    flow.stop().await;
+}

@@ -241,6 +241,19 @@ pub async fn submit(
         .set_status(&event_id, "submitted")
         .await
         .map_err(unavailable)?;
+    // Published already, so a failed audit write cannot undo it: it is logged for the operator.
+    if let Err(e) = state
+        .audit
+        .record(
+            &org.id,
+            "claims.submit",
+            &event.claim_id,
+            &event.envelope.patient_ref,
+        )
+        .await
+    {
+        tracing::error!(error = %e, claim_id = %event.claim_id, "audit of a submitted claim failed");
+    }
     state
         .changes
         .announce(&change_key(&org.id, &event.claim_id, version))
