@@ -65,8 +65,7 @@ macro_rules! services {
 
             /// Builds it on a stack's shared bus and directory (`hixbus up`, tests), shipping its
             /// audit log to the access trail as every service does, with the settings the stack
-            /// chose (`listen`, `access_code_key`…; a key the service does
-            /// not have is skipped).
+            /// chose (`listen`, `access_code_key`…; a key the service does not have is skipped).
             pub async fn local(
                 self,
                 settings: &[(&str, &str)],
