@@ -215,6 +215,8 @@ struct Services {
     keys: Vec<(String, &'static str, String)>,
     /// (subject, who, ID token) of each demo patient.
     patients: Vec<(&'static str, &'static str, String)>,
+    /// The patient record's database, where the access trail is kept.
+    patient_database: Option<String>,
     tasks: Vec<(Kind, tokio::task::JoinHandle<std::io::Result<()>>)>,
     /// Where the services' SQLite files are; removed when `up` ends.
     _data: tempfile::TempDir,
@@ -269,6 +271,7 @@ async fn start_services(
     let roster = roster_path.display().to_string();
     let mut urls = Vec::new();
     let mut tasks = Vec::new();
+    let mut patient_database = None;
     for &kind in Kind::ALL {
         let database = if kind.keeps_tables() {
             let url = format!(
@@ -317,6 +320,7 @@ async fn start_services(
         urls.push((kind, service.url()));
         tasks.push((kind, tokio::spawn(service.run_until(stop.clone()))));
         if let Some(db) = patient_db {
+            patient_database = Some(db.url().to_owned());
             enrol_demo_patients(db, issuer).await?;
         }
     }
@@ -331,6 +335,7 @@ async fn start_services(
         urls,
         keys,
         patients,
+        patient_database,
         tasks,
         _data: data,
     })
@@ -623,9 +628,14 @@ impl Banner<'_> {
             self.services.url(Kind::InsurerFeed)
         );
         println!(
-            "   curl {}/patient/timeline -H \"Authorization: Bearer $PATIENT_TARO\"   # the patient's own record (also /patient/medications, /expenses, /export)",
+            "   curl {}/patient/timeline -H \"Authorization: Bearer $PATIENT_TARO\"   # the patient's own record (also /patient/medications, /expenses, /export, /access)",
             self.services.url(Kind::Patient)
         );
+        if let Some(db) = &self.services.patient_database {
+            println!(
+                "   cargo run -q -p hixbus -- audit verify --database-url {db}   # the access trail's hash chains"
+            );
+        }
         println!();
         println!(" Ctrl-C stops everything.");
         println!("{rule}");
