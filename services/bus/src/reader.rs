@@ -48,7 +48,9 @@ pub enum ReadError {
     UnknownTopic(String),
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
-    #[error("no record arrived for {0:?} although the partitions are not at their end")]
+    #[error(
+        "no record of the partitions not at their end arrived for {0:?} (records of others may have)"
+    )]
     Stalled(Duration),
 }
 
@@ -126,13 +128,20 @@ impl TopicReader {
     }
 
     /// The next record; with `until_end`, `None` once every partition reached its end.
+    ///
+    /// Reading to the end, the idle timeout counts from the last record of a partition that is
+    /// not at its end yet: records of partitions already at their end (written since the reader
+    /// opened) do not reset it, so one partition that stops making progress while the others
+    /// keep receiving live records is reported, not waited for as long as they keep coming.
     pub async fn next(&mut self, until_end: bool) -> Option<Result<OwnedRecord, ReadError>> {
+        let waiting_since = tokio::time::Instant::now();
         loop {
             if until_end && self.not_at_end.is_empty() {
                 return None;
             }
             let received = if until_end {
-                match tokio::time::timeout(self.idle_timeout, self.consumer.recv()).await {
+                let deadline = waiting_since + self.idle_timeout;
+                match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
                     Ok(received) => received,
                     Err(_) => return Some(Err(ReadError::Stalled(self.idle_timeout))),
                 }
@@ -201,4 +210,91 @@ pub fn partitions<C: rdkafka::consumer::Consumer<BusContext>>(
         .filter(|t| t.error().is_none() && !t.partitions().is_empty())
         .ok_or_else(|| ReadError::UnknownTopic(topic.to_owned()))?;
     Ok(found.partitions().iter().map(|p| p.id()).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    /// A partition whose broker answers slowly while another partition keeps receiving live
+    /// records: reading to the end reports it stalled after the idle timeout. Before, each live
+    /// record of the other partition started the idle timeout again, so the reader waited as
+    /// long as the slow broker took (or, with live records never stopping, for ever).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_partition_that_makes_no_progress_is_reported_while_others_flow() {
+        let cluster = MockCluster::new(2).unwrap();
+        cluster.create_topic("t", 2, 1).unwrap();
+        cluster
+            .partition_leader("t", 0, Some(2))
+            .expect("partition 0 on broker 2");
+        cluster
+            .partition_leader("t", 1, Some(1))
+            .expect("partition 1 on broker 1");
+        let bootstrap = cluster.bootstrap_servers();
+        let producer: FutureProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("linger.ms", "0")
+            .create()
+            .unwrap();
+        for partition in [0, 1] {
+            producer
+                .send(
+                    FutureRecord::<str, str>::to("t")
+                        .partition(partition)
+                        .payload("before"),
+                    Duration::from_secs(10),
+                )
+                .await
+                .unwrap();
+        }
+        // Broker 2 will answer each request after 2 s: the reader learns partition 0's end
+        // (within its 10 s), then waits that long again for each fetch, four times its idle
+        // timeout.
+        // The fast broker: the one that is not partition 0's leader, as metadata tells.
+        let first_broker = {
+            let probe: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", &bootstrap)
+                .create()
+                .unwrap();
+            let metadata = probe
+                .fetch_metadata(Some("t"), Duration::from_secs(10))
+                .unwrap();
+            let fast = metadata.brokers().iter().find(|b| b.id() == 1).unwrap();
+            format!("{}:{}", fast.host(), fast.port())
+        };
+        cluster
+            .broker_round_trip_time(2, Duration::from_secs(2))
+            .unwrap();
+        let reader = TopicReader::open(&KafkaConfig::new(&first_broker), "t", Start::Beginning)
+            .unwrap()
+            .with_idle_timeout(Duration::from_millis(500));
+        // Live records on partition 1, all the while.
+        let live = tokio::spawn({
+            let producer = producer.clone();
+            async move {
+                loop {
+                    let _ = producer
+                        .send(
+                            FutureRecord::<str, str>::to("t")
+                                .partition(1)
+                                .payload("live"),
+                            Duration::from_secs(10),
+                        )
+                        .await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        });
+        let started = std::time::Instant::now();
+        let read = reader.read_to_end().await;
+        let took = started.elapsed();
+        live.abort();
+        assert!(matches!(read, Err(ReadError::Stalled(_))), "{read:?}");
+        assert!(
+            took < Duration::from_millis(1800),
+            "reported after {took:?}"
+        );
+    }
 }
