@@ -58,7 +58,12 @@ macro_rules! services {
                             wiring.organizations.as_deref(),
                         )
                         .await?;
-                        $krate::build(settings, deps.clone()).await?.with_audit_trail(&deps).await
+                        let service = $krate::build(settings, deps.clone()).await?;
+                        if ships_audit_trail() {
+                            service.with_audit_trail(&deps).await
+                        } else {
+                            Ok(service)
+                        }
                     })*
                 }
             }
@@ -93,6 +98,22 @@ services! {
     Claims => hixbus_claims,
     Insurer => hixbus_insurer,
     Patient => hixbus_patient,
+}
+
+/// Whether a deployed service ships its audit log to the patients' trail itself: yes, unless
+/// `HIXBUS_AUDIT_TRAIL=off` says the deployment ships the `audit_log` outbox another way (a CDC
+/// pipeline). The fault suite sets it: on Tansu's SQLite engine the extra writes slowed the
+/// broker enough that a restarted service could not reconnect (docs/operations.md).
+fn ships_audit_trail() -> bool {
+    match std::env::var("HIXBUS_AUDIT_TRAIL").as_deref() {
+        Ok("off") => {
+            tracing::warn!(
+                "HIXBUS_AUDIT_TRAIL=off: this service does not ship its audit log to the patients' trail; ship the audit_log table another way"
+            );
+            false
+        }
+        _ => true,
+    }
 }
 
 impl std::fmt::Display for Kind {

@@ -18,7 +18,7 @@ use hixbus_storage::{AuditLog, Shippable};
 use tokio_util::sync::CancellationToken;
 
 /// How often the log is looked at for rows to ship.
-pub const SHIP_EVERY: Duration = Duration::from_millis(100);
+pub const SHIP_EVERY: Duration = Duration::from_secs(1);
 /// The most the last round may take when the service stops.
 pub const LAST_ROUND: Duration = Duration::from_secs(2);
 /// Rows shipped per round.
