@@ -100,6 +100,11 @@ pub struct BreakGlass {
     pub until_ms: i64,
 }
 
+/// Whether a consent decision lets anyone see anything at `now_ms`: granted, and not ended.
+pub fn in_force(c: &ConsentChanged, now_ms: i64) -> bool {
+    c.decision == ConsentDecision::Granted && c.valid_until.is_none_or(|t| t.unix_millis() > now_ms)
+}
+
 /// Which of the categories `org` may see of other institutions' data at `now_ms`, and on what
 /// basis each rests: break-glass first (it opens everything), then the consents.
 pub fn allowed(
@@ -117,11 +122,7 @@ pub fn allowed(
     }
     let mut out: Vec<(DataCategory, Basis)> = Vec::new();
     for c in consents {
-        let in_force = c.decision == ConsentDecision::Granted
-            && c.grantee_org.as_deref() == Some(org)
-            && c.purpose == purpose
-            && c.valid_until.is_none_or(|t| t.unix_millis() > now_ms);
-        if !in_force {
+        if !in_force(c, now_ms) || c.grantee_org.as_deref() != Some(org) || c.purpose != purpose {
             continue;
         }
         for category in &c.scope {

@@ -29,8 +29,6 @@ pub const PORTAL: &str = "patient-portal";
 pub const MAX_CONSENTS: usize = 500;
 
 fn view(c: &ConsentChanged, now_ms: i64) -> Value {
-    let in_force = c.decision == ConsentDecision::Granted
-        && c.valid_until.is_none_or(|t| t.unix_millis() > now_ms);
     json!({
         "consent_id": c.consent_id,
         "grantee_org": c.grantee_org,
@@ -40,7 +38,7 @@ fn view(c: &ConsentChanged, now_ms: i64) -> Value {
         "kind": if c.valid_until.is_some() { "visit" } else { "standing" },
         "valid_until": c.valid_until.map(|t| local_time(t.unix_millis())),
         "decided_at": local_time(c.envelope.occurred_at.unix_millis()),
-        "in_force": in_force,
+        "in_force": consent::in_force(c, now_ms),
     })
 }
 

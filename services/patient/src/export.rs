@@ -14,7 +14,7 @@ use hixbus_contracts::{
 use hixbus_storage::AuditEntry;
 use serde_json::{Value, json};
 
-use crate::record::local_time;
+use crate::record::{enum_text, local_time};
 use crate::store::{Entry, Fact};
 
 const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6869_7862_7573_2d70_6174_6965_6e74_0001);
@@ -192,7 +192,7 @@ fn consent_resource(c: &ConsentChanged, patient: &str) -> Value {
         "purpose": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": purpose.0, "display": purpose.1}],
         "class": c.scope.iter().map(|k| json!({
             "system": "urn:hixbus:data-category",
-            "code": serde_json::to_value(k).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+            "code": enum_text(k),
         })).collect::<Vec<_>>(),
     });
     if let Some(until) = c.valid_until {
@@ -380,7 +380,7 @@ pub fn bundle(
                     "id": id("DiagnosticReport", &e.key),
                     "identifier": [{"system": format!("urn:hixbus:checkup:{}", c.performed_by.org_id), "value": c.checkup_id}],
                     "status": "final",
-                    "code": {"text": serde_json::to_value(c.checkup_type).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()},
+                    "code": {"text": enum_text(&c.checkup_type)},
                     "subject": reference(&patient),
                     "effectiveDateTime": effective,
                     "performer": [{"display": c.performed_by.name.clone().unwrap_or_else(|| c.performed_by.org_id.clone())}],
@@ -458,7 +458,7 @@ pub fn bundle(
                         "insurer": {"display": d.insurer_org},
                         "request": reference(&claim_id),
                         "outcome": claim_outcome(d.outcome),
-                        "disposition": serde_json::to_value(d.outcome).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+                        "disposition": enum_text(&d.outcome),
                         "total": [{
                             "category": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/adjudication", "code": "benefit"}]},
                             "amount": money(d.paid_amount_jpy),

@@ -37,6 +37,11 @@ fn enum_name<T: serde::Serialize>(value: &T) -> Value {
     serde_json::to_value(value).unwrap_or(Value::Null)
 }
 
+/// An event enum as its wire name (`SPECIFIC_HEALTH_CHECKUP`), as text.
+pub fn enum_text<T: serde::Serialize>(value: &T) -> String {
+    enum_name(value).as_str().unwrap_or_default().to_owned()
+}
+
 /// One result as the patient reads it: the value with the reference range that applied then.
 pub fn observation(o: &Observation) -> Value {
     let value = match (&o.value_numeric, &o.value_coded, &o.value_text) {

@@ -79,11 +79,10 @@ pub async fn for_patient(
     db: &Database,
     refs: &[String],
 ) -> Result<Vec<(i32, i64, String, PatientDataAccessed)>, ReadModelError> {
-    let placeholders: Vec<String> = (1..=refs.len()).map(|i| format!("${i}")).collect();
     let sql = format!(
         "SELECT chain, seq, hash, entry FROM audit_trail WHERE patient_ref IN ({})
          ORDER BY at DESC, chain, seq DESC",
-        placeholders.join(", ")
+        crate::store::placeholders(1, refs.len())
     );
     let mut query = sqlx::query(&sql);
     for r in refs {
