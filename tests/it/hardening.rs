@@ -628,43 +628,19 @@ async fn live_streams_are_limited_per_pharmacy() {
     let max = hixbus_pharmacy::routes::STREAMS_PER_PHARMACY;
     let mut open = Vec::new();
     for _ in 0..max {
-        let response = flow
-            .http
-            .get(format!("{}/pharmacy/inbox/stream", flow.pharmacy))
-            .bearer_auth(flow.keys["pharmacy-aozora"].expose())
-            .send()
-            .await
-            .unwrap();
+        let response = flow.inbox_stream("pharmacy-aozora").await;
         assert_eq!(response.status().as_u16(), 200);
         open.push(response);
     }
-    let refused = flow
-        .http
-        .get(format!("{}/pharmacy/inbox/stream", flow.pharmacy))
-        .bearer_auth(flow.keys["pharmacy-aozora"].expose())
-        .send()
-        .await
-        .unwrap();
+    let refused = flow.inbox_stream("pharmacy-aozora").await;
     assert_eq!(refused.status().as_u16(), 429);
-    let other = flow
-        .http
-        .get(format!("{}/pharmacy/inbox/stream", flow.pharmacy))
-        .bearer_auth(flow.keys["pharmacy-midori"].expose())
-        .send()
-        .await
-        .unwrap();
+    let other = flow.inbox_stream("pharmacy-midori").await;
     assert_eq!(other.status().as_u16(), 200, "another pharmacy still may");
     drop(open.pop());
     // The closed stream's allowance comes back once the server notices.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let again = flow
-            .http
-            .get(format!("{}/pharmacy/inbox/stream", flow.pharmacy))
-            .bearer_auth(flow.keys["pharmacy-aozora"].expose())
-            .send()
-            .await
-            .unwrap();
+        let again = flow.inbox_stream("pharmacy-aozora").await;
         if again.status().as_u16() == 200 {
             break;
         }

@@ -72,6 +72,8 @@ async fn upgrade_keeps_every_row(backend: Backend) {
         .unwrap()
         .remove("access_code_digest");
     let old_json = old_json.to_string();
+    // An alert as the services stored it then: the event's JSON.
+    let alert_json = serde_json::to_string(&samples::medication_alert("pt-old")).unwrap();
     let now = "2026-11-01T09:00:00+00:00";
     let issuer = issued.envelope.producer_org.clone();
     let patient = issued.envelope.patient_ref.clone();
@@ -101,8 +103,8 @@ async fn upgrade_keeps_every_row(backend: Backend) {
     exec(
         &db,
         "INSERT INTO clinic_alerts (alert_event_id, prescription_id, alert)
-         VALUES ('alert-old-1', 'rx-old-1', '{\"kind\":\"DUPLICATE_INGREDIENT\"}')",
-        &[],
+         VALUES ('alert-old-1', 'rx-old-1', $1)",
+        &[alert_json.as_str()],
     )
     .await;
     let unkeyed = hex::encode(Sha256::digest(code.as_bytes()));
@@ -117,8 +119,8 @@ async fn upgrade_keeps_every_row(backend: Backend) {
     exec(
         &db,
         "INSERT INTO pharmacy_alerts (alert_event_id, prescription_id, alert)
-         VALUES ('alert-old-1', 'rx-old-1', '{\"kind\":\"DUPLICATE_INGREDIENT\"}')",
-        &[],
+         VALUES ('alert-old-1', 'rx-old-1', $1)",
+        &[alert_json.as_str()],
     )
     .await;
     let before = counts(&db).await;

@@ -1382,7 +1382,7 @@ async fn record_of(db: &str) -> Value {
             .unwrap();
     let refs = store.refs(TARO).await.unwrap();
     let record = store.record(&refs).await.unwrap();
-    let consents = store.consents(&refs).await.unwrap();
+    let consents = store.book.consents(&refs).await.unwrap();
     let mut bundle = hixbus_patient::export::bundle(TARO, &record, &consents, &[]);
     bundle["timestamp"] = Value::Null;
     json!({

@@ -241,6 +241,21 @@ impl Flow {
         id
     }
 
+    /// `pharmacy`'s live inbox (server-sent events) on `base` (a pharmacy replica), as sent.
+    pub(crate) async fn inbox_stream_at(&self, base: &str, pharmacy: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{base}/pharmacy/inbox/stream"))
+            .bearer_auth(self.keys[pharmacy].expose())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `pharmacy`'s live inbox on the flow's pharmacy service.
+    pub(crate) async fn inbox_stream(&self, pharmacy: &str) -> reqwest::Response {
+        self.inbox_stream_at(&self.pharmacy, pharmacy).await
+    }
+
     pub(crate) async fn inbox(&self, pharmacy: &str) -> Vec<Value> {
         let (status, body) = self
             .call(
@@ -271,7 +286,8 @@ impl Flow {
             }
             assert!(
                 Instant::now() < deadline,
-                "{id} never reached {pharmacy}'s inbox"
+                "{id} never reached {pharmacy}'s inbox as expected; the inbox: {}",
+                Value::Array(self.inbox(pharmacy).await)
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -848,13 +864,7 @@ async fn bad_submissions_get_an_operation_outcome_and_a_resubmission_issues_noth
 #[tokio::test]
 async fn a_pharmacy_screen_updates_live_over_server_sent_events() {
     let flow = Flow::start().await;
-    let mut stream = flow
-        .http
-        .get(format!("{}/pharmacy/inbox/stream", flow.pharmacy))
-        .bearer_auth(flow.keys["pharmacy-aozora"].expose())
-        .send()
-        .await
-        .unwrap();
+    let mut stream = flow.inbox_stream("pharmacy-aozora").await;
     assert_eq!(stream.status().as_u16(), 200);
     assert!(
         stream.headers()["content-type"]
@@ -900,13 +910,7 @@ async fn a_screen_on_one_replica_sees_what_another_replica_consumed() {
     let flow = Flow::start().await;
     let (second, second_service) =
         start_pharmacy(&flow.stack, &flow.directory, &flow.pharmacy_db).await;
-    let mut stream = flow
-        .http
-        .get(format!("{second}/pharmacy/inbox/stream"))
-        .bearer_auth(flow.keys["pharmacy-aozora"].expose())
-        .send()
-        .await
-        .unwrap();
+    let mut stream = flow.inbox_stream_at(&second, "pharmacy-aozora").await;
     assert_eq!(stream.status().as_u16(), 200);
 
     // Twelve patients: their prescriptions spread over the partitions both replicas share.
@@ -942,8 +946,74 @@ async fn a_screen_on_one_replica_sees_what_another_replica_consumed() {
     flow.stop().await;
 }
 
+/// The lines of an alert's JSON, by prescription id.
+fn alert_lines(alert: &Value) -> Vec<&str> {
+    alert["involved"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["prescription_id"].as_str().unwrap())
+        .collect()
+}
+
+/// The duplicate-ingredient alert beside a prescription, if it has one.
+fn duplicate(item: &Value) -> Option<&Value> {
+    item["alerts"]
+        .as_array()?
+        .iter()
+        .find(|a| a["kind"] == "DUPLICATE_INGREDIENT")
+}
+
+/// A consent decision of the patient about `grantee`, as the patient service publishes it.
+fn consent(
+    patient_ref: &str,
+    id: &str,
+    grantee: &str,
+    purpose: hixbus_contracts::PurposeOfUse,
+    decision: hixbus_contracts::ConsentDecision,
+) -> hixbus_contracts::ConsentChanged {
+    hixbus_contracts::ConsentChanged {
+        envelope: hixbus_contracts::Envelope::new("patient-portal", patient_ref),
+        consent_id: id.to_owned(),
+        grantee_org: Some(grantee.to_owned()),
+        purpose,
+        scope: vec![hixbus_contracts::DataCategory::Prescriptions],
+        decision,
+        valid_until: None,
+    }
+}
+
+/// Reads a live inbox until an event of it satisfies `ready`; that event's data.
+async fn streamed(
+    stream: &mut reqwest::Response,
+    buffer: &mut String,
+    ready: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        while let Some(end) = buffer.find("\n\n") {
+            let event: String = buffer.drain(..end + 2).collect();
+            if let Some(data) = event.lines().find_map(|l| l.strip_prefix("data:"))
+                && let Ok(item) = serde_json::from_str::<Value>(data.trim())
+                && ready(&item)
+            {
+                return item;
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let chunk = tokio::time::timeout(left, stream.chunk())
+            .await
+            .expect("the live inbox never showed the change")
+            .unwrap()
+            .expect("stream open");
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}
+
 #[tokio::test]
-async fn a_duplicate_from_a_second_clinic_raises_an_alert_both_sides_see_even_after_a_restart() {
+async fn a_duplicate_from_a_second_clinic_raises_an_alert_both_sides_see_as_consent_allows_even_after_a_restart()
+ {
+    use hixbus_contracts::{ConsentDecision, PurposeOfUse};
     let flow = Flow::start().await;
     // Both examples are for the same insured patient and prescribe carbocisteine for 7 days.
     let first = fixture("Bundle-Bundle-for-JP-MedReq-ePreBundleExample01.json");
@@ -957,48 +1027,36 @@ async fn a_duplicate_from_a_second_clinic_raises_an_alert_both_sides_see_even_af
         .issue("clinic-sakura", &second, Some("pharmacy-midori"))
         .await;
     let second_id = b["prescription_id"].as_str().unwrap().to_owned();
+    let patient = a["patient_ref"].as_str().unwrap().to_owned();
     assert_eq!(
         a["patient_ref"], b["patient_ref"],
         "one patient, recognized by insurance card"
     );
 
-    let has_duplicate = |item: &Value| {
-        item["alerts"].as_array().is_some_and(|alerts| {
-            alerts.iter().any(|alert| {
-                alert["kind"] == "DUPLICATE_INGREDIENT"
-                    && alert["message"]
-                        .as_str()
-                        .unwrap_or("")
-                        .contains("カルボシステイン")
-            })
+    // Without the patient's consent, each side sees that there is a duplicate and its own
+    // line of it, not the other institution's prescription: not its drug, id or institution.
+    let withheld_except = |own: &str, other: &str, other_org: &str, item: &Value| {
+        duplicate(item).is_some_and(|alert| {
+            let text = alert.to_string();
+            alert_lines(alert) == [own]
+                && alert["withheld"]["lines"] == 1
+                && !alert["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("カルボシステイン")
+                && !text.contains(other)
+                && !text.contains(other_org)
         })
     };
-    // Both pharmacies see it next to the prescription they hold …
-    let at_midori = flow
-        .in_inbox("pharmacy-midori", &second_id, has_duplicate)
-        .await;
-    flow.in_inbox("pharmacy-aozora", &first_id, has_duplicate)
-        .await;
-    let alert = at_midori["alerts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["kind"] == "DUPLICATE_INGREDIENT")
-        .unwrap()
-        .clone();
-    let involved: Vec<&str> = alert["involved"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["prescription_id"].as_str().unwrap())
-        .collect();
-    assert_eq!(involved, [second_id.as_str(), first_id.as_str()]);
-    assert_eq!(alert["involved"][1]["issuer_org"], "hospital-daiichi");
-    // … and both prescribers see it in their view.
-    for (clinic, id) in [
-        ("clinic-sakura", &second_id),
-        ("hospital-daiichi", &first_id),
-    ] {
+    flow.in_inbox("pharmacy-midori", &second_id, |item| {
+        withheld_except(&second_id, &first_id, "hospital-daiichi", item)
+    })
+    .await;
+    flow.in_inbox("pharmacy-aozora", &first_id, |item| {
+        withheld_except(&first_id, &second_id, "clinic-sakura", item)
+    })
+    .await;
+    let prescriber_sees = async |clinic: &str, id: &str, ready: &dyn Fn(&Value) -> bool| {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let (_, seen) = flow
@@ -1009,15 +1067,155 @@ async fn a_duplicate_from_a_second_clinic_raises_an_alert_both_sides_see_even_af
                     None,
                 )
                 .await;
-            if has_duplicate(&seen) {
-                break;
+            if ready(&seen) {
+                return seen;
             }
-            assert!(
-                Instant::now() < deadline,
-                "{clinic} never saw the alert: {seen}"
-            );
+            assert!(Instant::now() < deadline, "{clinic}: {seen}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    };
+    prescriber_sees("clinic-sakura", &second_id, &|seen| {
+        withheld_except(&second_id, &first_id, "hospital-daiichi", seen)
+    })
+    .await;
+    prescriber_sees("hospital-daiichi", &first_id, &|seen| {
+        withheld_except(&first_id, &second_id, "clinic-sakura", seen)
+    })
+    .await;
+
+    // The patient consents to pharmacy-midori seeing their other prescriptions: its inbox and
+    // its open screen show the whole alert within a second; the hospital still sees its side.
+    let mut screen = flow.inbox_stream("pharmacy-midori").await;
+    assert_eq!(screen.status().as_u16(), 200);
+    let mut buffer = String::new();
+    let publisher = flow.stack.publisher();
+    let whole = |item: &Value| {
+        duplicate(item).is_some_and(|alert| {
+            alert_lines(alert) == [second_id.as_str(), first_id.as_str()]
+                && alert["involved"][1]["issuer_org"] == "hospital-daiichi"
+                && alert["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("カルボシステイン")
+                && alert["shown_under"] == "consent:consent-midori"
+                && alert["withheld"].is_null()
+        })
+    };
+    let granted = consent(
+        &patient,
+        "consent-midori",
+        "pharmacy-midori",
+        PurposeOfUse::Dispensing,
+        ConsentDecision::Granted,
+    );
+    // Timed from the decision being on the bus (the patient service publishes it before it
+    // answers the patient).
+    publisher.publish(&granted).await.unwrap();
+    let at = Instant::now();
+    flow.in_inbox("pharmacy-midori", &second_id, whole).await;
+    let took = at.elapsed();
+    assert!(took < Duration::from_secs(1), "consent took {took:?}");
+    streamed(&mut screen, &mut buffer, whole).await;
+    prescriber_sees("hospital-daiichi", &first_id, &|seen| {
+        withheld_except(&first_id, &second_id, "clinic-sakura", seen)
+    })
+    .await;
+    // A visit consent for the hospital opens its view of the alert the same way.
+    let mut visit = consent(
+        &patient,
+        "consent-daiichi",
+        "hospital-daiichi",
+        PurposeOfUse::Treatment,
+        ConsentDecision::Granted,
+    );
+    visit.valid_until = Some(hixbus_contracts::Timestamp::from_unix_millis(
+        chrono::Utc::now().timestamp_millis() + 24 * 3_600_000,
+    ));
+    publisher.publish(&visit).await.unwrap();
+    prescriber_sees("hospital-daiichi", &first_id, &|seen| {
+        duplicate(seen).is_some_and(|alert| {
+            alert_lines(alert) == [second_id.as_str(), first_id.as_str()]
+                && alert["shown_under"] == "consent:consent-daiichi"
+        })
+    })
+    .await;
+
+    // Revoked: withheld again within a second, in the inbox and on the open screen.
+    let revoked = hixbus_contracts::ConsentChanged {
+        decision: ConsentDecision::Revoked,
+        envelope: hixbus_contracts::Envelope::new("patient-portal", &patient),
+        ..granted.clone()
+    };
+    // Timed from the decision being on the bus (the patient service publishes it before it
+    // answers the patient).
+    publisher.publish(&revoked).await.unwrap();
+    let at = Instant::now();
+    flow.in_inbox("pharmacy-midori", &second_id, |item| {
+        withheld_except(&second_id, &first_id, "hospital-daiichi", item)
+    })
+    .await;
+    let took = at.elapsed();
+    assert!(took < Duration::from_secs(1), "revocation took {took:?}");
+    streamed(&mut screen, &mut buffer, |item| {
+        withheld_except(&second_id, &first_id, "hospital-daiichi", item)
+    })
+    .await;
+    drop(screen);
+    // A replay of the grant (redelivered, or the topic read again) does not reopen it.
+    publisher.publish(&granted).await.unwrap();
+    let marker = consent(
+        &patient,
+        "consent-marker",
+        "pharmacy-aozora",
+        PurposeOfUse::Treatment,
+        ConsentDecision::Granted,
+    );
+    publisher.publish(&marker).await.unwrap();
+    let book =
+        hixbus_consent::ConsentBook::new(Database::connect(&flow.pharmacy_db).await.unwrap())
+            .await
+            .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !book
+        .consents(std::slice::from_ref(&patient))
+        .await
+        .unwrap()
+        .iter()
+        .any(|c| c.consent_id == "consent-marker")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the marker consent never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let item = flow.in_inbox("pharmacy-midori", &second_id, |_| true).await;
+    assert!(
+        withheld_except(&second_id, &first_id, "hospital-daiichi", &item),
+        "{item}"
+    );
+
+    // Every decision about the other institution's side is audited with the policy version.
+    let pharmacy_db = Database::connect(&flow.pharmacy_db).await.unwrap();
+    let decisions: Vec<(String, String)> = sqlx::query_as(
+        "SELECT org_id, subject_id FROM audit_log WHERE action = 'alert.read' AND patient_ref = $1",
+    )
+    .bind(&patient)
+    .fetch_all(&pharmacy_db.pool)
+    .await
+    .unwrap();
+    let policy = hixbus_consent::POLICY_VERSION;
+    for expected in [
+        format!("policy={policy}; alert="),
+        "; shown=consent:consent-midori".to_owned(),
+        "; shown=own only; withheld=1".to_owned(),
+    ] {
+        assert!(
+            decisions
+                .iter()
+                .any(|(org, what)| org == "pharmacy-midori" && what.contains(&expected)),
+            "{expected} not in {decisions:?}"
+        );
     }
 
     // The check restarts with no state of its own: it rebuilds the medications from the
@@ -1027,30 +1225,27 @@ async fn a_duplicate_from_a_second_clinic_raises_an_alert_both_sides_see_even_af
     flow.safety = Some(start_safety(&flow.stack).await);
     let mut third = fixture("Bundle-Bundle-for-JP-MedReq-ePreBundleExample01.json");
     third["identifier"]["value"] = json!("urn:uuid:5b0e1d6a-3f0c-4c55-9a57-2f7b1f0c9d11");
-    let (_, c) = flow
+    let (status, c) = flow
         .issue("hospital-daiichi", &third, Some("pharmacy-aozora"))
         .await;
+    assert_eq!(status, 202, "{c}");
     let third_id = c["prescription_id"].as_str().unwrap().to_owned();
-    // One alert for the duplicated drug, listing the lines of both earlier prescriptions.
-    let against = |item: &Value| -> std::collections::BTreeSet<String> {
-        item["alerts"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|a| a["kind"] == "DUPLICATE_INGREDIENT")
-            .flat_map(|a| a["involved"].as_array().cloned().unwrap_or_default())
-            .filter_map(|l| l["prescription_id"].as_str().map(str::to_owned))
-            .collect()
-    };
-    let both = |item: &Value| {
-        let others = against(item);
-        others.contains(&first_id) && others.contains(&second_id)
-    };
-    let item = flow.in_inbox("pharmacy-aozora", &third_id, both).await;
-    let others = against(&item);
-    assert!(
-        others.contains(&first_id) && others.contains(&second_id),
-        "checked against both earlier prescriptions after the restart: {others:?}"
+    // One alert for the duplicated drug, listing the lines of both earlier prescriptions: the
+    // one pharmacy-aozora holds, and the other pharmacy's, withheld without consent.
+    let item = flow
+        .in_inbox("pharmacy-aozora", &third_id, |item| {
+            duplicate(item).is_some_and(|alert| alert_lines(alert).contains(&first_id.as_str()))
+        })
+        .await;
+    let alert = duplicate(&item).unwrap();
+    assert_eq!(
+        alert_lines(alert),
+        [third_id.as_str(), first_id.as_str()],
+        "{alert}"
+    );
+    assert_eq!(
+        alert["withheld"]["lines"], 1,
+        "checked against both earlier prescriptions after the restart: {alert}"
     );
     flow.stop().await;
 }

@@ -378,7 +378,13 @@ pub async fn list_issued(
             )
             .await
             .map_err(view_failed)?;
-        items.push(state.view.describe(row).await.map_err(view_failed)?);
+        items.push(
+            state
+                .view
+                .describe(org, row, &state.audit)
+                .await
+                .map_err(view_failed)?,
+        );
     }
     let next = (rows.len() == limit as usize)
         .then(|| rows.last().map(|r| r.prescription_id.clone()))
@@ -402,7 +408,13 @@ pub async fn get_issued(
         .record(&org.id, "clinic.read", &id, &row.patient_ref)
         .await
         .map_err(view_failed)?;
-    Ok(Json(state.view.describe(&row).await.map_err(view_failed)?))
+    Ok(Json(
+        state
+            .view
+            .describe(org, &row, &state.audit)
+            .await
+            .map_err(view_failed)?,
+    ))
 }
 
 #[derive(Debug, Deserialize)]

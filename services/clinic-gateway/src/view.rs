@@ -6,15 +6,17 @@
 
 use std::sync::Arc;
 
+use hixbus_access::Organization;
 use hixbus_bus::consumer::ConsumerError;
 use hixbus_bus::{Consumer, EventContext, HandlerError, KafkaConfig};
+use hixbus_consent::ConsentBook;
 use hixbus_contracts::codec::Codec;
 use hixbus_contracts::lifecycle::{Status, Transition, UnknownStatus};
 use hixbus_contracts::{
-    MedicationAlert, PrescriptionCancelled, PrescriptionClaimed, PrescriptionDispensed,
-    PrescriptionIssued,
+    AlertLine, ConsentChanged, MedicationAlert, PrescriptionCancelled, PrescriptionClaimed,
+    PrescriptionDispensed, PrescriptionIssued,
 };
-use hixbus_storage::Database;
+use hixbus_storage::{AuditLog, Database};
 use serde_json::{Value, json};
 use sqlx::Row;
 
@@ -26,6 +28,8 @@ pub enum ViewError {
     Json(#[from] serde_json::Error),
     #[error("{0}")]
     Status(#[from] UnknownStatus),
+    #[error("consent book: {0}")]
+    Consent(#[from] hixbus_service::ReadModelError),
     /// An event about a prescription whose `PrescriptionIssued` has not been applied yet (it
     /// travels on another topic): retried for a while, then dead-lettered (see
     /// `HandlerError::NotYet`).
@@ -49,6 +53,8 @@ pub struct ClinicPrescription {
 #[derive(Debug, Clone)]
 pub struct ClinicView {
     db: Database,
+    /// The patients' consents: what a clinic sees of another institution's side of an alert.
+    consents: ConsentBook,
 }
 
 fn now() -> String {
@@ -58,7 +64,14 @@ fn now() -> String {
 impl ClinicView {
     pub async fn new(db: Database) -> Result<Self, sqlx::Error> {
         db.migrate(&crate::MIGRATIONS).await?;
-        Ok(Self { db })
+        let consents = ConsentBook::new(db.clone()).await?;
+        Ok(Self { db, consents })
+    }
+
+    /// A patient's consent decision, kept for the reads that follow it.
+    pub async fn consent(self, e: ConsentChanged, _: EventContext) -> Result<(), HandlerError> {
+        self.consents.put(&e).await?;
+        Ok(())
     }
 
     pub async fn issued(self, e: PrescriptionIssued, _: EventContext) -> Result<(), HandlerError> {
@@ -223,7 +236,8 @@ impl ClinicView {
         rows.iter().map(read).collect()
     }
 
-    pub async fn alerts(&self, id: &str) -> Result<Vec<Value>, ViewError> {
+    /// The alerts involving prescription `id`, oldest first, as stored.
+    pub async fn alerts(&self, id: &str) -> Result<Vec<MedicationAlert>, ViewError> {
         let rows = sqlx::query(
             "SELECT alert FROM clinic_alerts WHERE prescription_id = $1 ORDER BY alert_event_id",
         )
@@ -235,8 +249,36 @@ impl ClinicView {
             .collect()
     }
 
-    /// The JSON a clinic sees for one prescription.
-    pub async fn describe(&self, p: &ClinicPrescription) -> Result<Value, ViewError> {
+    /// The alerts of `p` as `org` (its issuer) may see them now: the lines of its own
+    /// prescriptions always, another institution's only under the patient's consent
+    /// (`hixbus_consent::alerts`); each decision about another institution's data audited.
+    async fn shown_alerts(
+        &self,
+        org: &Organization,
+        p: &ClinicPrescription,
+        audit: &AuditLog,
+    ) -> Result<Vec<Value>, ViewError> {
+        let alerts = self.alerts(&p.prescription_id).await?;
+        let own = |l: &AlertLine| l.issuer_org == org.id;
+        Ok(hixbus_consent::alerts::shown_audited(
+            &alerts,
+            own,
+            org,
+            &p.patient_ref,
+            &self.consents,
+            audit,
+        )
+        .await?)
+    }
+
+    /// The JSON the issuing clinic `org` sees for one prescription (its reads audited by the
+    /// caller, the alert decisions in it here).
+    pub async fn describe(
+        &self,
+        org: &Organization,
+        p: &ClinicPrescription,
+        audit: &AuditLog,
+    ) -> Result<Value, ViewError> {
         let cancellation = p.cancelled.as_ref().map(|requested| {
             let (outcome, explanation) = match p.status {
                 Status::Cancelled => ("cancelled", "the prescription was withdrawn"),
@@ -255,7 +297,7 @@ impl ClinicView {
             "dispensed": p.dispensed,
             "cancelled": p.cancelled,
             "cancellation": cancellation,
-            "alerts": self.alerts(&p.prescription_id).await?,
+            "alerts": self.shown_alerts(org, p, audit).await?,
             "prescription": p.issued,
         }))
     }
@@ -308,5 +350,6 @@ pub fn consumer(
         .on(ClinicView::cancelled)?
         .on(ClinicView::dispensed)?
         .on(ClinicView::alert)?
+        .on(ClinicView::consent)?
         .build()
 }

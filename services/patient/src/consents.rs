@@ -48,7 +48,7 @@ async fn decide(state: &AppState, c: &ConsentChanged) -> Result<(), ApiError> {
         tracing::error!(error = %e, "a consent decision was not published");
         ApiError::unavailable("the decision could not be recorded; nothing changed, try again")
     })?;
-    state.store.put_consent(c).await.map_err(unavailable)
+    state.store.book.put(c).await.map_err(unavailable)
 }
 
 fn event(patient: &Patient, consent_id: String) -> ConsentChanged {
@@ -68,7 +68,7 @@ fn event(patient: &Patient, consent_id: String) -> ConsentChanged {
 pub async fn list(State(state): State<AppState>, patient: Patient) -> Result<Response, ApiError> {
     state.audited(&patient, "patient.consents", "").await?;
     let refs = state.refs(&patient).await?;
-    let consents = state.store.consents(&refs).await.map_err(unavailable)?;
+    let consents = state.consents(&refs).await?;
     let now = chrono::Utc::now().timestamp_millis();
     Ok(Json(json!({
         "policy_version": POLICY_VERSION,
@@ -130,14 +130,7 @@ pub async fn grant(
         }
     };
     let refs = state.refs(&patient).await?;
-    if state
-        .store
-        .consents(&refs)
-        .await
-        .map_err(unavailable)?
-        .len()
-        >= MAX_CONSENTS
-    {
+    if state.consents(&refs).await?.len() >= MAX_CONSENTS {
         return Err(ApiError::invalid(format!(
             "at most {MAX_CONSENTS} consents; revoke one you no longer need"
         )));
@@ -163,7 +156,7 @@ pub async fn revoke(
 ) -> Result<Response, ApiError> {
     hixbus_service::check_id(&consent_id)?;
     let refs = state.refs(&patient).await?;
-    let consents = state.store.consents(&refs).await.map_err(unavailable)?;
+    let consents = state.consents(&refs).await?;
     // Another patient's consent id is as unknown as a made-up one.
     let Some(existing) = consents
         .into_iter()

@@ -178,7 +178,7 @@ impl Projector {
     /// A consent decision, from the patient's API (already applied there) or recorded on their
     /// behalf by an institution.
     pub async fn consent(self, e: ConsentChanged, _: EventContext) -> Result<(), HandlerError> {
-        self.store.put_consent(&e).await?;
+        self.store.book.put(&e).await?;
         Ok(())
     }
 
@@ -423,7 +423,7 @@ mod tests {
             p.clone().consent(c.clone(), ctx()).await.unwrap();
         }
         let refs = p.store.refs("pt-1").await.unwrap();
-        assert_eq!(p.store.consents(&refs).await.unwrap(), [revoked]);
+        assert_eq!(p.store.book.consents(&refs).await.unwrap(), [revoked]);
     }
 
     #[tokio::test]

@@ -91,6 +91,14 @@ impl AppState {
             .map_err(unavailable)
     }
 
+    /// Every consent decision about the patient under `refs`, as it stands.
+    pub(crate) async fn consents(
+        &self,
+        refs: &[String],
+    ) -> Result<Vec<hixbus_contracts::ConsentChanged>, ApiError> {
+        self.store.book.consents(refs).await.map_err(unavailable)
+    }
+
     async fn whole_record(&self, patient: &Patient) -> Result<Vec<crate::store::Entry>, ApiError> {
         let refs = self.refs(patient).await?;
         self.store.record(&refs).await.map_err(unavailable)
@@ -488,7 +496,7 @@ pub async fn export(State(state): State<AppState>, patient: Patient) -> Result<R
         .await
         .map_err(unavailable)?;
     let refs = state.refs(&patient).await?;
-    let consents = state.store.consents(&refs).await.map_err(unavailable)?;
+    let consents = state.consents(&refs).await?;
     let bundle: Value = export::bundle(&patient.patient_ref, &entries, &consents, &audit);
     Ok((
         [(header::CONTENT_TYPE, "application/fhir+json")],

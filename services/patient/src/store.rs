@@ -1,12 +1,13 @@
 //! The patient record's tables: entries made from the topics (rebuilt by replaying them), the
 //! links between a patient's references, and the accounts patients sign in with.
 
+use hixbus_consent::ConsentBook;
 use hixbus_contracts::{
-    CheckupCompleted, ClaimAdjudicated, ClaimSubmitted, ConsentChanged, LabResultReported,
-    MedicationAlert, PrescriptionCancelled, PrescriptionDispensed, PrescriptionIssued,
+    CheckupCompleted, ClaimAdjudicated, ClaimSubmitted, LabResultReported, MedicationAlert,
+    PrescriptionCancelled, PrescriptionDispensed, PrescriptionIssued,
 };
 use hixbus_service::ReadModelError;
-use hixbus_storage::Database;
+use hixbus_storage::{Database, placeholders};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
@@ -261,6 +262,8 @@ fn delegation_from_row(r: &AnyRow) -> Result<Delegation, ReadModelError> {
 #[derive(Debug, Clone)]
 pub struct Store {
     db: Database,
+    /// The patient's consents, in the book every enforcing service keeps.
+    pub book: ConsentBook,
 }
 
 fn entry_from_row(r: &AnyRow) -> Result<Entry, ReadModelError> {
@@ -281,18 +284,12 @@ fn entry_from_row(r: &AnyRow) -> Result<Entry, ReadModelError> {
     })
 }
 
-/// `$first, $first+1, …` for `n` values.
-pub(crate) fn placeholders(first: usize, n: usize) -> String {
-    (first..first + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 impl Store {
     pub async fn new(db: Database) -> Result<Self, sqlx::Error> {
+        // The book's table first: migration 9005 moves the consents kept before it into it.
+        let book = ConsentBook::new(db.clone()).await?;
         db.migrate(&crate::MIGRATIONS).await?;
-        Ok(Self { db })
+        Ok(Self { db, book })
     }
 
     pub fn database(&self) -> &Database {
@@ -520,40 +517,6 @@ impl Store {
             }
         }
         Ok(())
-    }
-
-    /// Keeps a consent decision, unless a later decision on the same consent is kept already.
-    pub async fn put_consent(&self, c: &ConsentChanged) -> Result<(), ReadModelError> {
-        sqlx::query(
-            "INSERT INTO record_consents (consent_id, patient_ref, at, event) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (consent_id) DO UPDATE SET patient_ref = excluded.patient_ref,
-                 at = excluded.at, event = excluded.event
-             WHERE record_consents.at <= excluded.at",
-        )
-        .bind(&c.consent_id)
-        .bind(&c.envelope.patient_ref)
-        .bind(c.envelope.occurred_at.unix_millis())
-        .bind(serde_json::to_string(c)?)
-        .execute(&self.db.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// Every consent decision about the patient under `refs` as it stands, oldest first.
-    pub async fn consents(&self, refs: &[String]) -> Result<Vec<ConsentChanged>, ReadModelError> {
-        let sql = format!(
-            "SELECT event FROM record_consents WHERE patient_ref IN ({}) ORDER BY at, consent_id",
-            placeholders(1, refs.len())
-        );
-        let mut query = sqlx::query_scalar::<_, String>(&sql);
-        for r in refs {
-            query = query.bind(r);
-        }
-        let rows = query.fetch_all(&self.db.pool).await?;
-        Ok(rows
-            .iter()
-            .map(|j| serde_json::from_str(j))
-            .collect::<Result<_, _>>()?)
     }
 
     /// Records an emergency access; its audit entry is the caller's to write.
@@ -815,5 +778,61 @@ impl Store {
         }
         tx.commit().await?;
         Ok(Enrolled::Now(patient_ref))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hixbus_contracts::samples;
+
+    /// A database the service kept consents in itself (migrations up to 9004) moves them into
+    /// the consent book when it starts on it: no consent lost, so no revocation forgotten.
+    #[tokio::test]
+    async fn consents_kept_before_the_book_move_into_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("record.db").display());
+        let db = Database::connect(&url).await.unwrap();
+        let before_the_book = sqlx::migrate::Migrator {
+            migrations: crate::MIGRATIONS
+                .migrations
+                .iter()
+                .filter(|m| m.version < 9005)
+                .cloned()
+                .collect(),
+            ..sqlx::migrate::Migrator::DEFAULT
+        };
+        db.migrate(&before_the_book).await.unwrap();
+        let revoked = hixbus_contracts::ConsentChanged {
+            decision: hixbus_contracts::ConsentDecision::Revoked,
+            ..samples::consent_changed("pt-1")
+        };
+        sqlx::query(
+            "INSERT INTO record_consents (consent_id, patient_ref, at, event) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&revoked.consent_id)
+        .bind(&revoked.envelope.patient_ref)
+        .bind(revoked.envelope.occurred_at.unix_millis())
+        .bind(serde_json::to_string(&revoked).unwrap())
+        .execute(&db.pool)
+        .await
+        .unwrap();
+
+        let store = Store::new(db.clone()).await.unwrap();
+        assert_eq!(
+            store.book.consents(&["pt-1".to_owned()]).await.unwrap(),
+            [revoked]
+        );
+        // Started again: nothing changes.
+        let store = Store::new(db).await.unwrap();
+        assert_eq!(
+            store
+                .book
+                .consents(&["pt-1".to_owned()])
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
     }
 }

@@ -14,6 +14,11 @@ use hixbus_service::{ApiError, JsonPath};
 use serde::Deserialize;
 use serde_json::json;
 
+use std::collections::HashSet;
+
+use hixbus_consent::{ShownAlert, alerts};
+use hixbus_contracts::AlertLine;
+
 use crate::consent::{self, Basis, BreakGlass, POLICY_VERSION};
 use crate::record::{self, local_time};
 use crate::routes::{AppState, json_body, unavailable};
@@ -28,17 +33,41 @@ const SUMMARY_KINDS: [Kind; 4] = [
 ];
 
 /// Whether `org` produced or ordered what `entry` records: its own prescriptions, the
-/// dispensing and alerts of its prescriptions, the results it reported or ordered.
+/// dispensing of its prescriptions, the results it reported or ordered. An alert is no one's
+/// as a whole: each institution sees its own lines of it (see [`own_alert`]).
 pub fn is_own(entry: &Entry, org: &str) -> bool {
-    if entry.org_id == org {
-        return true;
-    }
     match &entry.fact {
+        Fact::Alert(_) => false,
+        _ if entry.org_id == org => true,
         Fact::Dispensing(d) => d.issuer_org == org,
-        Fact::Alert(a) => a.involved.iter().any(|l| l.issuer_org == org),
         Fact::LabResult(r) => r.ordering.as_ref().is_some_and(|o| o.org_id == org),
         Fact::Prescription(_) | Fact::Checkup(_) | Fact::Claim(_) => false,
     }
+}
+
+/// An alert that involves a prescription of `org`'s (one it issued, or dispensed:
+/// `dispensed_here`), as `org` may see it: its own lines always, other institutions' lines as
+/// `allowed` says. `None`: the alert involves none of `org`'s prescriptions.
+fn own_alert(
+    entry: &Entry,
+    org: &str,
+    dispensed_here: &HashSet<&str>,
+    allowed: &[(DataCategory, Basis)],
+) -> Option<(ShownAlert, Entry)> {
+    let Fact::Alert(alert) = &entry.fact else {
+        return None;
+    };
+    let own =
+        |l: &AlertLine| l.issuer_org == org || dispensed_here.contains(l.prescription_id.as_str());
+    if !alert.involved.iter().any(own) {
+        return None;
+    }
+    let shown = hixbus_consent::shown(alert, own, allowed);
+    let entry = Entry {
+        fact: Fact::Alert(shown.alert.clone()),
+        ..entry.clone()
+    };
+    Some((shown, entry))
 }
 
 fn check_patient_ref(patient_ref: &str) -> Result<(), ApiError> {
@@ -62,7 +91,7 @@ pub async fn read(
     })?;
     let refs = state.store.refs(&patient_ref).await.map_err(unavailable)?;
     let now = chrono::Utc::now().timestamp_millis();
-    let consents = state.store.consents(&refs).await.map_err(unavailable)?;
+    let consents = state.consents(&refs).await?;
     let breaks: Vec<BreakGlass> = state
         .store
         .break_glass(&refs)
@@ -81,8 +110,35 @@ pub async fn read(
     let mut others = Vec::new();
     let mut withheld: Vec<DataCategory> = Vec::new();
     let mut used: Vec<String> = Vec::new();
+    let dispensed_here: HashSet<&str> = record
+        .iter()
+        .filter_map(|e| match &e.fact {
+            Fact::Dispensing(d) if e.org_id == org.id => Some(d.prescription_id.as_str()),
+            _ => None,
+        })
+        .collect();
     for entry in record.iter().rev() {
         if !SUMMARY_KINDS.contains(&entry.kind()) {
+            continue;
+        }
+        if let Some((shown, entry)) = own_alert(entry, &org.id, &dispensed_here, &allowed) {
+            let mut item = record::item(&entry);
+            if let Some(basis) = &shown.shown_under {
+                item["shown_under"] = json!(basis.describe());
+                if !used.contains(&basis.describe()) {
+                    used.push(basis.describe());
+                }
+            }
+            if shown.withheld > 0 {
+                item["detail"]["withheld_lines"] = json!(shown.withheld);
+                if shown.alert.prescription_id.is_empty() {
+                    item["detail"]["prescription_id"] = serde_json::Value::Null;
+                }
+                if !withheld.contains(&alerts::CATEGORY) {
+                    withheld.push(alerts::CATEGORY);
+                }
+            }
+            own.push(item);
             continue;
         }
         if is_own(entry, &org.id) {
@@ -235,5 +291,41 @@ mod tests {
         let r = entry(Fact::LabResult(lab), "lab-minato");
         assert!(is_own(&r, &ordering));
         assert!(!is_own(&r, "clinic-elsewhere"));
+    }
+
+    #[test]
+    fn an_alert_shows_an_institution_its_own_lines_and_others_only_under_consent() {
+        let mut alert = samples::medication_alert("pt");
+        let mut theirs = alert.involved[0].clone();
+        theirs.prescription_id = "rx-theirs".into();
+        theirs.issuer_org = "clinic-b".into();
+        let mut mine = theirs.clone();
+        mine.prescription_id = "rx-mine".into();
+        mine.issuer_org = "clinic-a".into();
+        alert.prescription_id = "rx-theirs".into();
+        alert.involved = vec![theirs, mine];
+        let entry = Entry {
+            key: "k".into(),
+            patient_ref: "pt".into(),
+            event_id: "e".into(),
+            at: 0,
+            org_id: "hixbus-safety".into(),
+            rank: 0,
+            fact: Fact::Alert(alert),
+            changes: vec![],
+        };
+        assert!(!is_own(&entry, "clinic-a"), "no one's as a whole");
+        let none = HashSet::new();
+        let (shown, _) = own_alert(&entry, "clinic-a", &none, &[]).unwrap();
+        assert_eq!(shown.withheld, 1);
+        let consented = [(DataCategory::All, Basis::Consent("c-1".into()))];
+        let (shown, _) = own_alert(&entry, "clinic-a", &none, &consented).unwrap();
+        assert_eq!(shown.shown_under, Some(Basis::Consent("c-1".into())));
+        // A pharmacy that dispensed one of the prescriptions sees that line as its own.
+        let dispensed: HashSet<&str> = ["rx-mine"].into();
+        let (shown, _) = own_alert(&entry, "pharmacy-x", &dispensed, &[]).unwrap();
+        assert_eq!(shown.alert.involved.len(), 1);
+        // An institution with no line in it is not shown it as its own.
+        assert!(own_alert(&entry, "clinic-c", &none, &[]).is_none());
     }
 }

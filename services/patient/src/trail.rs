@@ -82,7 +82,7 @@ pub async fn for_patient(
     let sql = format!(
         "SELECT chain, seq, hash, entry FROM audit_trail WHERE patient_ref IN ({})
          ORDER BY at DESC, chain, seq DESC",
-        crate::store::placeholders(1, refs.len())
+        hixbus_storage::placeholders(1, refs.len())
     );
     let mut query = sqlx::query(&sql);
     for r in refs {

@@ -9,10 +9,11 @@ use std::sync::Arc;
 
 use hixbus_bus::consumer::ConsumerError;
 use hixbus_bus::{Consumer, EventContext, HandlerError, KafkaConfig};
+use hixbus_consent::ConsentBook;
 use hixbus_contracts::codec::Codec;
 use hixbus_contracts::{
-    MedicationAlert, PrescriptionCancelled, PrescriptionClaimed, PrescriptionDispensed,
-    PrescriptionIssued,
+    ConsentChanged, MedicationAlert, PrescriptionCancelled, PrescriptionClaimed,
+    PrescriptionDispensed, PrescriptionIssued,
 };
 
 use crate::changes::Changes;
@@ -30,6 +31,7 @@ impl From<StoreError> for HandlerError {
 pub struct Projector {
     pub store: Store,
     pub changes: Changes,
+    pub consents: ConsentBook,
 }
 
 impl Projector {
@@ -97,6 +99,17 @@ impl Projector {
         }
         Ok(())
     }
+
+    /// A patient's consent decision: kept in the book every read asks, and every prescription
+    /// of theirs with alerts is announced, so open screens show the alerts as the decision
+    /// has them now (withheld again at once after a revocation).
+    pub async fn consent(self, e: ConsentChanged, _: EventContext) -> Result<(), HandlerError> {
+        self.consents.put(&e).await?;
+        for prescription_id in self.store.alerted(&e.envelope.patient_ref).await? {
+            self.changes.announce(&prescription_id).await;
+        }
+        Ok(())
+    }
 }
 
 /// The consumer that feeds the read model.
@@ -113,5 +126,6 @@ pub fn consumer(
         .on(Projector::claimed)?
         .on(Projector::dispensed)?
         .on(Projector::alert)?
+        .on(Projector::consent)?
         .build()
 }

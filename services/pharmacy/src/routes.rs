@@ -17,13 +17,14 @@ use hixbus_contracts::{
     CodedConcept, DispensedLine, Envelope, MedicationLine, PractitionerRef, PrescriptionClaimed,
     PrescriptionDispensed, Quantity,
 };
-use hixbus_service::changes::Shown;
+use hixbus_service::changes::{Reload, Shown};
 use hixbus_service::{
     ApiError, ClientAddr, JsonPath, JsonQuery, PerKeyLimit, body, check_id, institution, text,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::alerts::AlertLens;
 use crate::changes::Changes;
 use crate::claims::ClaimLimiter;
 use crate::store::{PrescriptionRow, Status, Store, StoreError};
@@ -68,6 +69,8 @@ pub struct AppState {
     pub publisher: Publisher,
     pub store: Store,
     pub audit: AuditLog,
+    /// What each pharmacy is shown of the alerts (the patient's consent decides).
+    pub alerts: AlertLens,
     pub changes: Changes,
     pub claims: Arc<ClaimLimiter>,
     pub inbox_reads: Arc<PerKeyLimit>,
@@ -100,8 +103,8 @@ async fn json_body<T: for<'de> Deserialize<'de>>(
     body::json(headers, body, MAX_BODY_BYTES).await
 }
 
-/// What a pharmacy sees of one prescription.
-fn inbox_item(row: &PrescriptionRow) -> Value {
+/// What a pharmacy sees of one prescription, with its alerts as `alerts` shows them to it.
+fn inbox_item(row: &PrescriptionRow, alerts: Vec<Value>) -> Value {
     let date = |d: Option<hixbus_contracts::Date>| {
         d.and_then(|d| d.to_naive_date()).map(|d| d.to_string())
     };
@@ -117,7 +120,7 @@ fn inbox_item(row: &PrescriptionRow) -> Value {
         "issuer": row.issued.issuer,
         "lines": row.issued.lines,
         "notes": row.issued.notes,
-        "alerts": row.alerts,
+        "alerts": alerts,
         "dispensed": row.dispensed,
     })
 }
@@ -174,7 +177,8 @@ pub async fn inbox(
             )
             .await
             .map_err(|e| store_failed(e.into()))?;
-        items.push(inbox_item(row));
+        let alerts = state.alerts.show(org, row).await.map_err(store_failed)?;
+        items.push(inbox_item(row, alerts));
     }
     let next = (rows.len() == limit as usize)
         .then(|| rows.last().map(|r| r.prescription_id.clone()))
@@ -196,7 +200,8 @@ pub async fn prescription(
         .record(&org.id, "prescription.read", &id, &row.patient_ref)
         .await
         .map_err(|e| store_failed(e.into()))?;
-    Ok(Json(inbox_item(&row)))
+    let alerts = state.alerts.show(org, &row).await.map_err(store_failed)?;
+    Ok(Json(inbox_item(&row, alerts)))
 }
 
 async fn own_row(store: &Store, org: &Organization, id: &str) -> Result<PrescriptionRow, ApiError> {
@@ -222,18 +227,30 @@ pub async fn stream(
             std::time::Duration::from_secs(5),
         ));
     };
-    Ok(state.changes.screen(
+    let lens = state.alerts.clone();
+    Ok(state.changes.screen_async(
         state.audit.clone(),
         org,
         "inbox.stream",
         permit,
-        |org, row| {
-            (row.holder.as_deref() == Some(org.id.as_str())).then(|| Shown {
-                event: "prescription",
-                data: inbox_item(row).to_string(),
-                subject_id: row.prescription_id.clone(),
-                patient_ref: row.patient_ref.clone(),
-            })
+        move |org, row| {
+            let lens = lens.clone();
+            async move {
+                if row.holder.as_deref() != Some(org.id.as_str()) {
+                    return Ok(None);
+                }
+                // The alerts as the patient's consent has them at the moment of sending.
+                let alerts = lens.show(&org, &row).await.map_err(|e| {
+                    tracing::error!(error = %e, "alerts for a live inbox could not be decided");
+                    Reload
+                })?;
+                Ok(Some(Shown {
+                    event: "prescription",
+                    data: inbox_item(&row, alerts).to_string(),
+                    subject_id: row.prescription_id.clone(),
+                    patient_ref: row.patient_ref.clone(),
+                }))
+            }
         },
     ))
 }

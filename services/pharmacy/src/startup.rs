@@ -10,6 +10,9 @@ use hixbus_service::config::code_keys;
 use hixbus_service::{CancellationToken, Deps, PerKeyLimit, Service, StartupError};
 use hixbus_storage::AuditLog;
 
+use hixbus_consent::ConsentBook;
+
+use crate::alerts::AlertLens;
 use crate::changes::{self, Changes};
 use crate::config::Config;
 use crate::projector;
@@ -30,6 +33,7 @@ pub async fn build(config: Config, deps: Deps) -> Result<Service, StartupError> 
     )?;
     let store = Store::new(db.clone(), Arc::new(codes)).await?;
     let audit = AuditLog::new(db.clone()).await?;
+    let consents = ConsentBook::new(db.clone()).await?;
     // Live inbox streams, and the listener feeding them, end when the service begins to stop:
     // the graceful shutdown waits for every open response.
     let stopping = CancellationToken::new();
@@ -41,6 +45,7 @@ pub async fn build(config: Config, deps: Deps) -> Result<Service, StartupError> 
         projector::Projector {
             store: store.clone(),
             changes: changes.clone(),
+            consents: consents.clone(),
         },
     )?;
     let publisher = Publisher::new(&deps.kafka, deps.codec.clone())?;
@@ -52,6 +57,11 @@ pub async fn build(config: Config, deps: Deps) -> Result<Service, StartupError> 
     let state = AppState {
         directory: deps.directory.clone(),
         publisher,
+        alerts: AlertLens {
+            store: store.clone(),
+            consents,
+            audit: audit.clone(),
+        },
         store,
         audit,
         changes,

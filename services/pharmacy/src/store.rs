@@ -6,8 +6,7 @@
 
 use hixbus_access::codes::CodeKeys;
 use hixbus_contracts::{MedicationAlert, PrescriptionDispensed, PrescriptionIssued};
-use hixbus_storage::{AuditLog, Database};
-use serde_json::Value;
+use hixbus_storage::{AuditLog, Database, placeholders};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
@@ -37,8 +36,9 @@ pub struct PrescriptionRow {
     pub dispensed_by: Option<String>,
     pub issued: PrescriptionIssued,
     pub dispensed: Option<PrescriptionDispensed>,
-    /// The `MedicationAlert`s involving it, oldest first.
-    pub alerts: Vec<Value>,
+    /// The `MedicationAlert`s involving it, oldest first, as stored: what a pharmacy is shown
+    /// of each is decided at each read (`crate::alerts`).
+    pub alerts: Vec<MedicationAlert>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +49,8 @@ pub enum StoreError {
     Json(#[from] serde_json::Error),
     #[error("{0}")]
     UnknownStatus(#[from] hixbus_contracts::lifecycle::UnknownStatus),
+    #[error("consent book: {0}")]
+    Consent(#[from] hixbus_service::ReadModelError),
 }
 
 #[derive(Debug, Clone)]
@@ -429,6 +431,38 @@ impl Store {
         .fetch_all(&self.db.pool)
         .await?;
         read_rows(&rows)
+    }
+}
+
+impl Store {
+    /// Which of `ids` `pharmacy` holds: its own prescriptions, whose alert lines it always sees.
+    pub async fn held_by(&self, pharmacy: &str, ids: &[&str]) -> Result<Vec<String>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT prescription_id FROM pharmacy_prescriptions
+             WHERE holder = $1 AND prescription_id IN ({})",
+            placeholders(2, ids.len())
+        );
+        let mut query = sqlx::query_scalar::<_, String>(&sql).bind(pharmacy);
+        for id in ids {
+            query = query.bind(*id);
+        }
+        Ok(query.fetch_all(&self.db.pool).await?)
+    }
+
+    /// The patient's prescriptions that have alerts: what a change of their consent changes on
+    /// the screens showing them.
+    pub async fn alerted(&self, patient_ref: &str) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar::<_, String>(
+            "SELECT DISTINCT p.prescription_id FROM pharmacy_prescriptions p
+             JOIN pharmacy_alerts a ON a.prescription_id = p.prescription_id
+             WHERE p.patient_ref = $1 ORDER BY p.prescription_id",
+        )
+        .bind(patient_ref)
+        .fetch_all(&self.db.pool)
+        .await?)
     }
 }
 

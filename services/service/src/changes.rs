@@ -168,6 +168,11 @@ pub struct Shown {
     pub patient_ref: String,
 }
 
+/// A screen could not be shown a change (what it depends on could not be read or audited):
+/// it is told to reload its list instead, which answers 503 while that lasts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reload;
+
 impl<S: Source> Changes<S> {
     /// One screen's live stream (server-sent events) for `org`: every changed row `show` lets
     /// it see, audited as `action` before it is sent; `resync` when changes may have been
@@ -184,15 +189,35 @@ impl<S: Source> Changes<S> {
     where
         F: Fn(&Organization, &S::Row) -> Option<Shown> + Send + Sync + 'static,
     {
+        self.screen_async(audit, org, action, permit, move |org, row| {
+            std::future::ready(Ok(show(&org, &row)))
+        })
+    }
+
+    /// [`Changes::screen`] for a `show` that has to ask something first (what the patient's
+    /// consent lets this organization see, at the moment it is sent).
+    pub fn screen_async<F, Fut>(
+        &self,
+        audit: AuditLog,
+        org: Organization,
+        action: &'static str,
+        permit: Permit,
+        show: F,
+    ) -> Sse<impl Stream<Item = Result<Event, Infallible>> + use<S, F, Fut>>
+    where
+        F: Fn(Organization, Arc<S::Row>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Option<Shown>, Reload>> + Send,
+    {
         let receiver = self.subscribe();
         let events = futures::stream::unfold(
             (receiver, audit, org, permit, show),
             move |(mut receiver, audit, org, permit, show)| async move {
                 loop {
                     let event = match receiver.recv().await {
-                        Ok(Changed::Row(row)) => match show(&org, &row) {
-                            Some(shown) => delivery(&audit, &org, action, shown).await,
-                            None => continue,
+                        Ok(Changed::Row(row)) => match show(org.clone(), row).await {
+                            Ok(Some(shown)) => delivery(&audit, &org, action, shown).await,
+                            Ok(None) => continue,
+                            Err(Reload) => resync(),
                         },
                         // Too slow to keep up, or changes were missed: the screen reloads.
                         Ok(Changed::Missed) | Err(RecvError::Lagged(_)) => resync(),

@@ -45,7 +45,8 @@ pub fn purpose(action: &str, role: Option<&str>) -> Option<&'static str> {
             Some("patient" | "proxy") => "PATIENT_ACCESS",
             _ => "TREATMENT",
         },
-        "summary" => match role {
+        // Another institution's data, shown under the patient's consent (or withheld).
+        "summary" | "alert" => match role {
             Some("pharmacy") => "DISPENSING",
             _ => "TREATMENT",
         },

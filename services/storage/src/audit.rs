@@ -104,10 +104,9 @@ impl AuditLog {
     /// Marks rows as shipped (published and acknowledged).
     pub async fn mark_shipped(&self, event_ids: &[String]) -> Result<(), sqlx::Error> {
         for chunk in event_ids.chunks(500) {
-            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let sql = format!(
                 "UPDATE audit_log SET shipped = 1 WHERE event_id IN ({})",
-                placeholders.join(", ")
+                crate::placeholders(1, chunk.len())
             );
             let mut query = sqlx::query(&sql);
             for id in chunk {

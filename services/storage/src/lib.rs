@@ -111,6 +111,15 @@ impl Database {
     }
 }
 
+/// `$first, $first+1, …` for `n` values: the parameters of an `IN (…)` list, which both
+/// engines accept where neither takes an array parameter the other understands.
+pub fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Database URLs may carry passwords; logs and messages must not.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
