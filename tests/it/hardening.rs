@@ -96,8 +96,17 @@ async fn a_prescription_dated_9999_is_refused_and_cannot_switch_the_safety_check
     let second_id = flow
         .issue_delivered("clinic-sakura", &second, "pharmacy-midori")
         .await;
+    // The second is checked against the first: the pharmacy holding the second sees the
+    // alert (the first's side withheld without the patient's consent), the one holding the
+    // first sees its own line in it.
     let item = flow
         .in_inbox("pharmacy-midori", &second_id, |item| {
+            item["alerts"].as_array().is_some_and(|a| !a.is_empty())
+        })
+        .await;
+    assert_eq!(item["alerts"][0]["withheld"]["lines"], 1, "{item}");
+    let item = flow
+        .in_inbox("pharmacy-aozora", &first_id, |item| {
             item["alerts"].as_array().is_some_and(|a| !a.is_empty())
         })
         .await;
