@@ -27,6 +27,8 @@ async fn encode_event(codec: &Codec, event: &Event) -> hixbus_contracts::Encoded
         Event::MedicationAlert(e) => codec.encode(e).await,
         Event::PatientLinked(e) => codec.encode(e).await,
         Event::PatientDataAccessed(e) => codec.encode(e).await,
+        Event::ResearchRecord(e) => codec.encode(e).await,
+        Event::ResearchReleased(e) => codec.encode(e).await,
     };
     encoded.unwrap_or_else(|e| panic!("{}: {e}", event.name()))
 }

@@ -84,8 +84,8 @@ async fn schema_registry_converter_registers_fetches_checks_and_sees_deletes() {
 
 fn strategy_for(event: &Event) -> SubjectNameStrategy {
     let entry = Catalog::embedded().entry(event.name()).unwrap();
-    if entry.is_per_insurer() {
-        // Per-insurer topics: one subject for every insurer's topic.
+    if entry.is_per_recipient() {
+        // Per-insurer and per-project topics: one subject for all of them.
         SubjectNameStrategy::RecordNameStrategy(entry.full_name.clone())
     } else if entry.subject.ends_with("-value") {
         SubjectNameStrategy::TopicNameStrategy(entry.topic.clone(), false)
@@ -125,7 +125,7 @@ async fn our_records_and_the_converters_records_are_interchangeable() {
         .unwrap();
         assert_eq!(
             as_json["envelope"]["patient_ref"],
-            "患者-42",
+            event.envelope().patient_ref.as_str(),
             "{}",
             event.name()
         );
@@ -150,6 +150,8 @@ async fn our_records_and_the_converters_records_are_interchangeable() {
             Event::MedicationAlert(e) => converter_encode(&encoder, e, &strategy).await,
             Event::PatientLinked(e) => converter_encode(&encoder, e, &strategy).await,
             Event::PatientDataAccessed(e) => converter_encode(&encoder, e, &strategy).await,
+            Event::ResearchRecord(e) => converter_encode(&encoder, e, &strategy).await,
+            Event::ResearchReleased(e) => converter_encode(&encoder, e, &strategy).await,
         };
         assert_eq!(
             bytes,

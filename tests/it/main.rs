@@ -17,6 +17,7 @@ mod prescriptions;
 mod registry_api;
 mod registry_auth;
 mod registry_storage;
+mod research;
 
 /// Runs each listed scenario once on SQLite and once on PostgreSQL, against a fresh database.
 #[macro_export]

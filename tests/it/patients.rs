@@ -1639,6 +1639,13 @@ const ROUTES: &[(&str, &str, Audited)] = &[
         "/pharmacy/prescriptions/{id}/dispense",
         Writes("dispense"),
     ),
+    (
+        "research",
+        "/research/releases",
+        NoPatientData(
+            "the manifests of the caller's projects: counts, generalization levels, group shares",
+        ),
+    ),
     ("registry-client", "/subjects/{s}/versions", UNIT_TEST),
     ("registry-client", "/subjects/{s}", UNIT_TEST),
     ("registry-client", "/schemas/ids/{id}", UNIT_TEST),
@@ -1734,6 +1741,13 @@ const CONSUMERS: &[(&str, &str, Audited)] = &[
         "pharmacy",
         "projector.rs",
         NoPatientData("keeps the inbox; shown through audited routes"),
+    ),
+    (
+        "research",
+        "export.rs",
+        NoPatientData(
+            "keeps items until a release; what a release delivers is de-identified, and each is audited per patient (research.release)",
+        ),
     ),
 ];
 

@@ -25,12 +25,13 @@ feed="127.0.0.1:$(port)"
 claims="127.0.0.1:$(port)"
 insurer="127.0.0.1:$(port)"
 patient="127.0.0.1:$(port)"
+research="127.0.0.1:$(port)"
 oidc="127.0.0.1:$(port)"
 mllp="127.0.0.1:$(port)"
 
 started=$(date +%s.%N)
 "$bin" up --kafka-listen "$kafka" --registry-listen "$registry" --demo-interval-ms 50 \
-  --listen "clinic-gateway=$gateway" --listen "pharmacy=$pharmacy" --listen "medication-safety=$safety" --listen "lab-gateway=$lab" --listen "insurer-feed=$feed" --listen "claims=$claims" --listen "insurer=$insurer" --listen "patient=$patient" --oidc-listen "$oidc" --mllp-listen "$mllp" \
+  --listen "clinic-gateway=$gateway" --listen "pharmacy=$pharmacy" --listen "medication-safety=$safety" --listen "lab-gateway=$lab" --listen "insurer-feed=$feed" --listen "claims=$claims" --listen "insurer=$insurer" --listen "patient=$patient" --listen "research=$research" --oidc-listen "$oidc" --mllp-listen "$mllp" \
   >"$work/up.out" 2>"$work/up.err" &
 up=$!
 # Ready in well under a second usually; the medication-safety rebuild can take a few seconds
@@ -116,9 +117,26 @@ status=$(curl -s -o /dev/null -w '%{http_code}' "http://$patient/patient/timelin
 [ "$status" = 401 ] || { echo "the timeline without a sign-in answered $status, not 401" >&2; exit 1; }
 
 # Every service answers its health and readiness probes.
-for svc in "$gateway" "$pharmacy" "$safety" "$lab" "$feed" "$claims" "$insurer" "$patient"; do
+for svc in "$gateway" "$pharmacy" "$safety" "$lab" "$feed" "$claims" "$insurer" "$patient" "$research"; do
   curl -sf "http://$svc/ready" | grep -q '"status":"ready"' || { echo "$svc is not ready" >&2; exit 1; }
 done
+
+# The demo research project receives a release of the demo clinic's events, k-anonymous.
+for _ in $(seq 1 300); do
+  curl -sf "http://$research/research/releases" -H "Authorization: Bearer $RESEARCH_KEY" | grep -q '"outcome":"RELEASED"' && break
+  sleep 0.1
+done
+curl -sf "http://$research/research/releases" -H "Authorization: Bearer $RESEARCH_KEY" | python3 -c '
+import json, sys
+answer = json.load(sys.stdin)
+project = answer["projects"][0]
+assert project["project"] == "demo-lab-trends", answer
+released = [r for r in project["releases"] if r["outcome"] == "RELEASED"]
+assert released, answer
+assert all(r["k_achieved"] >= r["k_required"] for r in released), released
+' || { echo "the demo research project received no k-anonymous release" >&2; exit 1; }
+status=$(curl -s -o /dev/null -w '%{http_code}' "http://$research/research/releases" -H "Authorization: Bearer $AOZORA_KEY")
+[ "$status" = 403 ] || { echo "a pharmacy read research releases: $status" >&2; exit 1; }
 
 # The README's lab result: the SS-MIX2 example, answered AA once published.
 "$bin" demo hl7-lab >"$work/lab.hl7"

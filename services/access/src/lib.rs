@@ -38,6 +38,9 @@ pub enum Role {
     Lab,
     /// Runs the bus: manages the schema registry. Sees no patient data.
     Operator,
+    /// Receives de-identified research releases for its projects (docs/research.md), on their
+    /// own topics; reads no patient's data through any API.
+    Researcher,
 }
 
 /// Things a caller can ask to do. Ownership (which prescriptions) is checked by the handler.
@@ -71,6 +74,8 @@ pub enum Action {
     SubmitClaims,
     /// Decide on the claims billed to it and manage its member roster.
     AdjudicateClaims,
+    /// Read the manifests of its own research projects' releases (docs/research.md).
+    ReadResearchReleases,
     /// Read schemas from the registry (every producer and consumer needs to).
     ReadSchemas,
     /// Register schemas, change compatibility, delete subjects.
@@ -122,6 +127,7 @@ impl Role {
                     | ViewPatientSummary
             ),
             Role::Operator => action == ManageSchemas,
+            Role::Researcher => action == ReadResearchReleases,
             Role::Insurer => matches!(action, ReadInsurerFeed | AdjudicateClaims),
         }
     }
@@ -134,6 +140,7 @@ impl Role {
             Role::Insurer => "insurer",
             Role::Lab => "lab",
             Role::Operator => "operator",
+            Role::Researcher => "researcher",
         }
     }
 }
@@ -470,6 +477,7 @@ fn describe(action: Action) -> &'static str {
         Action::BreakGlass => "open a patient's record in an emergency",
         Action::SubmitClaims => "submit claims and read its own",
         Action::AdjudicateClaims => "adjudicate claims",
+        Action::ReadResearchReleases => "read its research projects' releases",
         Action::ReadSchemas => "read schemas",
         Action::ManageSchemas => "register or change schemas",
     }

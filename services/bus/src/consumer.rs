@@ -194,7 +194,7 @@ impl ConsumerBuilder {
         let entry = Catalog::embedded()
             .entry(E::NAME)
             .ok_or(ConsumerError::NotInCatalog(E::NAME))?;
-        if !entry.is_per_insurer() {
+        if !entry.is_per_recipient() {
             self.topics.insert(entry.topic.clone());
         }
         let handler = Arc::new(handler);

@@ -51,11 +51,12 @@ impl PublishError {
     }
 }
 
-/// The one topic `event` travels on (not a per-insurer one: those are named by the caller).
+/// The one topic `event` travels on (not a per-insurer or per-project one: those are named by
+/// the caller).
 fn catalog_topic(event: &str) -> Result<String, PublishError> {
     Catalog::embedded()
         .entry(event)
-        .filter(|entry| !entry.is_per_insurer())
+        .filter(|entry| !entry.is_per_recipient())
         .map(|entry| entry.topic.clone())
         .ok_or_else(|| PublishError::NotInCatalog(event.to_owned()))
 }

@@ -40,6 +40,9 @@ struct TopicsFile {
     /// Settings of every insurer's own topic (`insurer.<id>.feed`).
     #[serde(default)]
     insurer_topics: TopicEntry,
+    /// Settings of every research project's own topic (`research.<id>.records`).
+    #[serde(default)]
+    research_topics: TopicEntry,
     topics: BTreeMap<String, TopicEntry>,
 }
 
@@ -127,13 +130,32 @@ pub fn insurer_specs<'a>(
     insurers: impl IntoIterator<Item = &'a str>,
 ) -> Result<Vec<TopicSpec>, TopicsError> {
     let file: TopicsFile = toml::from_str(text)?;
+    let names = insurers.into_iter().map(hixbus_contracts::insurer_topic);
+    Ok(own_topics(&file, &file.insurer_topics, names))
+}
+
+/// The topics of each research project in `projects` (its records and their dead letters),
+/// with the settings `text` gives research topics.
+pub fn research_specs<'a>(
+    text: &str,
+    projects: impl IntoIterator<Item = &'a str>,
+) -> Result<Vec<TopicSpec>, TopicsError> {
+    let file: TopicsFile = toml::from_str(text)?;
+    let names = projects.into_iter().map(hixbus_contracts::research_topic);
+    Ok(own_topics(&file, &file.research_topics, names))
+}
+
+/// Topics of one recipient each, `names`, with `entry`'s settings over the defaults.
+fn own_topics(
+    file: &TopicsFile,
+    entry: &TopicEntry,
+    names: impl Iterator<Item = String>,
+) -> Vec<TopicSpec> {
     let d = &file.defaults;
-    let entry = &file.insurer_topics;
     let partitions = entry.partitions.unwrap_or(d.partitions);
     let replication_factor = entry.replication_factor.unwrap_or(d.replication_factor);
     let mut specs = Vec::new();
-    for insurer in insurers {
-        let name = hixbus_contracts::insurer_topic(insurer);
+    for name in names {
         specs.push(TopicSpec {
             name: crate::dlq_topic(&name),
             partitions: partitions.min(3),
@@ -147,7 +169,7 @@ pub fn insurer_specs<'a>(
             config: topic_config(entry.retention_ms.unwrap_or(d.retention_ms)),
         });
     }
-    Ok(specs)
+    specs
 }
 
 fn topic_config(retention_ms: i64) -> BTreeMap<String, String> {

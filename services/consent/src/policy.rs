@@ -60,7 +60,7 @@ pub fn purpose_of(role: Role) -> Option<PurposeOfUse> {
     match role {
         Role::Clinic | Role::Hospital => Some(PurposeOfUse::Treatment),
         Role::Pharmacy => Some(PurposeOfUse::Dispensing),
-        Role::Insurer | Role::Lab | Role::Operator => None,
+        Role::Insurer | Role::Lab | Role::Operator | Role::Researcher => None,
     }
 }
 

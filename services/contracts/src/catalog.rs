@@ -38,6 +38,32 @@ impl CatalogEntry {
     pub fn is_per_insurer(&self) -> bool {
         self.topic == INSURER_TOPIC
     }
+
+    /// Whether the event travels only on each research project's own topic
+    /// ([`research_topic`]).
+    pub fn is_per_project(&self) -> bool {
+        self.topic == RESEARCH_TOPIC
+    }
+
+    /// Whether the event travels on topics of one recipient each (an insurer's, a research
+    /// project's), named by the publisher, rather than on one shared topic.
+    pub fn is_per_recipient(&self) -> bool {
+        self.is_per_insurer() || self.is_per_project()
+    }
+}
+
+/// How the catalog writes the per-project research topic.
+pub const RESEARCH_TOPIC: &str = "research.{project}.records";
+
+/// The topic only research project `project` reads: its de-identified records. Named, like an
+/// insurer's, so that one prefixed ACL (`research.<id>.`) grants exactly it.
+pub fn research_topic(project: &str) -> String {
+    RESEARCH_TOPIC.replace("{project}", project)
+}
+
+/// The prefix of every topic (and consumer group) that belongs to research project `project`.
+pub fn research_prefix(project: &str) -> String {
+    format!("research.{project}.")
 }
 
 /// How the catalog writes the per-insurer topic.
@@ -142,6 +168,8 @@ pub const EMBEDDED_SOURCES: &[(&str, &str)] = embedded_sources!(
     "events/PrescriptionClaimed.avsc",
     "events/PrescriptionDispensed.avsc",
     "events/PrescriptionIssued.avsc",
+    "events/ResearchRecord.avsc",
+    "events/ResearchReleased.avsc",
 );
 
 static EMBEDDED: LazyLock<Catalog> = LazyLock::new(|| {
@@ -231,12 +259,12 @@ impl Catalog {
         self.entries.iter().find(|e| e.subject == subject)
     }
 
-    /// Distinct shared topics, in catalog order (not the per-insurer ones: see
-    /// [`insurer_topic`]).
+    /// Distinct shared topics, in catalog order (not the per-insurer or per-project ones: see
+    /// [`insurer_topic`], [`research_topic`]).
     pub fn topics(&self) -> Vec<&str> {
         let mut topics: Vec<&str> = Vec::new();
         for e in &self.entries {
-            if !e.is_per_insurer() && !topics.contains(&e.topic.as_str()) {
+            if !e.is_per_recipient() && !topics.contains(&e.topic.as_str()) {
                 topics.push(&e.topic);
             }
         }

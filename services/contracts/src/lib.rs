@@ -15,7 +15,10 @@ pub mod systems;
 pub mod time;
 pub mod wire;
 
-pub use catalog::{Catalog, CatalogEntry, CatalogError, insurer_prefix, insurer_topic};
+pub use catalog::{
+    Catalog, CatalogEntry, CatalogError, insurer_prefix, insurer_topic, research_prefix,
+    research_topic,
+};
 pub use codec::{
     Codec, DataError, Decoded, EncodeError, Encoded, SchemaIdStrategy, TransientError, decode_body,
     encode_body,

@@ -523,7 +523,66 @@ pub fn one_of_each(patient: &str) -> Vec<Event> {
         medication_alert(patient).into(),
         patient_linked(patient).into(),
         patient_data_accessed(patient).into(),
+        research_record(patient).into(),
+        research_released().into(),
     ]
+}
+
+/// A released lab value; `patient` stands in for the subject's pseudonym.
+pub fn research_record(patient: &str) -> ResearchRecord {
+    ResearchRecord {
+        envelope: Envelope {
+            correlation_id: Some("release-1".to_owned()),
+            ..envelope("hixbus-research", patient, 1_711_968_000_000)
+        },
+        project: "dm-outcomes".to_owned(),
+        kind: ResearchItemKind::LabResult,
+        institution: Some("inst-7f3a9c".to_owned()),
+        day: Some(Date::from_days_since_epoch(19_700)),
+        age_band: Some("50-59".to_owned()),
+        region: Some("関東".to_owned()),
+        code_system: Some("urn:oid:1.2.392.200119.4.504".to_owned()),
+        code: Some("3D046000001920402".to_owned()),
+        display: Some("HbA1c(NGSP)".to_owned()),
+        value: Some(6.8),
+        unit: Some("%".to_owned()),
+        days_supply: None,
+        quantity: None,
+    }
+}
+
+/// The manifest of a release to the sample project.
+pub fn research_released() -> ResearchReleased {
+    ResearchReleased {
+        envelope: Envelope {
+            event_id: "release-1".to_owned(),
+            ..envelope("hixbus-research", "", 1_711_968_000_000)
+        },
+        project: "dm-outcomes".to_owned(),
+        researcher_org: "univ-research".to_owned(),
+        mode: ResearchMode::Pseudonymized,
+        key_id: "2026-11".to_owned(),
+        outcome: ReleaseOutcome::Released,
+        records: 1200,
+        subjects: 310,
+        k_required: 5,
+        k_achieved: Some(7),
+        quasi_identifiers: vec!["age_band".to_owned(), "region".to_owned()],
+        generalized: vec![
+            "age_band=10-year".to_owned(),
+            "region=prefecture".to_owned(),
+        ],
+        suppressed: 14,
+        opted_out: 3,
+        reason: None,
+        policy_version: "hixbus-research-2026-11".to_owned(),
+        fairness: vec![GroupShare {
+            dimension: "age_band".to_owned(),
+            group: "80-89".to_owned(),
+            source_share: 0.06,
+            released_share: 0.04,
+        }],
+    }
 }
 
 pub fn patient_data_accessed(patient: &str) -> PatientDataAccessed {

@@ -26,6 +26,8 @@ fn every_event_type_round_trips() {
             Event::MedicationAlert(e) => round_trip(e),
             Event::PatientLinked(e) => round_trip(e),
             Event::PatientDataAccessed(e) => round_trip(e),
+            Event::ResearchRecord(e) => round_trip(e),
+            Event::ResearchReleased(e) => round_trip(e),
         }
     }
 }

@@ -94,8 +94,8 @@ fn topics_and_subjects_follow_the_documented_strategy() {
             .filter(|e| e.topic == entry.topic)
             .count()
             > 1;
-        let expected = if entry.is_per_insurer() {
-            // One subject for every insurer's topic (RecordNameStrategy).
+        let expected = if entry.is_per_recipient() {
+            // One subject for every insurer's (or project's) topic (RecordNameStrategy).
             entry.full_name.clone()
         } else if shared_topic {
             format!("{}-{}", entry.topic, entry.full_name)
@@ -116,7 +116,8 @@ fn topics_and_subjects_follow_the_documented_strategy() {
             "consents",
             "alerts",
             "patient-links",
-            "audit"
+            "audit",
+            "research-releases"
         ]
     );
 }

@@ -98,6 +98,7 @@ services! {
     Claims => hixbus_claims,
     Insurer => hixbus_insurer,
     Patient => hixbus_patient,
+    Research => hixbus_research,
 }
 
 /// Whether a deployed service ships its audit log to the patients' trail itself: yes, unless

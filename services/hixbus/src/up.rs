@@ -206,6 +206,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
 /// The demo organizations; each gets a fresh API key at every start.
 const DEMO_ORGANIZATIONS: &str = include_str!("../../../infra/organizations.demo.toml");
 
+/// The demo research project (docs/research.md).
+const DEMO_RESEARCH_PROJECTS: &str = include_str!("../../../infra/research/projects.demo.toml");
+
 /// The demo insurer's members (one is the e-prescription examples' patient).
 const DEMO_ROSTER: &str = include_str!("../../../infra/insurers/insurer-kenpo.roster.csv");
 
@@ -269,6 +272,16 @@ async fn start_services(
     let roster_path = data.path().join("insurer-kenpo.roster.csv");
     std::fs::write(&roster_path, DEMO_ROSTER)?;
     let roster = roster_path.display().to_string();
+    // The demo research project, with a fresh key at every start.
+    let projects_path = data.path().join("research-projects.toml");
+    std::fs::write(&projects_path, DEMO_RESEARCH_PROJECTS)?;
+    let projects = projects_path.display().to_string();
+    let keys_path = data.path().join("research-keys.toml");
+    std::fs::write(
+        &keys_path,
+        hixbus_research::projects::Keys::generate_text(&["demo-lab-trends"], "up"),
+    )?;
+    let project_keys = keys_path.display().to_string();
     let mut urls = Vec::new();
     let mut tasks = Vec::new();
     let mut patient_database = None;
@@ -307,6 +320,11 @@ async fn start_services(
             // Patients sign in at the demo provider.
             ("oidc_issuer", issuer.issuer()),
             ("oidc_audience", DEMO_AUDIENCE),
+            // The research export releases the demo project in small batches.
+            ("projects", projects.as_str()),
+            ("project_keys", project_keys.as_str()),
+            ("batch_records", "50"),
+            ("batch_wait_ms", "5000"),
         ];
         if let Some(listen) = &listen {
             settings.push(("listen", listen.as_str()));
@@ -404,12 +422,15 @@ async fn demo_clinic(
     for round in 0u64.. {
         let patient = format!("patient:demo-{:04}", round % 20 + 1);
         for mut event in samples::one_of_each(&patient) {
-            // Made by the insurer delivery from the prescriptions, on insurers' own topics; and
-            // the access trail is made by the services from their audit logs, never by hand.
+            // Made by the insurer delivery from the prescriptions, on insurers' own topics; the
+            // access trail is made by the services from their audit logs, and research records
+            // by the research export — never by hand.
             if matches!(
                 event,
                 hixbus_contracts::Event::ClaimEvidence(_)
                     | hixbus_contracts::Event::PatientDataAccessed(_)
+                    | hixbus_contracts::Event::ResearchRecord(_)
+                    | hixbus_contracts::Event::ResearchReleased(_)
             ) {
                 continue;
             }
@@ -571,6 +592,10 @@ impl Banner<'_> {
         println!(
             " Patient record    {:<24} each patient's own timeline, medications, results, expenses, FHIR export",
             self.services.url(Kind::Patient)
+        );
+        println!(
+            " Research export   {:<24} de-identified, k-anonymous releases of project demo-lab-trends (topic research.demo-lab-trends.records; GET /research/releases)",
+            self.services.url(Kind::Research)
         );
         println!();
         println!(

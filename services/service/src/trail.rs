@@ -54,6 +54,7 @@ pub fn purpose(action: &str, role: Option<&str>) -> Option<&'static str> {
         "inbox" | "dispense" | "claim_rx" | "pharmacy" => "DISPENSING",
         "clinic" | "results" | "prescription" | "lab" => "TREATMENT",
         "tail" | "dlq" => "OPERATIONS",
+        "research" => "RESEARCH",
         _ => return None,
     })
 }

@@ -9,6 +9,7 @@ mod clinical;
 mod common;
 mod identity;
 mod prescription;
+mod research;
 mod safety;
 
 use apache_avro::reader::datum::GenericDatumReader;
@@ -32,6 +33,9 @@ pub use identity::{LinkSource, PatientDataAccessed, PatientLinked};
 pub use prescription::{
     DispensedLine, MedicationLine, PrescriptionCancelled, PrescriptionClaimed,
     PrescriptionDispensed, PrescriptionIssued,
+};
+pub use research::{
+    GroupShare, ReleaseOutcome, ResearchItemKind, ResearchMode, ResearchRecord, ResearchReleased,
 };
 pub use safety::{
     AlertKind, AlertLine, AlertSeverity, ConsentChanged, ConsentDecision, DataCategory,
@@ -172,4 +176,6 @@ event_set!(
     MedicationAlert,
     PatientLinked,
     PatientDataAccessed,
+    ResearchRecord,
+    ResearchReleased,
 );
