@@ -535,6 +535,7 @@ async fn one_patient(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_flow_loses_and_doubles_nothing_through_broker_kills_a_database_crash_and_service_kills()
  {
+    let _turn = hixbus_tests::heavy_suite().await;
     let mut stack = Stack::start().await;
     let ledger = Arc::new(Ledger::default());
     let stop = Arc::new(AtomicBool::new(false));

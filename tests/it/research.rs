@@ -39,8 +39,8 @@ purpose = "diabetes and cardiovascular outcomes"
 mode = "pseudonymized"
 k = 5
 events = ["PrescriptionIssued", "PrescriptionDispensed", "LabResultReported", "CheckupCompleted"]
-fields = ["subject", "day", "age_band", "region", "code_system", "code", "display", "value", "unit", "days_supply", "quantity"]
-quasi_identifiers = ["age_band", "region"]
+fields = ["subject", "day", "age_band", "sex", "region", "code_system", "code", "display", "value", "unit", "days_supply", "quantity"]
+quasi_identifiers = ["age_band", "sex", "region"]
 
 [[project]]
 id = "cohort-b"
@@ -118,7 +118,9 @@ fn marked_prescription(p: &Patient, code: &str) -> Event {
     rx.issuer.org_id = format!("inst-{:02}-0", p.prefecture);
     rx.issuer.institution_code = Some(format!("{:02}10001000", p.prefecture));
     rx.lines[0].drug.code = code.to_owned();
-    rx.coverage.as_mut().unwrap().birth_date = Some(p.birth_date);
+    let coverage = rx.coverage.as_mut().unwrap();
+    coverage.birth_date = Some(p.birth_date);
+    coverage.sex = Some(p.sex);
     rx.into()
 }
 
@@ -239,16 +241,19 @@ fn whose<'m>(r: &ResearchRecord, subjects: &'m HashMap<String, String>) -> &'m s
     })
 }
 
-/// k-anonymity, checked here: in every release, each combination of the quasi-identifiers is
-/// shared by at least `k` distinct subjects.
+/// k-anonymity, checked here: in every release, each combination of the quasi-identifiers
+/// (age band, region, and sex where the project takes it) is shared by at least `k` distinct
+/// subjects.
 fn assert_k_anonymous(records: &[ResearchRecord], k: usize) {
-    let mut classes: BTreeMap<(String, String, String), HashSet<&str>> = BTreeMap::new();
+    let mut classes: BTreeMap<(String, String, String, Option<String>), HashSet<&str>> =
+        BTreeMap::new();
     for r in records {
         let release = r.envelope.correlation_id.clone().unwrap();
         let key = (
             release,
             r.age_band.clone().unwrap(),
             r.region.clone().unwrap(),
+            r.sex.clone(),
         );
         classes
             .entry(key)
@@ -297,6 +302,7 @@ impl Run {
 
 #[tokio::test]
 async fn a_population_is_released_de_identified_k_anonymous_and_without_those_who_opted_out() {
+    let _turn = hixbus_tests::heavy_suite().await;
     let stack = BusStack::start().await;
     let (directory, _) = directory_with_keys(DEMO_ORGANIZATIONS);
     let run = Run {
@@ -461,7 +467,12 @@ async fn a_population_is_released_de_identified_k_anonymous_and_without_those_wh
     for m in a_manifests.iter().chain(&b_manifests) {
         if m.outcome == ReleaseOutcome::Released {
             assert!(m.k_achieved.unwrap() >= m.k_required, "{m:?}");
-            assert!(!m.fairness.is_empty());
+            let dimensions: HashSet<&str> =
+                m.fairness.iter().map(|g| g.dimension.as_str()).collect();
+            assert!(
+                dimensions.contains("age_band") && dimensions.contains("region"),
+                "{m:?}"
+            );
             assert_eq!(m.policy_version, "hixbus-research-2026-11");
         }
     }

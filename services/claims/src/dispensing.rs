@@ -141,7 +141,12 @@ pub fn claim(
         replaces_event_id: None,
         prescription_id: Some(issued.prescription_id.clone()),
         prescription_issuer_org: Some(issued.issuer.org_id.clone()),
-        coverage: Some(coverage.clone()),
+        // What billing needs of the insurance: not the sex the prescription carries for
+        // statistics.
+        coverage: Some(Coverage {
+            sex: None,
+            ..coverage.clone()
+        }),
         insurer_share_jpy: split.insurer_jpy,
         public_expense_jpy: split.public_expense_jpy,
         tariff: Some(tariff.label()),

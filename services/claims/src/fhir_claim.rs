@@ -354,5 +354,5 @@ fn read_coverage(claim: &Value, birth: Option<Date>) -> Option<Coverage> {
             Some((coverage, payer))
         })
         .collect();
-    identity::coverage(pairs, birth)
+    identity::coverage(pairs, birth, None)
 }

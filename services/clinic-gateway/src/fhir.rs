@@ -15,7 +15,9 @@ use std::collections::HashMap;
 use chrono::NaiveDate;
 use hixbus_contracts::identity;
 use hixbus_contracts::lifecycle::{self, MAX_LINES};
-use hixbus_contracts::{CodedConcept, Coverage, Date, MedicationLine, PractitionerRef, Quantity};
+use hixbus_contracts::{
+    AdministrativeSex, CodedConcept, Coverage, Date, MedicationLine, PractitionerRef, Quantity,
+};
 use hixbus_service::text;
 use serde::Serialize;
 use serde_json::Value;
@@ -251,11 +253,16 @@ pub fn read_bundle(body: &Value, org_id: &str) -> Result<Submission, Vec<Issue>>
         .and_then(|(_, p)| p.get("birthDate"))
         .and_then(Value::as_str)
         .and_then(parse_date);
+    let sex = patient
+        .and_then(|(_, p)| p.get("gender"))
+        .and_then(Value::as_str)
+        .and_then(AdministrativeSex::from_fhir);
     let coverage = identity::coverage(
         resources.all("Coverage").filter_map(|(_, coverage)| {
             Some((coverage, resources.resolve(coverage.pointer("/payor/0"))?))
         }),
         birth_date,
+        sex,
     );
     Ok(Submission {
         coverage,
@@ -710,6 +717,11 @@ mod tests {
         assert_eq!(s.prescriber.department.as_deref(), Some("内科"));
         assert_eq!(s.issued_on, Date::from_ymd(2020, 8, 21).unwrap());
         assert_eq!(s.lines.len(), 2);
+        // The Patient's gender travels with the insurance data (for statistics only).
+        assert_eq!(
+            s.coverage.as_ref().and_then(|c| c.sex),
+            Some(AdministrativeSex::Male)
+        );
 
         let oral = &s.lines[0];
         assert_eq!(oral.drug.system, HOT9);

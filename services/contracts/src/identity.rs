@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 
-use crate::events::{Coverage, PublicExpense};
+use crate::events::{AdministrativeSex, Coverage, PublicExpense};
 use crate::time::Date;
 
 /// The reference of the insured person `insurer` / `symbol` (記号) / `number` (番号) /
@@ -89,6 +89,7 @@ pub const PUBLIC_PAYER_NUMBER: &str = "urn:oid:1.2.392.100495.20.3.71";
 pub fn coverage<'a>(
     pairs: impl IntoIterator<Item = (&'a Value, &'a Value)>,
     birth_date: Option<Date>,
+    sex: Option<AdministrativeSex>,
 ) -> Option<Coverage> {
     let mut insurance = None;
     let mut public_programs = Vec::new();
@@ -113,6 +114,7 @@ pub fn coverage<'a>(
                 copay_percent: copay_percent(coverage),
                 birth_date,
                 public_programs: Vec::new(),
+                sex,
             });
         } else if let Some(payer_number) = payer_number(payer, PUBLIC_PAYER_NUMBER) {
             let Some(copay) = copay_percent(coverage) else {
@@ -242,7 +244,7 @@ mod tests {
             .filter(|r| r["resourceType"] == "Coverage")
             .map(|c| (*c, payer(c)))
             .collect();
-        let coverage = coverage(pairs, Date::from_ymd(1920, 2, 11)).unwrap();
+        let coverage = coverage(pairs, Date::from_ymd(1920, 2, 11), None).unwrap();
         assert_eq!(coverage.insurer_number, "06123456");
         assert_eq!(coverage.member_id(), "12345:67890:01");
         assert_eq!(coverage.copay_percent, Some(30));

@@ -123,6 +123,7 @@ pub fn coverage() -> Coverage {
             valid_from: Date::from_ymd(2024, 1, 1),
             valid_to: Date::from_ymd(2024, 12, 31),
         }],
+        sex: Some(AdministrativeSex::Male),
     }
 }
 
@@ -548,6 +549,7 @@ pub fn research_record(patient: &str) -> ResearchRecord {
         unit: Some("%".to_owned()),
         days_supply: None,
         quantity: None,
+        sex: Some("female".to_owned()),
     }
 }
 

@@ -17,9 +17,9 @@ use hixbus_bus::consumer::ConsumerError;
 use hixbus_bus::{Consumer, EventContext, HandlerError, KafkaConfig, Publisher};
 use hixbus_contracts::codec::Codec;
 use hixbus_contracts::{
-    CheckupCompleted, CheckupType, ClaimEvidence, ClaimSubmitted, ClaimType, Envelope, EventRecord,
-    EvidenceLine, EvidenceStage, PrescriptionCancelled, PrescriptionDispensed, PrescriptionIssued,
-    insurer_topic,
+    CheckupCompleted, CheckupType, ClaimEvidence, ClaimSubmitted, ClaimType, Coverage, Envelope,
+    EventRecord, EvidenceLine, EvidenceStage, PrescriptionCancelled, PrescriptionDispensed,
+    PrescriptionIssued, insurer_topic,
 };
 use hixbus_service::ReadModelError;
 use hixbus_storage::{AuditLog, Database};
@@ -417,7 +417,9 @@ pub fn for_insurer(e: &ClaimSubmitted) -> ClaimSubmitted {
         replaces_event_id: e.replaces_event_id.clone(),
         prescription_id: e.prescription_id.clone(),
         prescription_issuer_org: e.prescription_issuer_org.clone(),
-        coverage: e.coverage.clone(),
+        // The insurance data as billing needs them: not the sex the card shows, which the
+        // prescription carries for statistics only.
+        coverage: e.coverage.clone().map(|c| Coverage { sex: None, ..c }),
         insurer_share_jpy: e.insurer_share_jpy,
         public_expense_jpy: e.public_expense_jpy,
         tariff: e.tariff.clone(),

@@ -219,6 +219,7 @@ pub fn decide(claim: &ClaimSubmitted, ctx: &Context<'_>) -> Verdict {
             copay_percent: None,
             birth_date: None,
             public_programs: Vec::new(),
+            sex: None,
         })
     };
     let due = shares::split(allowed_total, &coverage, claim.service_end);

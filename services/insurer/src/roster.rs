@@ -167,7 +167,8 @@ impl Roster {
                 .transpose()
                 .map_err(RosterError::Bundle)?
                 .flatten();
-            let Some(c) = payer.and_then(|payer| identity::coverage([(*coverage, payer)], birth))
+            let Some(c) =
+                payer.and_then(|payer| identity::coverage([(*coverage, payer)], birth, None))
             else {
                 continue;
             };

@@ -1,5 +1,5 @@
 //! Records per second through the export's release at k = 5 — items of a generated population
-//! de-identified (pseudonyms, date shifts, age bands, regions), made k-anonymous and encoded
+//! de-identified (pseudonyms, date shifts, age bands, sex, regions), made k-anonymous and encoded
 //! as Avro — against a baseline in the same run that encodes the same items as records with
 //! none of that (fields copied as they are). The ratio is the price of safety. Results:
 //! docs/performance.md.
@@ -13,7 +13,7 @@ use hixbus_research::items::{self, Keyed};
 use hixbus_research::population::Population;
 use hixbus_research::projects::{FIELDS, Project, ProjectKey};
 use hixbus_research::release::prepare;
-use hixbus_research::store::Claimed;
+use hixbus_research::store::{Claimed, Demographics};
 
 fn project() -> Project {
     Project {
@@ -24,19 +24,26 @@ fn project() -> Project {
         k: 5,
         events: Default::default(),
         fields: FIELDS.iter().map(|f| (*f).to_owned()).collect(),
-        quasi_identifiers: vec!["age_band".into(), "region".into()],
+        quasi_identifiers: vec!["age_band".into(), "sex".into(), "region".into()],
         opt_in: false,
         max_suppressed_percent: 10,
     }
 }
 
-/// The items of a 2,000-patient population, as a release claims them, and their birth dates.
-fn batch() -> (Vec<Claimed>, HashMap<String, hixbus_contracts::Date>) {
+/// The items of a 2,000-patient population, as a release claims them, and what is known of
+/// each patient.
+fn batch() -> (Vec<Claimed>, HashMap<String, Demographics>) {
     let population = Population::generate(42, 2_000);
     let births = population
         .patients
         .iter()
-        .map(|p| (p.patient_ref.clone(), p.birth_date))
+        .map(|p| {
+            let known = Demographics {
+                birth: Some(p.birth_date),
+                sex: Some(p.sex.as_str().to_owned()),
+            };
+            (p.patient_ref.clone(), known)
+        })
         .collect();
     let keyed: Vec<Keyed> = population
         .events
@@ -84,6 +91,7 @@ fn plain(claimed: &[Claimed]) -> usize {
             unit: i.unit.clone(),
             days_supply: i.days_supply,
             quantity: i.quantity,
+            sex: None,
         };
         buf.clear();
         encode_body(&record, &mut buf).unwrap();
@@ -93,7 +101,7 @@ fn plain(claimed: &[Claimed]) -> usize {
 }
 
 /// The export: de-identify, make k-anonymous, build, encode.
-fn export(claimed: &[Claimed], births: &HashMap<String, hixbus_contracts::Date>) -> usize {
+fn export(claimed: &[Claimed], births: &HashMap<String, Demographics>) -> usize {
     let project = project();
     let key = ProjectKey::new("bench", vec![7; 32]);
     let eligible: Vec<&Claimed> = claimed.iter().collect();

@@ -154,7 +154,7 @@ pub fn levels(quasi_identifier: &str) -> usize {
     match quasi_identifier {
         "age_band" => AGE_BAND_WIDTHS.len(),
         "region" => 2,
-        // An institution's pseudonym, or nothing.
+        // As recorded, or nothing; an institution's pseudonym, or nothing.
         _ => 1,
     }
 }
@@ -166,6 +166,7 @@ pub fn describe_level(quasi_identifier: &str, level: usize) -> String {
         ("region", 0) => "prefecture".to_owned(),
         ("region", 1) => "地方".to_owned(),
         ("institution", 0) => "pseudonym".to_owned(),
+        ("sex", 0) => "as recorded".to_owned(),
         _ => "*".to_owned(),
     };
     format!("{quasi_identifier}={what}")

@@ -69,9 +69,12 @@ impl Export {
     }
 
     pub async fn issued(self, e: PrescriptionIssued, _: EventContext) -> Result<(), HandlerError> {
-        if let Some(birth) = e.coverage.as_ref().and_then(|c| c.birth_date) {
+        if let Some(c) = &e.coverage
+            && (c.birth_date.is_some() || c.sex.is_some())
+        {
+            let sex = c.sex.map(|s| s.as_str());
             self.store
-                .put_birth_date(&e.envelope.patient_ref, birth)
+                .put_patient(&e.envelope.patient_ref, c.birth_date, sex)
                 .await?;
         }
         let items = items::prescribed(&e);

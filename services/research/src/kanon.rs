@@ -19,6 +19,8 @@ pub struct Row {
     /// Who the item is about (any stable id of the subject within the batch).
     pub subject: String,
     pub age: Option<u32>,
+    /// As the insurance data say (`female`, `male`…); `None` when unknown.
+    pub sex: Option<String>,
     pub prefecture: Option<u8>,
     /// The institution's pseudonym.
     pub institution: String,
@@ -29,6 +31,8 @@ pub fn value(row: &Row, quasi_identifier: &str, level: usize) -> String {
     match quasi_identifier {
         "age_band" => deid::age_band(row.age, level),
         "region" => deid::region(row.prefecture, level),
+        "sex" if level == 0 => row.sex.clone().unwrap_or_else(|| "unknown".to_owned()),
+        "sex" => "*".to_owned(),
         _ if level == 0 => row.institution.clone(),
         _ => "*".to_owned(),
     }
@@ -133,6 +137,7 @@ mod tests {
         Row {
             subject: format!("s{subject}"),
             age: Some(age),
+            sex: None,
             prefecture: Some(prefecture),
             institution: format!("i{}", subject % 3),
         }

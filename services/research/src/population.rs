@@ -10,7 +10,8 @@
 //! No one in it exists.
 
 use hixbus_contracts::{
-    CodedConcept, Coverage, Date, Envelope, Event, InstitutionRef, Observation, Timestamp, samples,
+    AdministrativeSex, CodedConcept, Coverage, Date, Envelope, Event, InstitutionRef, Observation,
+    Timestamp, samples,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -86,6 +87,7 @@ const DAYS: i32 = 365;
 pub struct Patient {
     pub patient_ref: String,
     pub birth_date: Date,
+    pub sex: AdministrativeSex,
     pub prefecture: u8,
     /// What a person who knows them could know: their insurance number.
     pub insurance_number: String,
@@ -183,9 +185,16 @@ impl Population {
                 day - i32::try_from(age).unwrap_or(0) * 365 - rng.random_range(0..365),
             );
             let home = rng.random_range(0..4u32);
+            // Slightly more women, as among Japan's patients (more of them are old).
+            let sex = if rng.random_bool(0.53) {
+                AdministrativeSex::Female
+            } else {
+                AdministrativeSex::Male
+            };
             let patient = Patient {
                 patient_ref: patient_ref.clone(),
                 birth_date,
+                sex,
                 prefecture,
                 insurance_number: number,
             };
@@ -227,6 +236,7 @@ fn patient_events(
             insurer_number: format!("39{:06}", 0),
             number: p.insurance_number.clone(),
             birth_date: Some(p.birth_date),
+            sex: Some(p.sex),
             ..samples::coverage()
         });
         if rng.random_bool(0.85) {

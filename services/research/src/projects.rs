@@ -24,10 +24,11 @@ pub const SOURCES: [&str; 4] = [
 
 /// The fields of a released record a project may declare (`ResearchRecord`'s optional fields;
 /// `project` and `kind` always travel, as do the record and subject pseudonyms in the envelope).
-pub const FIELDS: [&str; 12] = [
+pub const FIELDS: [&str; 13] = [
     "institution",
     "day",
     "age_band",
+    "sex",
     "region",
     "code_system",
     "code",
@@ -41,7 +42,7 @@ pub const FIELDS: [&str; 12] = [
 
 /// The quasi-identifiers the export can generalize: what someone who knows a patient may
 /// know of them and find again in a release.
-pub const QUASI_IDENTIFIERS: [&str; 3] = ["age_band", "region", "institution"];
+pub const QUASI_IDENTIFIERS: [&str; 4] = ["age_band", "sex", "region", "institution"];
 
 /// The smallest k a project may declare: k = 1 is no protection at all.
 pub const MIN_K: u32 = 2;
@@ -217,11 +218,22 @@ pub fn parse(text: &str, path: &str, directory: &Directory) -> Result<Vec<Projec
         if p.events.is_empty() {
             return Err(invalid(&p.id, "no event types"));
         }
-        // A quasi-identifier the records do not carry protects nothing and means nothing.
+        // A quasi-identifier the records do not carry protects nothing and means nothing; and
+        // one they carry must be checked, or it would leave unprotected.
         if let Some(q) = p.quasi_identifiers.iter().find(|q| !p.fields.contains(q)) {
             return Err(invalid(
                 &p.id,
                 format!("quasi-identifier {q} is not among its fields"),
+            ));
+        }
+        if let Some(f) = p
+            .fields
+            .iter()
+            .find(|f| QUASI_IDENTIFIERS.contains(&f.as_str()) && !p.quasi_identifiers.contains(f))
+        {
+            return Err(invalid(
+                &p.id,
+                format!("field {f} is a quasi-identifier: list it in quasi_identifiers"),
             ));
         }
         let mode = match p.mode {
@@ -404,10 +416,17 @@ name = "Clinic"
         assert_eq!(parsed[0].quasi_identifiers, ["age_band", "region"]);
         for (extra, expected) in [
             ("k = 1", "k must be at least 2"),
-            ("quasi_identifiers = [\"sex\"]", "unknown quasi-identifiers"),
+            (
+                "quasi_identifiers = [\"postcode\"]",
+                "unknown quasi-identifiers",
+            ),
             (
                 "quasi_identifiers = [\"institution\"]",
                 "not among its fields",
+            ),
+            (
+                "quasi_identifiers = [\"age_band\"]",
+                "field region is a quasi-identifier",
             ),
             ("colour = \"red\"", "unknown field"),
         ] {

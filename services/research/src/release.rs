@@ -28,7 +28,7 @@ use serde_json::Value;
 use crate::deid;
 use crate::kanon::{self, Row};
 use crate::projects::{Keys, Project, ProjectKey};
-use crate::store::{Claimed, Store};
+use crate::store::{Claimed, Demographics, Store};
 
 /// The version of the release rules, named in every manifest and audit row.
 pub const POLICY_VERSION: &str = "hixbus-research-2026-11";
@@ -221,8 +221,8 @@ impl Releaser {
                 )
                 .await;
         };
-        let births = self.store.birth_dates(&patients).await?;
-        let (rows, prepared) = prepare(project, key, release_id, &eligible, &births);
+        let known = self.store.demographics(&patients).await?;
+        let (rows, prepared) = prepare(project, key, release_id, &eligible, &known);
         let Some((plan, records)) = prepared else {
             let reason = if rows.is_empty() {
                 "nothing left to release after consents".to_owned()
@@ -346,15 +346,17 @@ pub fn prepare(
     key: &ProjectKey,
     release_id: &str,
     eligible: &[&Claimed],
-    births: &HashMap<String, Date>,
+    known: &HashMap<String, Demographics>,
 ) -> (Vec<Row>, Option<(kanon::Plan, Vec<ResearchRecord>)>) {
     let rows: Vec<Row> = eligible
         .iter()
         .map(|c| Row {
             subject: c.patient_ref.clone(),
-            age: births
+            age: known
                 .get(&c.patient_ref)
-                .and_then(|b| deid::age(*b, c.item.day)),
+                .and_then(|d| d.birth)
+                .and_then(|b| deid::age(b, c.item.day)),
+            sex: known.get(&c.patient_ref).and_then(|d| d.sex.clone()),
             prefecture: deid::prefecture_of(c.item.institution_code.as_deref()),
             institution: deid::pseudonym(key, "org", &c.item.institution_org),
         })
@@ -481,10 +483,11 @@ fn record(
         unit: item.unit.clone().filter(|_| field("unit")),
         days_supply: item.days_supply.filter(|_| field("days_supply")),
         quantity: item.quantity.filter(|_| field("quantity")),
+        sex: qi("sex"),
     }
 }
 
-/// Per age band (ten years) and region (地方): each group's share of the subjects before
+/// Per age band (ten years), sex and region (地方): each group's share of the subjects before
 /// suppression and of those released.
 fn fairness(rows: &[Row], kept: &[bool]) -> Vec<GroupShare> {
     let mut out = Vec::new();
@@ -572,6 +575,7 @@ mod tests {
         let row = |s: &str, age: u32| Row {
             subject: s.into(),
             age: Some(age),
+            sex: Some("female".into()),
             prefecture: Some(13),
             institution: "i".into(),
         };

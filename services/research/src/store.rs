@@ -21,6 +21,13 @@ pub struct Store {
     db: Database,
 }
 
+/// What the export knows of a patient (from their prescriptions' insurance data).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Demographics {
+    pub birth: Option<Date>,
+    pub sex: Option<String>,
+}
+
 /// An item a release claimed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Claimed {
@@ -87,38 +94,46 @@ impl Store {
         .rows_affected())
     }
 
-    pub async fn put_birth_date(
+    /// Keeps what a prescription's insurance data say of the patient; what it does not say
+    /// leaves what was known.
+    pub async fn put_patient(
         &self,
         patient_ref: &str,
-        birth: Date,
+        birth: Option<Date>,
+        sex: Option<&str>,
     ) -> Result<(), ReadModelError> {
         sqlx::query(
-            "INSERT INTO research_birth_dates (patient_ref, birth_date) VALUES ($1, $2)
-             ON CONFLICT (patient_ref) DO UPDATE SET birth_date = excluded.birth_date",
+            "INSERT INTO research_patients (patient_ref, birth_date, sex) VALUES ($1, $2, $3)
+             ON CONFLICT (patient_ref) DO UPDATE SET
+                 birth_date = COALESCE(excluded.birth_date, research_patients.birth_date),
+                 sex = COALESCE(excluded.sex, research_patients.sex)",
         )
         .bind(patient_ref)
-        .bind(birth.days_since_epoch())
+        .bind(birth.map(Date::days_since_epoch))
+        .bind(sex)
         .execute(&self.db.pool)
         .await?;
         Ok(())
     }
 
-    pub async fn birth_dates(
+    /// What is known of each of `patients`.
+    pub async fn demographics(
         &self,
         patients: &[String],
-    ) -> Result<HashMap<String, Date>, ReadModelError> {
+    ) -> Result<HashMap<String, Demographics>, ReadModelError> {
         let mut out = HashMap::new();
         for chunk in patients.chunks(CHUNK) {
             let sql = format!(
-                "SELECT patient_ref, birth_date FROM research_birth_dates WHERE patient_ref IN ({})",
+                "SELECT patient_ref, birth_date, sex FROM research_patients WHERE patient_ref IN ({})",
                 placeholders(1, chunk.len())
             );
-            let mut query = sqlx::query_as::<_, (String, i32)>(&sql);
+            let mut query = sqlx::query_as::<_, (String, Option<i32>, Option<String>)>(&sql);
             for p in chunk {
                 query = query.bind(p);
             }
-            for (p, days) in query.fetch_all(&self.db.pool).await? {
-                out.insert(p, Date::from_days_since_epoch(days));
+            for (p, days, sex) in query.fetch_all(&self.db.pool).await? {
+                let birth = days.map(Date::from_days_since_epoch);
+                out.insert(p, Demographics { birth, sex });
             }
         }
         Ok(out)

@@ -88,6 +88,41 @@ pub struct Coverage {
     pub birth_date: Option<Date>,
     #[serde(default)]
     pub public_programs: Vec<PublicExpense>,
+    #[serde(default)]
+    pub sex: Option<AdministrativeSex>,
+}
+
+/// Sex as FHIR's administrative gender says it (schemas/common/Coverage.avsc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "hixbus.common")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AdministrativeSex {
+    Unknown,
+    Female,
+    Male,
+    Other,
+}
+
+impl AdministrativeSex {
+    /// From FHIR `Patient.gender` (`male`, `female`, `other`, `unknown`).
+    pub fn from_fhir(gender: &str) -> Option<Self> {
+        match gender {
+            "female" => Some(Self::Female),
+            "male" => Some(Self::Male),
+            "other" => Some(Self::Other),
+            "unknown" => Some(Self::Unknown),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown",
+            Self::Female => "female",
+            Self::Male => "male",
+            Self::Other => "other",
+        }
+    }
 }
 
 impl Coverage {

@@ -26,8 +26,8 @@ pub use clinical::{
     CheckupCompleted, CheckupType, LabResultReported, QuestionnaireAnswer, ReportStatus, Specimen,
 };
 pub use common::{
-    CodedConcept, Coverage, Envelope, InstitutionRef, Interpretation, Observation, PractitionerRef,
-    PublicExpense, Quantity, ReferenceRange,
+    AdministrativeSex, CodedConcept, Coverage, Envelope, InstitutionRef, Interpretation,
+    Observation, PractitionerRef, PublicExpense, Quantity, ReferenceRange,
 };
 pub use identity::{LinkSource, PatientDataAccessed, PatientLinked};
 pub use prescription::{

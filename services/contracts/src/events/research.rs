@@ -25,6 +25,8 @@ pub struct ResearchRecord {
     pub unit: Option<String>,
     pub days_supply: Option<i32>,
     pub quantity: Option<f64>,
+    #[serde(default)]
+    pub sex: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, AvroSchema)]
