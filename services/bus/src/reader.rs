@@ -54,10 +54,6 @@ pub enum ReadError {
     Stalled(Duration),
 }
 
-/// How long [`TopicReader::read_to_end`] reads on after the reported end, until no record
-/// arrives for this long.
-pub const SETTLE: Duration = Duration::from_millis(500);
-
 /// Where reading starts in every partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Start {
@@ -75,9 +71,6 @@ pub struct TopicReader {
     /// Partitions not read to their end yet, and the offset that end is.
     not_at_end: BTreeMap<i32, i64>,
     idle_timeout: Duration,
-    /// Reading to the end: how long the reader has waited for records since a partition not
-    /// at its end last gave one (the caller's own time between calls does not count).
-    waited: Duration,
 }
 
 impl std::fmt::Debug for TopicReader {
@@ -131,33 +124,24 @@ impl TopicReader {
             consumer: Member::new(consumer),
             not_at_end,
             idle_timeout: Duration::from_secs(15),
-            waited: Duration::ZERO,
         })
     }
 
     /// The next record; with `until_end`, `None` once every partition reached its end.
     ///
     /// Reading to the end, the idle timeout counts from the last record of a partition that is
-    /// not at its end yet: records of partitions already at their end do not reset it, so one
-    /// partition that stops making progress while the others keep receiving live records is
-    /// reported, not waited for as long as they keep coming.
-    ///
-    /// Records beyond a partition's end are returned too, not dropped: Tansu 0.6.0 reports a
-    /// partition's end as one past the first record of its last multi-record batch, so "beyond
-    /// the end" may be records that were there when the reader opened. A record written since
-    /// is one more for the caller, which every caller (rebuilds, tools, tests) takes as any
-    /// other; the end is still what stops the read.
+    /// not at its end yet: records of partitions already at their end (written since the reader
+    /// opened) do not reset it, so one partition that stops making progress while the others
+    /// keep receiving live records is reported, not waited for as long as they keep coming.
     pub async fn next(&mut self, until_end: bool) -> Option<Result<OwnedRecord, ReadError>> {
+        let waiting_since = tokio::time::Instant::now();
         loop {
             if until_end && self.not_at_end.is_empty() {
                 return None;
             }
             let received = if until_end {
-                let left = self.idle_timeout.saturating_sub(self.waited);
-                let started = tokio::time::Instant::now();
-                let received = tokio::time::timeout(left, self.consumer.recv()).await;
-                self.waited += started.elapsed();
-                match received {
+                let deadline = waiting_since + self.idle_timeout;
+                match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
                     Ok(received) => received,
                     Err(_) => return Some(Err(ReadError::Stalled(self.idle_timeout))),
                 }
@@ -167,10 +151,14 @@ impl TopicReader {
             match received {
                 Ok(message) => {
                     let (partition, offset) = (message.partition(), message.offset());
-                    if until_end && let Some(end) = self.not_at_end.get(&partition) {
-                        self.waited = Duration::ZERO;
-                        if offset + 1 >= *end {
-                            self.not_at_end.remove(&partition);
+                    if until_end {
+                        match self.not_at_end.get(&partition) {
+                            // Written after the reader opened: beyond the end it reads to.
+                            None => continue,
+                            Some(end) if offset + 1 >= *end => {
+                                self.not_at_end.remove(&partition);
+                            }
+                            Some(_) => {}
                         }
                     }
                     return Some(Ok(OwnedRecord::from_message(&message)));
@@ -199,18 +187,10 @@ impl TopicReader {
         self
     }
 
-    /// Every record from the start position to the current end — and any written since, up
-    /// to a moment of quiet after the end is reached.
-    ///
-    /// The extra read is for Tansu 0.6.0, whose reported end can fall short of the records
-    /// that are there (see [`TopicReader::next`]): reading on until no record arrives for
-    /// [`SETTLE`] gets the rest. On a broker that reports the end right, it costs that moment.
+    /// Every record from the start position to the current end.
     pub async fn read_to_end(mut self) -> Result<Vec<OwnedRecord>, ReadError> {
         let mut records = Vec::new();
         while let Some(record) = self.next(true).await {
-            records.push(record?);
-        }
-        while let Ok(Some(record)) = tokio::time::timeout(SETTLE, self.next(false)).await {
             records.push(record?);
         }
         Ok(records)

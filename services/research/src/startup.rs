@@ -111,12 +111,26 @@ async fn load_consents(deps: &Deps, book: &ConsentBook) -> Result<(), StartupErr
         .entry("ConsentChanged")
         .map(|e| e.topic.clone())
         .unwrap_or_else(|| "consents".to_owned());
-    let records = match TopicReader::open(&deps.kafka, &topic, Start::Beginning) {
-        Ok(reader) => reader.read_to_end().await,
+    // Not `read_to_end`: Tansu 0.6.0 reports a partition's end one past the first record of
+    // its last multi-record batch, so reading "to the end" there stops short (docs/bus.md).
+    // Read until nothing arrives for a moment instead, at most a minute.
+    let mut reader = match TopicReader::open(&deps.kafka, &topic, Start::Beginning) {
+        Ok(reader) => reader,
         Err(ReadError::UnknownTopic(_)) => return Ok(()),
-        Err(e) => Err(e),
+        Err(e) => return Err(StartupError::Invalid(format!("reading {topic}: {e}"))),
+    };
+    let until = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut records = Vec::new();
+    loop {
+        let quiet = (tokio::time::Instant::now() + Duration::from_secs(1)).min(until);
+        match tokio::time::timeout_at(quiet, reader.next(false)).await {
+            Ok(Some(Ok(record))) => records.push(record),
+            Ok(Some(Err(e))) => {
+                return Err(StartupError::Invalid(format!("reading {topic}: {e}")));
+            }
+            Ok(None) | Err(_) => break,
+        }
     }
-    .map_err(|e| StartupError::Invalid(format!("reading {topic}: {e}")))?;
     let mut loaded = 0;
     for record in records {
         let Some(payload) = record.payload else {
