@@ -122,7 +122,7 @@ for svc in "$gateway" "$pharmacy" "$safety" "$lab" "$feed" "$claims" "$insurer" 
 done
 
 # The demo research project receives a release of the demo clinic's events, k-anonymous.
-for _ in $(seq 1 300); do
+for _ in $(seq 1 600); do
   curl -sf "http://$research/research/releases" -H "Authorization: Bearer $RESEARCH_KEY" | grep -q '"outcome":"RELEASED"' && break
   sleep 0.1
 done

@@ -7,6 +7,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::get;
 use hixbus_bus::reader::{ReadError, Start, TopicReader};
+use hixbus_bus::topics::TopicsError;
 use hixbus_bus::{Publisher, topics};
 use hixbus_consent::ConsentBook;
 use hixbus_contracts::Event;
@@ -22,6 +23,9 @@ use crate::store::Store;
 
 /// The service's name (health answers, logs, `hixbus serve research`).
 pub const NAME: &str = "research";
+/// The longest releases wait at start for the consent decisions to be read.
+const PRELOAD_AT_MOST: Duration = Duration::from_secs(10);
+
 /// The consumer group of every replica (unless `consumer_group` says otherwise).
 pub const GROUP: &str = "hixbus-research";
 
@@ -57,7 +61,6 @@ pub async fn build(config: Config, deps: Deps) -> Result<Service, StartupError> 
     let db = deps.database()?;
     let store = Store::new(db.clone()).await?;
     let consents = ConsentBook::new(db.clone()).await?;
-    load_consents(&deps, &consents).await?;
     let audit = AuditLog::new(db.clone()).await?;
     create_project_topics(&deps, &projects).await;
     let consumer = export::consumer(
@@ -85,7 +88,22 @@ pub async fn build(config: Config, deps: Deps) -> Result<Service, StartupError> 
             ..Batching::default()
         },
     };
-    tokio::spawn(releaser.run(stopping.clone()));
+    // Releases begin once every consent decision on the bus is in the book (a replay from the
+    // start must know each opt-out before its first release), or after a bounded wait, with a
+    // warning: the consumer fills the book too, and each release checks it as it is made.
+    let preload = (deps.clone(), releaser.consents.clone());
+    let stop = stopping.clone();
+    tokio::spawn(async move {
+        let (deps, book) = preload;
+        match tokio::time::timeout(PRELOAD_AT_MOST, load_consents(&deps, &book)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "consent decisions not read before releasing"),
+            Err(_) => tracing::warn!(
+                "consent decisions not all read within {PRELOAD_AT_MOST:?}; releasing as the consumer reads them"
+            ),
+        }
+        releaser.run(stop).await;
+    });
     let state = AppState {
         directory: deps.directory.clone(),
         store,
@@ -111,24 +129,34 @@ async fn load_consents(deps: &Deps, book: &ConsentBook) -> Result<(), StartupErr
         .entry("ConsentChanged")
         .map(|e| e.topic.clone())
         .unwrap_or_else(|| "consents".to_owned());
-    // Not `read_to_end`: Tansu 0.6.0 reports a partition's end one past the first record of
-    // its last multi-record batch, so reading "to the end" there stops short (docs/bus.md).
-    // Read until nothing arrives for a moment instead, at most a minute.
-    let mut reader = match TopicReader::open(&deps.kafka, &topic, Start::Beginning) {
-        Ok(reader) => reader,
-        Err(ReadError::UnknownTopic(_)) => return Ok(()),
-        Err(e) => return Err(StartupError::Invalid(format!("reading {topic}: {e}"))),
+    // To the reported end first: complete on a broker that reports it right. Tansu 0.6.0
+    // reports a partition's end one past the first record of its last multi-record batch
+    // (docs/bus.md), so the rest of those batches is read again from the start until a moment
+    // passes without a record (bounded: on a busy topic there is no such moment). A decision
+    // read twice is kept once.
+    let open = |start| match TopicReader::open(&deps.kafka, &topic, start) {
+        Ok(reader) => Ok(Some(reader)),
+        Err(ReadError::UnknownTopic(_)) => Ok(None),
+        Err(e) => Err(StartupError::Invalid(format!("reading {topic}: {e}"))),
     };
-    let until = tokio::time::Instant::now() + Duration::from_secs(60);
-    let mut records = Vec::new();
-    loop {
-        let quiet = (tokio::time::Instant::now() + Duration::from_secs(1)).min(until);
-        match tokio::time::timeout_at(quiet, reader.next(false)).await {
-            Ok(Some(Ok(record))) => records.push(record),
-            Ok(Some(Err(e))) => {
-                return Err(StartupError::Invalid(format!("reading {topic}: {e}")));
+    let Some(reader) = open(Start::Beginning)? else {
+        return Ok(());
+    };
+    let mut records = reader
+        .read_to_end()
+        .await
+        .map_err(|e| StartupError::Invalid(format!("reading {topic}: {e}")))?;
+    if let Some(mut reader) = open(Start::Beginning)? {
+        let until = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let quiet = (tokio::time::Instant::now() + Duration::from_millis(300)).min(until);
+            match tokio::time::timeout_at(quiet, reader.next(false)).await {
+                Ok(Some(Ok(record))) => records.push(record),
+                Ok(Some(Err(e))) => {
+                    return Err(StartupError::Invalid(format!("reading {topic}: {e}")));
+                }
+                Ok(None) | Err(_) => break,
             }
-            Ok(None) | Err(_) => break,
         }
     }
     let mut loaded = 0;
@@ -158,7 +186,13 @@ async fn load_consents(deps: &Deps, book: &ConsentBook) -> Result<(), StartupErr
 async fn create_project_topics(deps: &Deps, projects: &[Project]) {
     let ids = projects.iter().map(|p| p.id.as_str());
     let result = match topics::research_specs(topics::EMBEDDED, ids) {
-        Ok(specs) => topics::create(&deps.kafka, &specs).await.map(drop),
+        // Bounded: librdkafka's in-memory cluster (`hixbus up`) has been seen not to answer.
+        Ok(specs) => {
+            tokio::time::timeout(Duration::from_secs(5), topics::create(&deps.kafka, &specs))
+                .await
+                .unwrap_or_else(|_| Err(TopicsError::Metadata("no answer within 5 s".to_owned())))
+                .map(drop)
+        }
         Err(e) => Err(e),
     };
     if let Err(e) = result {
