@@ -354,9 +354,11 @@ impl Stack {
     /// Even so, a CI run on a loaded machine saw the restarted safety check raise nothing more
     /// (its logs were gone; a member left without partitions is the suspected cause). A start
     /// whose consumer groups have not all been given partitions within 30 s is therefore killed
-    /// and started again, as an operator would, at most three times.
+    /// and started again, as an operator would, at most five times (three were not always
+    /// enough once the gateway and the pharmacy also read `consents`: more partitions for
+    /// Tansu's coordinator to hand out after a kill).
     async fn kill_and_restart(&mut self, which: &str) {
-        for attempt in 1..=3 {
+        for attempt in 1..=5 {
             self.process(which).kill();
             tokio::time::sleep(Duration::from_millis(11_500)).await;
             self.launch(which).await;
