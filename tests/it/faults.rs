@@ -214,7 +214,11 @@ impl Stack {
         let mut files = tempfile::tempdir().expect("files");
         // HIXBUS_FAULT_KEEP=1 keeps the processes' logs for a post-mortem.
         files.disable_cleanup(std::env::var_os("HIXBUS_FAULT_KEEP").is_some());
-        eprintln!("fault suite files (logs) in {}", files.path().display());
+        eprintln!(
+            "fault suite files (logs) in {}, the broker's in {}",
+            files.path().display(),
+            tansu.dir().display()
+        );
 
         let mut organizations = String::new();
         let mut keys = HashMap::new();

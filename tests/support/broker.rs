@@ -78,7 +78,10 @@ impl Tansu {
     /// Starts a broker on a free port (or `port`).
     pub fn start(engine: Engine, port: Option<u16>) -> Self {
         crate::watch();
-        let dir = tempfile::tempdir().expect("broker directory");
+        let mut dir = tempfile::tempdir().expect("broker directory");
+        // HIXBUS_FAULT_KEEP=1 keeps the broker's log and storage for a post-mortem (its log
+        // level is Tansu's own: RUST_LOG).
+        dir.disable_cleanup(std::env::var_os("HIXBUS_FAULT_KEEP").is_some());
         let port = port.unwrap_or_else(free_port);
         let mut tansu = Self {
             port,
@@ -88,6 +91,11 @@ impl Tansu {
         };
         tansu.spawn();
         tansu
+    }
+
+    /// The broker's directory: its log and storage.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     pub fn bootstrap(&self) -> String {
@@ -114,7 +122,12 @@ impl Tansu {
             Engine::Sqlite => "sqlite://broker.db",
         };
         let listener = format!("tcp://127.0.0.1:{}", self.port);
-        let log = std::fs::File::create(self.dir.path().join("broker.log")).expect("broker log");
+        // Appended: a restarted broker's log follows the killed one's.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("broker.log"))
+            .expect("broker log");
         let child = Command::new(tansu_bin())
             .current_dir(self.dir.path())
             .args(["broker", "--listener-url", &listener])
