@@ -134,6 +134,13 @@ impl Tansu {
             .args(["--advertised-listener-url", &listener])
             .args(["--storage-engine", storage])
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            // The group coordinator's decisions (leaders, expelled members), a few lines per
+            // rebalance: what a post-mortem of a group that never formed needs.
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG")
+                    .unwrap_or_else(|_| "error,tansu_broker::coordinator=info".to_owned()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)

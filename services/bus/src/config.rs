@@ -63,6 +63,13 @@ impl KafkaConfig {
         // broker's delayed ACK, 40 ms on Linux. hixbus sends small records and wants them out
         // now; batching is linger.ms's job.
         config.set("socket.nagle.disable", "true");
+        // After a broker comes back, reconnect within a second (the Java client's default)
+        // rather than librdkafka's up to 10 s of doubled backoff. A group member that stays
+        // away longer than its session (10 s) is expelled, and Tansu 0.6.0 mishandles a member
+        // expelled by its own late heartbeat: the group keeps the gone member as its leader and
+        // never forms again until the broker restarts (docs/bus.md). The fault suite hit it
+        // after ten broker kills in thirty seconds had grown the backoff to its cap.
+        config.set("reconnect.backoff.max.ms", "1000");
         if let Some(interval) = self.statistics_interval {
             config.set("statistics.interval.ms", interval.as_millis().to_string());
         }
@@ -136,6 +143,31 @@ mod tests {
         ] {
             let config = KafkaConfig::new("b:9092").to_rdkafka(role);
             assert_eq!(config.get("socket.nagle.disable"), Some("true"), "{role:?}");
+        }
+    }
+
+    #[test]
+    fn every_client_is_back_within_a_second_of_the_broker() {
+        for role in [
+            Role::Producer,
+            Role::GroupConsumer,
+            Role::Reader,
+            Role::Admin,
+        ] {
+            let config = KafkaConfig::new("b:9092").to_rdkafka(role);
+            let cap: u64 = config
+                .get("reconnect.backoff.max.ms")
+                .and_then(|v| v.parse().ok())
+                .expect("a reconnect backoff cap");
+            let session: u64 = KafkaConfig::new("b:9092")
+                .to_rdkafka(Role::GroupConsumer)
+                .get("session.timeout.ms")
+                .and_then(|v| v.parse().ok())
+                .expect("a session timeout");
+            assert!(
+                cap * 5 <= session,
+                "{role:?}: {cap} ms against {session} ms"
+            );
         }
     }
 
