@@ -958,3 +958,99 @@ async fn a_consumer_whose_broker_died_still_stops_and_never_stalls_its_runtime()
     );
     drop(aborted.stop);
 }
+
+/// The patients whose consent decisions `records` hold (the records' keys).
+fn keyed(records: &[hixbus_bus::reader::OwnedRecord]) -> BTreeSet<String> {
+    records
+        .iter()
+        .filter_map(|r| r.key.as_deref())
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .collect()
+}
+
+/// Tansu 0.6.0 reports a partition's end as one past the first record of its last
+/// multi-record batch: reading "to the end" stopped there and dropped the rest (6 of 40 here,
+/// before the fix; a rebuild could miss consent decisions). Records published concurrently
+/// share batches; every one is read.
+#[tokio::test]
+async fn reading_to_the_end_gets_every_record_of_batched_publishes() {
+    let stack = BusStack::start().await;
+    let publisher = stack.publisher();
+    let patients: BTreeSet<String> = (0..40).map(|n| unique(&format!("batched-{n}"))).collect();
+    let sends = patients.iter().map(|p| {
+        let publisher = publisher.clone();
+        let event = samples::consent_changed(p);
+        async move { publisher.publish(&event).await }
+    });
+    for sent in futures::future::join_all(sends).await {
+        sent.unwrap();
+    }
+    let read = TopicReader::open(&stack.kafka, "consents", Start::Beginning)
+        .unwrap()
+        .read_to_end()
+        .await
+        .unwrap();
+    let read = keyed(&read);
+    let missing: Vec<_> = patients.difference(&read).collect();
+    assert!(missing.is_empty(), "{} of 40 not read", missing.len());
+}
+
+/// Reading past the reported end must still end on a topic written to all the time, as a
+/// service's rebuild at start does under load (an earlier fix that read on until a moment of
+/// quiet never ended there), and must get everything written before it opened.
+#[tokio::test]
+async fn reading_to_the_end_ends_while_the_topic_is_written_to_and_misses_nothing_before() {
+    let stack = BusStack::start().await;
+    let publisher = stack.publisher();
+    let acked = Arc::new(Mutex::new(BTreeSet::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (publisher, acked, stop) = (publisher.clone(), acked.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                // Bursts of eight share batches, so the reported ends fall short.
+                let burst: Vec<String> = (0..8).map(|i| unique(&format!("live-{n}-{i}"))).collect();
+                let sends = burst.iter().map(|p| {
+                    let publisher = publisher.clone();
+                    let event = samples::consent_changed(p);
+                    async move { publisher.publish(&event).await }
+                });
+                for sent in futures::future::join_all(sends).await {
+                    sent.unwrap();
+                }
+                acked.lock().unwrap().extend(burst);
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before: BTreeSet<String> = acked.lock().unwrap().clone();
+    let started = Instant::now();
+    let read = tokio::time::timeout(
+        Duration::from_secs(30),
+        TopicReader::open(&stack.kafka, "consents", Start::Beginning)
+            .unwrap()
+            .read_to_end(),
+    )
+    .await
+    .expect("a read to the end ends while the topic is written to")
+    .unwrap();
+    let took = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    assert!(
+        before.len() >= 40,
+        "the writer wrote {} first",
+        before.len()
+    );
+    let read = keyed(&read);
+    let missing: Vec<_> = before.difference(&read).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged before the read were not read (in {took:?})",
+        missing.len(),
+        before.len()
+    );
+}

@@ -2,7 +2,7 @@
 //! must never move a service's offsets.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -54,6 +54,10 @@ pub enum ReadError {
     Stalled(Duration),
 }
 
+/// How long a partition read past its reported end may go without a record before it counts
+/// as read to its end (see [`TopicReader`]).
+pub const SETTLE: Duration = Duration::from_millis(500);
+
 /// Where reading starts in every partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Start {
@@ -63,13 +67,28 @@ pub enum Start {
 
 /// Reads every partition of one topic.
 ///
-/// "The end" is where each partition ended when the reader opened (its high watermark then):
-/// a topic that keeps being written to, as a live one does, is still read to an end. Waiting
-/// for librdkafka's end-of-partition event instead could go on as long as the producers did.
+/// "The end" is what each partition held when the reader opened: a topic that keeps being
+/// written to, as a live one does, is still read to an end. Waiting for librdkafka's
+/// end-of-partition event alone could go on as long as the producers did.
+///
+/// The end the broker reports (the high watermark) is where reading first stops to look. Tansu
+/// 0.6.0 reports it one past the first record of a partition's last multi-record batch, so the
+/// rest of that batch lies beyond it. Past the reported end, a partition is therefore read on
+/// until librdkafka's end-of-partition event (nothing more is there), a record stamped after the
+/// reader opened (what follows was written since), or [`SETTLE`] without a record of it (Tansu's
+/// short end also keeps librdkafka from ever signalling the end there; the rest of a batch
+/// arrives with its first record). Records in between were there when the reader opened and are
+/// returned; the stamped-after one is not. On a broker that reports the end right this costs one
+/// more fetch per partition, and a partition written to all the time still ends at once.
 pub struct TopicReader {
     consumer: Member,
-    /// Partitions not read to their end yet, and the offset that end is.
+    /// Partitions not read to their reported end yet, and the offset that end is.
     not_at_end: BTreeMap<i32, i64>,
+    /// Partitions read to their reported end and being read on (see above), with when their
+    /// last record came.
+    past_reported_end: BTreeMap<i32, tokio::time::Instant>,
+    /// When the reader opened, in milliseconds since the epoch (records' timestamps).
+    opened_at_ms: i64,
     idle_timeout: Duration,
 }
 
@@ -96,6 +115,12 @@ impl TopicReader {
         topic: &str,
         start: impl Fn(i32) -> Offset,
     ) -> Result<Self, ReadError> {
+        // Taken before the ends are: a record stamped later was written after the reader opened.
+        let opened_at_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| {
+                i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+            });
         let consumer: StreamConsumer<BusContext> = config
             .to_rdkafka(Role::Reader)
             // Readers never commit; librdkafka still wants a group id to create a consumer.
@@ -123,6 +148,8 @@ impl TopicReader {
         Ok(Self {
             consumer: Member::new(consumer),
             not_at_end,
+            past_reported_end: BTreeMap::new(),
+            opened_at_ms,
             idle_timeout: Duration::from_secs(15),
         })
     }
@@ -136,13 +163,23 @@ impl TopicReader {
     pub async fn next(&mut self, until_end: bool) -> Option<Result<OwnedRecord, ReadError>> {
         let waiting_since = tokio::time::Instant::now();
         loop {
-            if until_end && self.not_at_end.is_empty() {
+            let now = tokio::time::Instant::now();
+            self.past_reported_end
+                .retain(|_, last| now.duration_since(*last) < SETTLE);
+            if until_end && self.not_at_end.is_empty() && self.past_reported_end.is_empty() {
                 return None;
             }
             let received = if until_end {
-                let deadline = waiting_since + self.idle_timeout;
+                let stalled_at = waiting_since + self.idle_timeout;
+                let settled_at = self
+                    .past_reported_end
+                    .values()
+                    .min()
+                    .map(|last| *last + SETTLE);
+                let deadline = settled_at.map_or(stalled_at, |settled| settled.min(stalled_at));
                 match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
                     Ok(received) => received,
+                    Err(_) if tokio::time::Instant::now() < stalled_at => continue,
                     Err(_) => return Some(Err(ReadError::Stalled(self.idle_timeout))),
                 }
             } else {
@@ -152,19 +189,27 @@ impl TopicReader {
                 Ok(message) => {
                     let (partition, offset) = (message.partition(), message.offset());
                     if until_end {
-                        match self.not_at_end.get(&partition) {
-                            // Written after the reader opened: beyond the end it reads to.
-                            None => continue,
-                            Some(end) if offset + 1 >= *end => {
+                        let now = tokio::time::Instant::now();
+                        if let Some(&end) = self.not_at_end.get(&partition) {
+                            if offset + 1 >= end {
                                 self.not_at_end.remove(&partition);
+                                self.past_reported_end.insert(partition, now);
                             }
-                            Some(_) => {}
+                        } else if !self.past_reported_end.contains_key(&partition) {
+                            // Written after the reader opened: beyond the end it reads to.
+                            continue;
+                        } else if written_after(&message, self.opened_at_ms) {
+                            self.past_reported_end.remove(&partition);
+                            continue;
+                        } else {
+                            self.past_reported_end.insert(partition, now);
                         }
                     }
                     return Some(Ok(OwnedRecord::from_message(&message)));
                 }
                 Err(KafkaError::PartitionEOF(partition)) => {
                     self.not_at_end.remove(&partition);
+                    self.past_reported_end.remove(&partition);
                 }
                 // The broker is away for a moment: librdkafka reconnects by itself, and the
                 // idle timeout bounds how long the reader waits for it.
@@ -195,6 +240,16 @@ impl TopicReader {
         }
         Ok(records)
     }
+}
+
+/// Whether `message` was written after `opened_at_ms`. A record without a timestamp counts as
+/// written after: reading past the reported end then stops at it, as it would on a broker that
+/// reports the end right.
+fn written_after<M: Message>(message: &M, opened_at_ms: i64) -> bool {
+    message
+        .timestamp()
+        .to_millis()
+        .is_none_or(|stamped| stamped > opened_at_ms)
 }
 
 /// The partitions of `topic`, from the cluster's metadata.

@@ -129,36 +129,17 @@ async fn load_consents(deps: &Deps, book: &ConsentBook) -> Result<(), StartupErr
         .entry("ConsentChanged")
         .map(|e| e.topic.clone())
         .unwrap_or_else(|| "consents".to_owned());
-    // To the reported end first: complete on a broker that reports it right. Tansu 0.6.0
-    // reports a partition's end one past the first record of its last multi-record batch
-    // (docs/bus.md), so the rest of those batches is read again from the start until a moment
-    // passes without a record (bounded: on a busy topic there is no such moment). A decision
-    // read twice is kept once.
-    let open = |start| match TopicReader::open(&deps.kafka, &topic, start) {
-        Ok(reader) => Ok(Some(reader)),
-        Err(ReadError::UnknownTopic(_)) => Ok(None),
-        Err(e) => Err(StartupError::Invalid(format!("reading {topic}: {e}"))),
+    // The reader reads past Tansu's short partition ends (docs/bus.md), so one read to the
+    // end holds every decision made before the export started.
+    let reader = match TopicReader::open(&deps.kafka, &topic, Start::Beginning) {
+        Ok(reader) => reader,
+        Err(ReadError::UnknownTopic(_)) => return Ok(()),
+        Err(e) => return Err(StartupError::Invalid(format!("reading {topic}: {e}"))),
     };
-    let Some(reader) = open(Start::Beginning)? else {
-        return Ok(());
-    };
-    let mut records = reader
+    let records = reader
         .read_to_end()
         .await
         .map_err(|e| StartupError::Invalid(format!("reading {topic}: {e}")))?;
-    if let Some(mut reader) = open(Start::Beginning)? {
-        let until = tokio::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            let quiet = (tokio::time::Instant::now() + Duration::from_millis(300)).min(until);
-            match tokio::time::timeout_at(quiet, reader.next(false)).await {
-                Ok(Some(Ok(record))) => records.push(record),
-                Ok(Some(Err(e))) => {
-                    return Err(StartupError::Invalid(format!("reading {topic}: {e}")));
-                }
-                Ok(None) | Err(_) => break,
-            }
-        }
-    }
     let mut loaded = 0;
     for record in records {
         let Some(payload) = record.payload else {
