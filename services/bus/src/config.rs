@@ -67,7 +67,7 @@ impl KafkaConfig {
         // rather than librdkafka's up to 10 s of doubled backoff. A group member that stays
         // away longer than its session (10 s) is expelled, and Tansu 0.6.0 mishandles a member
         // expelled by its own late heartbeat: the group keeps the gone member as its leader and
-        // never forms again until the broker restarts (docs/bus.md). The fault suite hit it
+        // never forms again until the broker restarts (docs/reliability.md). The fault suite hit it
         // after ten broker kills in thirty seconds had grown the backoff to its cap.
         config.set("reconnect.backoff.max.ms", "1000");
         if let Some(interval) = self.statistics_interval {
@@ -148,22 +148,24 @@ mod tests {
 
     #[test]
     fn every_client_is_back_within_a_second_of_the_broker() {
+        let session: u64 = KafkaConfig::new("b:9092")
+            .to_rdkafka(Role::GroupConsumer)
+            .get("session.timeout.ms")
+            .and_then(|v| v.parse().ok())
+            .expect("a session timeout");
         for role in [
             Role::Producer,
             Role::GroupConsumer,
             Role::Reader,
             Role::Admin,
         ] {
-            let config = KafkaConfig::new("b:9092").to_rdkafka(role);
-            let cap: u64 = config
+            let cap: u64 = KafkaConfig::new("b:9092")
+                .to_rdkafka(role)
                 .get("reconnect.backoff.max.ms")
                 .and_then(|v| v.parse().ok())
                 .expect("a reconnect backoff cap");
-            let session: u64 = KafkaConfig::new("b:9092")
-                .to_rdkafka(Role::GroupConsumer)
-                .get("session.timeout.ms")
-                .and_then(|v| v.parse().ok())
-                .expect("a session timeout");
+            // Several reconnect attempts fit in one session, so a broker restart never costs
+            // a member its place in the group.
             assert!(
                 cap * 5 <= session,
                 "{role:?}: {cap} ms against {session} ms"
