@@ -83,6 +83,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             .filter(|o| o.role == hixbus_access::Role::Insurer)
             .map(|o| o.id.as_str()),
     )?);
+    // The demo research project's topic too: the research export would otherwise ask the mock
+    // cluster to create it, which it does not answer (the export gives up after 5 s, and `up`
+    // was that much slower to be ready).
+    specs.extend(topics::research_specs(
+        topics::EMBEDDED,
+        [DEMO_RESEARCH_PROJECT],
+    )?);
     let stop = CancellationToken::new();
 
     // The broker: a real cluster, or the in-memory one.
@@ -206,6 +213,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
 /// The demo organizations; each gets a fresh API key at every start.
 const DEMO_ORGANIZATIONS: &str = include_str!("../../../infra/organizations.demo.toml");
 
+/// The demo research project's id, as `infra/research/projects.demo.toml` declares it.
+const DEMO_RESEARCH_PROJECT: &str = "demo-lab-trends";
 /// The demo research project (docs/research.md).
 const DEMO_RESEARCH_PROJECTS: &str = include_str!("../../../infra/research/projects.demo.toml");
 
@@ -279,7 +288,7 @@ async fn start_services(
     let keys_path = data.path().join("research-keys.toml");
     std::fs::write(
         &keys_path,
-        hixbus_research::projects::Keys::generate_text(&["demo-lab-trends"], "up"),
+        hixbus_research::projects::Keys::generate_text(&[DEMO_RESEARCH_PROJECT], "up"),
     )?;
     let project_keys = keys_path.display().to_string();
     let mut urls = Vec::new();
@@ -664,5 +673,20 @@ impl Banner<'_> {
         println!();
         println!(" Ctrl-C stops everything.");
         println!("{rule}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `up` makes the demo project's topic on the in-memory broker under this id; the export
+    /// publishes under the file's. Apart, the export would wait on a topic creation the
+    /// in-memory broker never answers.
+    #[test]
+    fn the_demo_project_is_the_one_the_file_declares() {
+        let text = DEMO_RESEARCH_PROJECTS;
+        assert_eq!(text.matches("[[project]]").count(), 1);
+        assert!(text.contains(&format!("\nid = \"{DEMO_RESEARCH_PROJECT}\"\n")));
     }
 }
