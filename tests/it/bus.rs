@@ -959,9 +959,27 @@ async fn a_consumer_whose_broker_died_still_stops_and_never_stalls_its_runtime()
     drop(aborted.stop);
 }
 
-/// The patients whose consent decisions `records` hold (the records' keys).
-fn keyed(records: &[hixbus_bus::reader::OwnedRecord]) -> BTreeSet<String> {
-    records
+/// Publishes one consent decision for each of `patients` at once (so they share batches) and
+/// waits until every one is acknowledged.
+async fn publish_together(publisher: &hixbus_bus::Publisher, patients: &[String]) {
+    let sends = patients.iter().map(|p| {
+        let publisher = publisher.clone();
+        let event = samples::consent_changed(p);
+        async move { publisher.publish(&event).await }
+    });
+    for sent in futures::future::join_all(sends).await {
+        sent.unwrap();
+    }
+}
+
+/// The patients whose consent decisions a read of `consents` to the end returns (the records'
+/// keys).
+async fn patients_read_to_the_end(kafka: &hixbus_bus::KafkaConfig) -> BTreeSet<String> {
+    TopicReader::open(kafka, "consents", Start::Beginning)
+        .unwrap()
+        .read_to_end()
+        .await
+        .unwrap()
         .iter()
         .filter_map(|r| r.key.as_deref())
         .map(|k| String::from_utf8_lossy(k).into_owned())
@@ -975,23 +993,10 @@ fn keyed(records: &[hixbus_bus::reader::OwnedRecord]) -> BTreeSet<String> {
 #[tokio::test]
 async fn reading_to_the_end_gets_every_record_of_batched_publishes() {
     let stack = BusStack::start().await;
-    let publisher = stack.publisher();
-    let patients: BTreeSet<String> = (0..40).map(|n| unique(&format!("batched-{n}"))).collect();
-    let sends = patients.iter().map(|p| {
-        let publisher = publisher.clone();
-        let event = samples::consent_changed(p);
-        async move { publisher.publish(&event).await }
-    });
-    for sent in futures::future::join_all(sends).await {
-        sent.unwrap();
-    }
-    let read = TopicReader::open(&stack.kafka, "consents", Start::Beginning)
-        .unwrap()
-        .read_to_end()
-        .await
-        .unwrap();
-    let read = keyed(&read);
-    let missing: Vec<_> = patients.difference(&read).collect();
+    let patients: Vec<String> = (0..40).map(|n| unique(&format!("batched-{n}"))).collect();
+    publish_together(&stack.publisher(), &patients).await;
+    let read = patients_read_to_the_end(&stack.kafka).await;
+    let missing: Vec<_> = patients.iter().filter(|p| !read.contains(*p)).collect();
     assert!(missing.is_empty(), "{} of 40 not read", missing.len());
 }
 
@@ -1011,14 +1016,7 @@ async fn reading_to_the_end_ends_while_the_topic_is_written_to_and_misses_nothin
             while !stop.load(Ordering::Relaxed) {
                 // Bursts of eight share batches, so the reported ends fall short.
                 let burst: Vec<String> = (0..8).map(|i| unique(&format!("live-{n}-{i}"))).collect();
-                let sends = burst.iter().map(|p| {
-                    let publisher = publisher.clone();
-                    let event = samples::consent_changed(p);
-                    async move { publisher.publish(&event).await }
-                });
-                for sent in futures::future::join_all(sends).await {
-                    sent.unwrap();
-                }
+                publish_together(&publisher, &burst).await;
                 acked.lock().unwrap().extend(burst);
                 n += 1;
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -1030,13 +1028,10 @@ async fn reading_to_the_end_ends_while_the_topic_is_written_to_and_misses_nothin
     let started = Instant::now();
     let read = tokio::time::timeout(
         Duration::from_secs(30),
-        TopicReader::open(&stack.kafka, "consents", Start::Beginning)
-            .unwrap()
-            .read_to_end(),
+        patients_read_to_the_end(&stack.kafka),
     )
     .await
-    .expect("a read to the end ends while the topic is written to")
-    .unwrap();
+    .expect("a read to the end ends while the topic is written to");
     let took = started.elapsed();
     stop.store(true, Ordering::Relaxed);
     writer.await.unwrap();
@@ -1045,7 +1040,6 @@ async fn reading_to_the_end_ends_while_the_topic_is_written_to_and_misses_nothin
         "the writer wrote {} first",
         before.len()
     );
-    let read = keyed(&read);
     let missing: Vec<_> = before.difference(&read).collect();
     assert!(
         missing.is_empty(),
