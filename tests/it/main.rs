@@ -12,6 +12,7 @@ mod hardening;
 mod hl7_generated;
 mod labs;
 mod migrations;
+mod operations;
 mod patients;
 mod prescriptions;
 mod registry_api;

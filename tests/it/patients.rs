@@ -1691,6 +1691,11 @@ const ROUTES: &[(&str, &str, Audited)] = &[
     ("schema-registry", "/mode/{subject}", REGISTRY),
     ("service", "/health", NoPatientData("the liveness probe")),
     ("service", "/ready", NoPatientData("the readiness probe")),
+    (
+        "service",
+        "/metrics",
+        NoPatientData("Prometheus metrics: topics, groups, route templates, never ids"),
+    ),
     ("service", "/hello", UNIT_TEST),
     ("service", "/who", UNIT_TEST),
 ];

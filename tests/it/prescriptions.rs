@@ -93,7 +93,11 @@ impl Flow {
 
     /// The flow with the services' databases on `backend` (SQLite: as `hixbus up` runs them).
     pub(crate) async fn start_on(backend: Backend) -> Self {
-        let stack = BusStack::start().await;
+        Self::start_with(backend, BusStack::start().await).await
+    }
+
+    /// The flow on a given stack (one whose Kafka settings a test changed).
+    pub(crate) async fn start_with(backend: Backend, stack: BusStack) -> Self {
         let mut directory = Directory::from_toml(ORGANIZATIONS).unwrap();
         let mut keys = HashMap::new();
         for id in [

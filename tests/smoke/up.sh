@@ -121,6 +121,14 @@ for svc in "$gateway" "$pharmacy" "$safety" "$lab" "$feed" "$claims" "$insurer" 
   curl -sf "http://$svc/ready" | grep -q '"status":"ready"' || { echo "$svc is not ready" >&2; exit 1; }
 done
 
+# Every service, and the registry, serves Prometheus metrics; the flow above shows in them.
+for svc in "$gateway" "$pharmacy" "$safety" "$lab" "$feed" "$claims" "$insurer" "$patient" "$research" "$registry"; do
+  metrics=$(curl -sf "http://$svc/metrics") || { echo "$svc has no /metrics" >&2; exit 1; }
+  [ "$(tail -1 <<<"$metrics")" = "# EOF" ] || { echo "$svc/metrics is cut short" >&2; exit 1; }
+done
+grep -q '^hixbus_bus_delivery_latency_seconds_count{.*group="hixbus-pharmacy"' <<<"$metrics" \
+  || { echo "/metrics does not show the pharmacy's deliveries" >&2; exit 1; }
+
 # The demo research project receives a release of the demo clinic's events, k-anonymous.
 for _ in $(seq 1 600); do
   curl -sf "http://$research/research/releases" -H "Authorization: Bearer $RESEARCH_KEY" | grep -q '"outcome":"RELEASED"' && break

@@ -24,7 +24,9 @@ pub struct TestBroker {
 impl TestBroker {
     /// The broker the environment asks for (see the module docs).
     pub fn start() -> Self {
-        crate::watch();
+        // Before any client exists: the runtime's instruments bind to the meter provider
+        // installed first, and a test's /metrics would otherwise be empty.
+        crate::init_tracing();
         if let Ok(servers) = std::env::var("HIXBUS_TEST_BOOTSTRAP_SERVERS")
             && !servers.is_empty()
         {
@@ -77,7 +79,9 @@ pub struct Tansu {
 impl Tansu {
     /// Starts a broker on a free port (or `port`).
     pub fn start(engine: Engine, port: Option<u16>) -> Self {
-        crate::watch();
+        // Before any client exists: the runtime's instruments bind to the meter provider
+        // installed first, and a test's /metrics would otherwise be empty.
+        crate::init_tracing();
         let mut dir = tempfile::tempdir().expect("broker directory");
         // HIXBUS_FAULT_KEEP=1 keeps the broker's log and storage for a post-mortem (its log
         // level is Tansu's own: RUST_LOG).

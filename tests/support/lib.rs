@@ -278,6 +278,8 @@ impl BusStack {
 /// A service running until stopped.
 #[derive(Debug)]
 pub struct Service {
+    /// Where it serves (as returned beside it by [`start_service`]).
+    pub url: String,
     stop: hixbus_service::CancellationToken,
     task: JoinHandle<std::io::Result<()>>,
 }
@@ -331,7 +333,7 @@ pub async fn start_service_with(
     let url = service.url();
     let stop = hixbus_service::CancellationToken::new();
     let task = tokio::spawn(service.run_until(stop.clone()));
-    (url, Service { stop, task })
+    (url.clone(), Service { url, stop, task })
 }
 
 /// The directory `toml` describes, with a fresh API key for every organization in it (by id).

@@ -9,6 +9,10 @@ use std::time::Duration;
 
 use rdkafka::ClientConfig;
 
+/// How often librdkafka reports its statistics (consumer lag among them): Prometheus's
+/// default scrape interval, so each scrape sees a fresh lag.
+pub const STATISTICS_INTERVAL: Duration = Duration::from_secs(15);
+
 /// Where the cluster is and how to talk to it.
 #[derive(Debug, Clone)]
 pub struct KafkaConfig {
@@ -37,7 +41,7 @@ impl KafkaConfig {
         Self {
             bootstrap_servers: bootstrap_servers.into(),
             client_id: "hixbus".to_owned(),
-            statistics_interval: Some(Duration::from_secs(30)),
+            statistics_interval: Some(STATISTICS_INTERVAL),
             librdkafka_options: BTreeMap::new(),
         }
     }

@@ -247,7 +247,7 @@ impl ConsumerBuilder {
             .config
             .to_rdkafka(Role::GroupConsumer)
             .set("group.id", &self.group)
-            .create_with_context(BusContext::new(client))?;
+            .create_with_context(BusContext::for_group(client, &self.group))?;
         let topics: Vec<&str> = self
             .subscription
             .as_ref()
@@ -256,6 +256,7 @@ impl ConsumerBuilder {
             .map(String::as_str)
             .collect();
         consumer.subscribe(&topics)?;
+        crate::telemetry::zero_failure_series(&self.group, &topics);
         let dead_letters = Publisher::new(&self.config, self.codec.clone())?;
         Ok(Consumer {
             consumer: Arc::new(Member::new(consumer)),
@@ -514,12 +515,19 @@ impl Consumer {
 
 impl Lane {
     async fn process(&self, record: OwnedRecord, stop: &mut watch::Receiver<bool>) -> Outcome {
+        // OpenTelemetry's messaging conventions for a Kafka consumer processing one record.
         let span = tracing::info_span!(
             "hixbus.consume",
             otel.kind = "consumer",
+            otel.name = %format!("process {}", record.topic),
+            messaging.system = "kafka",
+            messaging.operation.type = "process",
+            messaging.operation.name = "process",
             messaging.destination.name = %record.topic,
-            messaging.kafka.partition = record.partition,
+            messaging.destination.partition.id = %record.partition,
+            messaging.consumer.group.name = %self.group,
             messaging.kafka.offset = record.offset,
+            messaging.message.id = tracing::field::Empty,
             group = %self.group,
             event_type = tracing::field::Empty,
             event_id = tracing::field::Empty,
@@ -541,8 +549,12 @@ impl Lane {
             attempt += 1;
             match self.attempt(&record, span, attempt).await {
                 Ok(outcome) => return outcome,
-                Err(Attempt::Failed(failure)) => break failure,
+                Err(Attempt::Failed(failure)) => {
+                    self.count_error(failure.kind.as_str());
+                    break failure;
+                }
                 Err(Attempt::Retry(retry)) => {
+                    self.count_error(retry.kind.as_str());
                     let labels = [KeyValue::new("group", self.group.clone())];
                     metrics().handler_retries.add(1, &labels);
                     if let Some(failure) = self.retry.give_up(attempt, &retry) {
@@ -567,6 +579,14 @@ impl Lane {
         self.dead_letter(&record, failure, stop).await
     }
 
+    fn count_error(&self, kind: &'static str) {
+        let labels = [
+            KeyValue::new("group", self.group.clone()),
+            KeyValue::new("kind", kind),
+        ];
+        metrics().handler_errors.add(1, &labels);
+    }
+
     /// One try at decoding and handling the record.
     async fn attempt(
         &self,
@@ -588,6 +608,10 @@ impl Lane {
         let name = decoded.event.name();
         span.record("event_type", name);
         span.record("event_id", decoded.event.envelope().event_id.as_str());
+        span.record(
+            "messaging.message.id",
+            decoded.event.envelope().event_id.as_str(),
+        );
         let Some(handler) = self.handlers.get(name) else {
             tracing::debug!(event_type = name, "no handler for this event type; skipped");
             return Ok(Outcome::Skipped);
@@ -614,6 +638,20 @@ impl Lane {
         match result {
             Ok(()) => {
                 metrics().consumed.add(1, &labels);
+                if let Some(sent_ms) = record.timestamp_ms {
+                    let age_ms = Utc::now().timestamp_millis().saturating_sub(sent_ms);
+                    // A producer's clock ahead of ours gives a negative age: not a latency.
+                    if age_ms >= 0 {
+                        let labels = [
+                            KeyValue::new("group", self.group.clone()),
+                            KeyValue::new("topic", record.topic.clone()),
+                            KeyValue::new("event_type", name),
+                        ];
+                        metrics()
+                            .delivery_latency
+                            .record(age_ms as f64 / 1000.0, &labels);
+                    }
+                }
                 Ok(Outcome::Handled)
             }
             Err(HandlerError::Reject(reason)) => Err(Attempt::Failed(Failure {
@@ -665,6 +703,7 @@ impl Lane {
             match sent {
                 Ok(_) => {
                     let labels = [
+                        KeyValue::new("group", self.group.clone()),
                         KeyValue::new("topic", record.topic.clone()),
                         KeyValue::new("cause_kind", failure.kind.as_str()),
                     ];
@@ -700,6 +739,15 @@ enum RetryKind {
     Transient,
     /// An earlier event has not been applied; wait `not_yet_attempts` at most.
     NotYet,
+}
+
+impl RetryKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            RetryKind::Transient => "transient",
+            RetryKind::NotYet => "not_yet",
+        }
+    }
 }
 
 impl Retry {

@@ -15,12 +15,22 @@ use crate::telemetry::metrics;
 #[derive(Debug, Clone)]
 pub struct BusContext {
     pub client: String,
+    /// A group member's group: its lag is the group's, and alerts are per group.
+    pub group: Option<String>,
 }
 
 impl BusContext {
     pub fn new(client: impl Into<String>) -> Self {
         Self {
             client: client.into(),
+            group: None,
+        }
+    }
+
+    pub fn for_group(client: impl Into<String>, group: impl Into<String>) -> Self {
+        Self {
+            client: client.into(),
+            group: Some(group.into()),
         }
     }
 }
@@ -55,13 +65,35 @@ impl ClientContext for BusContext {
         let mut total_lag = 0i64;
         for topic in statistics.topics.values() {
             for partition in topic.partitions.values() {
-                // librdkafka reports -1 until it knows the lag; the internal partition is -1.
-                if partition.partition >= 0 && partition.consumer_lag > 0 {
-                    total_lag += partition.consumer_lag;
+                // Only a group member's lag is a group's (a reader's is its own business); the
+                // internal partition is -1.
+                let Some(group) = &self.group else { continue };
+                if partition.partition < 0 {
+                    continue;
                 }
+                // A partition handed to another replica stays in the statistics, no longer
+                // fetched: its lag is that replica's to report now. A gauge keeps its last value,
+                // so this one says 0 rather than counting the same records twice.
+                let lag = if partition.fetch_state == "active" {
+                    partition.consumer_lag
+                } else {
+                    0
+                };
+                // librdkafka reports -1 until it knows the lag.
+                if lag < 0 {
+                    continue;
+                }
+                total_lag += lag;
+                m.consumer_lag.record(
+                    lag,
+                    &[
+                        opentelemetry::KeyValue::new("group", group.clone()),
+                        opentelemetry::KeyValue::new("topic", topic.topic.clone()),
+                        opentelemetry::KeyValue::new("partition", i64::from(partition.partition)),
+                    ],
+                );
             }
         }
-        m.consumer_lag.record(total_lag, &[client]);
         tracing::trace!(
             client = %self.client,
             queued = statistics.msg_cnt,

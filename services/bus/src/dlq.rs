@@ -51,6 +51,14 @@ pub enum CauseKind {
 }
 
 impl CauseKind {
+    pub const ALL: [CauseKind; 5] = [
+        CauseKind::Undecodable,
+        CauseKind::UnknownSchema,
+        CauseKind::Rejected,
+        CauseKind::RetriesExhausted,
+        CauseKind::DependencyMissing,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             CauseKind::Undecodable => "undecodable",

@@ -149,10 +149,17 @@ impl Publisher {
         envelope: &hixbus_contracts::Envelope,
         encoded: Result<Encoded, PublishError>,
     ) -> Result<Delivery, PublishError> {
+        // OpenTelemetry's messaging conventions, so tracing backends show it as a Kafka send.
+        // The key (the patient) is not recorded: traces are not for patient data.
         let span = tracing::info_span!(
             "hixbus.publish",
             otel.kind = "producer",
+            otel.name = %format!("send {topic}"),
+            messaging.system = "kafka",
+            messaging.operation.type = "send",
+            messaging.operation.name = "send",
             messaging.destination.name = %topic,
+            messaging.message.id = %envelope.event_id,
             event_type = name,
             event_id = %envelope.event_id,
         );
@@ -195,7 +202,18 @@ impl Publisher {
             .key(key)
             .payload(payload)
             .headers(headers::to_owned_headers(list));
-        let label = [opentelemetry::KeyValue::new("topic", topic.to_owned())];
+        // The event type travels in a header, so dead letters and redrives count under theirs.
+        let event_type = list
+            .iter()
+            .find(|(name, _)| name == headers::EVENT_TYPE)
+            .and_then(|(_, value)| std::str::from_utf8(value).ok())
+            .unwrap_or("unknown")
+            .to_owned();
+        let label = [
+            opentelemetry::KeyValue::new("topic", topic.to_owned()),
+            opentelemetry::KeyValue::new("event_type", event_type),
+        ];
+        let started = std::time::Instant::now();
         match self
             .producer
             .send(record, Timeout::After(self.queue_timeout))
@@ -203,6 +221,11 @@ impl Publisher {
         {
             Ok(delivery) => {
                 metrics().published.add(1, &label);
+                // The failure series exists from the first publish (see `zero_failure_series`).
+                metrics().publish_failures.add(0, &label);
+                metrics()
+                    .publish_duration
+                    .record(started.elapsed().as_secs_f64(), &label);
                 Ok(Delivery {
                     topic: topic.to_owned(),
                     partition: delivery.partition,

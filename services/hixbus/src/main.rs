@@ -63,6 +63,20 @@ enum Command {
     Demo(demo::DemoCommand),
 }
 
+impl Cli {
+    /// The `service.name` its traces and metrics carry: each deployed service its own, so a
+    /// tracing backend tells the hops of one trace apart.
+    fn service_name(&self) -> String {
+        match &self.command {
+            Command::Serve(args) => format!("hixbus-{}", args.service().name()),
+            Command::Registry(registry::RegistryCommand::Serve(_)) => {
+                "hixbus-schema-registry".to_owned()
+            }
+            _ => "hixbus".to_owned(),
+        }
+    }
+}
+
 /// With `HIXBUS_EXIT_WITH_PARENT=1` the process ends when the process that started it does:
 /// test suites start services as child processes, and a suite that is killed must not leave
 /// them running.
@@ -85,8 +99,8 @@ fn exit_with_parent() {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     exit_with_parent();
-    let telemetry = hixbus_service::telemetry::init("hixbus");
     let cli = Cli::parse();
+    let telemetry = hixbus_service::telemetry::init(&cli.service_name());
     let result = match cli.command {
         Command::Up(args) => up::run(args).await,
         Command::Tail(args) => tail::run(args).await,

@@ -81,7 +81,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         config.organizations = Some(Arc::new(hixbus_service::load_directory(path)?));
     }
-    let server = RegistryServer::build(config).await?;
+    let server = RegistryServer::build(config)
+        .await?
+        .map_app(hixbus_service::metrics::measured);
     let url = server.url();
     tracing::info!(%url, database = %redact(&args.db.database), "schema registry listening");
     let serving = tokio::spawn(server.run_until(hixbus_service::shutdown_signal()));

@@ -25,6 +25,12 @@ pub struct ServeArgs {
     config: Option<PathBuf>,
 }
 
+impl ServeArgs {
+    pub fn service(&self) -> Kind {
+        self.service
+    }
+}
+
 /// Each service's settings, as the variables that set them.
 fn settings_help() -> String {
     let mut help =

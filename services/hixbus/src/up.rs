@@ -129,11 +129,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             let mut config = RegistryConfig::new(args.registry_listen, "sqlite::memory:");
             config.organizations = Some(directory.clone());
             config.anonymous_reads = true;
-            let server = RegistryServer::build(config).await.map_err(|e| {
-                anyhow::anyhow!(
-                    "{e} (is another registry running? try --registry-listen 127.0.0.1:0)"
-                )
-            })?;
+            let server = RegistryServer::build(config)
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "{e} (is another registry running? try --registry-listen 127.0.0.1:0)"
+                    )
+                })?
+                .map_app(hixbus_service::metrics::measured);
             let url = server.url();
             let task = tokio::spawn(server.run_until(stop.clone().cancelled_owned()));
             (

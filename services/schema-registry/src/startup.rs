@@ -64,6 +64,13 @@ impl RegistryServer {
         })
     }
 
+    /// Changes the served application: `hixbus registry serve` adds `/metrics` and request
+    /// metrics this crate does not know about.
+    pub fn map_app(mut self, f: impl FnOnce(Router) -> Router) -> Self {
+        self.app = f(self.app);
+        self
+    }
+
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
     }

@@ -13,6 +13,8 @@ pub mod fhir;
 pub mod http;
 pub mod identity;
 pub mod limits;
+pub mod metrics;
+pub mod observe;
 pub mod read_model;
 pub mod run;
 pub mod telemetry;

@@ -1,5 +1,5 @@
-//! A running hixbus service: its HTTP API (with `/health` and `/ready`), its consumers, and one
-//! way to stop all of it.
+//! A running hixbus service: its HTTP API (with `/health`, `/ready` and `/metrics`), its
+//! consumers, and one way to stop all of it.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -149,8 +149,8 @@ async fn ready(State(probe): State<Probe>) -> Result<axum::Json<serde_json::Valu
 }
 
 impl Service {
-    /// Binds `listen` (port 0 picks a free port, as tests do) for `app` plus `/health` and
-    /// `/ready`. `stopping` is cancelled when the service begins to stop: what must end then
+    /// Binds `listen` (port 0 picks a free port, as tests do) for `app` plus `/health`,
+    /// `/ready` and `/metrics`, every route measured. `stopping` is cancelled when the service begins to stop: what must end then
     /// (live streams) listens to it.
     pub async fn bind(
         name: &'static str,
@@ -166,14 +166,20 @@ impl Service {
                 addr: listen,
                 source,
             })?;
+        if let Some(db) = &database {
+            crate::metrics::watch_pool(name, db);
+        }
         let probes = Router::new()
             .route("/health", get(health))
             .route("/ready", get(ready))
+            .route("/metrics", get(crate::metrics::scrape))
             .with_state(Probe { name, database });
         Ok(Self {
             name,
             listener,
-            app: probes.merge(app),
+            app: probes
+                .merge(app)
+                .layer(axum::middleware::from_fn(crate::observe::observe)),
             consumers,
             servers: Vec::new(),
             stopping,

@@ -4,6 +4,7 @@
 //! Spans always carry OpenTelemetry trace ids, so trace context crosses Kafka even when nothing
 //! is exported. Export is opt-in with the standard variables: `OTEL_EXPORTER_OTLP_ENDPOINT`
 //! (OTLP over HTTP/protobuf) turns on trace and metric export, tagged with `service.name`.
+//! Metrics are also always served for scraping (`/metrics`, [`crate::metrics`]).
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
@@ -41,7 +42,12 @@ pub fn init(service_name: &str) -> Telemetry {
         .build();
 
     let mut tracer_builder = SdkTracerProvider::builder().with_resource(resource.clone());
-    let mut meter_provider = None;
+    // Metrics are always recorded, for `/metrics`; OTLP export adds a second reader.
+    let mut meters = SdkMeterProvider::builder().with_resource(resource);
+    let pull = crate::metrics::install();
+    if let Some(reader) = pull.clone() {
+        meters = meters.with_reader(reader);
+    }
     if export {
         match opentelemetry_otlp::SpanExporter::builder()
             .with_http()
@@ -54,17 +60,17 @@ pub fn init(service_name: &str) -> Telemetry {
             .with_http()
             .build()
         {
-            Ok(exporter) => {
-                let provider = SdkMeterProvider::builder()
-                    .with_resource(resource)
-                    .with_periodic_exporter(exporter)
-                    .build();
-                opentelemetry::global::set_meter_provider(provider.clone());
-                meter_provider = Some(provider);
-            }
+            Ok(exporter) => meters = meters.with_periodic_exporter(exporter),
             Err(e) => eprintln!("warning: OTLP metric export disabled: {e}"),
         }
     }
+    // Only the first call in a process installs a provider: a second would replace the
+    // one `/metrics` reads.
+    let meter_provider = pull.map(|_| {
+        let provider = meters.build();
+        opentelemetry::global::set_meter_provider(provider.clone());
+        provider
+    });
     let tracer_provider = tracer_builder.build();
     let tracer = tracer_provider.tracer("hixbus");
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
