@@ -511,6 +511,9 @@ struct Gateway {
 }
 
 async fn gateway() -> Gateway {
+    // Telemetry first, as every hixbus process has it: the runtime's instruments bind to the
+    // meter provider there is when first used, for the whole test process.
+    hixbus_tests::init_tracing();
     let specs =
         hixbus_bus::topics::specs(hixbus_bus::topics::EMBEDDED, Catalog::embedded()).unwrap();
     let cluster = DevCluster::start(None, &specs).await.unwrap();

@@ -40,7 +40,7 @@ pub fn postgres_admin_url() -> String {
 
 /// A new, empty database URL for `backend`.
 pub async fn fresh_database(backend: Backend) -> String {
-    watch();
+    init_tracing();
     let name = format!("hixbus_test_{}", uuid::Uuid::new_v4().simple());
     match backend {
         Backend::Sqlite => {
@@ -115,7 +115,7 @@ impl TestRegistry {
 
     /// A registry with settings of its own (an organizations directory, say).
     pub async fn start_with(config: RegistryConfig) -> Self {
-        watch();
+        init_tracing();
         let database_url = config.database_url.clone();
         let server = RegistryServer::build(config)
             .await
@@ -187,7 +187,7 @@ pub async fn call_as(
     body: Option<&str>,
     authorization: Option<&str>,
 ) -> Response {
-    watch();
+    init_tracing();
     let client = reqwest::Client::new();
     let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
     let mut request = client

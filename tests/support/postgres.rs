@@ -19,7 +19,7 @@ pub struct PrivatePostgres {
 
 impl PrivatePostgres {
     pub fn start() -> Self {
-        crate::watch();
+        crate::init_tracing();
         let bin = pg_bin();
         let as_postgres = running_as_root();
         let dir = tempfile::Builder::new()
