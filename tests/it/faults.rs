@@ -48,32 +48,6 @@ fn fault_on(kind: &str) -> bool {
 const BROKER_KILLS: usize = 10;
 const DATABASE_CRASHES: usize = 2;
 
-/// The `hixbus` binary the services run as: `HIXBUS_BIN`, else the release build beside this
-/// test's target directory (`tests/run` builds it: the flow at 200/s needs optimized
-/// services; the debug build carries about a third of that), else the debug build.
-fn hixbus_bin() -> PathBuf {
-    if let Ok(bin) = std::env::var("HIXBUS_BIN") {
-        return bin.into();
-    }
-    let exe = std::env::current_exe().expect("test binary path");
-    let target = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .and_then(|profile| profile.parent())
-        .expect("the target directory");
-    let release = target.join("release/hixbus");
-    if release.exists() {
-        return release;
-    }
-    let debug = target.join("debug/hixbus");
-    assert!(
-        debug.exists(),
-        "{} is missing: build it with `cargo build --release -p hixbus`",
-        release.display()
-    );
-    debug
-}
-
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -112,7 +86,7 @@ impl Process {
     fn spawn(&mut self, env: &[(String, String)]) {
         self.starts += 1;
         let log = std::fs::File::create(self.current_log()).expect("log");
-        let child = Command::new(hixbus_bin())
+        let child = Command::new(hixbus_tests::hixbus_bin())
             .args(&self.args)
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("HIXBUS_LOG", "info,librdkafka=off")

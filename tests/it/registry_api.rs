@@ -489,6 +489,147 @@ async fn compatibility_config_resources(registry: &TestRegistry) {
     );
 }
 
+/// `/mode` as Confluent has it: a registry frozen READONLY refuses every change and still
+/// answers reads; one in IMPORT takes schemas with the ids and versions they had in the
+/// registry they come from, and new registrations continue after them.
+async fn modes_freeze_a_registry_and_import_keeps_ids_and_versions(registry: &TestRegistry) {
+    assert_eq!(
+        registry.call("GET", "/mode", None).await.body,
+        json!({"mode": "READWRITE"})
+    );
+    let unset = registry.call("GET", "/mode/frozen-value", None).await;
+    assert_eq!((unset.status, unset.error_code()), (404, Some(40409)));
+    let invalid = registry
+        .call("PUT", "/mode", Some(r#"{"mode":"SOMETIMES"}"#))
+        .await;
+    assert_eq!((invalid.status, invalid.error_code()), (422, Some(42204)));
+
+    // A schema id is only for imports.
+    let with_id = registry
+        .call(
+            "POST",
+            "/subjects/frozen-value/versions",
+            Some(&json!({"schema": V1, "id": 77}).to_string()),
+        )
+        .await;
+    assert_eq!((with_id.status, with_id.error_code()), (422, Some(42205)));
+    let id = register(registry, "frozen-value", V1).await;
+
+    // READONLY for one subject: its changes are refused, its reads and other subjects go on.
+    let frozen = registry
+        .call("PUT", "/mode/frozen-value", Some(r#"{"mode":"READONLY"}"#))
+        .await;
+    assert_eq!(frozen.body, json!({"mode": "READONLY"}));
+    for (method, path, body) in [
+        (
+            "POST",
+            "/subjects/frozen-value/versions",
+            Some(schema_body(V2)),
+        ),
+        ("DELETE", "/subjects/frozen-value/versions/1", None),
+        ("DELETE", "/subjects/frozen-value", None),
+    ] {
+        let refused = registry.call(method, path, body.as_deref()).await;
+        assert_eq!(
+            (refused.status, refused.error_code()),
+            (422, Some(42205)),
+            "{method} {path}: {refused:?}"
+        );
+    }
+    let read = registry
+        .call("GET", "/subjects/frozen-value/versions/latest", None)
+        .await;
+    assert_eq!((read.status, read.body["id"].as_i64()), (200, Some(id)));
+    register(registry, "other-value", V1).await;
+    let versions = registry
+        .call("GET", "/subjects/frozen-value/versions", None)
+        .await;
+    assert_eq!(versions.body, json!([1]), "nothing was added or deleted");
+    let removed = registry.call("DELETE", "/mode/frozen-value", None).await;
+    assert_eq!(removed.body, json!({"mode": "READONLY"}));
+    register(registry, "frozen-value", V2).await;
+
+    // IMPORT: refused over existing subjects unless forced; a new subject in IMPORT takes the
+    // ids and versions given.
+    let occupied = registry
+        .call("PUT", "/mode", Some(r#"{"mode":"IMPORT"}"#))
+        .await;
+    assert_eq!((occupied.status, occupied.error_code()), (422, Some(42205)));
+    let importing = registry
+        .call("PUT", "/mode/imported-value", Some(r#"{"mode":"IMPORT"}"#))
+        .await;
+    assert_eq!(importing.body, json!({"mode": "IMPORT"}));
+    let import = async |schema: &str, id: i64, version: i64| {
+        registry
+            .call(
+                "POST",
+                "/subjects/imported-value/versions",
+                Some(&json!({"schema": schema, "id": id, "version": version}).to_string()),
+            )
+            .await
+    };
+    let first = import(V1_OTHER, 100, 3).await;
+    assert_eq!(
+        (first.status, first.body.clone()),
+        (200, json!({"id": 100}))
+    );
+    // Imported as it was: not checked against the history (V3 breaks FORWARD of V1).
+    let second = import(V3_DROPS_NAME, 101, 7).await;
+    assert_eq!(second.body, json!({"id": 101}), "{second:?}");
+    // The same again is idempotent; an id taken by another schema is refused.
+    assert_eq!(import(V1_OTHER, 100, 3).await.status, 200);
+    let taken = import(V2_OTHER, 100, 8).await;
+    assert_eq!((taken.status, taken.error_code()), (422, Some(42205)));
+    let without_id = registry
+        .call(
+            "POST",
+            "/subjects/imported-value/versions",
+            Some(&schema_body(V2_OTHER)),
+        )
+        .await;
+    assert_eq!(
+        (without_id.status, without_id.error_code()),
+        (422, Some(42205))
+    );
+    let versions = registry
+        .call("GET", "/subjects/imported-value/versions", None)
+        .await;
+    assert_eq!(versions.body, json!([3, 7]));
+    let by_id = registry
+        .call("GET", "/schemas/ids/101/versions", None)
+        .await;
+    assert_eq!(
+        by_id.body,
+        json!([{"subject": "imported-value", "version": 7}])
+    );
+
+    // Back to READWRITE: new schemas get ids after the imported ones, versions after theirs.
+    registry
+        .call(
+            "PUT",
+            "/mode/imported-value",
+            Some(r#"{"mode":"READWRITE"}"#),
+        )
+        .await;
+    registry
+        .call(
+            "PUT",
+            "/config/imported-value",
+            Some(r#"{"compatibility":"NONE"}"#),
+        )
+        .await;
+    let next = register(registry, "imported-value", V2_OTHER).await;
+    assert_eq!(next, 102);
+    let latest = registry
+        .call("GET", "/subjects/imported-value/versions/latest", None)
+        .await;
+    assert_eq!(latest.body["version"], 8);
+}
+
+/// Schemas of another record, so their ids are not the ones registered above.
+const V1_OTHER: &str = r#"{"type":"record","name":"Imported","namespace":"t","fields":[{"name":"id","type":"string"}]}"#;
+const V2_OTHER: &str = r#"{"type":"record","name":"Imported","namespace":"t","fields":[{"name":"id","type":"string"},{"name":"n","type":"int","default":0}]}"#;
+
 on_both_backends!(
     registering_is_idempotent_and_ids_are_global,
     lookup_finds_versions_and_reports_what_is_missing,
@@ -496,4 +637,102 @@ on_both_backends!(
     deletes_follow_confluent_soft_then_permanent_rules,
     bad_input_gets_a_confluent_error_and_stores_nothing,
     compatibility_config_resources,
+    modes_freeze_a_registry_and_import_keeps_ids_and_versions,
 );
+
+/// `hixbus registry import` copies another registry (here a hixbus one on SQLite, speaking the
+/// same REST API as Confluent's) into a fresh one on PostgreSQL with every id and version as it
+/// was, and Confluent's Python client reads the result; a second import over it is refused.
+#[tokio::test]
+async fn a_registry_is_imported_with_its_ids_and_confluents_client_reads_it() {
+    let source = TestRegistry::fresh(hixbus_tests::Backend::Sqlite).await;
+    let first = register(&source, "imported-value", V1).await;
+    // An id the target would not hand out in the same order: the subject that took id 2 goes.
+    let gone = register(&source, "gone-value", V1_OTHER).await;
+    let latest = register(&source, "imported-value", V2).await;
+    assert!(gone < latest);
+    source.call("DELETE", "/subjects/gone-value", None).await;
+    source
+        .call("DELETE", "/subjects/gone-value?permanent=true", None)
+        .await;
+    source
+        .call(
+            "PUT",
+            "/config/imported-value",
+            Some(r#"{"compatibility":"FULL"}"#),
+        )
+        .await;
+
+    let target = TestRegistry::fresh(hixbus_tests::Backend::Postgres).await;
+    let (from, to) = (source.url.clone(), target.url.clone());
+    let import = move || {
+        std::process::Command::new(hixbus_tests::hixbus_bin())
+            .args(["registry", "import", "--from", &from, "--to", &to])
+            .env("HIXBUS_LOG", "error")
+            .output()
+            .unwrap()
+    };
+    let run = tokio::task::spawn_blocking(import.clone()).await.unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(stdout.contains("imported 2 schema versions"), "{stdout}");
+    assert!(
+        stdout.contains("1 subject compatibility levels"),
+        "{stdout}"
+    );
+    assert_eq!(
+        target.call("GET", "/mode", None).await.body,
+        json!({"mode": "READWRITE"})
+    );
+
+    let expected = json!({
+        "subject": "imported-value",
+        "version": 2,
+        "id": latest,
+        "first_id": first,
+        "schema": V2,
+        "compatibility": "FULL",
+        "next_schema": V2_WITH_PHONE,
+        "next_id": latest + 1,
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let expected_path = dir.path().join("expected.json");
+    std::fs::write(&expected_path, expected.to_string()).unwrap();
+    let python = std::env::var("HIXBUS_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/registry_import_check.py");
+    let check = tokio::process::Command::new(&python)
+        .arg(&script)
+        .arg(&target.url)
+        .arg(&expected_path)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "python check failed:\n{}\n{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    // The target now has schemas of its own: importing over them needs --force.
+    let again = tokio::task::spawn_blocking(import).await.unwrap();
+    assert!(!again.status.success());
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        stderr.contains("Cannot import since found existing subjects"),
+        "{stderr}"
+    );
+    assert_eq!(
+        target.call("GET", "/mode", None).await.body,
+        json!({"mode": "READWRITE"}),
+        "a refused import leaves the target writable"
+    );
+}
+
+/// V2 plus another optional field: FULL-compatible with V2.
+const V2_WITH_PHONE: &str = r#"{"type":"record","name":"Patient","namespace":"t","fields":[{"name":"id","type":"string"},{"name":"name","type":"string"},{"name":"email","type":["null","string"],"default":null},{"name":"phone","type":["null","string"],"default":null}]}"#;

@@ -355,6 +355,32 @@ pub fn directory_with_keys(
     (std::sync::Arc::new(directory), keys)
 }
 
+/// The `hixbus` binary the services run as: `HIXBUS_BIN`, else the release build beside this
+/// test's target directory (`tests/run` builds it: the flow at 200/s needs optimized
+/// services; the debug build carries about a third of that), else the debug build.
+pub fn hixbus_bin() -> PathBuf {
+    if let Ok(bin) = std::env::var("HIXBUS_BIN") {
+        return bin.into();
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let target = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .and_then(|profile| profile.parent())
+        .expect("the target directory");
+    let release = target.join("release/hixbus");
+    if release.exists() {
+        return release;
+    }
+    let debug = target.join("debug/hixbus");
+    assert!(
+        debug.exists(),
+        "{} is missing: build it with `cargo build --release -p hixbus`",
+        release.display()
+    );
+    debug
+}
+
 /// A name no other test uses: for patients, groups and anything else tests could share.
 /// Suites that load the whole machine (the fault suite, the 10,000-patient research run) take
 /// turns: together on two cores they starved each other's brokers until a restarted service

@@ -50,8 +50,8 @@ impl BusArgs {
 /// An organization's id and API key for the registry. The key is never printed.
 #[derive(Debug, Clone)]
 pub struct RegistryCredentials {
-    org: String,
-    key: SecretString,
+    pub(crate) org: String,
+    pub(crate) key: SecretString,
 }
 
 pub fn parse_credentials(text: &str) -> Result<RegistryCredentials, String> {

@@ -17,6 +17,29 @@ pub enum RegistryCommand {
     Serve(ServeArgs),
     /// Create the registry's tables (serve also does this on start).
     Migrate(DatabaseArgs),
+    /// Copy every live schema of another registry (Confluent's, or any with its REST API) into
+    /// this one with the ids and versions it had there, so records already written in Confluent's
+    /// wire format resolve unchanged; compatibility levels come along.
+    Import(ImportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The registry to copy from.
+    #[arg(long, value_name = "URL")]
+    from: String,
+    /// Its credentials, USER:PASSWORD (HTTP Basic: a Confluent Cloud API key and secret).
+    #[arg(long, value_name = "USER:PASSWORD", env = "HIXBUS_IMPORT_FROM_AUTH", value_parser = crate::bus_args::parse_credentials)]
+    from_auth: Option<crate::bus_args::RegistryCredentials>,
+    /// The hixbus registry to copy into: empty, or `--force`.
+    #[arg(long, value_name = "URL", env = "HIXBUS_REGISTRY_URL")]
+    to: String,
+    #[command(flatten)]
+    to_access: crate::bus_args::RegistryAccess,
+    /// Import although the target already has schemas (an id taken by another schema is still
+    /// refused).
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -57,6 +80,7 @@ pub struct ServeArgs {
 pub async fn run(cmd: RegistryCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         RegistryCommand::Serve(args) => serve(args).await,
+        RegistryCommand::Import(args) => import(args).await,
         RegistryCommand::Migrate(args) => {
             let store = Store::connect(&args.database).await?;
             store.migrate().await?;
@@ -94,5 +118,69 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     println!("schema registry listening on {url}  (try: curl {url}/subjects)");
     serving.await??;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The source's live schemas, oldest id first, into the target in IMPORT mode; then the target
+/// is READWRITE again (also when the import fails half-way, so it is not left taking ids).
+async fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
+    use hixbus_contracts::registry::VersionRef;
+    use secrecy::ExposeSecret;
+    let mut from = RegistryClient::new(&args.from)?;
+    if let Some(c) = &args.from_auth {
+        from = from.with_basic_auth(&c.org, c.key.expose_secret());
+    }
+    let to = crate::bus_args::registry_client(&args.to, &args.to_access)?;
+
+    let mut schemas = Vec::new();
+    for subject in from.subjects().await? {
+        for version in from.versions(&subject).await? {
+            let found = from.version(&subject, VersionRef::Number(version)).await?;
+            if found.schema_type.as_deref().is_some_and(|t| t != "AVRO") {
+                anyhow::bail!(
+                    "{subject} version {version} is a {} schema; hixbus registries hold Avro only",
+                    found.schema_type.unwrap_or_default()
+                );
+            }
+            if !found.references.is_empty() {
+                anyhow::bail!(
+                    "{subject} version {version} references other schemas, which this registry does not take yet"
+                );
+            }
+            schemas.push(found);
+        }
+    }
+    schemas.sort_by(|a, b| (a.id, &a.subject, a.version).cmp(&(b.id, &b.subject, b.version)));
+
+    to.set_mode(None, "IMPORT", args.force).await?;
+    let copied = async {
+        for s in &schemas {
+            to.import(&s.subject, &s.schema, s.id, s.version)
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!("{} version {} (id {}): {e}", s.subject, s.version, s.id)
+                })?;
+        }
+        let global = from.compatibility_level(None).await?;
+        to.set_compatibility_level(None, &global).await?;
+        let mut subjects: Vec<&str> = schemas.iter().map(|s| s.subject.as_str()).collect();
+        subjects.dedup();
+        let mut levels = 0;
+        for subject in subjects {
+            if let Some(level) = from.subject_compatibility_level(subject).await? {
+                to.set_compatibility_level(Some(subject), &level).await?;
+                levels += 1;
+            }
+        }
+        anyhow::Ok(levels)
+    }
+    .await;
+    to.set_mode(None, "READWRITE", false).await?;
+    let levels = copied?;
+    println!(
+        "imported {} schema versions with their ids and versions, and {levels} subject compatibility levels, from {}",
+        schemas.len(),
+        args.from
+    );
     Ok(ExitCode::SUCCESS)
 }

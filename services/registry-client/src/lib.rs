@@ -121,6 +121,12 @@ pub struct SubjectVersion {
     pub version: i32,
     pub id: u32,
     pub schema: String,
+    /// Confluent leaves it out for Avro.
+    #[serde(default, rename = "schemaType")]
+    pub schema_type: Option<String>,
+    /// Other subjects' schemas this one names (Confluent schema references).
+    #[serde(default)]
+    pub references: Vec<serde_json::Value>,
 }
 
 /// Which version of a subject to address.
@@ -350,6 +356,56 @@ impl RegistryClient {
             .request(Method::PUT, &segments)
             .json(&serde_json::json!({ "compatibility": level }));
         self.call::<serde_json::Value>(req).await.map(drop)
+    }
+
+    /// The level set on `subject` itself; `None` when it follows the global one.
+    pub async fn subject_compatibility_level(
+        &self,
+        subject: &str,
+    ) -> Result<Option<String>, ApiError> {
+        let req = self.request(Method::GET, &["config", subject]);
+        match self.call::<ConfigResponse>(req).await {
+            Ok(config) => Ok(Some(config.compatibility_level)),
+            Err(e) if e.code() == Some(40408) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sets the mode (`READWRITE`, `READONLY`, `IMPORT`) of `subject`, or the registry's with
+    /// `None`; `force` enters IMPORT over existing schemas.
+    pub async fn set_mode(
+        &self,
+        subject: Option<&str>,
+        mode: &str,
+        force: bool,
+    ) -> Result<(), ApiError> {
+        let mut segments = vec!["mode"];
+        segments.extend(subject);
+        let req = self
+            .request(Method::PUT, &segments)
+            .query(&[("force", force)])
+            .json(&serde_json::json!({ "mode": mode }));
+        self.call::<serde_json::Value>(req).await.map(drop)
+    }
+
+    /// Registers `schema` under `subject` with the id and version it had in another registry
+    /// (the registry must be in IMPORT mode).
+    pub async fn import(
+        &self,
+        subject: &str,
+        schema: &str,
+        id: u32,
+        version: i32,
+    ) -> Result<u32, ApiError> {
+        let req = self
+            .request(Method::POST, &["subjects", subject, "versions"])
+            .json(&serde_json::json!({
+                "schema": schema,
+                "schemaType": "AVRO",
+                "id": id,
+                "version": version,
+            }));
+        Ok(self.call::<RegisterResponse>(req).await?.id)
     }
 
     /// Deletes a subject (soft, or `permanent` after a soft delete); returns the versions removed.

@@ -130,6 +130,39 @@ impl fmt::Display for CompatibilityLevel {
     }
 }
 
+/// What a registry (or one subject) lets clients do, as Confluent's `/mode`: writable; reads
+/// only (a registry being migrated away from, or frozen for an audit); or taking schemas with the
+/// ids and versions they had elsewhere (a migration into it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    ReadWrite,
+    ReadOnly,
+    Import,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::ReadWrite => "READWRITE",
+            Mode::ReadOnly => "READONLY",
+            Mode::Import => "IMPORT",
+        }
+    }
+}
+
+impl FromStr for Mode {
+    type Err = RegistryError;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        Ok(match raw.to_ascii_uppercase().as_str() {
+            "READWRITE" => Mode::ReadWrite,
+            "READONLY" => Mode::ReadOnly,
+            "IMPORT" => Mode::Import,
+            _ => return Err(RegistryError::InvalidMode(raw.to_owned())),
+        })
+    }
+}
+
 /// Schema types this registry accepts. Confluent also has JSON and PROTOBUF; hixbus is Avro-only
 /// and says so instead of storing schemas it cannot check.
 pub const SCHEMA_TYPES: &[&str] = &["AVRO"];

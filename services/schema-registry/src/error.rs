@@ -28,6 +28,12 @@ pub enum RegistryError {
     VersionNotSoftDeleted(String, i64),
     #[error("Subject '{0}' does not have subject-level compatibility configured")]
     SubjectConfigNotFound(String),
+    #[error("Subject '{0}' does not have subject-level mode configured")]
+    SubjectModeNotFound(String),
+    #[error("Invalid mode {0}. Valid values are READWRITE, READONLY and IMPORT")]
+    InvalidMode(String),
+    #[error("{0}")]
+    OperationNotPermitted(String),
     #[error(
         "Schema being registered is incompatible with an earlier schema for subject \"{subject}\", details: [{}]",
         .messages.join(", ")
@@ -76,10 +82,13 @@ impl RegistryError {
             VersionSoftDeleted(..) => (StatusCode::NOT_FOUND, 40406),
             VersionNotSoftDeleted(..) => (StatusCode::NOT_FOUND, 40407),
             SubjectConfigNotFound(_) => (StatusCode::NOT_FOUND, 40408),
+            SubjectModeNotFound(_) => (StatusCode::NOT_FOUND, 40409),
             Incompatible { .. } => (StatusCode::CONFLICT, 409),
             InvalidSchema(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42201),
             InvalidVersion(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42202),
             InvalidCompatibilityLevel => (StatusCode::UNPROCESSABLE_ENTITY, 42203),
+            InvalidMode(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42204),
+            OperationNotPermitted(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42205),
             InvalidSubject(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42208),
             MalformedRequest(_) => (StatusCode::BAD_REQUEST, 400),
             TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, 413),

@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::domain::{CompatibilityLevel, SCHEMA_TYPES, Subject, VersionSpec};
+use crate::domain::{CompatibilityLevel, Mode, SCHEMA_TYPES, Subject, VersionSpec};
 use crate::error::{CONTENT_TYPE, RegistryError};
 use crate::service::{Registry, SchemaSubmission, VersionView};
 
@@ -69,8 +69,13 @@ pub(crate) fn router(state: AppState) -> Router {
             "/compatibility/subjects/{subject}/versions/{version}",
             post(check_against_version),
         )
-        .route("/mode", get(mode))
-        .route("/mode/{subject}", get(mode))
+        .route("/mode", get(get_global_mode).put(put_global_mode))
+        .route(
+            "/mode/{subject}",
+            get(get_subject_mode)
+                .put(put_subject_mode)
+                .delete(delete_subject_mode),
+        )
         .fallback(|| async { RegistryError::NoSuchResource })
         .method_not_allowed_fallback(|| async { RegistryError::MethodNotAllowed })
         .with_state(Arc::new(state))
@@ -116,6 +121,7 @@ struct Flags {
     permanent: Option<String>,
     verbose: Option<String>,
     default_to_global: Option<String>,
+    force: Option<String>,
 }
 
 fn flag(value: &Option<String>) -> bool {
@@ -162,6 +168,9 @@ struct SchemaRequest {
     schema_type: Option<String>,
     #[serde(default)]
     references: Vec<Value>,
+    /// IMPORT mode: the id and version the schema had in the registry it comes from.
+    id: Option<i64>,
+    version: Option<i64>,
 }
 
 impl From<SchemaRequest> for SchemaSubmission {
@@ -170,8 +179,22 @@ impl From<SchemaRequest> for SchemaSubmission {
             schema: r.schema,
             schema_type: r.schema_type,
             has_references: !r.references.is_empty(),
+            id: r.id,
+            version: r.version,
         }
     }
+}
+
+#[derive(Debug, Deserialize)]
+struct ModeRequest {
+    mode: Option<String>,
+}
+
+fn requested_mode(body: &ModeRequest) -> Result<Mode, RegistryError> {
+    body.mode
+        .as_deref()
+        .ok_or_else(|| RegistryError::InvalidMode(String::new()))?
+        .parse()
 }
 
 #[derive(Debug, Deserialize)]
@@ -439,7 +462,50 @@ async fn check_against_version(
     ok(compatibility_body(messages, flag(&q.verbose)))
 }
 
-/// hixbus registries are always writable; the resource exists so clients that ask get an answer.
-async fn mode() -> Reply {
-    ok(json!({ "mode": "READWRITE" }))
+async fn get_global_mode(State(state): Shared) -> Reply {
+    ok(json!({ "mode": state.registry.global_mode().await?.as_str() }))
+}
+
+async fn put_global_mode(
+    State(state): Shared,
+    ApiQuery(q): ApiQuery,
+    ApiJson(body): ApiJson<ModeRequest>,
+) -> Reply {
+    let mode = requested_mode(&body)?;
+    state.registry.set_mode(None, mode, flag(&q.force)).await?;
+    ok(json!({ "mode": mode.as_str() }))
+}
+
+async fn get_subject_mode(
+    State(state): Shared,
+    ApiPath(s): ApiPath<String>,
+    ApiQuery(q): ApiQuery,
+) -> Reply {
+    let subject = subject(&s)?;
+    let mode = match state.registry.subject_mode(&subject).await? {
+        Some(mode) => mode,
+        None if flag(&q.default_to_global) => state.registry.global_mode().await?,
+        None => return Err(RegistryError::SubjectModeNotFound(subject.to_string())),
+    };
+    ok(json!({ "mode": mode.as_str() }))
+}
+
+async fn put_subject_mode(
+    State(state): Shared,
+    ApiPath(s): ApiPath<String>,
+    ApiQuery(q): ApiQuery,
+    ApiJson(body): ApiJson<ModeRequest>,
+) -> Reply {
+    let subject = subject(&s)?;
+    let mode = requested_mode(&body)?;
+    state
+        .registry
+        .set_mode(Some(&subject), mode, flag(&q.force))
+        .await?;
+    ok(json!({ "mode": mode.as_str() }))
+}
+
+async fn delete_subject_mode(State(state): Shared, ApiPath(s): ApiPath<String>) -> Reply {
+    let previous = state.registry.delete_subject_mode(&subject(&s)?).await?;
+    ok(json!({ "mode": previous.as_str() }))
 }

@@ -4,7 +4,7 @@
 use apache_avro::Schema;
 
 use crate::compat;
-use crate::domain::{CompatibilityLevel, ParsedSchema, Subject, VersionSpec};
+use crate::domain::{CompatibilityLevel, Mode, ParsedSchema, Subject, VersionSpec};
 use crate::error::RegistryError;
 use crate::store::{GLOBAL, Store, VersionRow};
 
@@ -32,6 +32,9 @@ pub struct SchemaSubmission {
     pub schema: Option<String>,
     pub schema_type: Option<String>,
     pub has_references: bool,
+    /// The id and version it had in another registry: given only in IMPORT mode.
+    pub id: Option<i64>,
+    pub version: Option<i64>,
 }
 
 impl SchemaSubmission {
@@ -63,6 +66,16 @@ impl Registry {
         submission: &SchemaSubmission,
     ) -> Result<i64, RegistryError> {
         let parsed = submission.parse()?;
+        match self.effective_mode(subject).await? {
+            Mode::ReadOnly => return Err(read_only(subject)),
+            Mode::Import => return self.import(subject, &parsed, submission).await,
+            Mode::ReadWrite if submission.id.is_some() || submission.version.is_some() => {
+                return Err(RegistryError::OperationNotPermitted(format!(
+                    "a schema's id and version are given only in IMPORT mode; subject {subject} is in READWRITE mode"
+                )));
+            }
+            Mode::ReadWrite => {}
+        }
         let level = self.effective_level(subject).await?;
         for _ in 0..MAX_REGISTER_ATTEMPTS {
             let rows = self.store.versions(subject.as_str()).await?;
@@ -92,6 +105,52 @@ impl Registry {
         Err(RegistryError::Store(format!(
             "gave up registering under {subject} after {MAX_REGISTER_ATTEMPTS} concurrent conflicts"
         )))
+    }
+
+    /// Registers `parsed` with the id (and version) it had in the registry it is imported from.
+    /// No compatibility check: the history is copied as it was, checked where it was made.
+    async fn import(
+        &self,
+        subject: &Subject,
+        parsed: &ParsedSchema,
+        submission: &SchemaSubmission,
+    ) -> Result<i64, RegistryError> {
+        let id = submission.id.ok_or_else(|| {
+            RegistryError::OperationNotPermitted(format!(
+                "subject {subject} is in IMPORT mode: give each schema the \"id\" it had"
+            ))
+        })?;
+        if id < 1 {
+            return Err(RegistryError::OperationNotPermitted(format!(
+                "schema id {id} is not a valid id"
+            )));
+        }
+        let version = match submission.version {
+            Some(v) => match VersionSpec::parse(&v.to_string())? {
+                VersionSpec::Number(n) => n,
+                VersionSpec::Latest => return Err(RegistryError::InvalidVersion(v.to_string())),
+            },
+            None => {
+                let rows = self.store.versions(subject.as_str()).await?;
+                rows.iter().map(|r| r.version).max().unwrap_or(0) + 1
+            }
+        };
+        if !self.store.import_schema(id, parsed).await? {
+            return Err(RegistryError::OperationNotPermitted(format!(
+                "Overwrite new schema with id {id} is not permitted."
+            )));
+        }
+        if !self
+            .store
+            .import_version(subject.as_str(), version, id)
+            .await?
+        {
+            return Err(RegistryError::OperationNotPermitted(format!(
+                "subject {subject} already has version {version}, or schema {id} in another version"
+            )));
+        }
+        tracing::info!(%subject, version, id, "schema imported");
+        Ok(id)
     }
 
     /// Finds the version of `subject` holding `submission`.
@@ -169,6 +228,9 @@ impl Registry {
         subject: &Subject,
         permanent: bool,
     ) -> Result<Vec<i64>, RegistryError> {
+        if self.effective_mode(subject).await? == Mode::ReadOnly {
+            return Err(read_only(subject));
+        }
         let rows = self.store.versions(subject.as_str()).await?;
         if rows.is_empty() {
             return Err(RegistryError::subject_not_found(subject));
@@ -200,6 +262,9 @@ impl Registry {
         spec: VersionSpec,
         permanent: bool,
     ) -> Result<i64, RegistryError> {
+        if self.effective_mode(subject).await? == Mode::ReadOnly {
+            return Err(read_only(subject));
+        }
         let rows = self.store.versions(subject.as_str()).await?;
         if rows.is_empty() {
             return Err(RegistryError::subject_not_found(subject));
@@ -314,6 +379,63 @@ impl Registry {
         Ok(previous)
     }
 
+    /// The registry's mode: READWRITE unless set.
+    pub async fn global_mode(&self) -> Result<Mode, RegistryError> {
+        match self.store.mode(GLOBAL).await? {
+            Some(mode) => mode.parse(),
+            None => Ok(Mode::ReadWrite),
+        }
+    }
+
+    pub async fn subject_mode(&self, subject: &Subject) -> Result<Option<Mode>, RegistryError> {
+        self.store
+            .mode(subject.as_str())
+            .await?
+            .map(|mode| mode.parse())
+            .transpose()
+    }
+
+    /// Sets the mode of `subject`, or the registry's with `None`. IMPORT only where there is
+    /// nothing yet (an id imported over a registered one would change what readers resolved),
+    /// unless `force`.
+    pub async fn set_mode(
+        &self,
+        subject: Option<&Subject>,
+        mode: Mode,
+        force: bool,
+    ) -> Result<(), RegistryError> {
+        if mode == Mode::Import && !force {
+            let occupied = match subject {
+                Some(subject) => !self.store.versions(subject.as_str()).await?.is_empty(),
+                None => !self.store.subjects(true).await?.is_empty(),
+            };
+            if occupied {
+                return Err(RegistryError::OperationNotPermitted(
+                    "Cannot import since found existing subjects".to_owned(),
+                ));
+            }
+        }
+        let key = subject.map_or(GLOBAL, Subject::as_str);
+        Ok(self.store.set_mode(key, mode.as_str()).await?)
+    }
+
+    /// Removes the mode of `subject`; returns the one it had.
+    pub async fn delete_subject_mode(&self, subject: &Subject) -> Result<Mode, RegistryError> {
+        let previous = self
+            .subject_mode(subject)
+            .await?
+            .ok_or_else(|| RegistryError::SubjectModeNotFound(subject.to_string()))?;
+        self.store.delete_mode(subject.as_str()).await?;
+        Ok(previous)
+    }
+
+    async fn effective_mode(&self, subject: &Subject) -> Result<Mode, RegistryError> {
+        match self.subject_mode(subject).await? {
+            Some(mode) => Ok(mode),
+            None => self.global_mode().await,
+        }
+    }
+
     async fn effective_level(
         &self,
         subject: &Subject,
@@ -342,6 +464,10 @@ impl Registry {
         }
         Ok(rows)
     }
+}
+
+fn read_only(subject: &Subject) -> RegistryError {
+    RegistryError::OperationNotPermitted(format!("Subject {subject} is in read-only mode"))
 }
 
 fn view(subject: &Subject, row: &VersionRow) -> VersionView {

@@ -1,4 +1,4 @@
-//! Storage for schemas, subject versions and compatibility settings.
+//! Storage for schemas, subject versions, compatibility settings and modes.
 //!
 //! One SQL dialect serves PostgreSQL and SQLite (sqlx's `Any` driver, `$N` parameters, no
 //! vendor functions). Ids and versions are allocated as `MAX + 1` under unique constraints:
@@ -189,32 +189,132 @@ impl Store {
         Ok(query.execute(&self.pool).await?.rows_affected())
     }
 
+    pub async fn mode(&self, key: &str) -> Result<Option<String>, sqlx::Error> {
+        self.setting("SELECT mode FROM registry_mode WHERE subject = $1", key)
+            .await
+    }
+
+    pub async fn set_mode(&self, key: &str, mode: &str) -> Result<(), sqlx::Error> {
+        self.set_setting(
+            "INSERT INTO registry_mode (subject, mode) VALUES ($1, $2)
+             ON CONFLICT (subject) DO UPDATE SET mode = excluded.mode",
+            key,
+            mode,
+        )
+        .await
+    }
+
+    pub async fn delete_mode(&self, key: &str) -> Result<(), sqlx::Error> {
+        self.set_setting("DELETE FROM registry_mode WHERE subject = $1", key, "")
+            .await
+    }
+
+    /// Stores `schema` under the id it had in another registry (IMPORT mode). `Ok(false)` when
+    /// the id or the schema is already taken by something else: an import must not rewrite
+    /// what readers already resolved.
+    pub async fn import_schema(&self, id: i64, schema: &ParsedSchema) -> Result<bool, sqlx::Error> {
+        let existing = sqlx::query("SELECT fingerprint FROM registry_schemas WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        if let Some(row) = existing {
+            return Ok(row.try_get::<String, _>(0)? == schema.fingerprint);
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO registry_schemas (id, fingerprint, schema_type, schema_text)
+             VALUES ($1, $2, 'AVRO', $3)",
+        )
+        .bind(id)
+        .bind(&schema.fingerprint)
+        .bind(&schema.canonical)
+        .execute(&self.pool)
+        .await;
+        match inserted {
+            Ok(_) => Ok(true),
+            Err(e) if is_unique_violation(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Adds `version` of `subject` as it was in another registry (IMPORT mode). `Ok(false)` when
+    /// the subject already has that version with another schema, or that schema live elsewhere.
+    pub async fn import_version(
+        &self,
+        subject: &str,
+        version: i64,
+        schema_id: i64,
+    ) -> Result<bool, sqlx::Error> {
+        let existing = sqlx::query(
+            "SELECT schema_id FROM registry_versions WHERE subject = $1 AND version = $2",
+        )
+        .bind(subject)
+        .bind(version)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(row) = existing {
+            return Ok(row.try_get::<i64, _>(0)? == schema_id);
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO registry_versions (subject, version, schema_id, deleted) VALUES ($1, $2, $3, 0)",
+        )
+        .bind(subject)
+        .bind(version)
+        .bind(schema_id)
+        .execute(&self.pool)
+        .await;
+        match inserted {
+            Ok(_) => Ok(true),
+            Err(e) if is_unique_violation(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     pub async fn config(&self, key: &str) -> Result<Option<String>, sqlx::Error> {
-        let row = sqlx::query("SELECT compatibility FROM registry_config WHERE subject = $1")
+        self.setting(
+            "SELECT compatibility FROM registry_config WHERE subject = $1",
+            key,
+        )
+        .await
+    }
+
+    pub async fn set_config(&self, key: &str, level: &str) -> Result<(), sqlx::Error> {
+        self.set_setting(
+            "INSERT INTO registry_config (subject, compatibility) VALUES ($1, $2)
+             ON CONFLICT (subject) DO UPDATE SET compatibility = excluded.compatibility",
+            key,
+            level,
+        )
+        .await
+    }
+
+    pub async fn delete_config(&self, key: &str) -> Result<(), sqlx::Error> {
+        self.set_setting("DELETE FROM registry_config WHERE subject = $1", key, "")
+            .await
+    }
+
+    /// A per-subject setting (compatibility, mode): `sql` selects it by subject, `$1`.
+    async fn setting(&self, sql: &'static str, key: &str) -> Result<Option<String>, sqlx::Error> {
+        let row = sqlx::query(sql)
             .bind(key)
             .fetch_optional(&self.pool)
             .await?;
         row.map(|r| r.try_get(0)).transpose()
     }
 
-    pub async fn set_config(&self, key: &str, level: &str) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO registry_config (subject, compatibility) VALUES ($1, $2)
-             ON CONFLICT (subject) DO UPDATE SET compatibility = excluded.compatibility",
-        )
-        .bind(key)
-        .bind(level)
-        .execute(&self.pool)
-        .await
-        .map(drop)
-    }
-
-    pub async fn delete_config(&self, key: &str) -> Result<(), sqlx::Error> {
-        sqlx::query("DELETE FROM registry_config WHERE subject = $1")
-            .bind(key)
-            .execute(&self.pool)
-            .await
-            .map(drop)
+    /// Changes a per-subject setting: `sql` takes the subject as `$1` and, unless it deletes,
+    /// the value as `$2` (bound only when named: PostgreSQL refuses a parameter it is not asked
+    /// for).
+    async fn set_setting(
+        &self,
+        sql: &'static str,
+        key: &str,
+        value: &str,
+    ) -> Result<(), sqlx::Error> {
+        let mut query = sqlx::query(sql).bind(key);
+        if sql.contains("$2") {
+            query = query.bind(value);
+        }
+        query.execute(&self.pool).await.map(drop)
     }
 }
 
