@@ -163,6 +163,8 @@ async fn one_trace_runs_from_the_clinics_request_through_every_service_and_back(
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
         // Export spans every 100 ms rather than every 5 s.
         .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        // Closing its stdin asks the child to stop its services and its broker.
+        .stdin(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
@@ -187,7 +189,11 @@ async fn one_trace_runs_from_the_clinics_request_through_every_service_and_back(
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let _ = child.kill().await;
+    drop(child.stdin.take());
+    match tokio::time::timeout(Duration::from_secs(30), child.wait()).await {
+        Ok(status) => assert!(status.unwrap().success(), "the flow did not stop cleanly"),
+        Err(_) => panic!("the flow did not stop within 30 s of being asked"),
+    }
 
     let by_id: HashMap<&str, &Span> = trace.iter().map(|s| (s.span_id.as_str(), s)).collect();
     let ancestors = |span: &Span| {
@@ -361,9 +367,18 @@ async fn run_flow() {
         seen["alerts"].as_array().is_some_and(|a| !a.is_empty())
     })
     .await;
-    // The parent ends this process once the whole trace has arrived.
-    tokio::time::sleep(Duration::from_secs(120)).await;
-    drop(services);
+    // The parent closes stdin once the whole trace has arrived (or went away); then the
+    // services stop and the broker with the stack, leaving no process behind.
+    let (closed, stdin_closed) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
+        let _ = closed.send(());
+    });
+    let _ = tokio::time::timeout(Duration::from_secs(120), stdin_closed).await;
+    for service in services {
+        service.stop().await;
+    }
+    drop(stack);
 }
 
 /// A fixture as a clinic would send it today (the examples were written in 2020, and a
