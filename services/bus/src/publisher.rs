@@ -180,8 +180,9 @@ impl Publisher {
             ),
         ];
         trace::inject(&span, &mut list);
-        self.send_raw(
+        self.send(
             &topic,
+            name,
             envelope.patient_ref.as_bytes(),
             &encoded.payload,
             &list,
@@ -198,20 +199,26 @@ impl Publisher {
         payload: &[u8],
         list: &HeaderList,
     ) -> Result<Delivery, PublishError> {
+        // The event type travels in a header, so dead letters and redrives count under theirs.
+        let event_type = headers::get(list, headers::EVENT_TYPE).unwrap_or("unknown");
+        self.send(topic, event_type, key, payload, list).await
+    }
+
+    async fn send(
+        &self,
+        topic: &str,
+        event_type: &str,
+        key: &[u8],
+        payload: &[u8],
+        list: &HeaderList,
+    ) -> Result<Delivery, PublishError> {
         let record = FutureRecord::to(topic)
             .key(key)
             .payload(payload)
             .headers(headers::to_owned_headers(list));
-        // The event type travels in a header, so dead letters and redrives count under theirs.
-        let event_type = list
-            .iter()
-            .find(|(name, _)| name == headers::EVENT_TYPE)
-            .and_then(|(_, value)| std::str::from_utf8(value).ok())
-            .unwrap_or("unknown")
-            .to_owned();
         let label = [
             opentelemetry::KeyValue::new("topic", topic.to_owned()),
-            opentelemetry::KeyValue::new("event_type", event_type),
+            opentelemetry::KeyValue::new("event_type", event_type.to_owned()),
         ];
         let started = std::time::Instant::now();
         match self

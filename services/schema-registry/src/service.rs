@@ -126,10 +126,8 @@ impl Registry {
             )));
         }
         let version = match submission.version {
-            Some(v) => match VersionSpec::parse(&v.to_string())? {
-                VersionSpec::Number(n) => n,
-                VersionSpec::Latest => return Err(RegistryError::InvalidVersion(v.to_string())),
-            },
+            Some(v) if (1..=i64::from(i32::MAX)).contains(&v) => v,
+            Some(v) => return Err(RegistryError::InvalidVersion(v.to_string())),
             None => {
                 let rows = self.store.versions(subject.as_str()).await?;
                 rows.iter().map(|r| r.version).max().unwrap_or(0) + 1

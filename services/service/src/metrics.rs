@@ -75,8 +75,8 @@ pub fn render() -> String {
     text
 }
 
-/// `app` with `/metrics` and its requests measured, for a server that is not a [`crate::run::Service`]
-/// (the schema registry).
+/// `app` with `/metrics` and every request measured: each [`crate::run::Service`], and the
+/// schema registry, which is not one.
 pub fn measured(app: axum::Router) -> axum::Router {
     axum::Router::new()
         .route("/metrics", axum::routing::get(scrape))
@@ -162,24 +162,17 @@ fn encode_data<T: Number>(
             }
         }
         // An up-down counter (live streams) is a gauge to Prometheus.
-        MetricData::Sum(sum) => {
-            let points = sum
+        MetricData::Sum(sum) => encode_gauge(
+            encoder.encode_descriptor(name, help, unit, MetricType::Gauge)?,
+            sum.data_points()
+                .map(|p| (labels(p.attributes()), p.value().as_f64())),
+        )?,
+        MetricData::Gauge(gauge) => encode_gauge(
+            encoder.encode_descriptor(name, help, unit, MetricType::Gauge)?,
+            gauge
                 .data_points()
-                .map(|p| (labels(p.attributes()), p.value().as_f64()));
-            encode_gauge(
-                encoder.encode_descriptor(name, help, unit, MetricType::Gauge)?,
-                points,
-            )?;
-        }
-        MetricData::Gauge(gauge) => {
-            let points = gauge
-                .data_points()
-                .map(|p| (labels(p.attributes()), p.value().as_f64()));
-            encode_gauge(
-                encoder.encode_descriptor(name, help, unit, MetricType::Gauge)?,
-                points,
-            )?;
-        }
+                .map(|p| (labels(p.attributes()), p.value().as_f64())),
+        )?,
         MetricData::Histogram(histogram) => {
             let mut family = encoder.encode_descriptor(name, help, unit, MetricType::Histogram)?;
             for point in histogram.data_points() {

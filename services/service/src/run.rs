@@ -172,14 +172,11 @@ impl Service {
         let probes = Router::new()
             .route("/health", get(health))
             .route("/ready", get(ready))
-            .route("/metrics", get(crate::metrics::scrape))
             .with_state(Probe { name, database });
         Ok(Self {
             name,
             listener,
-            app: probes
-                .merge(app)
-                .layer(axum::middleware::from_fn(crate::observe::observe)),
+            app: crate::metrics::measured(probes.merge(app)),
             consumers,
             servers: Vec::new(),
             stopping,
