@@ -630,6 +630,257 @@ async fn modes_freeze_a_registry_and_import_keeps_ids_and_versions(registry: &Te
 const V1_OTHER: &str = r#"{"type":"record","name":"Imported","namespace":"t","fields":[{"name":"id","type":"string"}]}"#;
 const V2_OTHER: &str = r#"{"type":"record","name":"Imported","namespace":"t","fields":[{"name":"id","type":"string"},{"name":"n","type":"int","default":0}]}"#;
 
+const ADDRESS_V1: &str = r#"{"type":"record","name":"Address","namespace":"com.example","fields":[{"name":"street","type":"string"}]}"#;
+/// V1 plus an optional field: BACKWARD-compatible.
+const ADDRESS_V2: &str = r#"{"type":"record","name":"Address","namespace":"com.example","fields":[{"name":"street","type":"string"},{"name":"city","type":["null","string"],"default":null}]}"#;
+/// `street` becomes a number: no earlier reader of addresses can read it.
+const ADDRESS_NUMBERED: &str = r#"{"type":"record","name":"Address","namespace":"com.example","fields":[{"name":"street","type":"int"}]}"#;
+/// Uses `com.example.Address` by name only: it resolves through a reference.
+const PERSON: &str = r#"{"type":"record","name":"Person","namespace":"com.example","fields":[{"name":"name","type":"string"},{"name":"home","type":"com.example.Address"}]}"#;
+
+fn with_references(schema: &str, references: Value) -> String {
+    json!({ "schema": schema, "references": references }).to_string()
+}
+
+fn address_ref(version: i64) -> Value {
+    json!([{ "name": "com.example.Address", "subject": "address", "version": version }])
+}
+
+/// Confluent's schema references: a schema names a type another subject's version defines; the
+/// registry resolves it on registration, lookup and compatibility (on the whole shape, not only
+/// the name), returns the references with the schema, and refuses to delete what is referenced.
+async fn references_resolve_and_referenced_versions_cannot_be_deleted(registry: &TestRegistry) {
+    let address = register(registry, "address", ADDRESS_V1).await;
+
+    // Without its reference the type is unknown; a reference to nothing is refused, not stored.
+    for (body, why) in [
+        (schema_body(PERSON), "Address"),
+        (
+            with_references(
+                PERSON,
+                json!([{ "name": "com.example.Address", "subject": "address", "version": 9 }]),
+            ),
+            "no version 9",
+        ),
+        (
+            with_references(
+                PERSON,
+                json!([{ "name": "com.example.Address", "subject": "nowhere", "version": 1 }]),
+            ),
+            "nowhere",
+        ),
+        (
+            with_references(
+                PERSON,
+                json!([{ "name": "", "subject": "address", "version": 1 }]),
+            ),
+            "full name",
+        ),
+    ] {
+        let r = registry
+            .call("POST", "/subjects/person-value/versions", Some(&body))
+            .await;
+        assert_eq!(
+            (r.status, r.body["error_code"].as_i64()),
+            (422, Some(42201)),
+            "{body}: {r:?}"
+        );
+        assert!(r.body["message"].as_str().unwrap().contains(why), "{r:?}");
+    }
+    assert_eq!(
+        registry
+            .call("GET", "/subjects/person-value/versions", None)
+            .await
+            .status,
+        404
+    );
+
+    let body = with_references(PERSON, address_ref(1));
+    let r = registry
+        .call("POST", "/subjects/person-value/versions", Some(&body))
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let person = r.body["id"].as_i64().unwrap();
+    assert_ne!(person, address);
+    // Idempotent; `-1` pins the latest version, which is the same reference.
+    let again = with_references(PERSON, address_ref(-1));
+    let r = registry
+        .call("POST", "/subjects/person-value/versions", Some(&again))
+        .await;
+    assert_eq!(r.body["id"].as_i64(), Some(person), "{r:?}");
+
+    // Read back with its references, by version and by id; found by lookup with them.
+    let version = registry
+        .call("GET", "/subjects/person-value/versions/1", None)
+        .await;
+    assert_eq!(version.body["references"], address_ref(1));
+    assert!(same_schema_with(
+        version.body["schema"].as_str().unwrap(),
+        PERSON,
+        &[ADDRESS_V1]
+    ));
+    let by_id = registry
+        .call("GET", &format!("/schemas/ids/{person}"), None)
+        .await;
+    assert_eq!(by_id.body["references"], address_ref(1), "{by_id:?}");
+    let plain = registry
+        .call("GET", &format!("/schemas/ids/{address}"), None)
+        .await;
+    assert!(
+        plain.body.get("references").is_none(),
+        "no references, no field: {plain:?}"
+    );
+    let found = registry
+        .call("POST", "/subjects/person-value", Some(&body))
+        .await;
+    assert_eq!(
+        (found.status, found.body["id"].as_i64()),
+        (200, Some(person))
+    );
+    let referrers = registry
+        .call("GET", "/subjects/address/versions/1/referencedby", None)
+        .await;
+    assert_eq!(referrers.body, json!([person]));
+
+    // A new Address version: Person over it is another schema (another id), a new version.
+    let address2 = register(registry, "address", ADDRESS_V2).await;
+    let r = registry
+        .call(
+            "POST",
+            "/subjects/person-value/versions",
+            Some(&with_references(PERSON, address_ref(2))),
+        )
+        .await;
+    let person2 = r.body["id"].as_i64().expect("id");
+    assert!(person2 > address2, "{r:?}");
+    assert_eq!(
+        registry
+            .call("GET", "/subjects/person-value/versions", None)
+            .await
+            .body,
+        json!([1, 2])
+    );
+
+    // Compatibility sees through the reference: the same Person text over an Address whose
+    // street is a number cannot read what person-value holds.
+    registry
+        .call(
+            "PUT",
+            "/config/address",
+            Some(r#"{"compatibility":"NONE"}"#),
+        )
+        .await;
+    register(registry, "address", ADDRESS_NUMBERED).await;
+    let r = registry
+        .call(
+            "POST",
+            "/subjects/person-value/versions",
+            Some(&with_references(PERSON, address_ref(3))),
+        )
+        .await;
+    assert_eq!(r.status, 409, "{r:?}");
+    assert!(
+        r.body["message"].as_str().unwrap().contains("'home'"),
+        "{r:?}"
+    );
+    let check = registry
+        .call(
+            "POST",
+            "/compatibility/subjects/person-value/versions/latest?verbose=true",
+            Some(&with_references(PERSON, address_ref(3))),
+        )
+        .await;
+    assert_eq!(check.body["is_compatible"], false, "{check:?}");
+
+    // A referenced version cannot go, softly or at all, nor can its subject; nothing changes.
+    for path in ["/subjects/address/versions/1", "/subjects/address"] {
+        let r = registry.call("DELETE", path, None).await;
+        assert_eq!(
+            (r.status, r.body["error_code"].as_i64()),
+            (422, Some(42206)),
+            "{path}: {r:?}"
+        );
+        assert!(
+            r.body["message"]
+                .as_str()
+                .unwrap()
+                .contains("subject=address,version=1"),
+            "{r:?}"
+        );
+    }
+    assert_eq!(
+        registry
+            .call("GET", "/subjects/address/versions", None)
+            .await
+            .body,
+        json!([1, 2, 3])
+    );
+    // Version 3 is referenced by nothing registered (the 409 stored nothing).
+    assert_eq!(
+        registry
+            .call("DELETE", "/subjects/address/versions/3", None)
+            .await
+            .status,
+        200
+    );
+
+    // Once person-value is soft-deleted, Address may be soft-deleted; but readers of the
+    // soft-deleted Person schemas (still readable by id) need Address, so it stays until they go.
+    assert_eq!(
+        registry
+            .call("DELETE", "/subjects/person-value", None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        registry
+            .call("GET", "/subjects/address/versions/1/referencedby", None)
+            .await
+            .body,
+        json!([])
+    );
+    assert_eq!(
+        registry
+            .call("DELETE", "/subjects/address", None)
+            .await
+            .status,
+        200
+    );
+    let r = registry
+        .call("DELETE", "/subjects/address?permanent=true", None)
+        .await;
+    assert_eq!(r.body["error_code"].as_i64(), Some(42206), "{r:?}");
+    assert_eq!(
+        registry
+            .call("GET", &format!("/schemas/ids/{person}"), None)
+            .await
+            .body["references"],
+        address_ref(1)
+    );
+    assert_eq!(
+        registry
+            .call("DELETE", "/subjects/person-value?permanent=true", None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        registry
+            .call("DELETE", "/subjects/address?permanent=true", None)
+            .await
+            .status,
+        200
+    );
+}
+
+/// Whether `text` (which uses referenced types by name) is `expected` over `referenced`.
+fn same_schema_with(text: &str, expected: &str, referenced: &[&str]) -> bool {
+    let (a, _) = apache_avro::Schema::parse_str_with_list(text, referenced).unwrap();
+    let (b, _) = apache_avro::Schema::parse_str_with_list(expected, referenced).unwrap();
+    serde_json::to_value(&a).unwrap() == serde_json::to_value(&b).unwrap()
+}
+
 on_both_backends!(
     registering_is_idempotent_and_ids_are_global,
     lookup_finds_versions_and_reports_what_is_missing,
@@ -638,6 +889,7 @@ on_both_backends!(
     bad_input_gets_a_confluent_error_and_stores_nothing,
     compatibility_config_resources,
     modes_freeze_a_registry_and_import_keeps_ids_and_versions,
+    references_resolve_and_referenced_versions_cannot_be_deleted,
 );
 
 /// `hixbus registry import` copies another registry (here a hixbus one on SQLite, speaking the
@@ -662,6 +914,18 @@ async fn a_registry_is_imported_with_its_ids_and_confluents_client_reads_it() {
             Some(r#"{"compatibility":"FULL"}"#),
         )
         .await;
+    // A schema with a reference comes along with it, under its id.
+    register(&source, "address", ADDRESS_V1).await;
+    let person = source
+        .call(
+            "POST",
+            "/subjects/person-value/versions",
+            Some(&with_references(PERSON, address_ref(1))),
+        )
+        .await
+        .body["id"]
+        .as_i64()
+        .expect("id");
 
     let target = TestRegistry::fresh(hixbus_tests::Backend::Postgres).await;
     let (from, to) = (source.url.clone(), target.url.clone());
@@ -679,7 +943,11 @@ async fn a_registry_is_imported_with_its_ids_and_confluents_client_reads_it() {
         "{stdout}{}",
         String::from_utf8_lossy(&run.stderr)
     );
-    assert!(stdout.contains("imported 2 schema versions"), "{stdout}");
+    assert!(stdout.contains("imported 4 schema versions"), "{stdout}");
+    let imported = target
+        .call("GET", &format!("/schemas/ids/{person}"), None)
+        .await;
+    assert_eq!(imported.body["references"], address_ref(1), "{imported:?}");
     assert!(
         stdout.contains("1 subject compatibility levels"),
         "{stdout}"
@@ -697,27 +965,16 @@ async fn a_registry_is_imported_with_its_ids_and_confluents_client_reads_it() {
         "schema": V2,
         "compatibility": "FULL",
         "next_schema": V2_WITH_PHONE,
-        "next_id": latest + 1,
+        "next_id": person + 1,
     });
     let dir = tempfile::tempdir().unwrap();
     let expected_path = dir.path().join("expected.json");
     std::fs::write(&expected_path, expected.to_string()).unwrap();
-    let python = std::env::var("HIXBUS_PYTHON").unwrap_or_else(|_| "python3".to_owned());
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/registry_import_check.py");
-    let check = tokio::process::Command::new(&python)
-        .arg(&script)
-        .arg(&target.url)
-        .arg(&expected_path)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "python check failed:\n{}\n{}",
-        String::from_utf8_lossy(&check.stdout),
-        String::from_utf8_lossy(&check.stderr)
-    );
+    hixbus_tests::python_check(
+        "registry_import_check.py",
+        &[target.url.as_ref(), expected_path.as_ref()],
+    )
+    .await;
 
     // The target now has schemas of its own: importing over them needs --force.
     let again = tokio::task::spawn_blocking(import).await.unwrap();
@@ -736,3 +993,99 @@ async fn a_registry_is_imported_with_its_ids_and_confluents_client_reads_it() {
 
 /// V2 plus another optional field: FULL-compatible with V2.
 const V2_WITH_PHONE: &str = r#"{"type":"record","name":"Patient","namespace":"t","fields":[{"name":"id","type":"string"},{"name":"name","type":"string"},{"name":"email","type":["null","string"],"default":null},{"name":"phone","type":["null","string"],"default":null}]}"#;
+
+/// Confluent's Python client registers a schema with a reference, reads it back, serializes and
+/// deserializes records through it, and is refused deleting what it references
+/// (tests/python/registry_references_check.py).
+#[tokio::test]
+async fn confluents_client_registers_and_reads_schemas_with_references() {
+    let registry = TestRegistry::fresh(hixbus_tests::Backend::Postgres).await;
+    hixbus_tests::python_check("registry_references_check.py", &[registry.url.as_ref()]).await;
+}
+
+/// A Confluent registry's backup (its `_schemas` topic dumped with keys, as Confluent's backup
+/// procedure does) is imported: live versions with their ids, versions and references; levels;
+/// soft-deleted and permanently deleted versions left out.
+#[tokio::test]
+async fn a_confluent_schemas_backup_is_imported_with_ids_references_and_levels() {
+    let record = |subject: &str,
+                  version: i64,
+                  id: i64,
+                  schema: &str,
+                  refs: Value,
+                  deleted: bool| {
+        let key = json!({"keytype": "SCHEMA", "subject": subject, "version": version, "magic": 1});
+        let mut value = json!({"subject": subject, "version": version, "id": id, "schema": schema, "deleted": deleted});
+        if refs != json!([]) {
+            value["references"] = refs;
+        }
+        format!("{key}\t{value}")
+    };
+    let log = [
+        r#"{"keytype":"NOOP","magic":0}	null"#.to_owned(),
+        r#"{"keytype":"CONFIG","subject":null,"magic":0}	{"compatibilityLevel":"FULL"}"#.to_owned(),
+        record("address", 1, 21, ADDRESS_V1, json!([]), false),
+        record("person-value", 1, 40, PERSON, address_ref(1), false),
+        record("gone-value", 1, 30, V1_OTHER, json!([]), false),
+        record("address", 2, 22, ADDRESS_V2, json!([]), false),
+        r#"{"keytype":"CONFIG","subject":"address","magic":0}	{"compatibilityLevel":"NONE"}"#.to_owned(),
+        // address v2 soft-deleted, gone-value permanently deleted.
+        r#"{"keytype":"DELETE_SUBJECT","subject":"address","magic":0}	{"subject":"address","version":2}"#.to_owned(),
+        record("address", 2, 22, ADDRESS_V2, json!([]), true),
+        r#"{"keytype":"SCHEMA","subject":"gone-value","version":1,"magic":1}	null"#.to_owned(),
+    ]
+    .join("\n");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("schemas.log");
+    std::fs::write(&path, log).unwrap();
+
+    let target = TestRegistry::fresh(hixbus_tests::Backend::Sqlite).await;
+    let to = target.url.clone();
+    let run = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(hixbus_tests::hixbus_bin())
+            .args(["registry", "import", "--to", &to, "--from-schemas-log"])
+            .arg(&path)
+            .env("HIXBUS_LOG", "error")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(stdout.contains("imported 2 schema versions"), "{stdout}");
+
+    assert_eq!(
+        target.call("GET", "/subjects", None).await.body,
+        json!(["address", "person-value"])
+    );
+    let person = target
+        .call("GET", "/subjects/person-value/versions/1", None)
+        .await;
+    assert_eq!(
+        (person.body["id"].as_i64(), &person.body["references"]),
+        (Some(40), &address_ref(1))
+    );
+    assert_eq!(
+        target.call("GET", "/schemas/ids/21", None).await.status,
+        200
+    );
+    assert_eq!(
+        target.call("GET", "/schemas/ids/22", None).await.status,
+        404
+    );
+    assert_eq!(
+        target.call("GET", "/config", None).await.body["compatibilityLevel"],
+        "FULL"
+    );
+    assert_eq!(
+        target.call("GET", "/config/address", None).await.body["compatibilityLevel"],
+        "NONE"
+    );
+    // New registrations follow the imported ids.
+    assert_eq!(register(&target, "other-value", V2_OTHER).await, 41);
+}

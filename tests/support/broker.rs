@@ -72,6 +72,8 @@ pub enum Engine {
 pub struct Tansu {
     port: u16,
     engine: Engine,
+    /// `--authentication`: every client must authenticate (SASL).
+    authentication: bool,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
@@ -90,6 +92,7 @@ impl Tansu {
         let mut tansu = Self {
             port,
             engine,
+            authentication: false,
             dir,
             child: None,
         };
@@ -112,6 +115,37 @@ impl Tansu {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Creates a SCRAM-SHA-512 credential with Tansu's own tool. Before
+    /// [`require_authentication`](Self::require_authentication): an authenticating Tansu takes no
+    /// request from a client that has not authenticated, and its tool does not.
+    pub fn create_scram_user(&self, name: &str, password: &str) {
+        let out = Command::new(tansu_bin())
+            .args([
+                "user",
+                "create",
+                "--broker",
+                &format!("tcp://127.0.0.1:{}", self.port),
+            ])
+            .args([name, password])
+            .env("RUST_LOG", "error")
+            .output()
+            .expect("tansu user create");
+        assert!(
+            out.status.success(),
+            "tansu user create {name}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Restarts the broker (same port and storage: use [`Engine::Sqlite`] to keep credentials)
+    /// requiring every client to authenticate. Tansu checks SCRAM credentials; it accepts any
+    /// PLAIN password and enforces no ACLs (docs/operations.md).
+    pub fn require_authentication(&mut self) {
+        self.authentication = true;
+        self.restart();
     }
 
     /// Starts the broker again on the same port and storage.
@@ -137,6 +171,7 @@ impl Tansu {
             .args(["broker", "--listener-url", &listener])
             .args(["--advertised-listener-url", &listener])
             .args(["--storage-engine", storage])
+            .args(self.authentication.then_some("--authentication"))
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             // The group coordinator's decisions (leaders, expelled members), a few lines per
             // rebalance: what a post-mortem of a group that never formed needs.

@@ -358,6 +358,27 @@ pub fn directory_with_keys(
 /// The `hixbus` binary the services run as: `HIXBUS_BIN`, else the release build beside this
 /// test's target directory (`tests/run` builds it: the flow at 200/s needs optimized
 /// services; the debug build carries about a third of that), else the debug build.
+/// Runs `tests/python/SCRIPT ARGS…` with the Python that has Confluent's client
+/// (`HIXBUS_PYTHON`, which tests/run sets), and fails the test with its output unless it passes.
+pub async fn python_check(script: &str, args: &[&std::ffi::OsStr]) {
+    let python = std::env::var("HIXBUS_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("python")
+        .join(script);
+    let check = tokio::process::Command::new(&python)
+        .arg(&path)
+        .args(args)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("{python} {}: {e}", path.display()));
+    assert!(
+        check.status.success(),
+        "{script} failed:\n{}\n{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+}
+
 pub fn hixbus_bin() -> PathBuf {
     if let Ok(bin) = std::env::var("HIXBUS_BIN") {
         return bin.into();

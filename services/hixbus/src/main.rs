@@ -1,5 +1,6 @@
 //! `hixbus`: one binary for every hixbus process and operator task.
 
+mod acls;
 mod audit;
 mod bus_args;
 mod demo;

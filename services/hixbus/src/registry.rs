@@ -1,10 +1,11 @@
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Args, Subcommand};
-use hixbus_contracts::registry::RegistryClient;
+use hixbus_contracts::registry::{RegistryClient, SubjectVersion};
 use hixbus_contracts::{Catalog, gate};
 use hixbus_schema_registry::domain::CompatibilityLevel;
 use hixbus_schema_registry::store::Store;
@@ -24,13 +25,19 @@ pub enum RegistryCommand {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["from", "from_schemas_log"])))]
 pub struct ImportArgs {
-    /// The registry to copy from.
+    /// The registry to copy from (its REST API).
     #[arg(long, value_name = "URL")]
-    from: String,
+    from: Option<String>,
     /// Its credentials, USER:PASSWORD (HTTP Basic: a Confluent Cloud API key and secret).
-    #[arg(long, value_name = "USER:PASSWORD", env = "HIXBUS_IMPORT_FROM_AUTH", value_parser = crate::bus_args::parse_credentials)]
+    #[arg(long, value_name = "USER:PASSWORD", env = "HIXBUS_IMPORT_FROM_AUTH", value_parser = crate::bus_args::parse_credentials, requires = "from")]
     from_auth: Option<crate::bus_args::RegistryCredentials>,
+    /// Or a Confluent registry's backup: its `_schemas` topic as Confluent's backup procedure
+    /// writes it (`kafka-console-consumer --topic _schemas --from-beginning --property
+    /// print.key=true`: one record per line, key TAB value, `null` for a tombstone).
+    #[arg(long, value_name = "FILE")]
+    from_schemas_log: Option<PathBuf>,
     /// The hixbus registry to copy into: empty, or `--force`.
     #[arg(long, value_name = "URL", env = "HIXBUS_REGISTRY_URL")]
     to: String,
@@ -121,66 +128,268 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// What an import copies: live schema versions, the global compatibility level and the levels
+/// subjects set themselves.
+#[derive(Debug, Default)]
+struct Export {
+    schemas: Vec<SubjectVersion>,
+    global_level: Option<String>,
+    subject_levels: BTreeMap<String, String>,
+}
+
 /// The source's live schemas, oldest id first, into the target in IMPORT mode; then the target
 /// is READWRITE again (also when the import fails half-way, so it is not left taking ids).
 async fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
-    use hixbus_contracts::registry::VersionRef;
-    use secrecy::ExposeSecret;
-    let mut from = RegistryClient::new(&args.from)?;
-    if let Some(c) = &args.from_auth {
-        from = from.with_basic_auth(&c.org, c.key.expose_secret());
-    }
-    let to = crate::bus_args::registry_client(&args.to, &args.to_access)?;
-
-    let mut schemas = Vec::new();
-    for subject in from.subjects().await? {
-        for version in from.versions(&subject).await? {
-            let found = from.version(&subject, VersionRef::Number(version)).await?;
-            if found.schema_type.as_deref().is_some_and(|t| t != "AVRO") {
-                anyhow::bail!(
-                    "{subject} version {version} is a {} schema; hixbus registries hold Avro only",
-                    found.schema_type.unwrap_or_default()
-                );
-            }
-            if !found.references.is_empty() {
-                anyhow::bail!(
-                    "{subject} version {version} references other schemas, which this registry does not take yet"
-                );
-            }
-            schemas.push(found);
+    let (mut export, source) = match (&args.from, &args.from_schemas_log) {
+        (Some(url), _) => (
+            read_registry(url, args.from_auth.as_ref()).await?,
+            url.clone(),
+        ),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            (schemas_log::read(&text)?, path.display().to_string())
         }
+        (None, None) => anyhow::bail!("give --from URL or --from-schemas-log FILE"),
+    };
+    if let Some(s) = export
+        .schemas
+        .iter()
+        .find(|s| s.schema_type.as_deref().is_some_and(|t| t != "AVRO"))
+    {
+        anyhow::bail!(
+            "{} version {} is a {} schema; hixbus registries hold Avro only",
+            s.subject,
+            s.version,
+            s.schema_type.as_deref().unwrap_or_default()
+        );
     }
-    schemas.sort_by(|a, b| (a.id, &a.subject, a.version).cmp(&(b.id, &b.subject, b.version)));
+    // A schema is registered after what it references, so it has a higher id: ids ascending
+    // import each reference before its users.
+    export
+        .schemas
+        .sort_by(|a, b| (a.id, &a.subject, a.version).cmp(&(b.id, &b.subject, b.version)));
 
+    let to = crate::bus_args::registry_client(&args.to, &args.to_access)?;
     to.set_mode(None, "IMPORT", args.force).await?;
     let copied = async {
-        for s in &schemas {
-            to.import(&s.subject, &s.schema, s.id, s.version)
+        for s in &export.schemas {
+            to.import(&s.subject, &s.schema, &s.references, s.id, s.version)
                 .await
                 .map_err(|e| {
                     anyhow::anyhow!("{} version {} (id {}): {e}", s.subject, s.version, s.id)
                 })?;
         }
-        let global = from.compatibility_level(None).await?;
-        to.set_compatibility_level(None, &global).await?;
-        let mut subjects: Vec<&str> = schemas.iter().map(|s| s.subject.as_str()).collect();
-        subjects.dedup();
-        let mut levels = 0;
-        for subject in subjects {
-            if let Some(level) = from.subject_compatibility_level(subject).await? {
-                to.set_compatibility_level(Some(subject), &level).await?;
-                levels += 1;
-            }
+        if let Some(level) = &export.global_level {
+            to.set_compatibility_level(None, level).await?;
         }
-        anyhow::Ok(levels)
+        for (subject, level) in &export.subject_levels {
+            to.set_compatibility_level(Some(subject), level).await?;
+        }
+        anyhow::Ok(())
     }
     .await;
     to.set_mode(None, "READWRITE", false).await?;
-    let levels = copied?;
+    copied?;
     println!(
-        "imported {} schema versions with their ids and versions, and {levels} subject compatibility levels, from {}",
-        schemas.len(),
-        args.from
+        "imported {} schema versions with their ids and versions, and {} subject compatibility levels, from {source}",
+        export.schemas.len(),
+        export.subject_levels.len(),
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Every live version of every subject, and the compatibility levels, over the REST API.
+async fn read_registry(
+    url: &str,
+    auth: Option<&crate::bus_args::RegistryCredentials>,
+) -> anyhow::Result<Export> {
+    use hixbus_contracts::registry::VersionRef;
+    use secrecy::ExposeSecret;
+    let mut from = RegistryClient::new(url)?;
+    if let Some(c) = auth {
+        from = from.with_basic_auth(&c.org, c.key.expose_secret());
+    }
+    let mut export = Export {
+        global_level: Some(from.compatibility_level(None).await?),
+        ..Export::default()
+    };
+    for subject in from.subjects().await? {
+        for version in from.versions(&subject).await? {
+            export
+                .schemas
+                .push(from.version(&subject, VersionRef::Number(version)).await?);
+        }
+        if let Some(level) = from.subject_compatibility_level(&subject).await? {
+            export.subject_levels.insert(subject, level);
+        }
+    }
+    Ok(export)
+}
+
+/// Confluent's registry keeps its state in the `_schemas` topic; its documented backup is that
+/// topic dumped by `kafka-console-consumer` with keys. Replaying the log in order (a later record
+/// for a key replaces the earlier, a `null` value removes it) gives the registry's state.
+mod schemas_log {
+    use std::collections::BTreeMap;
+
+    use anyhow::Context;
+    use hixbus_contracts::registry::SubjectVersion;
+    use serde::Deserialize;
+    use serde_json::Value;
+
+    use super::Export;
+
+    /// A backup is a few MB at most; a line this long is not one of its records.
+    const MAX_LINE_BYTES: usize = 8 << 20;
+
+    #[derive(Deserialize)]
+    struct Key {
+        keytype: String,
+        subject: Option<String>,
+        version: Option<i64>,
+    }
+
+    #[derive(Deserialize)]
+    struct SchemaValue {
+        subject: String,
+        version: i32,
+        id: u32,
+        schema: String,
+        #[serde(default, rename = "schemaType")]
+        schema_type: Option<String>,
+        #[serde(default)]
+        references: Vec<Value>,
+        #[serde(default)]
+        deleted: bool,
+    }
+
+    #[derive(Deserialize)]
+    struct ConfigValue {
+        #[serde(rename = "compatibilityLevel")]
+        compatibility_level: String,
+    }
+
+    pub(super) fn read(text: &str) -> anyhow::Result<Export> {
+        let mut schemas: BTreeMap<(String, i64), SchemaValue> = BTreeMap::new();
+        let mut levels: BTreeMap<Option<String>, String> = BTreeMap::new();
+        for (n, line) in text.lines().enumerate() {
+            let at = || format!("line {}", n + 1);
+            if line.trim().is_empty() {
+                continue;
+            }
+            anyhow::ensure!(
+                line.len() <= MAX_LINE_BYTES,
+                "{}: longer than {MAX_LINE_BYTES} bytes",
+                at()
+            );
+            let (key, value) = line.split_once('\t').with_context(|| {
+                format!(
+                    "{}: not KEY<TAB>VALUE (dump with --property print.key=true)",
+                    at()
+                )
+            })?;
+            let key: Key = serde_json::from_str(key).with_context(at)?;
+            let value = value.trim_end();
+            let tombstone = value == "null";
+            match key.keytype.as_str() {
+                "SCHEMA" => {
+                    let (Some(subject), Some(version)) = (key.subject, key.version) else {
+                        anyhow::bail!("{}: a SCHEMA key without subject or version", at());
+                    };
+                    if tombstone {
+                        schemas.remove(&(subject, version));
+                    } else {
+                        let value: SchemaValue = serde_json::from_str(value).with_context(at)?;
+                        anyhow::ensure!(
+                            value.subject == subject && i64::from(value.version) == version,
+                            "{}: the value is {} version {}, the key {subject} version {version}",
+                            at(),
+                            value.subject,
+                            value.version
+                        );
+                        schemas.insert((subject, version), value);
+                    }
+                }
+                "CONFIG" if tombstone => {
+                    levels.remove(&key.subject);
+                }
+                "CONFIG" => {
+                    let value: ConfigValue = serde_json::from_str(value).with_context(at)?;
+                    levels.insert(key.subject, value.compatibility_level);
+                }
+                // Soft deletes also rewrite each SCHEMA record with `deleted`, permanent ones
+                // tombstone them; modes are the target's own business; NOOP keeps the log alive.
+                _ => {}
+            }
+        }
+        let schemas: Vec<SubjectVersion> = schemas
+            .into_values()
+            .filter(|s| !s.deleted)
+            .map(|s| SubjectVersion {
+                subject: s.subject,
+                version: s.version,
+                id: s.id,
+                schema: s.schema,
+                schema_type: s.schema_type,
+                references: s.references,
+            })
+            .collect();
+        let global_level = levels.remove(&None);
+        // A level for a subject that no longer has a live version is dropped, as over REST.
+        let subject_levels = levels
+            .into_iter()
+            .filter_map(|(subject, level)| Some((subject?, level)))
+            .filter(|(subject, _)| schemas.iter().any(|s| &s.subject == subject))
+            .collect();
+        Ok(Export {
+            schemas,
+            global_level,
+            subject_levels,
+        })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn the_log_replays_to_the_live_state() {
+            let log = [
+                r#"{"keytype":"NOOP","magic":0}	null"#,
+                r#"{"keytype":"SCHEMA","subject":"a-value","version":1,"magic":1}	{"subject":"a-value","version":1,"id":1,"schema":"\"string\"","deleted":false}"#,
+                r#"{"keytype":"SCHEMA","subject":"a-value","version":2,"magic":1}	{"subject":"a-value","version":2,"id":3,"schema":"\"int\"","deleted":false}"#,
+                r#"{"keytype":"SCHEMA","subject":"b-value","version":1,"magic":1}	{"subject":"b-value","version":1,"id":2,"schema":"\"long\"","deleted":false}"#,
+                r#"{"keytype":"CONFIG","subject":null,"magic":0}	{"compatibilityLevel":"FULL"}"#,
+                r#"{"keytype":"CONFIG","subject":"a-value","magic":0}	{"compatibilityLevel":"NONE"}"#,
+                // a-value v2 soft-deleted; b-value permanently deleted (with its level).
+                r#"{"keytype":"SCHEMA","subject":"a-value","version":2,"magic":1}	{"subject":"a-value","version":2,"id":3,"schema":"\"int\"","deleted":true}"#,
+                r#"{"keytype":"CONFIG","subject":"b-value","magic":0}	{"compatibilityLevel":"NONE"}"#,
+                r#"{"keytype":"SCHEMA","subject":"b-value","version":1,"magic":1}	null"#,
+            ]
+            .join("\n");
+            let export = read(&log).unwrap();
+            let live: Vec<_> = export
+                .schemas
+                .iter()
+                .map(|s| (s.subject.as_str(), s.version, s.id))
+                .collect();
+            assert_eq!(live, [("a-value", 1, 1)]);
+            assert_eq!(export.global_level.as_deref(), Some("FULL"));
+            assert_eq!(
+                export.subject_levels.into_iter().collect::<Vec<_>>(),
+                [("a-value".to_owned(), "NONE".to_owned())]
+            );
+        }
+
+        #[test]
+        fn a_line_that_is_not_a_keyed_record_is_named() {
+            let err = read("{\"keytype\":\"SCHEMA\"}").unwrap_err().to_string();
+            assert!(err.contains("line 1") && err.contains("print.key"), "{err}");
+            let err = read("{\"keytype\":\"SCHEMA\",\"subject\":\"a\",\"version\":1}\t{\"subject\":\"b\",\"version\":1,\"id\":1,\"schema\":\"1\"}")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("the key a version 1"), "{err}");
+        }
+    }
 }

@@ -28,6 +28,22 @@ pub enum TopicsCommand {
         #[arg(long)]
         file: Option<PathBuf>,
     },
+    /// Write the script that gives each service and each Kafka-facing organization its own
+    /// SCRAM principal and ACLs, for Kafka's own tools (docs/operations.md).
+    Acls {
+        /// Topics file; defaults to the infra/topics.toml this binary was built with.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// The organizations file: insurers and researchers get principals.
+        #[arg(long, env = "HIXBUS_ORGANIZATIONS")]
+        organizations: PathBuf,
+        /// The research projects file: each researcher reads its projects' topics.
+        #[arg(long, env = "HIXBUS_PROJECTS")]
+        projects: Option<PathBuf>,
+        /// Where to write the script (standard output without it).
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
 }
 
 fn load(file: Option<&PathBuf>) -> anyhow::Result<Vec<topics::TopicSpec>> {
@@ -48,6 +64,33 @@ pub async fn run(cmd: TopicsCommand) -> anyhow::Result<ExitCode> {
                     "{}  partitions={} replication={} {:?}",
                     spec.name, spec.partitions, spec.replication_factor, spec.config
                 );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        TopicsCommand::Acls {
+            file,
+            organizations,
+            projects,
+            output,
+        } => {
+            let directory = hixbus_service::load_directory(&organizations)?;
+            let projects = match projects {
+                Some(path) => hixbus_research::projects::load(&path, &directory)?,
+                None => Vec::new(),
+            };
+            let principals = crate::acls::plan(&load(file.as_ref())?, &directory, &projects);
+            let script = crate::acls::script(&principals);
+            match output {
+                Some(path) => {
+                    std::fs::write(&path, script)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    println!(
+                        "wrote {} principals and their ACLs to {}",
+                        principals.len(),
+                        path.display()
+                    );
+                }
+                None => print!("{script}"),
             }
             Ok(ExitCode::SUCCESS)
         }

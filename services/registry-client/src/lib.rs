@@ -389,11 +389,13 @@ impl RegistryClient {
     }
 
     /// Registers `schema` under `subject` with the id and version it had in another registry
-    /// (the registry must be in IMPORT mode).
+    /// (the registry must be in IMPORT mode), with the references it had there (each must be
+    /// imported first: ids ascending does that, a schema is registered after what it references).
     pub async fn import(
         &self,
         subject: &str,
         schema: &str,
+        references: &[serde_json::Value],
         id: u32,
         version: i32,
     ) -> Result<u32, ApiError> {
@@ -402,6 +404,7 @@ impl RegistryClient {
             .json(&serde_json::json!({
                 "schema": schema,
                 "schemaType": "AVRO",
+                "references": references,
                 "id": id,
                 "version": version,
             }));

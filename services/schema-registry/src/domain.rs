@@ -4,6 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use apache_avro::Schema;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::RegistryError;
@@ -167,22 +168,45 @@ impl FromStr for Mode {
 /// and says so instead of storing schemas it cannot check.
 pub const SCHEMA_TYPES: &[&str] = &["AVRO"];
 
+/// How many schemas one registration may pull in through its references, transitively: bounds
+/// the work a client can ask for (each is a query and a parse).
+pub const MAX_REFERENCED_SCHEMAS: usize = 256;
+
+/// A schema's use of a named type defined under another subject's version (Confluent's
+/// `references`). For Avro, `name` is the full name the referencing schema uses for the type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchemaReference {
+    pub name: String,
+    pub subject: String,
+    pub version: i64,
+}
+
 /// A schema that parsed as Avro, in the canonical text the registry stores and returns.
 #[derive(Debug, Clone)]
 pub struct ParsedSchema {
+    /// Self-contained: every referenced type is written out where first used, so compatibility
+    /// is checked on the whole shape and not only on type names.
     pub schema: Schema,
     /// apache-avro's full JSON rendering (docs, defaults and custom properties kept). Two texts
     /// that differ only in whitespace or key order get the same canonical text, hence the same id.
+    /// Referenced types stay names here, as the client wrote them.
     pub canonical: String,
-    /// SHA-256 of `canonical`, hex: the key that makes ids global and stable.
+    /// The references, each naming one concrete version.
+    pub references: Vec<SchemaReference>,
+    /// SHA-256 of `canonical` (and of the references, when there are any: the same text over
+    /// other versions of its references is another schema, as in Confluent), hex: the key that
+    /// makes ids global and stable.
     pub fingerprint: String,
 }
 
 impl ParsedSchema {
+    /// Parses `text`; `referenced` are the canonical texts of every schema `references` reach,
+    /// transitively (the registry looks them up first).
     pub fn parse(
         text: &str,
         schema_type: Option<&str>,
-        has_references: bool,
+        references: Vec<SchemaReference>,
+        referenced: &[String],
     ) -> Result<Self, RegistryError> {
         if let Some(t) = schema_type
             && !t.eq_ignore_ascii_case("AVRO")
@@ -191,27 +215,46 @@ impl ParsedSchema {
                 "schema type {t} is not supported; this registry stores AVRO schemas only"
             )));
         }
-        if has_references {
-            return Err(RegistryError::InvalidSchema(
-                "schema references are not supported; register self-contained schemas".to_owned(),
-            ));
-        }
         if text.trim().is_empty() {
             return Err(RegistryError::InvalidSchema(
                 "the schema is empty".to_owned(),
             ));
         }
-        let schema =
-            Schema::parse_str(text).map_err(|e| RegistryError::InvalidSchema(format!("{e}")))?;
-        let canonical = serde_json::to_string(&schema)
-            .map_err(|e| RegistryError::InvalidSchema(format!("cannot render schema: {e}")))?;
-        let fingerprint = hex(&Sha256::digest(canonical.as_bytes()));
+        let invalid = |e: apache_avro::Error| RegistryError::InvalidSchema(format!("{e}"));
+        let (canonical, schema) = if referenced.is_empty() {
+            let schema = Schema::parse_str(text).map_err(invalid)?;
+            (render(&schema)?, schema)
+        } else {
+            let (main, schemata) =
+                Schema::parse_str_with_list(text, referenced).map_err(invalid)?;
+            let canonical = render(&main)?;
+            let mut whole = main;
+            whole.denormalize(&schemata).map_err(invalid)?;
+            (canonical, whole)
+        };
+        let mut digest = Sha256::new();
+        digest.update(canonical.as_bytes());
+        if !references.is_empty() {
+            // A separator no JSON text contains, then the references in the order given.
+            digest.update([0u8]);
+            digest.update(
+                serde_json::to_string(&references)
+                    .map_err(|e| RegistryError::InvalidSchema(format!("{e}")))?
+                    .as_bytes(),
+            );
+        }
         Ok(Self {
             schema,
             canonical,
-            fingerprint,
+            references,
+            fingerprint: hex(&digest.finalize()),
         })
     }
+}
+
+fn render(schema: &Schema) -> Result<String, RegistryError> {
+    serde_json::to_string(schema)
+        .map_err(|e| RegistryError::InvalidSchema(format!("cannot render schema: {e}")))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -243,19 +286,21 @@ mod tests {
         let a = ParsedSchema::parse(
             r#"{"type":"record","name":"R","fields":[{"name":"a","type":"int"}]}"#,
             None,
-            false,
+            Vec::new(),
+            &[],
         )
         .unwrap();
         let b = ParsedSchema::parse(
             "{ \"fields\": [ {\"type\": \"int\", \"name\": \"a\"} ],\n \"name\": \"R\", \"type\": \"record\" }",
             Some("AVRO"),
-            false,
+            Vec::new(),
+            &[],
         )
         .unwrap();
         assert_eq!(a.fingerprint, b.fingerprint);
         assert_eq!(a.canonical, b.canonical);
         // The canonical text parses back to the same canonical text.
-        let again = ParsedSchema::parse(&a.canonical, None, false).unwrap();
+        let again = ParsedSchema::parse(&a.canonical, None, Vec::new(), &[]).unwrap();
         assert_eq!(again.canonical, a.canonical);
     }
 
@@ -264,13 +309,15 @@ mod tests {
         let plain = ParsedSchema::parse(
             r#"{"type":"record","name":"R","fields":[{"name":"a","type":"int"}]}"#,
             None,
-            false,
+            Vec::new(),
+            &[],
         )
         .unwrap();
         let with_default = ParsedSchema::parse(
             r#"{"type":"record","name":"R","fields":[{"name":"a","type":"int","default":0}]}"#,
             None,
-            false,
+            Vec::new(),
+            &[],
         )
         .unwrap();
         assert_ne!(plain.fingerprint, with_default.fingerprint);
@@ -279,11 +326,51 @@ mod tests {
     #[test]
     fn non_avro_and_broken_schemas_are_invalid() {
         assert!(matches!(
-            ParsedSchema::parse("{}", Some("PROTOBUF"), false),
+            ParsedSchema::parse("{}", Some("PROTOBUF"), Vec::new(), &[]),
             Err(RegistryError::InvalidSchema(m)) if m.contains("AVRO")
         ));
-        assert!(ParsedSchema::parse(r#"{"type":"record"}"#, None, false).is_err());
-        assert!(ParsedSchema::parse("not json", None, false).is_err());
-        assert!(ParsedSchema::parse("", None, false).is_err());
+        assert!(ParsedSchema::parse(r#"{"type":"record"}"#, None, Vec::new(), &[]).is_err());
+        assert!(ParsedSchema::parse("not json", None, Vec::new(), &[]).is_err());
+        assert!(ParsedSchema::parse("", None, Vec::new(), &[]).is_err());
+    }
+
+    const ADDRESS: &str = r#"{"type":"record","name":"Address","namespace":"x","fields":[{"name":"street","type":"string"}]}"#;
+    const PERSON: &str = r#"{"type":"record","name":"Person","namespace":"x","fields":[{"name":"home","type":"x.Address"}]}"#;
+
+    fn address_ref(version: i64) -> Vec<SchemaReference> {
+        vec![SchemaReference {
+            name: "x.Address".to_owned(),
+            subject: "address".to_owned(),
+            version,
+        }]
+    }
+
+    #[test]
+    fn a_reference_stays_a_name_in_the_text_and_is_written_out_in_the_schema() {
+        let person =
+            ParsedSchema::parse(PERSON, None, address_ref(1), &[ADDRESS.to_owned()]).unwrap();
+        assert!(
+            person.canonical.contains(r#""type":"x.Address""#),
+            "{}",
+            person.canonical
+        );
+        let whole = serde_json::to_string(&person.schema).unwrap();
+        assert!(whole.contains("street"), "{whole}");
+        // Without what it references, the type is unknown.
+        assert!(ParsedSchema::parse(PERSON, None, Vec::new(), &[]).is_err());
+    }
+
+    #[test]
+    fn the_same_text_over_another_referenced_version_is_another_schema() {
+        let v1 = ParsedSchema::parse(PERSON, None, address_ref(1), &[ADDRESS.to_owned()]).unwrap();
+        let v2 = ParsedSchema::parse(PERSON, None, address_ref(2), &[ADDRESS.to_owned()]).unwrap();
+        assert_eq!(v1.canonical, v2.canonical);
+        assert_ne!(v1.fingerprint, v2.fingerprint);
+        // A schema without references keeps the fingerprint it always had: its text's alone.
+        let plain = ParsedSchema::parse(ADDRESS, None, Vec::new(), &[]).unwrap();
+        assert_eq!(
+            plain.fingerprint,
+            hex(&Sha256::digest(plain.canonical.as_bytes()))
+        );
     }
 }

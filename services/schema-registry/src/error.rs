@@ -35,6 +35,10 @@ pub enum RegistryError {
     #[error("{0}")]
     OperationNotPermitted(String),
     #[error(
+        "One or more references exist to the schema {{magic=1,keytype=SCHEMA,subject={0},version={1}}}."
+    )]
+    ReferenceExists(String, i64),
+    #[error(
         "Schema being registered is incompatible with an earlier schema for subject \"{subject}\", details: [{}]",
         .messages.join(", ")
     )]
@@ -89,6 +93,7 @@ impl RegistryError {
             InvalidCompatibilityLevel => (StatusCode::UNPROCESSABLE_ENTITY, 42203),
             InvalidMode(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42204),
             OperationNotPermitted(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42205),
+            ReferenceExists(..) => (StatusCode::UNPROCESSABLE_ENTITY, 42206),
             InvalidSubject(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42208),
             MalformedRequest(_) => (StatusCode::BAD_REQUEST, 400),
             TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, 413),

@@ -14,7 +14,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::domain::{CompatibilityLevel, Mode, SCHEMA_TYPES, Subject, VersionSpec};
+use crate::domain::{
+    CompatibilityLevel, Mode, SCHEMA_TYPES, SchemaReference, Subject, VersionSpec,
+};
 use crate::error::{CONTENT_TYPE, RegistryError};
 use crate::service::{Registry, SchemaSubmission, VersionView};
 
@@ -167,7 +169,7 @@ struct SchemaRequest {
     #[serde(rename = "schemaType")]
     schema_type: Option<String>,
     #[serde(default)]
-    references: Vec<Value>,
+    references: Vec<SchemaReference>,
     /// IMPORT mode: the id and version the schema had in the registry it comes from.
     id: Option<i64>,
     version: Option<i64>,
@@ -178,7 +180,7 @@ impl From<SchemaRequest> for SchemaSubmission {
         SchemaSubmission {
             schema: r.schema,
             schema_type: r.schema_type,
-            has_references: !r.references.is_empty(),
+            references: r.references,
             id: r.id,
             version: r.version,
         }
@@ -208,6 +210,9 @@ struct VersionBody {
     version: i64,
     id: i64,
     schema: String,
+    /// Confluent leaves it out when there are none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    references: Vec<SchemaReference>,
 }
 
 impl From<VersionView> for VersionBody {
@@ -217,6 +222,7 @@ impl From<VersionView> for VersionBody {
             version: v.version,
             id: v.id,
             schema: v.schema,
+            references: v.references,
         }
     }
 }
@@ -302,14 +308,12 @@ async fn get_version_schema(
     Ok(raw(StatusCode::OK, found.schema))
 }
 
-/// hixbus stores self-contained schemas only, so no schema ever references another; the answer
-/// is still checked against the subject and version so a typo gets its 404.
+/// The ids of schemas in use that reference this version (what blocks deleting it).
 async fn referenced_by(State(state): Shared, ApiPath((s, v)): ApiPath<(String, String)>) -> Reply {
-    state
+    ok(state
         .registry
-        .version(&subject(&s)?, VersionSpec::parse(&v)?, true)
-        .await?;
-    ok(Vec::<i64>::new())
+        .referenced_by(&subject(&s)?, VersionSpec::parse(&v)?)
+        .await?)
 }
 
 async fn delete_subject(
@@ -340,13 +344,17 @@ async fn schema_types() -> Reply {
 }
 
 async fn get_schema(State(state): Shared, ApiPath(id): ApiPath<String>) -> Reply {
-    let text = state.registry.schema_by_id(schema_id(&id)?).await?;
-    ok(json!({ "schema": text }))
+    let found = state.registry.schema_by_id(schema_id(&id)?).await?;
+    if found.references.is_empty() {
+        ok(json!({ "schema": found.schema }))
+    } else {
+        ok(json!({ "schema": found.schema, "references": found.references }))
+    }
 }
 
 async fn get_schema_text(State(state): Shared, ApiPath(id): ApiPath<String>) -> Reply {
-    let text = state.registry.schema_by_id(schema_id(&id)?).await?;
-    Ok(raw(StatusCode::OK, text))
+    let found = state.registry.schema_by_id(schema_id(&id)?).await?;
+    Ok(raw(StatusCode::OK, found.schema))
 }
 
 async fn get_schema_versions(

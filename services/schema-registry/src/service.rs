@@ -1,10 +1,15 @@
 //! Confluent's registry semantics on top of the store: idempotent registration, compatibility
 //! gates, soft and permanent deletes, and the lookups clients make.
 
+use std::collections::HashSet;
+
 use apache_avro::Schema;
 
 use crate::compat;
-use crate::domain::{CompatibilityLevel, Mode, ParsedSchema, Subject, VersionSpec};
+use crate::domain::{
+    CompatibilityLevel, MAX_REFERENCED_SCHEMAS, Mode, ParsedSchema, SchemaReference, Subject,
+    VersionSpec,
+};
 use crate::error::RegistryError;
 use crate::store::{GLOBAL, Store, VersionRow};
 
@@ -24,6 +29,14 @@ pub struct VersionView {
     pub version: i64,
     pub id: i64,
     pub schema: String,
+    pub references: Vec<SchemaReference>,
+}
+
+/// A schema as stored under a global id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaView {
+    pub schema: String,
+    pub references: Vec<SchemaReference>,
 }
 
 /// What a client submits: the schema text and what it says about it.
@@ -31,19 +44,11 @@ pub struct VersionView {
 pub struct SchemaSubmission {
     pub schema: Option<String>,
     pub schema_type: Option<String>,
-    pub has_references: bool,
+    /// As given: a version may be `-1`, the subject's latest.
+    pub references: Vec<SchemaReference>,
     /// The id and version it had in another registry: given only in IMPORT mode.
     pub id: Option<i64>,
     pub version: Option<i64>,
-}
-
-impl SchemaSubmission {
-    fn parse(&self) -> Result<ParsedSchema, RegistryError> {
-        let text = self.schema.as_deref().ok_or_else(|| {
-            RegistryError::InvalidSchema("the request has no \"schema\" field".to_owned())
-        })?;
-        ParsedSchema::parse(text, self.schema_type.as_deref(), self.has_references)
-    }
 }
 
 impl Registry {
@@ -58,6 +63,165 @@ impl Registry {
         &self.store
     }
 
+    /// Parses what a client sent, with the schemas its references reach.
+    async fn parse(&self, submission: &SchemaSubmission) -> Result<ParsedSchema, RegistryError> {
+        let text = submission.schema.as_deref().ok_or_else(|| {
+            RegistryError::InvalidSchema("the request has no \"schema\" field".to_owned())
+        })?;
+        let (references, referenced) = self.resolve(&submission.references).await?;
+        ParsedSchema::parse(
+            text,
+            submission.schema_type.as_deref(),
+            references,
+            &referenced,
+        )
+    }
+
+    /// Pins each reference to a concrete version (`-1` is the latest live one) and collects the
+    /// texts of every schema they reach, transitively, each once.
+    async fn resolve(
+        &self,
+        references: &[SchemaReference],
+    ) -> Result<(Vec<SchemaReference>, Vec<String>), RegistryError> {
+        if references.len() > MAX_REFERENCED_SCHEMAS {
+            return Err(RegistryError::InvalidSchema(format!(
+                "{} references; at most {MAX_REFERENCED_SCHEMAS} are allowed",
+                references.len()
+            )));
+        }
+        let mut pinned = Vec::with_capacity(references.len());
+        for reference in references {
+            pinned.push(self.pin(reference).await?);
+        }
+        let mut seen = HashSet::new();
+        let mut texts = Vec::new();
+        let mut pending = pinned.clone();
+        while let Some(reference) = pending.pop() {
+            if !seen.insert((reference.subject.clone(), reference.version)) {
+                continue;
+            }
+            if seen.len() > MAX_REFERENCED_SCHEMAS {
+                return Err(RegistryError::InvalidSchema(format!(
+                    "the references reach more than {MAX_REFERENCED_SCHEMAS} schemas"
+                )));
+            }
+            let row = self.referenced_row(&reference).await?;
+            texts.push(row.schema_text);
+            pending.extend(row.references);
+        }
+        Ok((pinned, texts))
+    }
+
+    /// Checks a reference names something and gives it its concrete version.
+    async fn pin(&self, reference: &SchemaReference) -> Result<SchemaReference, RegistryError> {
+        if reference.name.trim().is_empty() || reference.name.len() > 1024 {
+            return Err(RegistryError::InvalidSchema(
+                "a reference needs the full name of the type it refers to".to_owned(),
+            ));
+        }
+        let subject = Subject::parse(&reference.subject).map_err(|_| {
+            RegistryError::InvalidSchema(format!(
+                "reference {}: '{}' is not a subject name",
+                reference.name, reference.subject
+            ))
+        })?;
+        let version = if reference.version == -1 {
+            self.store
+                .versions(subject.as_str())
+                .await?
+                .iter()
+                .rev()
+                .find(|r| !r.deleted)
+                .map(|r| r.version)
+                .ok_or_else(|| {
+                    RegistryError::InvalidSchema(format!(
+                        "reference {}: subject '{subject}' has no live version",
+                        reference.name
+                    ))
+                })?
+        } else if (1..=i64::from(i32::MAX)).contains(&reference.version) {
+            reference.version
+        } else {
+            return Err(RegistryError::InvalidSchema(format!(
+                "reference {}: version {} is not a version",
+                reference.name, reference.version
+            )));
+        };
+        Ok(SchemaReference {
+            name: reference.name.clone(),
+            subject: subject.to_string(),
+            version,
+        })
+    }
+
+    /// The stored version a pinned reference names; a soft-deleted one still serves (what
+    /// references it was registered against it).
+    async fn referenced_row(
+        &self,
+        reference: &SchemaReference,
+    ) -> Result<VersionRow, RegistryError> {
+        self.store
+            .versions(&reference.subject)
+            .await?
+            .into_iter()
+            .find(|r| r.version == reference.version)
+            .ok_or_else(|| {
+                RegistryError::InvalidSchema(format!(
+                    "reference {}: subject '{}' has no version {}",
+                    reference.name, reference.subject, reference.version
+                ))
+            })
+    }
+
+    /// Stored versions as whole schemas, their references written out, for compatibility checks.
+    async fn history(&self, rows: &[&VersionRow]) -> Result<Vec<(i64, Schema)>, RegistryError> {
+        let mut history = Vec::with_capacity(rows.len());
+        for row in rows {
+            let schema = if row.references.is_empty() {
+                Schema::parse_str(&row.schema_text).map_err(|e| unreadable(row, e))?
+            } else {
+                let (references, referenced) = self.resolve(&row.references).await?;
+                ParsedSchema::parse(&row.schema_text, None, references, &referenced)
+                    .map_err(|e| unreadable(row, e))?
+                    .schema
+            };
+            history.push((row.version, schema));
+        }
+        Ok(history)
+    }
+
+    /// Refuses to delete `version` of `subject` while a schema in use references it: readers of
+    /// that schema need it. Soft deletes look at live users only; permanent ones at any.
+    async fn refuse_if_referenced(
+        &self,
+        subject: &Subject,
+        version: i64,
+        permanent: bool,
+    ) -> Result<(), RegistryError> {
+        let users = self
+            .store
+            .referenced_by(subject.as_str(), version, !permanent)
+            .await?;
+        if users.is_empty() {
+            Ok(())
+        } else {
+            Err(RegistryError::ReferenceExists(subject.to_string(), version))
+        }
+    }
+
+    /// Ids of the schemas in use that reference `spec` of `subject`.
+    pub async fn referenced_by(
+        &self,
+        subject: &Subject,
+        spec: VersionSpec,
+    ) -> Result<Vec<i64>, RegistryError> {
+        let found = self.version(subject, spec, true).await?;
+        Ok(self
+            .store
+            .referenced_by(subject.as_str(), found.version, true)
+            .await?)
+    }
+
     /// Registers `submission` under `subject` and returns its global id. Registering a schema the
     /// subject already has live returns its existing id and creates no version.
     pub async fn register(
@@ -65,7 +229,7 @@ impl Registry {
         subject: &Subject,
         submission: &SchemaSubmission,
     ) -> Result<i64, RegistryError> {
-        let parsed = submission.parse()?;
+        let parsed = self.parse(submission).await?;
         match self.effective_mode(subject).await? {
             Mode::ReadOnly => return Err(read_only(subject)),
             Mode::Import => return self.import(subject, &parsed, submission).await,
@@ -83,7 +247,7 @@ impl Registry {
             if let Some(existing) = live.iter().find(|r| r.fingerprint == parsed.fingerprint) {
                 return Ok(existing.schema_id);
             }
-            let messages = compat::check(level, &parsed.schema, &parse_history(&live)?);
+            let messages = compat::check(level, &parsed.schema, &self.history(&live).await?);
             if !messages.is_empty() {
                 return Err(RegistryError::Incompatible {
                     subject: subject.to_string(),
@@ -158,7 +322,7 @@ impl Registry {
         submission: &SchemaSubmission,
         include_deleted: bool,
     ) -> Result<VersionView, RegistryError> {
-        let parsed = submission.parse()?;
+        let parsed = self.parse(submission).await?;
         let rows = self.visible_versions(subject, include_deleted).await?;
         rows.iter()
             .rev()
@@ -195,11 +359,16 @@ impl Registry {
             .ok_or_else(|| RegistryError::VersionNotFound(spec_text(spec)))
     }
 
-    pub async fn schema_by_id(&self, id: i64) -> Result<String, RegistryError> {
-        self.store
+    pub async fn schema_by_id(&self, id: i64) -> Result<SchemaView, RegistryError> {
+        let schema = self
+            .store
             .schema_by_id(id)
             .await?
-            .ok_or(RegistryError::SchemaIdNotFound(id))
+            .ok_or(RegistryError::SchemaIdNotFound(id))?;
+        Ok(SchemaView {
+            schema,
+            references: self.store.references(id).await?,
+        })
     }
 
     /// `(subject, version)` pairs that use schema `id`.
@@ -242,12 +411,19 @@ impl Registry {
             if !live.is_empty() {
                 return Err(RegistryError::SubjectNotSoftDeleted(subject.to_string()));
             }
+            for row in &rows {
+                self.refuse_if_referenced(subject, row.version, true)
+                    .await?;
+            }
             self.store.purge(subject.as_str(), None).await?;
             self.store.delete_config(subject.as_str()).await?;
             return Ok(rows.iter().map(|r| r.version).collect());
         }
         if live.is_empty() {
             return Err(RegistryError::SubjectSoftDeleted(subject.to_string()));
+        }
+        for version in &live {
+            self.refuse_if_referenced(subject, *version, false).await?;
         }
         self.store.soft_delete(subject.as_str(), None).await?;
         Ok(live)
@@ -285,12 +461,16 @@ impl Registry {
                 row.version,
             )),
             (false, false) => {
+                self.refuse_if_referenced(subject, row.version, false)
+                    .await?;
                 self.store
                     .soft_delete(subject.as_str(), Some(row.version))
                     .await?;
                 Ok(row.version)
             }
             (true, true) => {
+                self.refuse_if_referenced(subject, row.version, true)
+                    .await?;
                 self.store
                     .purge(subject.as_str(), Some(row.version))
                     .await?;
@@ -307,12 +487,16 @@ impl Registry {
         spec: Option<VersionSpec>,
         submission: &SchemaSubmission,
     ) -> Result<Vec<String>, RegistryError> {
-        let parsed = submission.parse()?;
+        let parsed = self.parse(submission).await?;
         let level = self.effective_level(subject).await?;
         let rows = self.store.versions(subject.as_str()).await?;
         let live: Vec<&VersionRow> = rows.iter().filter(|r| !r.deleted).collect();
         let Some(spec) = spec else {
-            return Ok(compat::check(level, &parsed.schema, &parse_history(&live)?));
+            return Ok(compat::check(
+                level,
+                &parsed.schema,
+                &self.history(&live).await?,
+            ));
         };
         if live.is_empty() {
             return Err(RegistryError::subject_not_found(subject));
@@ -332,7 +516,7 @@ impl Registry {
         Ok(compat::check(
             single,
             &parsed.schema,
-            &parse_history(&[row])?,
+            &self.history(&[row]).await?,
         ))
     }
 
@@ -474,6 +658,7 @@ fn view(subject: &Subject, row: &VersionRow) -> VersionView {
         version: row.version,
         id: row.schema_id,
         schema: row.schema_text.clone(),
+        references: row.references.clone(),
     }
 }
 
@@ -486,17 +671,9 @@ fn spec_text(spec: VersionSpec) -> String {
 
 /// Stored schemas were canonicalised by apache-avro on the way in, so they parse; a failure
 /// here means the database was edited by hand, which is a store problem, not the client's.
-fn parse_history(rows: &[&VersionRow]) -> Result<Vec<(i64, Schema)>, RegistryError> {
-    rows.iter()
-        .map(|r| {
-            Schema::parse_str(&r.schema_text)
-                .map(|s| (r.version, s))
-                .map_err(|e| {
-                    RegistryError::Store(format!(
-                        "stored schema {} is unreadable: {e}",
-                        r.schema_id
-                    ))
-                })
-        })
-        .collect()
+fn unreadable(row: &VersionRow, e: impl std::fmt::Display) -> RegistryError {
+    RegistryError::Store(format!(
+        "stored schema {} is unreadable: {e}",
+        row.schema_id
+    ))
 }

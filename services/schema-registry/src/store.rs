@@ -9,7 +9,7 @@ use hixbus_storage::Database;
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 
-use crate::domain::ParsedSchema;
+use crate::domain::{ParsedSchema, SchemaReference};
 
 /// The registry's tables (versions 3000–3999).
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -31,6 +31,7 @@ pub struct VersionRow {
     pub deleted: bool,
     pub fingerprint: String,
     pub schema_text: String,
+    pub references: Vec<SchemaReference>,
 }
 
 impl Store {
@@ -72,7 +73,63 @@ impl Store {
         .bind(subject)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(version_row).collect()
+        let mut versions: Vec<VersionRow> =
+            rows.iter().map(version_row).collect::<Result<_, _>>()?;
+        let references = sqlx::query(
+            "SELECT r.schema_id, r.name, r.subject, r.version FROM registry_references r
+             WHERE r.schema_id IN (SELECT schema_id FROM registry_versions WHERE subject = $1)
+             ORDER BY r.schema_id, r.position",
+        )
+        .bind(subject)
+        .fetch_all(&self.pool)
+        .await?;
+        for row in &references {
+            let schema_id: i64 = row.try_get(0)?;
+            let reference = reference_row(row, 1)?;
+            for version in versions.iter_mut().filter(|v| v.schema_id == schema_id) {
+                version.references.push(reference.clone());
+            }
+        }
+        Ok(versions)
+    }
+
+    /// The references of schema `id`, in the order they were given.
+    pub async fn references(&self, id: i64) -> Result<Vec<SchemaReference>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT name, subject, version FROM registry_references WHERE schema_id = $1 ORDER BY position",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| reference_row(r, 0)).collect()
+    }
+
+    /// Ids of the schemas that reference `version` of `subject` and are still in use: by a live
+    /// version with `live_only`, else by any version (a soft-deleted one can still be read by id,
+    /// and reading it needs what it references).
+    pub async fn referenced_by(
+        &self,
+        subject: &str,
+        version: i64,
+        live_only: bool,
+    ) -> Result<Vec<i64>, sqlx::Error> {
+        let sql = if live_only {
+            "SELECT DISTINCT r.schema_id FROM registry_references r
+             WHERE r.subject = $1 AND r.version = $2 AND EXISTS
+                (SELECT 1 FROM registry_versions v WHERE v.schema_id = r.schema_id AND v.deleted = 0)
+             ORDER BY r.schema_id"
+        } else {
+            "SELECT DISTINCT r.schema_id FROM registry_references r
+             WHERE r.subject = $1 AND r.version = $2 AND EXISTS
+                (SELECT 1 FROM registry_versions v WHERE v.schema_id = r.schema_id)
+             ORDER BY r.schema_id"
+        };
+        let rows = sqlx::query(sql)
+            .bind(subject)
+            .bind(version)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| r.try_get(0)).collect()
     }
 
     /// The global id of `schema`, allocating one if it was never registered under any subject.
@@ -85,22 +142,55 @@ impl Store {
             if let Some(row) = existing {
                 return row.try_get(0);
             }
-            let inserted = sqlx::query(
-                "INSERT INTO registry_schemas (id, fingerprint, schema_type, schema_text)
-                 SELECT COALESCE(MAX(id), 0) + 1, $1, 'AVRO', $2 FROM registry_schemas
-                 RETURNING id",
-            )
-            .bind(&schema.fingerprint)
-            .bind(&schema.canonical)
-            .fetch_one(&self.pool)
-            .await;
-            match inserted {
-                Ok(row) => return row.try_get(0),
+            match self.insert_schema(None, schema).await {
+                Ok(id) => return Ok(id),
                 // Another replica took this id, or registered the same schema: look again.
                 Err(e) if is_unique_violation(&e) => continue,
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Stores `schema` and its references in one transaction (a schema row without its
+    /// references would resolve to something else), under `id` or the next free one.
+    async fn insert_schema(
+        &self,
+        id: Option<i64>,
+        schema: &ParsedSchema,
+    ) -> Result<i64, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let row = match id {
+            Some(id) => sqlx::query(
+                "INSERT INTO registry_schemas (id, fingerprint, schema_type, schema_text)
+                 VALUES ($1, $2, 'AVRO', $3) RETURNING id",
+            )
+            .bind(id),
+            None => sqlx::query(
+                "INSERT INTO registry_schemas (id, fingerprint, schema_type, schema_text)
+                 SELECT COALESCE(MAX(id), 0) + 1, $1, 'AVRO', $2 FROM registry_schemas
+                 RETURNING id",
+            ),
+        }
+        .bind(&schema.fingerprint)
+        .bind(&schema.canonical)
+        .fetch_one(&mut *tx)
+        .await?;
+        let id: i64 = row.try_get(0)?;
+        for (position, reference) in schema.references.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO registry_references (schema_id, position, name, subject, version)
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(id)
+            .bind(position as i64)
+            .bind(&reference.name)
+            .bind(&reference.subject)
+            .bind(reference.version)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(id)
     }
 
     /// Adds version `latest + 1` of `subject`, where `latest` is the newest version the caller
@@ -220,16 +310,7 @@ impl Store {
         if let Some(row) = existing {
             return Ok(row.try_get::<String, _>(0)? == schema.fingerprint);
         }
-        let inserted = sqlx::query(
-            "INSERT INTO registry_schemas (id, fingerprint, schema_type, schema_text)
-             VALUES ($1, $2, 'AVRO', $3)",
-        )
-        .bind(id)
-        .bind(&schema.fingerprint)
-        .bind(&schema.canonical)
-        .execute(&self.pool)
-        .await;
-        match inserted {
+        match self.insert_schema(Some(id), schema).await {
             Ok(_) => Ok(true),
             Err(e) if is_unique_violation(&e) => Ok(false),
             Err(e) => Err(e),
@@ -325,6 +406,16 @@ fn version_row(row: &AnyRow) -> Result<VersionRow, sqlx::Error> {
         deleted: row.try_get::<i64, _>(2)? != 0,
         fingerprint: row.try_get(3)?,
         schema_text: row.try_get(4)?,
+        references: Vec::new(),
+    })
+}
+
+/// A reference read from columns `from..from + 3`: name, subject, version.
+fn reference_row(row: &AnyRow, from: usize) -> Result<SchemaReference, sqlx::Error> {
+    Ok(SchemaReference {
+        name: row.try_get(from)?,
+        subject: row.try_get(from + 1)?,
+        version: row.try_get(from + 2)?,
     })
 }
 

@@ -1,0 +1,86 @@
+"""Confluent's own Python client registers and reads schemas with references through a hixbus
+registry, and its Avro serializer and deserializer resolve them.
+
+Usage: registry_references_check.py REGISTRY_URL
+
+Exits non-zero with a message on the first mismatch.
+"""
+
+import json
+import sys
+import warnings
+
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+from confluent_kafka.schema_registry import Schema, SchemaReference, SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+from confluent_kafka.schema_registry.error import SchemaRegistryError
+from confluent_kafka.serialization import MessageField, SerializationContext
+
+ADDRESS = json.dumps({
+    "type": "record", "name": "Address", "namespace": "com.example",
+    "fields": [{"name": "street", "type": "string"}, {"name": "city", "type": "string"}],
+})
+PERSON = json.dumps({
+    "type": "record", "name": "Person", "namespace": "com.example",
+    "fields": [{"name": "name", "type": "string"}, {"name": "home", "type": "com.example.Address"}],
+})
+# The same schema written another way: other key order, other whitespace.
+PERSON_REWRITTEN = """{ "fields": [ {"type": "string", "name": "name"},
+    {"name": "home", "type": "com.example.Address"} ],
+  "namespace": "com.example", "type": "record", "name": "Person" }"""
+
+
+def main():
+    url = sys.argv[1]
+    client = SchemaRegistryClient({"url": url})
+
+    address_id = client.register_schema("com.example.Address", Schema(ADDRESS, "AVRO"))
+    reference = SchemaReference("com.example.Address", "com.example.Address", 1)
+    person_id = client.register_schema("people-value", Schema(PERSON, "AVRO", [reference]))
+    assert person_id != address_id, (person_id, address_id)
+    # normalize=true (what Confluent's clients send for normalized registration) finds the same.
+    again = client.register_schema(
+        "people-value", Schema(PERSON_REWRITTEN, "AVRO", [reference]), normalize_schemas=True
+    )
+    assert again == person_id, (again, person_id)
+
+    # A client with an empty cache reads the references back, by id and by version.
+    fresh = SchemaRegistryClient({"url": url})
+    by_id = fresh.get_schema(person_id)
+    refs = [(r.name, r.subject, r.version) for r in by_id.references]
+    assert refs == [("com.example.Address", "com.example.Address", 1)], refs
+    latest = fresh.get_latest_version("people-value")
+    assert latest.schema_id == person_id and latest.version == 1, latest
+    assert [r.subject for r in latest.schema.references] == ["com.example.Address"]
+    found = fresh.lookup_schema("people-value", Schema(PERSON, "AVRO", [reference]))
+    assert found.schema_id == person_id, found
+    assert fresh.get_referenced_by("com.example.Address", 1) == [person_id]
+
+    # Records round-trip: the serializer writes with the latest version, resolving Address
+    # through the reference; the deserializer reads by id and resolves it again.
+    serializer = AvroSerializer(
+        client,
+        Schema(PERSON, "AVRO", [reference]),
+        conf={"auto.register.schemas": False, "use.latest.version": True},
+    )
+    deserializer = AvroDeserializer(SchemaRegistryClient({"url": url}))
+    context = SerializationContext("people", MessageField.VALUE)
+    record = {"name": "Hanako", "home": {"street": "1-1 Chiyoda", "city": "Tokyo"}}
+    data = serializer(record, context)
+    assert data[0] == 0 and int.from_bytes(data[1:5], "big") == person_id, data[:5]
+    assert deserializer(data, context) == record
+
+    # What is referenced cannot be deleted.
+    try:
+        client.delete_version("com.example.Address", 1)
+    except SchemaRegistryError as e:
+        assert e.error_code == 42206, e
+    else:
+        raise AssertionError("deleting a referenced version succeeded")
+    assert fresh.get_versions("com.example.Address") == [1]
+    print("schema reference checks passed")
+
+
+if __name__ == "__main__":
+    main()
