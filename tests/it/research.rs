@@ -21,7 +21,7 @@ use hixbus_research::store::Store;
 use hixbus_storage::Database;
 use hixbus_tests::{
     Backend, BusStack, DEMO_ORGANIZATIONS, Service, directory_with_keys, fresh_database,
-    start_service_with,
+    start_service_with, unique,
 };
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -689,4 +689,121 @@ async fn a_population_is_released_de_identified_k_anonymous_and_without_those_wh
         );
     }
     replay.stop().await;
+}
+
+/// A release that fails half way is taken up again with the decision it kept before publishing
+/// anything: the same records under the same release, and the same manifest, although a patient
+/// opted out in between. Deciding again on the new consents (as the export did) would publish a
+/// second plan under the release whose first was partly out already, and the two mixed could
+/// break k; the opt-out applies from the next release, as it would to one already published.
+#[tokio::test]
+async fn a_release_taken_up_again_after_a_failure_publishes_what_it_decided() {
+    use hixbus_bus::{KafkaConfig, Publisher};
+    use hixbus_research::release::{Batching, Releaser};
+
+    let stack = BusStack::start().await;
+    let db = Database::connect(&fresh_database(Backend::Sqlite).await)
+        .await
+        .unwrap();
+    let store = Store::new(db.clone()).await.unwrap();
+    let consents = hixbus_consent::ConsentBook::new(db.clone()).await.unwrap();
+    let audit = hixbus_storage::AuditLog::new(db.clone()).await.unwrap();
+    let directory = hixbus_access::Directory::from_toml(DEMO_ORGANIZATIONS).unwrap();
+    let projects =
+        Arc::new(hixbus_research::projects::parse(PROJECTS, "projects", &directory).unwrap());
+    let project = projects
+        .iter()
+        .find(|p| p.id == "cohort-a")
+        .unwrap()
+        .clone();
+    let specs =
+        hixbus_bus::topics::research_specs(hixbus_bus::topics::EMBEDDED, ["cohort-a"]).unwrap();
+    hixbus_bus::topics::create(&stack.kafka, &specs)
+        .await
+        .unwrap();
+    let releaser = |kafka: &KafkaConfig| Releaser {
+        store: store.clone(),
+        consents: consents.clone(),
+        publisher: Publisher::new(kafka, stack.codec()).unwrap(),
+        audit: audit.clone(),
+        projects: projects.clone(),
+        keys: Arc::new(
+            hixbus_research::projects::Keys::parse(&keys(&[("a1", KEY_A1)]), "keys").unwrap(),
+        ),
+        batching: Batching::default(),
+    };
+
+    // Six patients alike in every quasi-identifier, two items each.
+    let now = chrono::Utc::now().timestamp_millis();
+    for i in 0..6 {
+        let rx = samples::prescription_issued(&unique("retake"), 2);
+        let coverage = rx.coverage.as_ref().unwrap();
+        store
+            .put_patient(
+                &rx.envelope.patient_ref,
+                coverage.birth_date,
+                coverage.sex.map(|s| s.as_str()),
+            )
+            .await
+            .unwrap();
+        let items = hixbus_research::items::prescribed(&rx);
+        assert_eq!(items.len(), 2, "patient {i}");
+        store.add("cohort-a", &items, now).await.unwrap();
+    }
+    store
+        .claim("cohort-a", "retake-1", 1000, now)
+        .await
+        .unwrap();
+    let claimed = store.claimed("retake-1").await.unwrap();
+    assert_eq!(claimed.len(), 12);
+
+    // The broker is away: the release decides, then fails publishing.
+    let away = KafkaConfig::new("127.0.0.1:1")
+        .with_client_id("research-away")
+        .with_option("message.timeout.ms", "1000");
+    releaser(&away)
+        .release(&project, "retake-1")
+        .await
+        .expect_err("nothing can be published");
+
+    // Meanwhile one of the six opts out of research.
+    consents
+        .put(&research_decision(
+            &claimed[0].patient_ref,
+            ConsentDecision::Revoked,
+        ))
+        .await
+        .unwrap();
+
+    // Taken up again with the broker back: what was decided, all of it.
+    let released = releaser(&stack.kafka)
+        .release(&project, "retake-1")
+        .await
+        .unwrap()
+        .manifest;
+    assert_eq!(released.outcome, ReleaseOutcome::Released);
+    assert_eq!(
+        (released.records, released.subjects, released.opted_out),
+        (12, 6, 0),
+        "{released:?}"
+    );
+    assert_eq!(released.envelope.event_id, "retake-1");
+    let on_topic = records(&stack, &research_topic("cohort-a"), 12).await;
+    assert_eq!(on_topic.len(), 12);
+    assert!(
+        on_topic
+            .iter()
+            .all(|r| r.envelope.correlation_id.as_deref() == Some("retake-1"))
+    );
+    assert_k_anonymous(&on_topic, project.k as usize);
+    let counts = store.counts("cohort-a").await.unwrap();
+    assert_eq!(counts.get("released"), Some(&12), "{counts:?}");
+    assert_eq!(
+        store
+            .decision::<serde_json::Value>("retake-1")
+            .await
+            .unwrap(),
+        None,
+        "a finished release forgets its decision"
+    );
 }

@@ -4,12 +4,17 @@
 //! In order: the batch is claimed; every item of a patient who opted out (or, for an opt-in
 //! project, did not opt in) is withdrawn, as the consents stand at that moment; the project's
 //! key must exist; the batch is made k-anonymous (`kanon`) or held; the records are built from
-//! the declared fields only and published; then the manifest, the audit rows that put the
-//! release in each patient's access trail, and the items' new status. A failure before the
-//! end leaves the batch claimed: it is taken up again under the same id, and gives the same
-//! records with the same ids (consumers deduplicate on them).
+//! the declared fields only; that decision (records, manifest, subjects, item outcomes) is kept;
+//! then the records are published, then the manifest, the audit rows that put the release in
+//! each patient's access trail, and the items' new status. A failure before the decision is
+//! kept leaves the batch claimed and undecided: taken up again, it is decided afresh, nothing of
+//! it having been published. A failure after publishes the kept decision again under the same
+//! id, the same records with the same ids (consumers deduplicate on them): never a second plan,
+//! whose records mixed with the first's under one release could break k, even if consents or
+//! demographics changed in between. A patient who opts out after the decision is out of the
+//! next release, as of one already published.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -104,6 +109,21 @@ pub fn may_release(consents: &[ConsentChanged], project: &Project) -> bool {
     }
 }
 
+/// What a release publishes, decided once and kept before any of it is published (see
+/// [`Releaser::release`]).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Decision {
+    project: String,
+    researcher: String,
+    records: Vec<ResearchRecord>,
+    manifest: ResearchReleased,
+    /// The patients whose data it releases: each one's trail gets a row.
+    subjects: Vec<String>,
+    /// Item keys released, and suppressed to reach k.
+    kept: Vec<String>,
+    suppressed: Vec<String>,
+}
+
 /// A finished release, for logs and tests.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Released {
@@ -177,12 +197,16 @@ impl Releaser {
         Ok(Some(released))
     }
 
-    /// Releases (or holds) what `release_id` claimed.
+    /// Releases (or holds) what `release_id` claimed: decides it, unless it was decided before
+    /// a failure, then publishes the decision.
     pub async fn release(
         &self,
         project: &Project,
         release_id: &str,
     ) -> Result<Released, ReleaseError> {
+        if let Some(decision) = self.store.decision::<Decision>(release_id).await? {
+            return self.publish(release_id, decision).await;
+        }
         let claimed = self.store.claimed(release_id).await?;
         let patients: Vec<String> = claimed
             .iter()
@@ -236,15 +260,8 @@ impl Releaser {
                 .hold(project, release_id, &key.id, withdrawn.len(), &reason)
                 .await;
         };
-        let topic = research_topic(&project.id);
-        futures::stream::iter(records.iter().map(Ok::<_, PublishError>))
-            .try_for_each_concurrent(IN_FLIGHT, |r| {
-                let (publisher, topic) = (&self.publisher, &topic);
-                async move { publisher.publish_to(topic, r).await.map(drop) }
-            })
-            .await?;
 
-        let released_subjects: HashSet<&str> = rows
+        let subjects: BTreeSet<&str> = rows
             .iter()
             .zip(&plan.kept)
             .filter(|(_, k)| **k)
@@ -252,7 +269,7 @@ impl Releaser {
             .collect();
         let manifest = ResearchReleased {
             records: count(records.len()),
-            subjects: count(released_subjects.len()),
+            subjects: count(subjects.len()),
             k_achieved: plan.k_achieved.map(count),
             generalized: project
                 .quasi_identifiers
@@ -270,17 +287,49 @@ impl Releaser {
                 withdrawn.len(),
             )
         };
-        self.announce(&manifest).await?;
+        let (mut kept, mut suppressed) = (Vec::new(), Vec::new());
+        for (c, k) in eligible.iter().zip(&plan.kept) {
+            if *k { &mut kept } else { &mut suppressed }.push(c.item_key.clone());
+        }
+        let decision = Decision {
+            project: project.id.clone(),
+            researcher: project.researcher.clone(),
+            records,
+            manifest,
+            subjects: subjects.into_iter().map(str::to_owned).collect(),
+            kept,
+            suppressed,
+        };
+        let now = chrono::Utc::now().timestamp_millis();
+        let decision = self
+            .store
+            .decide(release_id, &project.id, now, &decision)
+            .await?;
+        self.publish(release_id, decision).await
+    }
+
+    /// Publishes a decided release: its records, its manifest, the patients' trail, the items'
+    /// outcomes. Each step may run again after a failure: records and the manifest keep their
+    /// ids (consumers deduplicate on them).
+    async fn publish(&self, release_id: &str, d: Decision) -> Result<Released, ReleaseError> {
+        let topic = research_topic(&d.project);
+        futures::stream::iter(d.records.iter().map(Ok::<_, PublishError>))
+            .try_for_each_concurrent(IN_FLIGHT, |r| {
+                let (publisher, topic) = (&self.publisher, &topic);
+                async move { publisher.publish_to(topic, r).await.map(drop) }
+            })
+            .await?;
+        self.announce(&d.manifest).await?;
         // Each patient's trail shows that their data went to the project — not as what.
         let subject = format!(
             "policy={POLICY_VERSION}; project={}; release={release_id}",
-            project.id
+            d.project
         );
         let mut tx = self.store.database().pool.begin().await?;
-        for patient in &released_subjects {
+        for patient in &d.subjects {
             AuditLog::record_in(
                 &mut tx,
-                &project.researcher,
+                &d.researcher,
                 "research.release",
                 &subject,
                 patient,
@@ -288,15 +337,16 @@ impl Releaser {
             .await?;
         }
         tx.commit().await?;
-        let (mut kept, mut suppressed): (Vec<&str>, Vec<&str>) = (Vec::new(), Vec::new());
-        for (c, k) in eligible.iter().zip(&plan.kept) {
-            if *k { &mut kept } else { &mut suppressed }.push(c.item_key.as_str());
-        }
-        self.store.finish(release_id, "released", &kept).await?;
         self.store
-            .finish(release_id, "suppressed", &suppressed)
+            .finish(release_id, "released", &as_strs(&d.kept))
             .await?;
-        Ok(Released { manifest })
+        self.store
+            .finish(release_id, "suppressed", &as_strs(&d.suppressed))
+            .await?;
+        self.store.forget_decision(release_id).await?;
+        Ok(Released {
+            manifest: d.manifest,
+        })
     }
 
     /// Publishes a release's manifest and keeps it for the researchers' API.
@@ -406,6 +456,10 @@ fn manifest(
         policy_version: POLICY_VERSION.to_owned(),
         fairness: Vec::new(),
     }
+}
+
+fn as_strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
 }
 
 fn count(n: usize) -> i32 {

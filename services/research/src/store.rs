@@ -1,8 +1,9 @@
 //! The export's tables: items waiting for a release, birth dates, and the releases made.
 //!
 //! A release claims its items with one conditional update (`pending` → `releasing`, with the
-//! release's id), so two replicas never release the same item; a release that stopped half
-//! way (a crash, the broker away) is taken up again under the same id and gives the same
+//! release's id), so two replicas never release the same item; a release decides what it
+//! publishes before publishing anything and keeps that decision, so one that stopped half way
+//! (a crash, the broker away) is taken up again under the same id and publishes the same
 //! records with the same ids.
 
 use std::collections::HashMap;
@@ -242,6 +243,54 @@ impl Store {
             }
             query.execute(&self.db.pool).await?;
         }
+        Ok(())
+    }
+
+    /// Keeps `decision` for `release_id` unless one is kept already, and returns the one kept:
+    /// of two replicas deciding the same release at once, both then publish the first decision.
+    pub async fn decide<D: serde::Serialize + serde::de::DeserializeOwned>(
+        &self,
+        release_id: &str,
+        project: &str,
+        now_ms: i64,
+        decision: &D,
+    ) -> Result<D, ReadModelError> {
+        sqlx::query(
+            "INSERT INTO research_decisions (release_id, project, decided_ms, decision)
+             VALUES ($1, $2, $3, $4) ON CONFLICT (release_id) DO NOTHING",
+        )
+        .bind(release_id)
+        .bind(project)
+        .bind(now_ms)
+        .bind(serde_json::to_string(decision)?)
+        .execute(&self.db.pool)
+        .await?;
+        self.decision(release_id)
+            .await?
+            .ok_or_else(|| ReadModelError::from(sqlx::Error::RowNotFound))
+    }
+
+    /// The decision kept for `release_id`, if it was decided.
+    pub async fn decision<D: serde::de::DeserializeOwned>(
+        &self,
+        release_id: &str,
+    ) -> Result<Option<D>, ReadModelError> {
+        let text = sqlx::query_scalar::<_, String>(
+            "SELECT decision FROM research_decisions WHERE release_id = $1",
+        )
+        .bind(release_id)
+        .fetch_optional(&self.db.pool)
+        .await?;
+        Ok(text.map(|t| serde_json::from_str(&t)).transpose()?)
+    }
+
+    /// Drops a finished release's decision: what it published is on the topic, its manifest in
+    /// `research_releases`.
+    pub async fn forget_decision(&self, release_id: &str) -> Result<(), ReadModelError> {
+        sqlx::query("DELETE FROM research_decisions WHERE release_id = $1")
+            .bind(release_id)
+            .execute(&self.db.pool)
+            .await?;
         Ok(())
     }
 
