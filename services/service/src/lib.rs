@@ -4,6 +4,7 @@
 //! request bodies, input hygiene for text, per-organization limits, and the audit of refused
 //! requests.
 
+pub mod admission;
 pub mod audit;
 pub mod body;
 pub mod changes;

@@ -105,7 +105,10 @@ impl From<crate::config::ConnectError> for StartupError {
 pub struct Service {
     name: &'static str,
     listener: TcpListener,
+    /// `/health` and `/ready`: answered whatever the load.
+    probes: Router,
     app: Router,
+    admission: crate::admission::Admission,
     consumers: Vec<Consumer>,
     /// Other servers of the service (a lab gateway's MLLP listener): each ends when `stopping`
     /// is cancelled.
@@ -150,7 +153,7 @@ async fn ready(State(probe): State<Probe>) -> Result<axum::Json<serde_json::Valu
 
 impl Service {
     /// Binds `listen` (port 0 picks a free port, as tests do) for `app` plus `/health`,
-    /// `/ready` and `/metrics`, every route measured. `stopping` is cancelled when the service begins to stop: what must end then
+    /// `/ready` and `/metrics`, every route measured, `app`'s behind admission. `stopping` is cancelled when the service begins to stop: what must end then
     /// (live streams) listens to it.
     pub async fn bind(
         name: &'static str,
@@ -176,7 +179,9 @@ impl Service {
         Ok(Self {
             name,
             listener,
-            app: crate::metrics::measured(probes.merge(app)),
+            probes,
+            app,
+            admission: crate::admission::Admission::default(),
             consumers,
             servers: Vec::new(),
             stopping,
@@ -209,6 +214,12 @@ impl Service {
         Ok(self.with_server(shipper))
     }
 
+    /// Other bounds on requests in flight than [`crate::admission`]'s (tests tighten them).
+    pub fn with_admission(mut self, admission: crate::admission::Admission) -> Self {
+        self.admission = admission;
+        self
+    }
+
     /// How long a client may take to send a request's headers (tests shorten it).
     pub fn with_header_timeout(mut self, timeout: std::time::Duration) -> Self {
         self.header_timeout = timeout;
@@ -232,12 +243,16 @@ impl Service {
         let Service {
             name,
             listener,
+            probes,
             app,
+            admission,
             consumers,
             servers,
             stopping,
             header_timeout,
         } = self;
+        // Every route measured, shed requests too; the probes and /metrics outside admission.
+        let app = crate::metrics::measured(probes.merge(admission.around(app)));
         let tasks = TaskTracker::new();
         for consumer in consumers {
             let stopping = stopping.clone();
@@ -338,6 +353,60 @@ mod tests {
         stop.cancel();
         running.await.unwrap().unwrap();
         assert!(get("/health").await.is_err(), "stopped serving");
+    }
+
+    /// At capacity a service sheds what it cannot take, and still answers its probes and
+    /// `/metrics` (an orchestrator must not restart a service for being busy).
+    #[tokio::test]
+    async fn at_capacity_the_probes_and_metrics_still_answer_and_the_excess_is_shed() {
+        let release = Arc::new(tokio::sync::Notify::new());
+        let waiting = release.clone();
+        let service = Service::bind(
+            "example",
+            "127.0.0.1:0".parse().unwrap(),
+            Router::new()
+                .route(
+                    "/wait",
+                    get(move || {
+                        let release = waiting.clone();
+                        async move {
+                            release.notified().await;
+                            "done"
+                        }
+                    }),
+                )
+                .route("/now", get(|| async { "now" })),
+            Vec::new(),
+            None,
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap()
+        .with_admission(crate::admission::Admission::new(1, 5));
+        let url = service.url();
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(service.run_until(stop.clone()));
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::new();
+        let held = tokio::spawn(http.get(format!("{url}/wait")).send());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let shed = loop {
+            // Served until the held request has the one slot.
+            let r = http.get(format!("{url}/now")).send().await.unwrap();
+            if r.status() != 200 || std::time::Instant::now() > deadline {
+                break r;
+            }
+        };
+        assert_eq!(shed.status(), 503);
+        assert_eq!(shed.headers()["retry-after"], "1");
+        for probe in ["/health", "/ready", "/metrics"] {
+            let r = http.get(format!("{url}{probe}")).send().await.unwrap();
+            assert_eq!(r.status(), 200, "{probe} at capacity");
+        }
+        release.notify_waiters();
+        assert_eq!(held.await.unwrap().unwrap().status(), 200);
+        stop.cancel();
+        running.await.unwrap().unwrap();
     }
 
     #[tokio::test]
