@@ -994,8 +994,9 @@ async fn a_registry_is_imported_with_its_ids_and_confluents_client_reads_it() {
 /// V2 plus another optional field: FULL-compatible with V2.
 const V2_WITH_PHONE: &str = r#"{"type":"record","name":"Patient","namespace":"t","fields":[{"name":"id","type":"string"},{"name":"name","type":"string"},{"name":"email","type":["null","string"],"default":null},{"name":"phone","type":["null","string"],"default":null}]}"#;
 
-/// Confluent's Python client registers a schema with a reference, reads it back, serializes and
-/// deserializes records through it, and is refused deleting what it references
+/// Confluent's Python client registers a schema with a reference (also normalized), reads it
+/// back, serializes and deserializes records through it, asks where its id is used, freezes and
+/// unfreezes its subject, and is refused deleting what it references
 /// (tests/python/registry_references_check.py).
 #[tokio::test]
 async fn confluents_client_registers_and_reads_schemas_with_references() {

@@ -1,5 +1,6 @@
 """Confluent's own Python client registers and reads schemas with references through a hixbus
-registry, and its Avro serializer and deserializer resolve them.
+registry, and its Avro serializer and deserializer resolve them; it normalizes, asks where a
+schema id is used, and freezes and unfreezes a subject with /mode.
 
 Usage: registry_references_check.py REGISTRY_URL
 
@@ -24,6 +25,11 @@ ADDRESS = json.dumps({
 PERSON = json.dumps({
     "type": "record", "name": "Person", "namespace": "com.example",
     "fields": [{"name": "name", "type": "string"}, {"name": "home", "type": "com.example.Address"}],
+})
+PERSON_WITH_EMAIL = json.dumps({
+    "type": "record", "name": "Person", "namespace": "com.example",
+    "fields": [{"name": "name", "type": "string"}, {"name": "home", "type": "com.example.Address"},
+               {"name": "email", "type": ["null", "string"], "default": None}],
 })
 # The same schema written another way: other key order, other whitespace.
 PERSON_REWRITTEN = """{ "fields": [ {"type": "string", "name": "name"},
@@ -70,6 +76,25 @@ def main():
     data = serializer(record, context)
     assert data[0] == 0 and int.from_bytes(data[1:5], "big") == person_id, data[:5]
     assert deserializer(data, context) == record
+
+    # Where a schema id is used, as Confluent's client asks.
+    assert fresh.get_subjects_by_schema_id(person_id) == ["people-value"]
+    versions = fresh.get_schema_versions(person_id)
+    assert [(v.subject, v.version) for v in versions] == [("people-value", 1)], versions
+
+    # A frozen subject refuses registrations and says why; unfreezing drops its own mode.
+    assert client.update_mode("people-value", "READONLY") == "READONLY"
+    assert client.get_mode("people-value") == "READONLY"
+    try:
+        client.register_schema("people-value", Schema(PERSON_WITH_EMAIL, "AVRO", [reference]))
+    except SchemaRegistryError as e:
+        assert e.error_code == 42205, e
+    else:
+        raise AssertionError("registered under a READONLY subject")
+    assert client.delete_mode("people-value") == "READONLY"
+    assert client.get_global_mode() == "READWRITE"
+    new_id = client.register_schema("people-value", Schema(PERSON_WITH_EMAIL, "AVRO", [reference]))
+    assert new_id > person_id and fresh.get_versions("people-value") == [1, 2]
 
     # What is referenced cannot be deleted.
     try:
