@@ -1698,6 +1698,8 @@ const ROUTES: &[(&str, &str, Audited)] = &[
     ),
     ("service", "/hello", UNIT_TEST),
     ("service", "/who", UNIT_TEST),
+    ("service", "/wait", UNIT_TEST),
+    ("service", "/now", UNIT_TEST),
 ];
 
 /// Every consumer (`Consumer::builder(` in a source file), classified the same way: one that
