@@ -30,17 +30,22 @@ use serde_json::{Value, json};
 const BUNDLE: &str = include_str!(
     "../fixtures/fhir/jp-eprescription/Bundle-Bundle-for-JP-MedReq-ePreBundleExample01.json"
 );
-const ORGANIZATIONS: &str = r#"
-[[organization]]
-id = "clinic-sakura"
-role = "clinic"
-name = "さくら内科クリニック"
+/// Clinics posting, in turn: a region's load comes from many clinics, each with its own key (and
+/// its own share of a service's requests in flight, `hixbus_service::admission`).
+const CLINICS: usize = 8;
 
-[[organization]]
-id = "pharmacy-aozora"
-role = "pharmacy"
-name = "あおぞら薬局"
-"#;
+/// The pharmacy and [`CLINICS`] clinics.
+fn organizations() -> String {
+    let mut toml = String::from(
+        "[[organization]]\nid = \"pharmacy-aozora\"\nrole = \"pharmacy\"\nname = \"あおぞら薬局\"\n",
+    );
+    for n in 0..CLINICS {
+        toml.push_str(&format!(
+            "\n[[organization]]\nid = \"clinic-{n}\"\nrole = \"clinic\"\nname = \"クリニック {n}\"\n"
+        ));
+    }
+    toml
+}
 
 /// The allocator the `hixbus` binary runs with.
 #[global_allocator]
@@ -58,8 +63,16 @@ async fn main() {
     if let Ok(wait) = std::env::var("HIXBUS_BENCH_FETCH_WAIT_MS") {
         stack.kafka = stack.kafka.clone().with_option("fetch.wait.max.ms", wait);
     }
-    let mut directory = Directory::from_toml(ORGANIZATIONS).unwrap();
-    let clinic_key = directory.issue_key("clinic-sakura").unwrap();
+    let mut directory = Directory::from_toml(&organizations()).unwrap();
+    let clinic_keys: Vec<String> = (0..CLINICS)
+        .map(|n| {
+            directory
+                .issue_key(&format!("clinic-{n}"))
+                .unwrap()
+                .expose()
+                .to_owned()
+        })
+        .collect();
     let pharmacy_key = directory.issue_key("pharmacy-aozora").unwrap();
     let directory = Arc::new(directory);
     let databases = [
@@ -125,7 +138,7 @@ async fn main() {
         post(
             &http,
             &gateway_url,
-            clinic_key.expose(),
+            &clinic_keys[n % CLINICS],
             &bundle(1_000_000 + n),
         )
         .await;
@@ -140,12 +153,12 @@ async fn main() {
     let started = Instant::now();
     let mut ticker = tokio::time::interval(load.interval());
     let mut requests = Vec::with_capacity(total);
-    for body in bodies {
+    for (n, body) in bodies.into_iter().enumerate() {
         ticker.tick().await;
         let (http, url, key, accepted, refused) = (
             http.clone(),
             gateway_url.clone(),
-            clinic_key.expose().to_owned(),
+            clinic_keys[n % CLINICS].clone(),
             accepted.clone(),
             refused.clone(),
         );

@@ -28,11 +28,12 @@ async fn main() -> std::process::ExitCode {
     };
     let cases = hostile::corpus(&target);
     let rounds: usize = rounds.parse().unwrap_or(1);
-    let mut requests = 0;
+    let (mut requests, mut shed) = (0, 0);
     let mut failures = Vec::new();
     for _ in 0..rounds {
         let outcome = hostile::run(&cases, 32).await;
         requests += outcome.requests;
+        shed += outcome.shed;
         failures.extend(outcome.failures);
     }
     println!(
@@ -40,6 +41,7 @@ async fn main() -> std::process::ExitCode {
         serde_json::json!({
             "kinds": cases.len(),
             "requests": requests,
+            "shed": shed,
             "unexpected": failures.len(),
         })
     );

@@ -782,11 +782,12 @@ async fn hostile_requests_get_their_answer_and_leave_nothing_behind() {
     );
     let cases = hixbus_tests::hostile::corpus(&target);
     let rounds = 3;
-    let mut requests = 0;
+    let (mut requests, mut shed) = (0, 0);
     for _ in 0..rounds {
         let outcome = hixbus_tests::hostile::run(&cases, 16).await;
         assert!(outcome.failures.is_empty(), "{:#?}", outcome.failures);
         requests += outcome.requests;
+        shed += outcome.shed;
     }
     let after = (
         count(flow.gateway_db.clone(), "gateway_submissions").await,
@@ -801,7 +802,7 @@ async fn hostile_requests_get_their_answer_and_leave_nothing_behind() {
     }
     hixbus_tests::report(
         "hostile corpus (services on Tansu and PostgreSQL)",
-        json!({ "kinds": cases.len(), "requests": requests, "unexpected": 0 }),
+        json!({ "kinds": cases.len(), "requests": requests, "shed": shed, "unexpected": 0 }),
     );
     flow.stop().await;
 }

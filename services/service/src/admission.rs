@@ -22,12 +22,14 @@ use tokio::sync::Semaphore;
 use crate::error::ApiError;
 use crate::limits::PerKeyLimit;
 
-/// Requests one service handles at once. Far above what two cores finish in a few
-/// milliseconds each, far below the connections it holds ([`crate::http::MAX_CONNECTIONS`]).
-pub const MAX_IN_FLIGHT: usize = 512;
-/// Requests one client has in flight at once: a quarter of the service's, so at least four
-/// clients are served however hard one pushes.
-pub const MAX_IN_FLIGHT_PER_CLIENT: usize = MAX_IN_FLIGHT / 4;
+/// Requests one service handles at once. What is admitted waits behind what is in flight
+/// (Little's law: in flight / throughput); at the flow's saturation on two cores, about 650
+/// prescriptions/s, 512 in flight made an admitted request wait 800 ms and 48 keeps it under
+/// 100 ms (docs/performance.md). A service with more cores or replicas carries more at once.
+pub const MAX_IN_FLIGHT: usize = 48;
+/// Requests one client has in flight at once: two thirds of the service's, so a second client
+/// always has room, and enough for an integration engine sending in parallel.
+pub const MAX_IN_FLIGHT_PER_CLIENT: usize = 32;
 /// What the excess is told to wait: long enough for a burst to drain.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
 

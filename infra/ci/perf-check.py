@@ -1,0 +1,52 @@
+"""The performance regression check: a short, fixed-size run of the codec and bus benchmarks,
+whose ratios (never absolute times) are compared with infra/ci/perf-baseline.toml. Fails only
+when a ratio falls below its floor.
+
+usage: perf-check.py CRITERION_DIR BUS_BENCH_OUTPUT BASELINE
+"""
+
+import json
+import os
+import re
+import sys
+import tomllib
+
+
+def median_ns(criterion_dir, group, function, parameter):
+    path = os.path.join(criterion_dir, group, function, parameter, "new", "estimates.json")
+    with open(path) as f:
+        return json.load(f)["median"]["point_estimate"]
+
+
+def main():
+    criterion_dir, bus_output, baseline_path = sys.argv[1:4]
+    with open(baseline_path, "rb") as f:
+        baseline = tomllib.load(f)
+    measured = {}
+    for op in ("encode", "decode"):
+        typed = median_ns(criterion_dir, op, "hixbus typed", "3-line prescription")
+        generic = median_ns(criterion_dir, op, "avro generic Value", "3-line prescription")
+        measured[f"codec.{op}_3_line"] = generic / typed
+    with open(bus_output) as f:
+        text = f.read()
+    for op, label in (("publish", "publish (acked)"), ("consume", "consume")):
+        row = re.search(rf"^\| {re.escape(label)} \| .* \| ([0-9.]+) \|$", text, re.M)
+        if not row:
+            sys.exit(f"the bus benchmark printed no '{label}' row:\n{text}")
+        measured[f"bus.{op}"] = float(row.group(1))
+
+    failed = False
+    print("| Ratio | recorded | floor | this run |")
+    print("|---|---|---|---|")
+    for key, value in measured.items():
+        section, name = key.split(".")
+        ref = baseline[section][name]
+        ok = value >= ref["floor"]
+        failed |= not ok
+        print(f"| {key} | {ref['recorded']} | {ref['floor']} | {value:.2f}{'' if ok else '  REGRESSION'} |")
+    if failed:
+        sys.exit("a ratio fell below its floor: a large performance regression (docs/performance.md)")
+
+
+if __name__ == "__main__":
+    main()

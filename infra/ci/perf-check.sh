@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The performance regression check (issue 16, docs/performance.md): the codec and bus benchmarks
+# in a short fixed-size run (release build), their ratios against infra/ci/perf-baseline.toml.
+#   usage: infra/ci/perf-check.sh        (CARGO_TARGET_DIR as for the build)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+target="${CARGO_TARGET_DIR:-target}"
+python="${HIXBUS_PYTHON:-$HOME/.cache/hixbus/venv/bin/python}"
+out="$(mktemp -d)"
+trap 'rm -rf "$out"' EXIT
+
+# Only the 3-line prescription: the check's figure. Criterion keeps its estimates in the target
+# directory; a fresh run overwrites `new/`.
+cargo bench --quiet --locked -p hixbus-contracts --bench codec -- \
+  --warm-up-time 1 --measurement-time 2 --noplot "3-line" >"$out/codec.txt"
+HIXBUS_BENCH_RECORDS=5000 cargo bench --quiet --locked -p hixbus-bus --bench throughput \
+  >"$out/bus.txt" 2>&1 || { cat "$out/bus.txt"; exit 1; }
+"$python" infra/ci/perf-check.py "$target/criterion" "$out/bus.txt" infra/ci/perf-baseline.toml
