@@ -3,7 +3,7 @@
 //! accepting until it ran out of file descriptors). Requests in flight are bounded for the whole
 //! service (503 with `Retry-After`: nothing took effect, the same request may be sent again, and
 //! clinics retry idempotently) and per client (429 with `Retry-After`), so one organization's
-//! burst cannot take the others' share. A client is its credentials (the `Authorization`
+//! burst cannot take all of a service. A client is its credentials (the `Authorization`
 //! header, digested: the map keeps no secret), or its address without. Probes and `/metrics` are
 //! outside it (the service wires them around it), and a live stream holds its slot only until
 //! its headers are sent, so open streams never crowd out requests.
@@ -24,11 +24,12 @@ use crate::limits::PerKeyLimit;
 
 /// Requests one service handles at once. What is admitted waits behind what is in flight
 /// (Little's law: in flight / throughput); at the flow's saturation on two cores, about 650
-/// prescriptions/s, 512 in flight made an admitted request wait 800 ms and 48 keeps it under
-/// 100 ms (docs/performance.md). A service with more cores or replicas carries more at once.
+/// prescriptions/s, 512 in flight made an admitted request wait 800 ms at p99 and 48 makes it
+/// 80 ms at the median and 127 ms at p99 (docs/performance.md). A service with more cores or
+/// replicas carries more at once.
 pub const MAX_IN_FLIGHT: usize = 48;
-/// Requests one client has in flight at once: two thirds of the service's, so a second client
-/// always has room, and enough for an integration engine sending in parallel.
+/// Requests one client has in flight at once: two thirds of the service's, so others always have
+/// room, and enough for an integration engine sending in parallel.
 pub const MAX_IN_FLIGHT_PER_CLIENT: usize = 32;
 /// What the excess is told to wait: long enough for a burst to drain.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
