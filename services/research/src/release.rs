@@ -308,9 +308,9 @@ impl Releaser {
         self.publish(release_id, decision).await
     }
 
-    /// Publishes a decided release: its records, its manifest, the patients' trail, the items'
-    /// outcomes. Each step may run again after a failure: records and the manifest keep their
-    /// ids (consumers deduplicate on them).
+    /// Publishes a decided release: its records, its manifest, then in one transaction the
+    /// patients' trail and the items' outcomes. Publishing may run again after a failure: records
+    /// and the manifest keep their ids (consumers deduplicate on them).
     async fn publish(&self, release_id: &str, d: Decision) -> Result<Released, ReleaseError> {
         let topic = research_topic(&d.project);
         futures::stream::iter(d.records.iter().map(Ok::<_, PublishError>))
@@ -325,6 +325,8 @@ impl Releaser {
             "policy={POLICY_VERSION}; project={}; release={release_id}",
             d.project
         );
+        // One transaction: the trail rows, the items' outcomes and the end of the decision
+        // happen together or not at all, so a retake never writes a patient's row twice.
         let mut tx = self.store.database().pool.begin().await?;
         for patient in &d.subjects {
             AuditLog::record_in(
@@ -336,14 +338,10 @@ impl Releaser {
             )
             .await?;
         }
+        Store::finish_in(&mut tx, release_id, "released", &as_strs(&d.kept)).await?;
+        Store::finish_in(&mut tx, release_id, "suppressed", &as_strs(&d.suppressed)).await?;
+        Store::forget_decision_in(&mut tx, release_id).await?;
         tx.commit().await?;
-        self.store
-            .finish(release_id, "released", &as_strs(&d.kept))
-            .await?;
-        self.store
-            .finish(release_id, "suppressed", &as_strs(&d.suppressed))
-            .await?;
-        self.store.forget_decision(release_id).await?;
         Ok(Released {
             manifest: d.manifest,
         })

@@ -231,6 +231,17 @@ impl Store {
         status: &str,
         item_keys: &[&str],
     ) -> Result<(), ReadModelError> {
+        let mut conn = self.db.pool.acquire().await?;
+        Self::finish_in(&mut conn, release_id, status, item_keys).await
+    }
+
+    /// [`Store::finish`] on `conn`: in a transaction, with what must happen with it.
+    pub async fn finish_in(
+        conn: &mut sqlx::AnyConnection,
+        release_id: &str,
+        status: &str,
+        item_keys: &[&str],
+    ) -> Result<(), ReadModelError> {
         for chunk in item_keys.chunks(CHUNK) {
             let sql = format!(
                 "UPDATE research_items SET status = $1, item = '{{}}'
@@ -241,7 +252,7 @@ impl Store {
             for key in chunk {
                 query = query.bind(*key);
             }
-            query.execute(&self.db.pool).await?;
+            query.execute(&mut *conn).await?;
         }
         Ok(())
     }
@@ -284,12 +295,15 @@ impl Store {
         Ok(text.map(|t| serde_json::from_str(&t)).transpose()?)
     }
 
-    /// Drops a finished release's decision: what it published is on the topic, its manifest in
-    /// `research_releases`.
-    pub async fn forget_decision(&self, release_id: &str) -> Result<(), ReadModelError> {
+    /// Drops a finished release's decision (on `conn`, in the transaction that finishes the
+    /// release): what it published is on the topic, its manifest in `research_releases`.
+    pub async fn forget_decision_in(
+        conn: &mut sqlx::AnyConnection,
+        release_id: &str,
+    ) -> Result<(), ReadModelError> {
         sqlx::query("DELETE FROM research_decisions WHERE release_id = $1")
             .bind(release_id)
-            .execute(&self.db.pool)
+            .execute(conn)
             .await?;
         Ok(())
     }
