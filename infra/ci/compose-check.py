@@ -123,6 +123,12 @@ def check_principals(compose, root, hixbus, problems):
         if command_path(service)[:1] != ["serve"]:
             continue
         raw = service.get("environment", {}).get("HIXBUS_KAFKA_OPTIONS")
+        if raw is None and f"hixbus-{command_path(service)[1]}" not in principals:
+            # A service with no principal in the generated script talks to no broker (the
+            # consoles): nothing to authenticate.
+            if "HIXBUS_BOOTSTRAP_SERVERS" in service.get("environment", {}):
+                problems.append(f"service {name}: names a broker but has no Kafka principal")
+            continue
         if raw is None:
             problems.append(f"service {name}: no HIXBUS_KAFKA_OPTIONS: it would connect without SASL")
             continue

@@ -6,6 +6,7 @@ mod checkups;
 mod claims;
 mod codec;
 mod confluent_clients;
+mod consoles;
 mod faults;
 mod gate;
 mod hardening;

@@ -1254,6 +1254,30 @@ async fn a_duplicate_from_a_second_clinic_raises_an_alert_both_sides_see_as_cons
     flow.stop().await;
 }
 
+/// Every prescription `org` has at `list`, paged three at a time with `order=newest`.
+async fn newest_first(flow: &Flow, org: &str, list: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut after = String::new();
+    loop {
+        let (status, page) = flow
+            .call(
+                Some(org),
+                "GET",
+                format!("{list}?order=newest&limit=3&after={after}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{page}");
+        for p in page["prescriptions"].as_array().unwrap() {
+            ids.push(p["prescription_id"].as_str().unwrap().to_owned());
+        }
+        match page["next"].as_str() {
+            Some(next) => after = next.to_owned(),
+            None => return ids,
+        }
+    }
+}
+
 /// The example bundle as prescription `n` of its own patient.
 pub(crate) fn numbered_bundle(n: usize) -> Value {
     let mut bundle = fixture("Bundle-Bundle-for-JP-MedReq-ePreBundleExample01.json");
@@ -1329,6 +1353,21 @@ async fn restarting_the_gateway_and_the_pharmacy_mid_stream_loses_and_duplicates
         seen, expected,
         "every prescription exactly once in the inbox"
     );
+    // The consoles' order: newest first, paged down to the first, each exactly once.
+    for (org, list) in [
+        (
+            "pharmacy-aozora",
+            format!("{}/pharmacy/inbox", flow.pharmacy),
+        ),
+        (
+            "clinic-sakura",
+            format!("{}/clinic/prescriptions", flow.gateway),
+        ),
+    ] {
+        let mut oldest_first = newest_first(&flow, org, &list).await;
+        oldest_first.reverse();
+        assert_eq!(oldest_first, expected, "{list}: newest first, each once");
+    }
 
     let (_, list) = flow
         .call(

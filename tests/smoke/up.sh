@@ -26,12 +26,13 @@ claims="127.0.0.1:$(port)"
 insurer="127.0.0.1:$(port)"
 patient="127.0.0.1:$(port)"
 research="127.0.0.1:$(port)"
+web="127.0.0.1:$(port)"
 oidc="127.0.0.1:$(port)"
 mllp="127.0.0.1:$(port)"
 
 started=$(date +%s.%N)
 "$bin" up --kafka-listen "$kafka" --registry-listen "$registry" --demo-interval-ms 50 \
-  --listen "clinic-gateway=$gateway" --listen "pharmacy=$pharmacy" --listen "medication-safety=$safety" --listen "lab-gateway=$lab" --listen "insurer-feed=$feed" --listen "claims=$claims" --listen "insurer=$insurer" --listen "patient=$patient" --listen "research=$research" --oidc-listen "$oidc" --mllp-listen "$mllp" \
+  --listen "clinic-gateway=$gateway" --listen "pharmacy=$pharmacy" --listen "medication-safety=$safety" --listen "lab-gateway=$lab" --listen "insurer-feed=$feed" --listen "claims=$claims" --listen "insurer=$insurer" --listen "patient=$patient" --listen "research=$research" --listen "web=$web" --oidc-listen "$oidc" --mllp-listen "$mllp" \
   >"$work/up.out" 2>"$work/up.err" &
 up=$!
 # Ready in well under a second usually; the medication-safety rebuild can take a few seconds
@@ -100,6 +101,18 @@ for _ in $(seq 1 150); do
 done
 curl -sf "http://$claims/claims/dispensing:$id" -H "Authorization: Bearer $AOZORA_KEY" | grep -q '"status":"accepted"' \
   || { curl -s "http://$claims/claims/dispensing:$id" -H "Authorization: Bearer $AOZORA_KEY"; echo "the dispensing of $id was not billed and accepted" >&2; exit 1; }
+
+# The consoles, as the banner says: sign in with the pharmacy's key (the form's CSRF token
+# from the sign-in page, the session in a cookie) and see the prescription and its claim.
+grep -q "Consoles          http://$web" "$work/up.out" || { echo "the banner does not show the consoles" >&2; exit 1; }
+jar="$work/cookies"
+csrf=$(curl -sf -c "$jar" "http://$web/signin" | grep -o 'name="csrf" value="[^"]*"' | head -1 | sed 's/.*value="//; s/"$//')
+[ -n "$csrf" ] || { echo "the sign-in page has no CSRF token" >&2; exit 1; }
+curl -sf -b "$jar" -c "$jar" -o /dev/null --data-urlencode "csrf=$csrf" --data-urlencode "api_key=$AOZORA_KEY" "http://$web/signin" \
+  || { echo "console sign-in failed" >&2; exit 1; }
+curl -sf -b "$jar" "http://$web/pharmacy" | grep -q "$id" || { echo "the pharmacy console does not show $id" >&2; exit 1; }
+curl -sf -b "$jar" "http://$web/pharmacy/rx/$id" | grep -q 'data-outcome="accepted"' \
+  || { echo "the pharmacy console does not show the accepted claim of $id" >&2; exit 1; }
 
 # The patient signs in with the token up printed and sees the prescription, its dispensing and
 # its claim in their own record; without the token, nothing.

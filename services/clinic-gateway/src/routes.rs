@@ -343,6 +343,10 @@ pub struct ListParams {
     /// The `next` of the previous page.
     #[serde(default)]
     after: Option<String>,
+    /// `newest`: from the latest prescription down (the console); `oldest`, the default, in
+    /// order of issue.
+    #[serde(default)]
+    order: hixbus_service::ListOrder,
 }
 
 /// The prescriptions the caller issued, with their status, a page at a time.
@@ -363,7 +367,12 @@ pub async fn list_issued(
         .map_err(|p| ApiError::bad_request(format!("after {p}")))?;
     let rows = state
         .view
-        .list(&org.id, &after, limit)
+        .list(
+            &org.id,
+            &after,
+            limit,
+            params.order == hixbus_service::ListOrder::Newest,
+        )
         .await
         .map_err(view_failed)?;
     let mut items = Vec::with_capacity(rows.len());

@@ -223,16 +223,26 @@ impl ClinicView {
         issuer: &str,
         after: &str,
         limit: u32,
+        newest_first: bool,
     ) -> Result<Vec<ClinicPrescription>, ViewError> {
-        let rows = sqlx::query(&format!(
-            "{SELECT} WHERE issuer_org = $1 AND prescription_id > $2
-             ORDER BY prescription_id LIMIT $3"
-        ))
-        .bind(issuer)
-        .bind(after)
-        .bind(i64::from(limit))
-        .fetch_all(&self.db.pool)
-        .await?;
+        // Ids are UUIDv7, ordered by time of issue; `after` is the previous page's last id.
+        let sql = if newest_first {
+            format!(
+                "{SELECT} WHERE issuer_org = $1 AND ($2 = '' OR prescription_id < $2)
+                 ORDER BY prescription_id DESC LIMIT $3"
+            )
+        } else {
+            format!(
+                "{SELECT} WHERE issuer_org = $1 AND prescription_id > $2
+                 ORDER BY prescription_id LIMIT $3"
+            )
+        };
+        let rows = sqlx::query(&sql)
+            .bind(issuer)
+            .bind(after)
+            .bind(i64::from(limit))
+            .fetch_all(&self.db.pool)
+            .await?;
         rows.iter().map(read).collect()
     }
 

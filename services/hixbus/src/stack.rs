@@ -99,6 +99,7 @@ services! {
     Insurer => hixbus_insurer,
     Patient => hixbus_patient,
     Research => hixbus_research,
+    Web => hixbus_web,
 }
 
 /// Whether a deployed service ships its audit log to the patients' trail itself: yes, unless
@@ -114,6 +115,14 @@ fn ships_audit_trail() -> bool {
             false
         }
         _ => true,
+    }
+}
+
+impl Kind {
+    /// Whether it talks to Kafka. The consoles only call the other services' HTTP APIs, so
+    /// they get no Kafka principal and no grants (`hixbus topics acls`).
+    pub fn uses_kafka(self) -> bool {
+        self != Kind::Web
     }
 }
 
@@ -134,9 +143,11 @@ mod tests {
             let value = kind.to_possible_value().unwrap();
             assert_eq!(value.get_name(), kind.name());
             assert!(kind.env_names().contains(&"HIXBUS_LISTEN".to_owned()));
-            assert!(
+            assert_eq!(
                 kind.env_names()
-                    .contains(&"HIXBUS_BOOTSTRAP_SERVERS".to_owned())
+                    .contains(&"HIXBUS_BOOTSTRAP_SERVERS".to_owned()),
+                kind.uses_kafka(),
+                "{kind}"
             );
         }
         assert!(Kind::Pharmacy.keeps_tables());

@@ -294,7 +294,7 @@ async fn start_services(
         hixbus_research::projects::Keys::generate_text(&[DEMO_RESEARCH_PROJECT], "up"),
     )?;
     let project_keys = keys_path.display().to_string();
-    let mut urls = Vec::new();
+    let mut urls: Vec<(Kind, String)> = Vec::new();
     let mut tasks = Vec::new();
     let mut patient_database = None;
     for &kind in Kind::ALL {
@@ -340,6 +340,21 @@ async fn start_services(
         ];
         if let Some(listen) = &listen {
             settings.push(("listen", listen.as_str()));
+        }
+        // The consoles call the services started before them, wherever they listen.
+        let url_of = |wanted: Kind| {
+            urls.iter()
+                .find(|(k, _)| *k == wanted)
+                .map(|(_, url)| url.clone())
+                .unwrap_or_default()
+        };
+        let upstreams = [
+            ("clinic_gateway_url", url_of(Kind::ClinicGateway)),
+            ("pharmacy_url", url_of(Kind::Pharmacy)),
+            ("claims_url", url_of(Kind::Claims)),
+        ];
+        if kind == Kind::Web {
+            settings.extend(upstreams.iter().map(|(k, v)| (*k, v.as_str())));
         }
         let service = kind
             .local(&settings, deps)
@@ -608,6 +623,14 @@ impl Banner<'_> {
         println!(
             " Research export   {:<24} de-identified, k-anonymous releases of project demo-lab-trends (topic research.demo-lab-trends.records; GET /research/releases)",
             self.services.url(Kind::Research)
+        );
+        println!();
+        let web = self.services.url(Kind::Web);
+        println!(
+            " Consoles          {web:<24} open in a browser (docs/consoles.md); sign in with a key below:"
+        );
+        println!(
+            "   pharmacy: {web}/pharmacy with $AOZORA_KEY   clinic and its lab results: {web}/clinic with $DAIICHI_KEY"
         );
         println!();
         println!(

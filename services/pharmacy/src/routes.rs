@@ -133,6 +133,10 @@ pub struct InboxParams {
     /// The `next` of the previous page.
     #[serde(default)]
     after: Option<String>,
+    /// `newest`: from the latest prescription down (a counter's screen); `oldest`, the
+    /// default, in order of issue (a client catching up).
+    #[serde(default)]
+    order: hixbus_service::ListOrder,
 }
 
 /// The inbox, a page at a time.
@@ -162,7 +166,12 @@ pub async fn inbox(
     };
     let rows = state
         .store
-        .inbox(&org.id, &after, limit)
+        .inbox(
+            &org.id,
+            &after,
+            limit,
+            params.order == hixbus_service::ListOrder::Newest,
+        )
         .await
         .map_err(store_failed)?;
     let mut items = Vec::with_capacity(rows.len());

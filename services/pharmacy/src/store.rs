@@ -419,17 +419,21 @@ impl Store {
         pharmacy: &str,
         after: &str,
         limit: u32,
+        newest_first: bool,
     ) -> Result<Vec<PrescriptionRow>, StoreError> {
         // The page is chosen first, then joined with its alerts, so `limit` counts
         // prescriptions, not alert rows.
-        let rows = sqlx::query(&format!(
-            "{SELECT_FROM_PAGE} ORDER BY p.prescription_id, a.alert_event_id"
-        ))
-        .bind(pharmacy)
-        .bind(after)
-        .bind(i64::from(limit))
-        .fetch_all(&self.db.pool)
-        .await?;
+        let sql = if newest_first {
+            format!("{SELECT_FROM_NEWEST} ORDER BY p.prescription_id DESC, a.alert_event_id")
+        } else {
+            format!("{SELECT_FROM_PAGE} ORDER BY p.prescription_id, a.alert_event_id")
+        };
+        let rows = sqlx::query(&sql)
+            .bind(pharmacy)
+            .bind(after)
+            .bind(i64::from(limit))
+            .fetch_all(&self.db.pool)
+            .await?;
         read_rows(&rows)
     }
 }
@@ -482,6 +486,14 @@ pub fn involved(alert: &MedicationAlert) -> Vec<String> {
 const SELECT: &str = "SELECT p.prescription_id, p.issuer_org, p.patient_ref, p.target_pharmacy,
     p.holder, p.status, p.dispensed_by, p.issued, p.dispensed, a.alert
     FROM pharmacy_prescriptions p
+    LEFT JOIN pharmacy_alerts a ON a.prescription_id = p.prescription_id";
+/// The same page from the newest prescription down (the gateway's ids are UUIDv7, ordered by
+/// time of issue): `$2` is the last id of the previous page, or empty for the first.
+const SELECT_FROM_NEWEST: &str = "SELECT p.prescription_id, p.issuer_org, p.patient_ref,
+    p.target_pharmacy, p.holder, p.status, p.dispensed_by, p.issued, p.dispensed, a.alert
+    FROM (SELECT * FROM pharmacy_prescriptions
+          WHERE holder = $1 AND ($2 = '' OR prescription_id < $2)
+          ORDER BY prescription_id DESC LIMIT $3) p
     LEFT JOIN pharmacy_alerts a ON a.prescription_id = p.prescription_id";
 const ORDER: &str = "ORDER BY p.prescription_id, a.alert_event_id";
 /// [`SELECT`] over one inbox page: `$1` the holder, `$2` the id to start after, `$3` the size.

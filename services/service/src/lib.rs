@@ -174,3 +174,13 @@ pub fn check_id(id: &str) -> Result<(), ApiError> {
     text::check_line(id, MAX_ID_CHARS)
         .map_err(|problem| ApiError::bad_request(format!("the id in the path {problem}")))
 }
+
+/// The order a list is paged in: `oldest` first (the default: a client catching up in order of
+/// issue) or `newest` first (a screen). Ids are UUIDv7, so id order is the order of issue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListOrder {
+    #[default]
+    Oldest,
+    Newest,
+}

@@ -1,0 +1,62 @@
+// Live lists for the hixbus consoles. An element with data-rows="URL" is refreshed from that
+// URL (an HTML fragment) whenever its data-live event stream (EventSource) sends an event, or
+// every data-poll milliseconds. New rows are marked and announced in the page's live region,
+// so sighted and screen-reader users both notice them. No framework: the pages work without
+// this script (reload shows the same), it only saves the reload.
+(function () {
+  "use strict";
+  function ids(el) {
+    var seen = {};
+    el.querySelectorAll("[data-id],[data-report]").forEach(function (row) {
+      seen[(row.dataset.id || row.dataset.report) + "|" + (row.dataset.status || "")] = true;
+    });
+    return seen;
+  }
+  function announce(text) {
+    var region = document.getElementById("announce");
+    if (!region || !text) return;
+    region.textContent = "";
+    window.setTimeout(function () { region.textContent = text; }, 50);
+  }
+  function attach(el) {
+    var target = el.tagName === "TABLE" ? el.querySelector("tbody") : el;
+    var busy = false, again = false;
+    function refresh() {
+      if (busy) { again = true; return; }
+      busy = true;
+      var before = ids(target);
+      fetch(el.dataset.rows, { credentials: "same-origin", headers: { "Accept": "text/html" } })
+        .then(function (r) { return r.ok ? r.text() : Promise.reject(r.status); })
+        .then(function (html) {
+          target.innerHTML = html;
+          var changed = false;
+          target.querySelectorAll("[data-id],[data-report]").forEach(function (row) {
+            var key = (row.dataset.id || row.dataset.report) + "|" + (row.dataset.status || "");
+            if (!before[key]) { row.classList.add("arrived"); changed = true; }
+          });
+          if (changed) announce(el.dataset.announce);
+          el.dataset.refreshed = String(Date.now());
+        })
+        .catch(function () { el.dataset.state = "error"; })
+        .then(function () {
+          busy = false;
+          if (again) { again = false; refresh(); }
+        });
+    }
+    if (el.dataset.live && window.EventSource) {
+      var source = new EventSource(el.dataset.live);
+      source.onopen = function () { el.dataset.state = "live"; };
+      source.onmessage = refresh;
+      ["prescription", "claim", "result", "critical", "report", "resync"].forEach(function (name) {
+        source.addEventListener(name, refresh);
+      });
+      source.onerror = function () { el.dataset.state = "reconnecting"; };
+    }
+    if (el.dataset.poll) {
+      window.setInterval(refresh, Math.max(1000, parseInt(el.dataset.poll, 10) || 5000));
+    }
+  }
+  document.addEventListener("DOMContentLoaded", function () {
+    document.querySelectorAll("[data-rows]").forEach(attach);
+  });
+})();

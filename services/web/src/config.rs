@@ -1,0 +1,73 @@
+//! What a deployment sets: `hixbus serve web --config FILE` and `HIXBUS_…` variables
+//! (docs/operations.md).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// The organizations file: sign-in checks an API key against it before any call is made.
+    #[serde(default)]
+    pub organizations: Option<PathBuf>,
+    #[serde(default = "default_clinic_gateway")]
+    pub clinic_gateway_url: String,
+    #[serde(default = "default_pharmacy")]
+    pub pharmacy_url: String,
+    #[serde(default = "default_claims")]
+    pub claims_url: String,
+    /// Served over TLS (directly or behind a terminating proxy): cookies get `Secure` and the
+    /// `__Host-` prefix, and pages send `Strict-Transport-Security`.
+    #[serde(default)]
+    pub secure_cookies: bool,
+    /// A session unused this long ends.
+    #[serde(default = "default_idle_minutes")]
+    pub session_idle_minutes: u64,
+    /// A session ends this long after sign-in, however active.
+    #[serde(default = "default_session_hours")]
+    pub session_hours: u64,
+}
+
+/// Below the services' ports (8090…): the one address people open.
+pub fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+fn default_clinic_gateway() -> String {
+    "http://127.0.0.1:8090".to_owned()
+}
+
+fn default_pharmacy() -> String {
+    "http://127.0.0.1:8091".to_owned()
+}
+
+fn default_claims() -> String {
+    "http://127.0.0.1:8095".to_owned()
+}
+
+fn default_idle_minutes() -> u64 {
+    30
+}
+
+fn default_session_hours() -> u64 {
+    12
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            organizations: None,
+            clinic_gateway_url: default_clinic_gateway(),
+            pharmacy_url: default_pharmacy(),
+            claims_url: default_claims(),
+            secure_cookies: false,
+            session_idle_minutes: default_idle_minutes(),
+            session_hours: default_session_hours(),
+        }
+    }
+}

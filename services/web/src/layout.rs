@@ -1,0 +1,175 @@
+//! The frame every page shares: language, skip link, the organization's navigation, sign-out,
+//! and a live region where the page announces what changed (screen readers read it aloud).
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use chrono::Offset;
+use hixbus_access::Role;
+use maud::{DOCTYPE, Markup, html};
+
+use crate::i18n::Lang;
+use crate::security::{Member, Visitor};
+use crate::upstream::CallError;
+
+/// What the frame needs to know of the viewer.
+#[derive(Debug, Clone, Copy)]
+pub struct Viewer<'a> {
+    pub lang: Lang,
+    /// Organization name, role and CSRF token, when signed in.
+    pub member: Option<(&'a str, Role, &'a str)>,
+}
+
+impl<'a> From<&'a Member> for Viewer<'a> {
+    fn from(m: &'a Member) -> Self {
+        Viewer {
+            lang: m.lang,
+            member: Some((m.name.as_str(), m.role, m.session.csrf.as_str())),
+        }
+    }
+}
+
+impl<'a> From<&'a Visitor> for Viewer<'a> {
+    fn from(v: &'a Visitor) -> Self {
+        Viewer {
+            lang: v.lang,
+            member: None,
+        }
+    }
+}
+
+/// Where each role's console starts.
+pub fn home_of(role: Role) -> &'static str {
+    match role {
+        Role::Pharmacy => "/pharmacy",
+        Role::Clinic | Role::Hospital => "/clinic",
+        _ => "/unsupported",
+    }
+}
+
+fn nav(lang: Lang, role: Role) -> Markup {
+    let links: Vec<(&str, &str)> = match role {
+        Role::Pharmacy => vec![("/pharmacy", lang.t("受付", "Inbox"))],
+        Role::Clinic | Role::Hospital => vec![
+            ("/clinic", lang.t("発行した処方箋", "Prescriptions")),
+            ("/clinic/results", lang.t("検査結果", "Lab results")),
+        ],
+        _ => vec![],
+    };
+    html! {
+        nav aria-label=(lang.t("メニュー", "Menu")) {
+            ul {
+                @for (href, text) in links {
+                    li { a href=(href) { (text) } }
+                }
+            }
+        }
+    }
+}
+
+/// A whole page.
+pub fn page(viewer: Viewer<'_>, title: &str, body: Markup) -> Markup {
+    let lang = viewer.lang;
+    let other = lang.other();
+    html! {
+        (DOCTYPE)
+        html lang=(lang.code()) {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " — hixbus" }
+                link rel="stylesheet" href="/static/app.css";
+                script src="/static/live.js" defer {}
+            }
+            body {
+                a.skip href="#main" { (lang.t("本文へ移動", "Skip to content")) }
+                header.top {
+                    span.brand { "hixbus" }
+                    @if let Some((name, role, _)) = viewer.member {
+                        (nav(lang, role))
+                        span.who { (name) }
+                    }
+                    a.lang href={ "/lang/" (other.code()) } lang=(other.code()) { (other.own_name()) }
+                    @if let Some((_, _, csrf)) = viewer.member {
+                        form.signout method="post" action="/signout" {
+                            input type="hidden" name="csrf" value=(csrf);
+                            button type="submit" { (lang.t("サインアウト", "Sign out")) }
+                        }
+                    }
+                }
+                div #announce .visually-hidden role="status" aria-live="polite" {}
+                main #main tabindex="-1" {
+                    h1 { (title) }
+                    (body)
+                }
+            }
+        }
+    }
+}
+
+/// A message box: what went wrong, in words the user can act on.
+pub fn problem(lang: Lang, error: &CallError) -> Markup {
+    html! {
+        div.problem role="alert" {
+            strong { (lang.t("できませんでした：", "Not done: ")) }
+            (error.to_string())
+        }
+    }
+}
+
+/// A message box saying something was done.
+pub fn done(text: &str) -> Markup {
+    html! { div.done role="status" { (text) } }
+}
+
+/// A page that says no, with its status.
+pub fn refusal(lang: Lang, status: StatusCode, why: &str) -> Response {
+    let viewer = Viewer { lang, member: None };
+    let body = html! {
+        p.problem role="alert" { (why) }
+        p { a href="/" { (lang.t("最初の画面へ", "Back to the start")) } }
+    };
+    let title = match status {
+        StatusCode::FORBIDDEN => lang.t("許可されていません", "Not allowed"),
+        StatusCode::NOT_FOUND => lang.t("見つかりません", "Not found"),
+        _ => lang.t("できませんでした", "Not done"),
+    };
+    (status, page(viewer, title, body)).into_response()
+}
+
+/// The status a page answers with when an API call failed: the API's refusal as it was, or 502
+/// when the service behind could not answer.
+pub fn status_of(error: &CallError) -> StatusCode {
+    error.status().unwrap_or(StatusCode::BAD_GATEWAY)
+}
+
+pub async fn not_found(visitor: Visitor) -> Response {
+    refusal(
+        visitor.lang,
+        StatusCode::NOT_FOUND,
+        visitor
+            .lang
+            .t("そのページはありません。", "There is no such page."),
+    )
+}
+
+/// An RFC 3339 time as `YYYY-MM-DD HH:MM` in Japan, where the people reading it are (the
+/// services answer in UTC); a text that is not one is shown as it came.
+pub fn short_time(text: &str) -> String {
+    let japan = chrono::FixedOffset::east_opt(9 * 3600).unwrap_or_else(|| chrono::Utc.fix());
+    match chrono::DateTime::parse_from_rfc3339(text) {
+        Ok(t) => t.with_timezone(&japan).format("%Y-%m-%d %H:%M").to_string(),
+        Err(_) => text.chars().take(32).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn times_are_shown_in_japan() {
+        assert_eq!(
+            super::short_time("2024-04-01T19:33:20Z"),
+            "2024-04-02 04:33"
+        );
+        assert_eq!(super::short_time("not a time"), "not a time");
+    }
+}

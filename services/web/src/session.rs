@@ -1,0 +1,225 @@
+//! Browser sessions: a random id in an HttpOnly cookie, everything else on the server.
+//!
+//! The organization's API key is what the services authenticate, so a signed-in session holds
+//! it (in memory only, never in the cookie) and calls the services' APIs with it: the console
+//! sees exactly what the organization's own client would, and the services audit every read as
+//! that organization. A session ends when idle too long, at an absolute limit, at sign-out, or
+//! when this process stops (sessions are not persisted: a restart asks everyone to sign in
+//! again, which is cheaper than keeping API keys on disk).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hixbus_access::Role;
+use rand::RngCore;
+use secrecy::SecretString;
+
+/// Sessions held at once, signed in or not. Beyond it the oldest anonymous ones go first; a
+/// flood of anonymous visitors can never push out someone signed in.
+pub const MAX_SESSIONS: usize = 10_000;
+
+/// Who a session acts for.
+#[derive(Debug, Clone)]
+pub enum Principal {
+    /// Not signed in: a visitor with a CSRF token for the sign-in form.
+    Anonymous,
+    Organization {
+        id: String,
+        name: String,
+        role: Role,
+        /// Sent to the services as `Authorization: Bearer`.
+        key: SecretString,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub id: String,
+    pub csrf: String,
+    pub principal: Principal,
+    created: Instant,
+    last_seen: Instant,
+}
+
+impl Session {
+    pub fn organization(&self) -> Option<(&str, &str, Role, &SecretString)> {
+        match &self.principal {
+            Principal::Organization {
+                id,
+                name,
+                role,
+                key,
+            } => Some((id, name, *role, key)),
+            Principal::Anonymous => None,
+        }
+    }
+
+    /// Whether `token` is this session's CSRF token. Compared in constant time: the token is a
+    /// secret a forged form must not be able to guess a byte at a time.
+    pub fn csrf_matches(&self, token: &str) -> bool {
+        let (a, b) = (self.csrf.as_bytes(), token.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("too many sessions are open; retry in a minute")]
+pub struct Full;
+
+/// The session table.
+#[derive(Debug, Clone)]
+pub struct Sessions {
+    inner: Arc<Mutex<HashMap<String, Session>>>,
+    idle: Duration,
+    absolute: Duration,
+}
+
+fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+impl Sessions {
+    pub fn new(idle: Duration, absolute: Duration) -> Self {
+        Self {
+            inner: Arc::default(),
+            idle,
+            absolute,
+        }
+    }
+
+    fn live(&self, session: &Session, now: Instant) -> bool {
+        now.duration_since(session.last_seen) < self.idle
+            && now.duration_since(session.created) < self.absolute
+    }
+
+    /// The session behind a cookie value, if it is still live; touching it keeps it alive.
+    pub fn get(&self, id: &str) -> Option<Session> {
+        let now = Instant::now();
+        let mut map = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let live = map.get(id).map(|s| self.live(s, now))?;
+        if !live {
+            map.remove(id);
+            return None;
+        }
+        let session = map.get_mut(id)?;
+        session.last_seen = now;
+        Some(session.clone())
+    }
+
+    /// A new session for `principal`, with a fresh id and CSRF token. Signing in always starts
+    /// a new session (the anonymous one is dropped), so an id planted before sign-in is useless.
+    pub fn start(&self, principal: Principal) -> Result<Session, Full> {
+        let now = Instant::now();
+        let session = Session {
+            id: random_token(),
+            csrf: random_token(),
+            principal,
+            created: now,
+            last_seen: now,
+        };
+        let mut map = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.len() >= MAX_SESSIONS {
+            map.retain(|_, s| self.live(s, now));
+        }
+        if map.len() >= MAX_SESSIONS {
+            let oldest_anonymous = map
+                .values()
+                .filter(|s| matches!(s.principal, Principal::Anonymous))
+                .min_by_key(|s| s.last_seen)
+                .map(|s| s.id.clone());
+            match oldest_anonymous {
+                Some(id) => {
+                    map.remove(&id);
+                }
+                None => return Err(Full),
+            }
+        }
+        map.insert(session.id.clone(), session.clone());
+        Ok(session)
+    }
+
+    pub fn end(&self, id: &str) {
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(id);
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn org() -> Principal {
+        Principal::Organization {
+            id: "pharmacy-aozora".into(),
+            name: "あおぞら薬局".into(),
+            role: Role::Pharmacy,
+            key: SecretString::from("k"),
+        }
+    }
+
+    #[test]
+    fn an_idle_session_ends_and_an_active_one_lives() {
+        let sessions = Sessions::new(Duration::from_millis(50), Duration::from_secs(60));
+        let idle = sessions.start(org()).unwrap();
+        let active = sessions.start(org()).unwrap();
+        for _ in 0..4 {
+            std::thread::sleep(Duration::from_millis(20));
+            assert!(sessions.get(&active.id).is_some());
+        }
+        assert!(sessions.get(&idle.id).is_none());
+    }
+
+    #[test]
+    fn a_session_ends_at_its_absolute_limit_however_active() {
+        let sessions = Sessions::new(Duration::from_secs(60), Duration::from_millis(60));
+        let s = sessions.start(org()).unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(sessions.get(&s.id).is_some());
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(sessions.get(&s.id).is_none());
+    }
+
+    #[test]
+    fn anonymous_visitors_never_push_out_the_signed_in() {
+        let sessions = Sessions::new(Duration::from_secs(60), Duration::from_secs(60));
+        let signed_in = sessions.start(org()).unwrap();
+        for _ in 0..MAX_SESSIONS + 10 {
+            sessions.start(Principal::Anonymous).unwrap();
+        }
+        assert_eq!(sessions.len(), MAX_SESSIONS);
+        assert!(sessions.get(&signed_in.id).is_some());
+    }
+
+    #[test]
+    fn ids_and_tokens_are_distinct_and_checked_exactly() {
+        let sessions = Sessions::new(Duration::from_secs(60), Duration::from_secs(60));
+        let a = sessions.start(Principal::Anonymous).unwrap();
+        let b = sessions.start(Principal::Anonymous).unwrap();
+        assert_ne!(a.id, b.id);
+        assert_ne!(a.csrf, b.csrf);
+        assert!(a.csrf_matches(&a.csrf.clone()));
+        assert!(!a.csrf_matches(&b.csrf));
+        assert!(!a.csrf_matches(""));
+        assert!(!a.csrf_matches(&a.csrf[1..]));
+        sessions.end(&a.id);
+        assert!(sessions.get(&a.id).is_none());
+    }
+}

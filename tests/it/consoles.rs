@@ -1,0 +1,474 @@
+//! The consoles in a real browser: headless Chromium (Debian's `chromium` and
+//! `chromium-driver`, which `tests/run` installs when missing) driven over WebDriver, against
+//! the real services on the real broker. Screenshots of each console are written to
+//! `HIXBUS_SCREENS` (`docs/screens` refreshes the README's), else under the target directory.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use hixbus::stack::Kind;
+use hixbus_tests::start_service_with;
+use serde_json::{Value, json};
+
+use crate::prescriptions::{Flow, fixture};
+
+/// A chromedriver process, killed when dropped.
+struct Driver {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn chromedriver() -> String {
+    if let Ok(path) = std::env::var("HIXBUS_CHROMEDRIVER") {
+        return path;
+    }
+    for candidate in ["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"] {
+        if std::path::Path::new(candidate).exists() {
+            return candidate.to_owned();
+        }
+    }
+    panic!(
+        "chromedriver not found: tests/run installs Debian's chromium and chromium-driver \
+         (apt-get install chromium chromium-driver), or set HIXBUS_CHROMEDRIVER"
+    );
+}
+
+impl Driver {
+    async fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(chromedriver())
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver starts");
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "chromedriver did not listen");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Driver { child, url }
+    }
+
+    /// A new browser: its own profile, so its own cookies (one person at one screen). Sized
+    /// as a tablet held upright.
+    async fn browser(&self) -> Client {
+        let mut caps = serde_json::Map::new();
+        let mut args = vec![
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--window-size=820,1180",
+            "--lang=ja",
+        ];
+        if std::env::var("HIXBUS_BROWSER_LOG").is_ok() {
+            args.push("--enable-logging=stderr");
+        }
+        let mut options = json!({ "args": args });
+        if let Ok(binary) = std::env::var("HIXBUS_CHROMIUM") {
+            options["binary"] = json!(binary);
+        }
+        caps.insert("goog:chromeOptions".to_owned(), options);
+        ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(&self.url)
+            .await
+            .expect("a browser session starts")
+    }
+}
+
+async fn sign_in(browser: &Client, web: &str, key: &str) {
+    browser.goto(&format!("{web}/signin")).await.unwrap();
+    let field = browser.find(Locator::Css("#api_key")).await.unwrap();
+    field.send_keys(key).await.unwrap();
+    click(browser, "form.signin button[type=submit]").await;
+    browser
+        .wait()
+        .at_most(Duration::from_secs(15))
+        .for_element(Locator::Css("form.signout"))
+        .await
+        .expect("signed in: the page offers sign-out");
+}
+
+/// The text of the first element `css` selects (which must be there).
+async fn text_of(browser: &Client, css: &str) -> String {
+    browser
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .text()
+        .await
+        .unwrap()
+}
+
+async fn h1(browser: &Client) -> String {
+    text_of(browser, "h1").await
+}
+
+/// Clicks the first element `css` selects.
+async fn click(browser: &Client, css: &str) {
+    browser
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .click()
+        .await
+        .unwrap();
+}
+
+/// Types `text` into the first element `css` selects.
+async fn type_into(browser: &Client, css: &str, text: &str) {
+    browser
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .send_keys(text)
+        .await
+        .unwrap();
+}
+
+async fn wait_for(browser: &Client, css: &str) -> fantoccini::elements::Element {
+    browser
+        .wait()
+        .at_most(Duration::from_secs(30))
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css} did not appear: {e}"))
+}
+
+async fn screenshot(browser: &Client, name: &str) {
+    let dir = std::env::var("HIXBUS_SCREENS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("screens"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let png = browser.screenshot().await.unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "a PNG");
+    std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
+}
+
+/// Posts a form the page never offered (no CSRF token) from the page itself, as a forged
+/// request would; the page it lands on.
+async fn post_without_token(browser: &Client, action: &str, fields: Value) -> String {
+    browser
+        .execute(
+            "const f = document.createElement('form'); f.method = 'post'; f.action = arguments[0];
+             for (const [k, v] of Object.entries(arguments[1])) {
+               const i = document.createElement('input'); i.name = k; i.value = v; f.appendChild(i);
+             }
+             document.body.appendChild(f); f.submit(); return true;",
+            vec![json!(action), fields],
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_for(browser, "h1").await;
+    h1(browser).await
+}
+
+#[tokio::test]
+async fn a_pharmacist_and_a_clinic_work_the_prescription_and_a_critical_result_in_the_browser() {
+    let flow = Flow::start().await;
+    let (web, web_service) = start_service_with(
+        Kind::Web,
+        &flow.stack,
+        &flow.directory,
+        None,
+        &[
+            ("clinic_gateway_url", flow.gateway.as_str()),
+            ("pharmacy_url", flow.pharmacy.as_str()),
+        ],
+    )
+    .await;
+    let driver = Driver::start().await;
+    let key = |org: &str| flow.keys[org].expose().to_owned();
+
+    // Every page sends the security headers.
+    let signin = reqwest::get(format!("{web}/signin")).await.unwrap();
+    let csp = signin.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"));
+    assert_eq!(signin.headers()["x-content-type-options"], "nosniff");
+    let cookie = signin.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
+    assert!(signin.text().await.unwrap().contains("<html lang=\"ja\">"));
+
+    // A wrong key is refused and leaves the visitor signed out.
+    let pharmacist = driver.browser().await;
+    pharmacist.goto(&format!("{web}/signin")).await.unwrap();
+    type_into(&pharmacist, "#api_key", "not-a-key").await;
+    click(&pharmacist, "form.signin button").await;
+    let problem = wait_for(&pharmacist, ".problem")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(problem.contains("APIキー"), "{problem}");
+    pharmacist.goto(&format!("{web}/pharmacy")).await.unwrap();
+    assert!(
+        pharmacist
+            .current_url()
+            .await
+            .unwrap()
+            .path()
+            .ends_with("/signin")
+    );
+
+    // The pharmacist signs in and keeps the inbox open.
+    sign_in(&pharmacist, &web, &key("pharmacy-aozora")).await;
+    assert_eq!(pharmacist.current_url().await.unwrap().path(), "/pharmacy");
+    wait_for(&pharmacist, "#inbox[data-state=live]").await;
+    pharmacist
+        .execute("window.__sameDocument = 'yes'; return true;", vec![])
+        .await
+        .unwrap();
+
+    // A hospital issues a prescription to this pharmacy: it appears without a reload.
+    let bundle = fixture("Bundle-Bundle-for-JP-MedReq-ePreBundleExample01.json");
+    let (status, issued) = flow
+        .issue("hospital-daiichi", &bundle, Some("pharmacy-aozora"))
+        .await;
+    assert_eq!(status, 202, "{issued}");
+    let live_id = issued["prescription_id"].as_str().unwrap().to_owned();
+    wait_for(&pharmacist, &format!("#inbox tr[data-id='{live_id}']")).await;
+    let same = pharmacist
+        .execute("return window.__sameDocument || 'reloaded';", vec![])
+        .await
+        .unwrap();
+    assert_eq!(same, json!("yes"), "the row arrived without a reload");
+    let announced = text_of(&pharmacist, "#announce").await;
+    assert!(announced.contains("新しい処方箋"), "{announced:?}");
+    screenshot(&pharmacist, "pharmacy-inbox").await;
+
+    // An open prescription (no pharmacy named): the patient shows its access code at the counter.
+    let mut open_bundle = bundle.clone();
+    open_bundle["identifier"]["value"] = json!(format!("urn:uuid:{}", uuid::Uuid::new_v4()));
+    let (status, open) = flow.issue("hospital-daiichi", &open_bundle, None).await;
+    assert_eq!(status, 202, "{open}");
+    let open_id = open["prescription_id"].as_str().unwrap().to_owned();
+    let code = open["access_code"].as_str().unwrap().to_owned();
+    // The pharmacy service must know it first (it travels on the bus).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        pharmacist.goto(&format!("{web}/pharmacy")).await.unwrap();
+        let field = pharmacist.find(Locator::Css("#access_code")).await.unwrap();
+        field.send_keys(&code).await.unwrap();
+        click(&pharmacist, "form.inline button").await;
+        wait_for(&pharmacist, "h1").await;
+        if pharmacist
+            .current_url()
+            .await
+            .unwrap()
+            .path()
+            .starts_with("/pharmacy/rx/")
+        {
+            break;
+        }
+        let problem = text_of(&pharmacist, ".problem").await;
+        assert!(problem.contains("no open prescription"), "{problem}");
+        assert!(
+            Instant::now() < deadline,
+            "the open prescription never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        pharmacist.current_url().await.unwrap().path(),
+        format!("/pharmacy/rx/{open_id}")
+    );
+    let status_text = wait_for(&pharmacist, "#status").await.text().await.unwrap();
+    assert_eq!(status_text, "受付済");
+
+    // Dispensing: line 2 allows substitution, and the pharmacist hands over a generic.
+    type_into(&pharmacist, "#pharmacist_id", "ph-007").await;
+    pharmacist
+        .find(Locator::Css("#sub_code_2"))
+        .await
+        .expect("line 2 offers substitution")
+        .send_keys("2149039F1021")
+        .await
+        .unwrap();
+    type_into(&pharmacist, "#sub_name_2", "後発品テスト錠").await;
+    assert!(
+        pharmacist.find(Locator::Css("#sub_code_1")).await.is_err(),
+        "line 1 is 変更不可: no substitution offered"
+    );
+    screenshot(&pharmacist, "pharmacy-dispense").await;
+    click(&pharmacist, "form.dispense button[type=submit]").await;
+    let done = wait_for(&pharmacist, ".done").await.text().await.unwrap();
+    assert!(done.contains("調剤を記録しました"), "{done}");
+    assert_eq!(text_of(&pharmacist, "#status").await, "調剤済");
+    let dispensed = text_of(&pharmacist, "ul.dispensed").await;
+    assert!(
+        dispensed.contains("後発品テスト錠") && dispensed.contains("後発品に変更"),
+        "{dispensed}"
+    );
+
+    // The clinic, in its own browser, sees it dispensed.
+    let clinic = driver.browser().await;
+    sign_in(&clinic, &web, &key("hospital-daiichi")).await;
+    assert_eq!(clinic.current_url().await.unwrap().path(), "/clinic");
+    wait_for(
+        &clinic,
+        &format!("#issued tr[data-id='{open_id}'][data-status='dispensed']"),
+    )
+    .await;
+    screenshot(&clinic, "clinic-prescriptions").await;
+
+    // A laboratory reports a critical potassium for the hospital's patient: it arrives on top,
+    // awaiting acknowledgement, and the clinician acknowledges it from the screen.
+    clinic.goto(&format!("{web}/clinic/results")).await.unwrap();
+    wait_for(&clinic, "#results[data-state=live]").await;
+    let mut report = hixbus_contracts::samples::lab_result_reported("patient:console-1");
+    report.envelope.event_id = uuid::Uuid::now_v7().to_string();
+    report.report_id = hixbus_tests::unique("lab-console");
+    report.ordering = Some(hixbus_contracts::InstitutionRef {
+        org_id: "hospital-daiichi".to_owned(),
+        institution_code: Some("1311234567".to_owned()),
+        name: Some("第一病院".to_owned()),
+    });
+    report.results[0].interpretation = hixbus_contracts::Interpretation::CriticallyHigh;
+    flow.stack.publisher().publish(&report).await.unwrap();
+    let row = wait_for(&clinic, "#results tr.awaiting").await;
+    let row_text = row.text().await.unwrap();
+    assert!(row_text.contains("至急"), "{row_text}");
+    screenshot(&clinic, "clinic-results").await;
+    row.find(Locator::Css("input[name=clinician_id]"))
+        .await
+        .unwrap()
+        .send_keys("D001")
+        .await
+        .unwrap();
+    row.find(Locator::Css("button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let done = wait_for(&clinic, ".done").await.text().await.unwrap();
+    assert!(done.contains("確認を記録しました"), "{done}");
+    assert!(
+        clinic
+            .find(Locator::Css("#results tr.awaiting"))
+            .await
+            .is_err(),
+        "nothing awaits acknowledgement any more"
+    );
+    let acknowledged = text_of(&clinic, "#results .acknowledged").await;
+    assert!(acknowledged.contains("D001"), "{acknowledged}");
+
+    // Security: a form without the CSRF token is refused, and nothing happens.
+    pharmacist.goto(&format!("{web}/pharmacy")).await.unwrap();
+    let refused = post_without_token(
+        &pharmacist,
+        "/pharmacy/claim",
+        json!({ "access_code": code }),
+    )
+    .await;
+    assert_eq!(refused, "許可されていません");
+    let forged_cancel = post_without_token(
+        &clinic,
+        &format!("/clinic/rx/{live_id}/cancel"),
+        json!({ "reason": "forged", "clinician_id": "x" }),
+    )
+    .await;
+    assert_eq!(forged_cancel, "許可されていません");
+    let (_, still) = flow
+        .call(
+            Some("hospital-daiichi"),
+            "GET",
+            format!("{}/clinic/prescriptions/{live_id}", flow.gateway),
+            None,
+        )
+        .await;
+    assert_eq!(still["status"], "issued", "the forged cancel did nothing");
+
+    // One organization's session cannot open another's console or records.
+    pharmacist.goto(&format!("{web}/clinic")).await.unwrap();
+    assert_eq!(h1(&pharmacist).await, "許可されていません");
+    pharmacist
+        .goto(&format!("{web}/clinic/results"))
+        .await
+        .unwrap();
+    assert_eq!(h1(&pharmacist).await, "許可されていません");
+    clinic.goto(&format!("{web}/pharmacy")).await.unwrap();
+    assert_eq!(h1(&clinic).await, "許可されていません");
+    clinic
+        .goto(&format!("{web}/pharmacy/rx/{open_id}"))
+        .await
+        .unwrap();
+    assert_eq!(h1(&clinic).await, "許可されていません");
+    let other_pharmacy = driver.browser().await;
+    sign_in(&other_pharmacy, &web, &key("pharmacy-midori")).await;
+    other_pharmacy
+        .goto(&format!("{web}/pharmacy/rx/{open_id}"))
+        .await
+        .unwrap();
+    let problem = wait_for(&other_pharmacy, ".problem")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(problem.contains("in your inbox"), "{problem}");
+    assert!(
+        other_pharmacy
+            .find(Locator::Css(&format!("#inbox tr[data-id='{open_id}']")))
+            .await
+            .is_err()
+    );
+    other_pharmacy
+        .goto(&format!("{web}/pharmacy"))
+        .await
+        .unwrap();
+    wait_for(&other_pharmacy, "#inbox").await;
+    let other_inbox = text_of(&other_pharmacy, "#inbox").await;
+    assert!(
+        !other_inbox.contains(&open_id) && !other_inbox.contains(&live_id),
+        "{other_inbox}"
+    );
+
+    // Signing out ends the session: its pages send the browser back to sign in.
+    pharmacist.goto(&format!("{web}/pharmacy")).await.unwrap();
+    click(&pharmacist, "form.signout button").await;
+    wait_for(&pharmacist, "#api_key").await;
+    pharmacist.goto(&format!("{web}/pharmacy")).await.unwrap();
+    assert!(
+        pharmacist
+            .current_url()
+            .await
+            .unwrap()
+            .path()
+            .ends_with("/signin")
+    );
+
+    // English on request.
+    clinic.goto(&format!("{web}/lang/en")).await.unwrap();
+    wait_for(&clinic, "h1").await;
+    assert_eq!(h1(&clinic).await, "Prescriptions issued");
+
+    for browser in [pharmacist, clinic, other_pharmacy] {
+        browser.close().await.unwrap();
+    }
+    drop(driver);
+    web_service.stop().await;
+    flow.stop().await;
+}
