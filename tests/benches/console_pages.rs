@@ -7,7 +7,7 @@
 //! Then, one request at a time, `HIXBUS_BENCH_REQUESTS` (default 100) times each: the pharmacy
 //! console's first page (`GET /pharmacy`) and the clinic console's (`GET /clinic`), as a
 //! signed-in browser asks for them, and as the baseline in the same run the API call behind
-//! each (the newest 100 prescriptions, as JSON, with the organization's key). Measured at the
+//! each (the newest 50 prescriptions, as JSON, with the organization's key). Measured at the
 //! client on loopback, so it is the server's time plus a local round trip. Target (issue 14):
 //! under 100 ms. Not a test: numbers go to docs/performance.md.
 
@@ -202,7 +202,7 @@ async fn main() {
 
     let pharmacy_api = timed(
         &http,
-        &format!("{pharmacy}/pharmacy/inbox?limit=100&order=newest"),
+        &format!("{pharmacy}/pharmacy/inbox?limit=50&order=newest"),
         ("authorization", &bearer("pharmacy-aozora")),
         requests,
         &newest,
@@ -218,7 +218,7 @@ async fn main() {
     .await;
     let clinic_api = timed(
         &http,
-        &format!("{gateway}/clinic/prescriptions?limit=100&order=newest"),
+        &format!("{gateway}/clinic/prescriptions?limit=50&order=newest"),
         ("authorization", &bearer("clinic-sakura")),
         requests,
         &newest,
@@ -234,7 +234,7 @@ async fn main() {
     .await;
     let rows = [
         (
-            "pharmacy API, newest 100 (baseline)",
+            "pharmacy API, newest 50 (baseline)",
             bench::percentiles(pharmacy_api.clone()),
         ),
         (
@@ -242,7 +242,7 @@ async fn main() {
             bench::percentiles(pharmacy_page.clone()),
         ),
         (
-            "clinic API, newest 100 (baseline)",
+            "clinic API, newest 50 (baseline)",
             bench::percentiles(clinic_api.clone()),
         ),
         (

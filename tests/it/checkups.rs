@@ -272,6 +272,34 @@ async fn the_checkup_reaches_the_patients_insurer_with_all_44_observations_and_n
     assert_eq!(page["entries"].as_array().unwrap().len(), 3);
     assert_eq!(page["next"], 3);
     assert_eq!(flow.feed("insurer-kenpo", 3).await["entries"], json!([]));
+    // Newest first, as the insurer console reads it: two, then the one before them, then none.
+    let newest = |query: &'static str| {
+        flow.http
+            .get(format!(
+                "{}/insurer/feed?order=newest&limit=2{query}",
+                flow.feed_url
+            ))
+            .bearer_auth(&flow.keys["insurer-kenpo"])
+            .send()
+    };
+    let first: Value = newest("").await.unwrap().json().await.unwrap();
+    let cursors = |page: &Value| -> Vec<i64> {
+        page["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["cursor"].as_i64().unwrap())
+            .collect()
+    };
+    assert_eq!(cursors(&first), [3, 2]);
+    assert_eq!(first["next"], 2);
+    let second: Value = newest("&before=2").await.unwrap().json().await.unwrap();
+    assert_eq!(cursors(&second), [1]);
+    assert_eq!(
+        second["next"],
+        Value::Null,
+        "nothing before the first entry"
+    );
 
     // The other insurer sees nothing of it, on its feed or its stream.
     assert_eq!(flow.feed("insurer-kokuho", 0).await["entries"], json!([]));

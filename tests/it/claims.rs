@@ -34,6 +34,7 @@ struct Flow {
     pharmacy: String,
     claims: String,
     feed: String,
+    insurer: String,
     keys: HashMap<String, String>,
     http: reqwest::Client,
     /// The databases, by service.
@@ -67,7 +68,7 @@ impl Flow {
             &[("evidence_wait_secs", "2")],
         )
         .await;
-        start(
+        let insurer = start(
             Kind::Insurer,
             Backend::Postgres,
             &[("insurer", "insurer-kenpo"), ("roster", &roster_path)],
@@ -81,6 +82,7 @@ impl Flow {
             pharmacy,
             claims,
             feed,
+            insurer,
             keys,
             http: reqwest::Client::new(),
             databases,
@@ -1160,4 +1162,89 @@ async fn a_feed_reader_cut_off_twenty_times_at_random_receives_every_claim_exact
         .unwrap();
     assert_eq!(other["entries"], json!([]));
     service.stop().await;
+}
+
+#[tokio::test]
+async fn the_insurer_sees_a_returned_claim_with_its_reason_in_its_console() {
+    use crate::consoles::{Driver, screenshot, sign_in, text_of, wait_for};
+    let flow = Flow::start().await;
+    let (web, web_service) = start_service_with(
+        Kind::Web,
+        &flow.stack,
+        &flow.directory,
+        None,
+        &[
+            ("claims_url", flow.claims.as_str()),
+            ("insurer_feed_url", flow.feed.as_str()),
+            ("insurer_url", flow.insurer.as_str()),
+        ],
+    )
+    .await;
+    // A pharmacy bills a prescription that was never issued: the insurer returns it.
+    let carbocisteine = (
+        HOT9,
+        "103831601",
+        "カルボシステイン錠２５０ｍｇ",
+        21.0,
+        "錠",
+        210,
+    );
+    let basic = (FEES, "dispensing-basic-1", "調剤基本料１", 1.0, "回", 450);
+    let (status, sent) = flow
+        .submit(
+            "pharmacy-aozora",
+            &pharmacy_claim(
+                "c-console",
+                "rx-never-issued-console",
+                &[carbocisteine, basic],
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{sent}");
+    let decided = flow.decided("pharmacy-aozora", "c-console", 1).await;
+    assert_eq!(decided["status"], "returned", "{decided}");
+    let reason = decided["decision"]["reasons"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let driver = Driver::start().await;
+    let insurer = driver.browser().await;
+    sign_in(&insurer, &web, &flow.keys["insurer-kenpo"]).await;
+    assert_eq!(insurer.current_url().await.unwrap().path(), "/insurer");
+    let returned = text_of(&insurer, "#returned").await;
+    assert!(
+        returned.contains("c-console") && returned.contains(&reason),
+        "the returned claim with its reason: {returned}"
+    );
+    let decision = wait_for(&insurer, "#decisions tr[data-outcome=returned]")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(decision.contains("返戻"), "{decision}");
+    let received = text_of(&insurer, "#claims").await;
+    assert!(received.contains("c-console"), "{received}");
+    assert!(
+        !received.contains("カルボシステイン"),
+        "the claims table shows billing fields, not drug lines"
+    );
+    screenshot(&insurer, "insurer-console").await;
+
+    // Another insurer's console shows none of it, and no pharmacy page.
+    let other = driver.browser().await;
+    sign_in(&other, &web, &flow.keys["insurer-kokuho"]).await;
+    let page = other.source().await.unwrap();
+    assert!(
+        !page.contains("c-console"),
+        "another insurer sees nothing of it"
+    );
+    other.goto(&format!("{web}/pharmacy")).await.unwrap();
+    assert_eq!(text_of(&other, "h1").await, "許可されていません");
+    for browser in [insurer, other] {
+        browser.close().await.unwrap();
+    }
+    drop(driver);
+    web_service.stop().await;
+    flow.stop().await;
 }

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use crate::prescriptions::{Flow, fixture};
 
 /// A chromedriver process, killed when dropped.
-struct Driver {
+pub(crate) struct Driver {
     child: Child,
     url: String,
 }
@@ -43,7 +43,7 @@ fn chromedriver() -> String {
 }
 
 impl Driver {
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -69,7 +69,7 @@ impl Driver {
 
     /// A new browser: its own profile, so its own cookies (one person at one screen). Sized
     /// as a tablet held upright.
-    async fn browser(&self) -> Client {
+    pub(crate) async fn browser(&self) -> Client {
         let mut caps = serde_json::Map::new();
         let mut args = vec![
             "--headless=new",
@@ -95,7 +95,7 @@ impl Driver {
     }
 }
 
-async fn sign_in(browser: &Client, web: &str, key: &str) {
+pub(crate) async fn sign_in(browser: &Client, web: &str, key: &str) {
     browser.goto(&format!("{web}/signin")).await.unwrap();
     let field = browser.find(Locator::Css("#api_key")).await.unwrap();
     field.send_keys(key).await.unwrap();
@@ -109,7 +109,7 @@ async fn sign_in(browser: &Client, web: &str, key: &str) {
 }
 
 /// The text of the first element `css` selects (which must be there).
-async fn text_of(browser: &Client, css: &str) -> String {
+pub(crate) async fn text_of(browser: &Client, css: &str) -> String {
     browser
         .find(Locator::Css(css))
         .await
@@ -119,7 +119,7 @@ async fn text_of(browser: &Client, css: &str) -> String {
         .unwrap()
 }
 
-async fn h1(browser: &Client) -> String {
+pub(crate) async fn h1(browser: &Client) -> String {
     text_of(browser, "h1").await
 }
 
@@ -145,7 +145,7 @@ async fn type_into(browser: &Client, css: &str, text: &str) {
         .unwrap();
 }
 
-async fn wait_for(browser: &Client, css: &str) -> fantoccini::elements::Element {
+pub(crate) async fn wait_for(browser: &Client, css: &str) -> fantoccini::elements::Element {
     browser
         .wait()
         .at_most(Duration::from_secs(30))
@@ -154,7 +154,7 @@ async fn wait_for(browser: &Client, css: &str) -> fantoccini::elements::Element 
         .unwrap_or_else(|e| panic!("{css} did not appear: {e}"))
 }
 
-async fn screenshot(browser: &Client, name: &str) {
+pub(crate) async fn screenshot(browser: &Client, name: &str) {
     let dir = std::env::var("HIXBUS_SCREENS")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|_| std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("screens"));

@@ -1771,6 +1771,17 @@ const ROUTES: &[(&str, &str, Audited)] = &[
     ),
     (
         "web",
+        "/insurer",
+        Behind("insurer-feed insurer.feed, insurer insurer.decisions"),
+    ),
+    ("web", "/insurer/rows", Behind("insurer-feed insurer.feed")),
+    (
+        "web",
+        "/insurer/live",
+        Behind("insurer-feed insurer.stream"),
+    ),
+    (
+        "web",
         "/clinic/results/{lab}/{report}/ack",
         Behind("clinic-gateway results.acknowledge"),
     ),

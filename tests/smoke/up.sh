@@ -113,6 +113,13 @@ curl -sf -b "$jar" -c "$jar" -o /dev/null --data-urlencode "csrf=$csrf" --data-u
 curl -sf -b "$jar" "http://$web/pharmacy" | grep -q "$id" || { echo "the pharmacy console does not show $id" >&2; exit 1; }
 curl -sf -b "$jar" "http://$web/pharmacy/rx/$id" | grep -q 'data-outcome="accepted"' \
   || { echo "the pharmacy console does not show the accepted claim of $id" >&2; exit 1; }
+# The insurer named in the prescription's Coverage sees the claim and its decision.
+jar2="$work/cookies-insurer"
+csrf=$(curl -sf -c "$jar2" "http://$web/signin" | grep -o 'name="csrf" value="[^"]*"' | head -1 | sed 's/.*value="//; s/"$//')
+curl -sf -b "$jar2" -c "$jar2" -o /dev/null --data-urlencode "csrf=$csrf" --data-urlencode "api_key=$KENPO_KEY" "http://$web/signin" \
+  || { echo "the insurer's console sign-in failed" >&2; exit 1; }
+curl -sf -b "$jar2" "http://$web/insurer" | grep -q "dispensing:$id" \
+  || { echo "the insurer console does not show the claim of $id" >&2; exit 1; }
 
 # The patient signs in with the token up printed and sees the prescription, its dispensing and
 # its claim in their own record; without the token, nothing.
@@ -247,4 +254,4 @@ wait "$up" || { cat "$work/up.err"; echo "hixbus up exited with an error" >&2; e
 grep -q "hixbus stopped" "$work/up.out" || { echo "no clean shutdown" >&2; exit 1; }
 grep -Eq "demo lab stopped after [1-9][0-9]* results" "$work/up.out" \
   || { cat "$work/up.out" "$work/up.err"; echo "the demo lab's results were not accepted over MLLP" >&2; exit 1; }
-echo "hixbus up: ready in ${ready}s, tail saw 3 demo events (each audited), a prescription went clinic → pharmacy → dispensed → clinic and was billed and accepted and the patient saw it all in their own record (401 without signing in), lab results reached the hospital's inbox, a checkup reached its insurer only, the registry refused an anonymous change${hostile_summary}, Ctrl-C stopped it cleanly"
+echo "hixbus up: ready in ${ready}s, tail saw 3 demo events (each audited), a prescription went clinic → pharmacy → dispensed → clinic and was billed and accepted (the pharmacy and insurer consoles showed it) and the patient saw it all in their own record (401 without signing in), lab results reached the hospital's inbox, a checkup reached its insurer only, the registry refused an anonymous change${hostile_summary}, Ctrl-C stopped it cleanly"

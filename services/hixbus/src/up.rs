@@ -352,6 +352,8 @@ async fn start_services(
             ("clinic_gateway_url", url_of(Kind::ClinicGateway)),
             ("pharmacy_url", url_of(Kind::Pharmacy)),
             ("claims_url", url_of(Kind::Claims)),
+            ("insurer_feed_url", url_of(Kind::InsurerFeed)),
+            ("insurer_url", url_of(Kind::Insurer)),
         ];
         if kind == Kind::Web {
             settings.extend(upstreams.iter().map(|(k, v)| (*k, v.as_str())));
@@ -632,6 +634,7 @@ impl Banner<'_> {
         println!(
             "   pharmacy: {web}/pharmacy with $AOZORA_KEY   clinic and its lab results: {web}/clinic with $DAIICHI_KEY"
         );
+        println!("   insurer: {web}/insurer with $KENPO_KEY");
         println!();
         println!(
             " Demo API keys (new at every start, valid 7 days; the operator's changes the registry):"

@@ -157,6 +157,25 @@ impl Feed {
         .await?;
         rows.iter().map(read).collect()
     }
+
+    /// Up to `limit` entries of `insurer`'s feed before cursor `before` (all: `None`), newest
+    /// first: what a screen shows.
+    pub async fn latest(
+        &self,
+        insurer: &str,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<Entry>, ReadModelError> {
+        let rows = sqlx::query(&format!(
+            "{SELECT} WHERE insurer_org = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
+        ))
+        .bind(insurer)
+        .bind(before.unwrap_or(i64::MAX))
+        .bind(i64::from(limit))
+        .fetch_all(&self.db.pool)
+        .await?;
+        rows.iter().map(read).collect()
+    }
 }
 
 impl Source for Feed {

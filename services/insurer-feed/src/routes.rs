@@ -58,6 +58,13 @@ pub struct FeedParams {
     after: Option<i64>,
     #[serde(default)]
     limit: Option<u32>,
+    /// `newest`: the latest entries first, paged down with `before` (a screen); `oldest`, the
+    /// default, after `after` in order (a reader that must miss nothing).
+    #[serde(default)]
+    order: hixbus_service::ListOrder,
+    /// With `order=newest`: the `next` of the previous page.
+    #[serde(default)]
+    before: Option<i64>,
 }
 
 fn check_after(after: Option<i64>) -> Result<i64, ApiError> {
@@ -82,11 +89,13 @@ pub async fn page(
             "limit must be from 1 to {MAX_PAGE}"
         )));
     }
-    let entries = state
-        .feed
-        .page(&org.id, after, limit)
-        .await
-        .map_err(failed)?;
+    let newest = params.order == hixbus_service::ListOrder::Newest;
+    let entries = if newest {
+        state.feed.latest(&org.id, params.before, limit).await
+    } else {
+        state.feed.page(&org.id, after, limit).await
+    }
+    .map_err(failed)?;
     let mut items = Vec::with_capacity(entries.len());
     for entry in &entries {
         audit(&state.audit, org, "insurer.feed", entry)
@@ -96,7 +105,12 @@ pub async fn page(
             })?;
         items.push(entry.item());
     }
-    let next = entries.last().map_or(after, |e| e.seq);
+    let next = match (newest, entries.last()) {
+        // Newest first: the page before this one's oldest entry; none past the first entry.
+        (true, Some(last)) if entries.len() == limit as usize => json!(last.seq),
+        (true, _) => Value::Null,
+        (false, last) => json!(last.map_or(after, |e| e.seq)),
+    };
     Ok(Json(
         json!({ "insurer": org.id, "entries": items, "next": next }),
     ))

@@ -16,12 +16,11 @@ use crate::AppState;
 use crate::i18n::Lang;
 use crate::layout::{self, Viewer};
 use crate::live;
-use crate::pharmacy::{Done, status_label, text};
+use crate::pharmacy::{Done, PAGE, paging, status_label, text};
 use crate::security::Member;
 use crate::upstream::{Api, CallError};
 
 const CLINICS: &[Role] = &[Role::Clinic, Role::Hospital];
-const PAGE: &str = "100";
 /// How often the prescriptions list asks again: the clinic gateway has no live stream of its
 /// issued prescriptions (their status changes arrive from the pharmacies' topics).
 const POLL_MS: &str = "3000";
@@ -59,14 +58,22 @@ fn date(v: &Value) -> String {
     }
 }
 
-async fn issued_page(state: &AppState, member: &Member) -> Result<Value, CallError> {
+async fn issued_page(
+    state: &AppState,
+    member: &Member,
+    before: Option<&str>,
+) -> Result<Value, CallError> {
+    let mut query = vec![("limit", PAGE), ("order", "newest")];
+    if let Some(before) = before {
+        query.push(("after", before));
+    }
     state
         .upstream
         .get(
             &member.key,
             Api::ClinicGateway,
             &["clinic", "prescriptions"],
-            &[("limit", PAGE), ("order", "newest")],
+            &query,
         )
         .await
 }
@@ -99,17 +106,23 @@ fn prescription_rows_markup(lang: Lang, page: &Value) -> Markup {
     }
 }
 
-pub async fn prescriptions(State(state): State<AppState>, member: Member) -> Response {
+pub async fn prescriptions(
+    State(state): State<AppState>,
+    member: Member,
+    Query(query): Query<Done>,
+) -> Response {
     if let Err(r) = member.require(CLINICS) {
         return r.into_response();
     }
     let lang = member.lang;
-    let page = issued_page(&state, &member).await;
+    let before = query.before();
+    let page = issued_page(&state, &member, before).await;
     let body = html! {
         p.live-state { (lang.t("状態は自動で更新されます。", "Statuses update by themselves.")) }
         @match &page {
             Err(e) => (layout::problem(lang, e)),
-            Ok(page) => table #issued data-rows="/clinic/rows" data-poll=(POLL_MS)
+            Ok(page) => table #issued data-rows=[before.is_none().then_some("/clinic/rows")]
+                data-poll=[before.is_none().then_some(POLL_MS)]
                 data-announce=(lang.t("処方箋の状態が変わりました", "A prescription's status changed")) {
                 caption.visually-hidden { (lang.t("発行した処方箋（新しい順）", "Prescriptions issued, newest first")) }
                 thead { tr {
@@ -120,6 +133,9 @@ pub async fn prescriptions(State(state): State<AppState>, member: Member) -> Res
                 } }
                 tbody { (prescription_rows_markup(lang, page)) }
             },
+        }
+        @if let Ok(page) = &page {
+            (paging(lang, "/clinic", page, before))
         }
     };
     layout::page(
@@ -134,7 +150,7 @@ pub async fn prescription_rows(State(state): State<AppState>, member: Member) ->
     if let Err(r) = member.require(CLINICS) {
         return r.into_response();
     }
-    match issued_page(&state, &member).await {
+    match issued_page(&state, &member, None).await {
         Ok(page) => prescription_rows_markup(member.lang, &page).into_response(),
         Err(e) => (layout::status_of(&e), e.to_string()).into_response(),
     }
@@ -279,14 +295,22 @@ pub async fn cancel(
     }
 }
 
-async fn results_page(state: &AppState, member: &Member) -> Result<Value, CallError> {
+async fn results_page(
+    state: &AppState,
+    member: &Member,
+    before: Option<&str>,
+) -> Result<Value, CallError> {
+    let mut query = vec![("limit", PAGE)];
+    if let Some(before) = before {
+        query.push(("before", before));
+    }
     state
         .upstream
         .get(
             &member.key,
             Api::ClinicGateway,
             &["clinic", "results"],
-            &[("limit", PAGE)],
+            &query,
         )
         .await
 }
@@ -370,17 +394,25 @@ pub async fn results(
     if let Err(r) = member.require(CLINICS) {
         return r.into_response();
     }
-    render_results(&state, &member, done_text(&member, &done), None).await
+    render_results(
+        &state,
+        &member,
+        done_text(&member, &done),
+        done.before(),
+        None,
+    )
+    .await
 }
 
 async fn render_results(
     state: &AppState,
     member: &Member,
     done: Option<&str>,
+    before: Option<&str>,
     problem: Option<&CallError>,
 ) -> Response {
     let lang = member.lang;
-    let page = results_page(state, member).await;
+    let page = results_page(state, member, before).await;
     let body = html! {
         @if let Some(done) = done { (layout::done(done)) }
         @if let Some(problem) = problem { (layout::problem(lang, problem)) }
@@ -388,7 +420,8 @@ async fn render_results(
             "New results appear by themselves; unacknowledged critical results come first.")) }
         @match &page {
             Err(e) => (layout::problem(lang, e)),
-            Ok(page) => table #results data-live="/clinic/results/live" data-rows="/clinic/results/rows"
+            Ok(page) => table #results data-live=[before.is_none().then_some("/clinic/results/live")]
+                data-rows=[before.is_none().then_some("/clinic/results/rows")]
                 data-announce=(lang.t("新しい検査結果が届きました", "A new lab result arrived")) {
                 caption.visually-hidden { (lang.t("検査結果", "Lab results")) }
                 thead { tr {
@@ -400,6 +433,9 @@ async fn render_results(
                 } }
                 tbody { (result_rows_markup(lang, &member.session.csrf, page)) }
             },
+        }
+        @if let Ok(page) = &page {
+            (paging(lang, "/clinic/results", page, before))
         }
     };
     let code = problem.map_or(StatusCode::OK, layout::status_of);
@@ -418,7 +454,7 @@ pub async fn result_rows(State(state): State<AppState>, member: Member) -> Respo
     if let Err(r) = member.require(CLINICS) {
         return r.into_response();
     }
-    match results_page(&state, &member).await {
+    match results_page(&state, &member, None).await {
         Ok(page) => result_rows_markup(member.lang, &member.session.csrf, &page).into_response(),
         Err(e) => (layout::status_of(&e), e.to_string()).into_response(),
     }
@@ -433,6 +469,7 @@ pub async fn results_live(State(state): State<AppState>, member: Member) -> Resp
         &member,
         Api::ClinicGateway,
         &["clinic", "results", "stream"],
+        &[],
     )
     .await
 }
@@ -474,6 +511,6 @@ pub async fn acknowledge(
         .await
     {
         Ok(_) => Redirect::to("/clinic/results?done=acknowledged").into_response(),
-        Err(e) => render_results(&state, &member, None, Some(&e)).await,
+        Err(e) => render_results(&state, &member, None, None, Some(&e)).await,
     }
 }

@@ -20,6 +20,11 @@ pub struct Config {
     pub pharmacy_url: String,
     #[serde(default = "default_claims")]
     pub claims_url: String,
+    #[serde(default = "default_insurer_feed")]
+    pub insurer_feed_url: String,
+    /// The reference insurer's decisions (`hixbus serve insurer`), for the insurer it decides for.
+    #[serde(default = "default_insurer")]
+    pub insurer_url: String,
     /// Served over TLS (directly or behind a terminating proxy): cookies get `Secure` and the
     /// `__Host-` prefix, and pages send `Strict-Transport-Security`.
     #[serde(default)]
@@ -49,6 +54,14 @@ fn default_claims() -> String {
     "http://127.0.0.1:8095".to_owned()
 }
 
+fn default_insurer_feed() -> String {
+    "http://127.0.0.1:8094".to_owned()
+}
+
+fn default_insurer() -> String {
+    "http://127.0.0.1:8096".to_owned()
+}
+
 fn default_idle_minutes() -> u64 {
     30
 }
@@ -65,6 +78,8 @@ impl Default for Config {
             clinic_gateway_url: default_clinic_gateway(),
             pharmacy_url: default_pharmacy(),
             claims_url: default_claims(),
+            insurer_feed_url: default_insurer_feed(),
+            insurer_url: default_insurer(),
             secure_cookies: false,
             session_idle_minutes: default_idle_minutes(),
             session_hours: default_session_hours(),

@@ -42,6 +42,7 @@ pub fn home_of(role: Role) -> &'static str {
     match role {
         Role::Pharmacy => "/pharmacy",
         Role::Clinic | Role::Hospital => "/clinic",
+        Role::Insurer => "/insurer",
         _ => "/unsupported",
     }
 }
@@ -53,6 +54,7 @@ fn nav(lang: Lang, role: Role) -> Markup {
             ("/clinic", lang.t("発行した処方箋", "Prescriptions")),
             ("/clinic/results", lang.t("検査結果", "Lab results")),
         ],
+        Role::Insurer => vec![("/insurer", lang.t("請求と審査", "Claims and decisions"))],
         _ => vec![],
     };
     html! {

@@ -10,6 +10,7 @@ pub mod clinic;
 pub mod config;
 pub mod cookies;
 pub mod i18n;
+pub mod insurer;
 pub mod layout;
 pub mod live;
 pub mod pharmacy;
@@ -48,12 +49,7 @@ pub struct AppState {
 }
 
 pub async fn build(config: Config, deps: Deps) -> Result<Service, StartupError> {
-    let upstream = upstream::Upstream::new(
-        &config.clinic_gateway_url,
-        &config.pharmacy_url,
-        &config.claims_url,
-    )
-    .map_err(StartupError::Invalid)?;
+    let upstream = upstream::Upstream::new(&config).map_err(StartupError::Invalid)?;
     if config.session_idle_minutes == 0 || config.session_hours == 0 {
         return Err(StartupError::Invalid(
             "session_idle_minutes and session_hours must be at least 1".to_owned(),
@@ -84,6 +80,7 @@ pub fn app(state: AppState) -> Router {
         .route("/static/live.js", get(security::script))
         .merge(pharmacy::routes())
         .merge(clinic::routes())
+        .merge(insurer::routes())
         .fallback(layout::not_found)
         .layer(DefaultBodyLimit::max(MAX_FORM_BYTES))
         .layer(axum::middleware::map_response(

@@ -18,8 +18,13 @@ pub async fn pass_through(
     member: &Member,
     api: Api,
     segments: &[&str],
+    query: &[(&str, &str)],
 ) -> Response {
-    match state.upstream.stream(&member.key, api, segments).await {
+    match state
+        .upstream
+        .stream(&member.key, api, segments, query)
+        .await
+    {
         Ok(stream) => {
             let stopping = state.stopping.clone();
             let body = stream.take_until(async move { stopping.cancelled().await });

@@ -19,8 +19,9 @@ use crate::live;
 use crate::security::Member;
 use crate::upstream::{Api, CallError};
 
-/// Prescriptions the inbox page shows, newest first.
-const INBOX_PAGE: &str = "100";
+/// Prescriptions a page of the inbox shows, newest first. The service audits each one shown,
+/// so a page is what a screen holds, not more (docs/performance.md, "Consoles").
+pub(crate) const PAGE: &str = "50";
 /// Form fields one dispensing may send: a few per line, and a prescription has at most a few
 /// dozen lines.
 const MAX_FIELDS: usize = 400;
@@ -102,22 +103,45 @@ fn inbox_rows(lang: Lang, page: &Value) -> Markup {
     }
 }
 
-async fn inbox_page(state: &AppState, member: &Member) -> Result<Value, CallError> {
+async fn inbox_page(
+    state: &AppState,
+    member: &Member,
+    before: Option<&str>,
+) -> Result<Value, CallError> {
+    let mut query = vec![("limit", PAGE), ("order", "newest")];
+    if let Some(before) = before {
+        query.push(("after", before));
+    }
     state
         .upstream
-        .get(
-            &member.key,
-            Api::Pharmacy,
-            &["pharmacy", "inbox"],
-            &[("limit", INBOX_PAGE), ("order", "newest")],
-        )
+        .get(&member.key, Api::Pharmacy, &["pharmacy", "inbox"], &query)
         .await
+}
+
+/// Links to the older page and back to the newest, under a list paged newest first.
+pub(crate) fn paging(lang: Lang, base: &str, page: &Value, before: Option<&str>) -> Markup {
+    let next = page.get("next").and_then(Value::as_str);
+    html! {
+        nav.paging aria-label=(lang.t("ページ", "Pages")) {
+            @if before.is_some() {
+                a href=(base) { (lang.t("← 最新に戻る", "← Back to the newest")) }
+            }
+            @if let Some(next) = next {
+                a href={ (base) "?before=" (url::form_urlencoded::byte_serialize(next.as_bytes()).collect::<String>()) } {
+                    (lang.t("さらに古いもの →", "Older →"))
+                }
+            }
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
 pub struct Done {
     #[serde(default)]
     done: Option<String>,
+    /// An older page: the `next` of the page before it.
+    #[serde(default)]
+    before: Option<String>,
 }
 
 impl Done {
@@ -125,6 +149,10 @@ impl Done {
     /// as it came, so a link cannot put its own words on the page.
     pub fn done(&self) -> Option<&str> {
         self.done.as_deref()
+    }
+
+    pub fn before(&self) -> Option<&str> {
+        self.before.as_deref().filter(|b| !b.is_empty())
     }
 }
 
@@ -136,14 +164,15 @@ pub async fn inbox(
     if let Err(r) = member.require(&[Role::Pharmacy]) {
         return r.into_response();
     }
-    let page = inbox_page(&state, &member).await;
-    render_inbox(&member, page, done.done(), None).into_response()
+    let page = inbox_page(&state, &member, done.before()).await;
+    render_inbox(&member, page, done.done(), done.before(), None).into_response()
 }
 
 fn render_inbox(
     member: &Member,
     page: Result<Value, CallError>,
     done: Option<&str>,
+    before: Option<&str>,
     claim_problem: Option<&CallError>,
 ) -> Markup {
     let lang = member.lang;
@@ -171,7 +200,9 @@ fn render_inbox(
             }
             @match &page {
                 Err(e) => (layout::problem(lang, e)),
-                Ok(page) => table #inbox data-live="/pharmacy/live" data-rows="/pharmacy/rows"
+                // Only the newest page is live; an older one stays as it was read.
+                Ok(page) => table #inbox data-live=[before.is_none().then_some("/pharmacy/live")]
+                    data-rows=[before.is_none().then_some("/pharmacy/rows")]
                     data-announce=(lang.t("新しい処方箋が届きました", "A new prescription arrived")) {
                     caption.visually-hidden { (lang.t("届いた処方箋（新しい順）", "Prescriptions received, newest first")) }
                     thead { tr {
@@ -184,6 +215,9 @@ fn render_inbox(
                     tbody { (inbox_rows(lang, page)) }
                 },
             }
+            @if let Ok(page) = &page {
+                (paging(lang, "/pharmacy", page, before))
+            }
         }
     };
     layout::page(Viewer::from(member), lang.t("受付", "Inbox"), body)
@@ -194,7 +228,7 @@ pub async fn rows(State(state): State<AppState>, member: Member) -> Response {
     if let Err(r) = member.require(&[Role::Pharmacy]) {
         return r.into_response();
     }
-    match inbox_page(&state, &member).await {
+    match inbox_page(&state, &member, None).await {
         Ok(page) => inbox_rows(member.lang, &page).into_response(),
         Err(e) => (layout::status_of(&e), e.to_string()).into_response(),
     }
@@ -209,6 +243,7 @@ pub async fn inbox_live(State(state): State<AppState>, member: Member) -> Respon
         &member,
         Api::Pharmacy,
         &["pharmacy", "inbox", "stream"],
+        &[],
     )
     .await
 }
@@ -217,7 +252,7 @@ pub async fn claims_live(State(state): State<AppState>, member: Member) -> Respo
     if let Err(r) = member.require(&[Role::Pharmacy]) {
         return r.into_response();
     }
-    live::pass_through(&state, &member, Api::Claims, &["claims", "stream"]).await
+    live::pass_through(&state, &member, Api::Claims, &["claims", "stream"], &[]).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -266,8 +301,8 @@ pub async fn claim(
         }
         Err(e) => {
             let status = layout::status_of(&e);
-            let page = inbox_page(&state, &member).await;
-            (status, render_inbox(&member, page, None, Some(&e))).into_response()
+            let page = inbox_page(&state, &member, None).await;
+            (status, render_inbox(&member, page, None, None, Some(&e))).into_response()
         }
     }
 }
@@ -748,6 +783,21 @@ mod tests {
         assert_eq!(lines[0]["quantity"]["unit"], "錠");
         assert_eq!(lines[0]["substitute"]["code"], "2149039F1020");
         assert_eq!(lines[0]["substitute"]["system"], YJ);
+    }
+
+    #[test]
+    fn a_full_page_links_to_the_older_one_and_an_older_page_back_to_the_newest() {
+        let full = json!({ "next": "rx-01a2/x y" });
+        let first = paging(Lang::Ja, "/pharmacy", &full, None).into_string();
+        assert!(
+            first.contains(r#"href="/pharmacy?before=rx-01a2%2Fx+y""#),
+            "{first}"
+        );
+        assert!(!first.contains("最新に戻る"));
+        let last = json!({ "next": null });
+        let older = paging(Lang::En, "/pharmacy", &last, Some("rx-9")).into_string();
+        assert!(older.contains(r#"href="/pharmacy""#) && older.contains("Back to the newest"));
+        assert!(!older.contains("Older"), "{older}");
     }
 
     #[test]

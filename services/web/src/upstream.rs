@@ -13,6 +13,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use url::Url;
 
+use crate::Config;
+
 /// The most an API answer may weigh before the console gives up on it (a page of 100
 /// prescriptions is well under 1 MiB).
 const MAX_ANSWER_BYTES: usize = 8 * 1024 * 1024;
@@ -23,6 +25,8 @@ pub enum Api {
     ClinicGateway,
     Pharmacy,
     Claims,
+    InsurerFeed,
+    Insurer,
 }
 
 impl Api {
@@ -31,6 +35,8 @@ impl Api {
             Api::ClinicGateway => "clinic gateway",
             Api::Pharmacy => "pharmacy service",
             Api::Claims => "claims service",
+            Api::InsurerFeed => "insurer delivery",
+            Api::Insurer => "insurer's adjudication service",
         }
     }
 }
@@ -70,6 +76,8 @@ pub struct Upstream {
     clinic_gateway: Url,
     pharmacy: Url,
     claims: Url,
+    insurer_feed: Url,
+    insurer: Url,
 }
 
 fn base(url: &str) -> Result<Url, url::ParseError> {
@@ -81,7 +89,8 @@ fn base(url: &str) -> Result<Url, url::ParseError> {
 }
 
 impl Upstream {
-    pub fn new(clinic_gateway: &str, pharmacy: &str, claims: &str) -> Result<Self, String> {
+    /// The services `config` names.
+    pub fn new(config: &Config) -> Result<Self, String> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2))
@@ -96,9 +105,11 @@ impl Upstream {
         Ok(Self {
             http,
             streaming,
-            clinic_gateway: parse("clinic_gateway_url", clinic_gateway)?,
-            pharmacy: parse("pharmacy_url", pharmacy)?,
-            claims: parse("claims_url", claims)?,
+            clinic_gateway: parse("clinic_gateway_url", &config.clinic_gateway_url)?,
+            pharmacy: parse("pharmacy_url", &config.pharmacy_url)?,
+            claims: parse("claims_url", &config.claims_url)?,
+            insurer_feed: parse("insurer_feed_url", &config.insurer_feed_url)?,
+            insurer: parse("insurer_url", &config.insurer_url)?,
         })
     }
 
@@ -108,6 +119,8 @@ impl Upstream {
             Api::ClinicGateway => self.clinic_gateway.clone(),
             Api::Pharmacy => self.pharmacy.clone(),
             Api::Claims => self.claims.clone(),
+            Api::InsurerFeed => self.insurer_feed.clone(),
+            Api::Insurer => self.insurer.clone(),
         };
         if let Ok(mut path) = url.path_segments_mut() {
             path.pop_if_empty().extend(segments);
@@ -199,10 +212,11 @@ impl Upstream {
         key: &SecretString,
         api: Api,
         segments: &[&str],
+        query: &[(&str, &str)],
     ) -> Result<impl Stream<Item = Result<Bytes, reqwest::Error>> + Send + 'static, CallError> {
         let response = self
             .streaming
-            .get(self.url(api, segments, &[]))
+            .get(self.url(api, segments, query))
             .bearer_auth(key.expose_secret())
             .header(reqwest::header::ACCEPT, "text/event-stream")
             .send()
@@ -232,12 +246,11 @@ mod tests {
 
     #[test]
     fn each_segment_is_escaped_on_its_own() {
-        let upstream = Upstream::new(
-            "http://127.0.0.1:8090",
-            "http://127.0.0.1:8091/base",
-            "http://127.0.0.1:8095",
-        )
-        .unwrap();
+        let config = Config {
+            pharmacy_url: "http://127.0.0.1:8091/base".to_owned(),
+            ..Config::default()
+        };
+        let upstream = Upstream::new(&config).unwrap();
         let url = upstream.url(
             Api::Pharmacy,
             &["pharmacy", "prescriptions", "rx/../x y"],

@@ -38,7 +38,15 @@ fn console() -> Console {
     let state = AppState {
         directory: Arc::new(directory),
         sessions: Sessions::new(Duration::from_secs(60), Duration::from_secs(3600)),
-        upstream: Upstream::new(nowhere, nowhere, nowhere).unwrap(),
+        upstream: Upstream::new(&hixbus_web::Config {
+            clinic_gateway_url: nowhere.to_owned(),
+            pharmacy_url: nowhere.to_owned(),
+            claims_url: nowhere.to_owned(),
+            insurer_feed_url: nowhere.to_owned(),
+            insurer_url: nowhere.to_owned(),
+            ..hixbus_web::Config::default()
+        })
+        .unwrap(),
         secure: false,
         stopping: hixbus_service::CancellationToken::new(),
     };
