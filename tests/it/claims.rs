@@ -1174,6 +1174,7 @@ async fn the_insurer_sees_a_returned_claim_with_its_reason_in_its_console() {
         &flow.directory,
         None,
         &[
+            ("pharmacy_url", flow.pharmacy.as_str()),
             ("claims_url", flow.claims.as_str()),
             ("insurer_feed_url", flow.feed.as_str()),
             ("insurer_url", flow.insurer.as_str()),
@@ -1209,6 +1210,33 @@ async fn the_insurer_sees_a_returned_claim_with_its_reason_in_its_console() {
         .to_owned();
 
     let driver = Driver::start().await;
+    // The pharmacist dispenses a real prescription with its screen open: the claim the
+    // dispensing made, and the insurer's decision on it, appear on the prescription's page.
+    let rx = flow
+        .issue(
+            "clinic-sakura",
+            &bundle(
+                "Bundle-Bundle-for-JP-MedReq-ePreBundleExample01.json",
+                "claims-console-rx",
+            ),
+        )
+        .await;
+    let counter = driver.browser().await;
+    sign_in(&counter, &web, &flow.keys["pharmacy-aozora"]).await;
+    flow.dispense(&rx, pharmacist()).await;
+    counter
+        .goto(&format!("{web}/pharmacy/rx/{rx}"))
+        .await
+        .unwrap();
+    wait_for(&counter, "#claim[data-state=live]").await;
+    wait_for(&counter, "#claim [data-outcome=accepted]").await;
+    let claim = text_of(&counter, "#claim").await;
+    assert!(
+        claim.contains("支払決定") && claim.contains("insurer-kenpo") && claim.contains("円"),
+        "{claim}"
+    );
+    screenshot(&counter, "pharmacy-claim").await;
+
     let insurer = driver.browser().await;
     sign_in(&insurer, &web, &flow.keys["insurer-kenpo"]).await;
     assert_eq!(insurer.current_url().await.unwrap().path(), "/insurer");
@@ -1241,7 +1269,7 @@ async fn the_insurer_sees_a_returned_claim_with_its_reason_in_its_console() {
     );
     other.goto(&format!("{web}/pharmacy")).await.unwrap();
     assert_eq!(text_of(&other, "h1").await, "許可されていません");
-    for browser in [insurer, other] {
+    for browser in [counter, insurer, other] {
         browser.close().await.unwrap();
     }
     drop(driver);

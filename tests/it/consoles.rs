@@ -108,15 +108,41 @@ pub(crate) async fn sign_in(browser: &Client, web: &str, key: &str) {
         .expect("signed in: the page offers sign-out");
 }
 
-/// The text of the first element `css` selects (which must be there).
+/// The text of the first element `css` selects (which must be there), read in one step in the
+/// page: a live list may replace its rows between two WebDriver calls.
 pub(crate) async fn text_of(browser: &Client, css: &str) -> String {
-    browser
-        .find(Locator::Css(css))
+    let text = browser
+        .execute(
+            "const e = document.querySelector(arguments[0]); return e ? e.innerText : null;",
+            vec![json!(css)],
+        )
         .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
-        .text()
-        .await
-        .unwrap()
+        .unwrap();
+    text.as_str()
+        .unwrap_or_else(|| panic!("nothing matches {css}"))
+        .to_owned()
+}
+
+/// Does `act` to the element `css` selects, again on a fresh one if a live refresh replaced it
+/// in between (once the focus is inside the list, the page holds its refreshes).
+pub(crate) async fn on_fresh<F, Fut>(browser: &Client, css: &str, act: F)
+where
+    F: Fn(fantoccini::elements::Element) -> Fut,
+    Fut: Future<Output = Result<(), fantoccini::error::CmdError>>,
+{
+    for _ in 0..20 {
+        let element = wait_for(browser, css).await;
+        match act(element).await {
+            Ok(()) => return,
+            Err(fantoccini::error::CmdError::Standard(e))
+                if e.error == fantoccini::error::ErrorStatus::StaleElementReference =>
+            {
+                continue;
+            }
+            Err(e) => panic!("{css}: {e}"),
+        }
+    }
+    panic!("{css} kept being replaced");
 }
 
 pub(crate) async fn h1(browser: &Client) -> String {
@@ -348,22 +374,20 @@ async fn a_pharmacist_and_a_clinic_work_the_prescription_and_a_critical_result_i
     });
     report.results[0].interpretation = hixbus_contracts::Interpretation::CriticallyHigh;
     flow.stack.publisher().publish(&report).await.unwrap();
-    let row = wait_for(&clinic, "#results tr.awaiting").await;
-    let row_text = row.text().await.unwrap();
+    wait_for(&clinic, "#results tr.awaiting").await;
+    let row_text = text_of(&clinic, "#results tr.awaiting").await;
     assert!(row_text.contains("至急"), "{row_text}");
     screenshot(&clinic, "clinic-results").await;
-    row.find(Locator::Css("input[name=clinician_id]"))
-        .await
-        .unwrap()
-        .send_keys("D001")
-        .await
-        .unwrap();
-    row.find(Locator::Css("button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    on_fresh(
+        &clinic,
+        "#results tr.awaiting input[name=clinician_id]",
+        |e| async move { e.send_keys("D001").await },
+    )
+    .await;
+    on_fresh(&clinic, "#results tr.awaiting button", |e| async move {
+        e.click().await.map(|_| ())
+    })
+    .await;
     let done = wait_for(&clinic, ".done").await.text().await.unwrap();
     assert!(done.contains("確認を記録しました"), "{done}");
     assert!(

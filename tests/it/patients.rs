@@ -1569,6 +1569,16 @@ const ROUTES: &[(&str, &str, Audited)] = &[
     ),
     (
         "patient",
+        "/authorize",
+        NoPatientData("the demo sign-in provider's page: who signs in"),
+    ),
+    (
+        "patient",
+        "/token",
+        NoPatientData("the demo sign-in provider's token endpoint: an ID token, no record"),
+    ),
+    (
+        "patient",
         "/patient/enrolment-codes",
         Writes("patient.enrolment_code"),
     ),
@@ -1779,6 +1789,22 @@ const ROUTES: &[(&str, &str, Audited)] = &[
         "web",
         "/insurer/live",
         Behind("insurer-feed insurer.stream"),
+    ),
+    ("web", "/patient", NoPatientData("the portal's start")),
+    (
+        "web",
+        "/patient/signin",
+        NoPatientData("leaves for the sign-in provider"),
+    ),
+    ("web", "/patient/callback", Behind("patient patient.me")),
+    ("web", "/me", Behind("patient patient.timeline")),
+    ("web", "/me/labs", Behind("patient patient.lab_trends")),
+    ("web", "/me/access", Behind("patient patient.access")),
+    ("web", "/me/consents", Behind("patient patient.consents")),
+    (
+        "web",
+        "/me/consents/{id}/revoke",
+        Behind("patient consent revoke"),
     ),
     (
         "web",
@@ -2168,5 +2194,146 @@ async fn every_route_and_consumer_that_returns_patient_data_is_audited() {
         assert!(Instant::now() < deadline, "not audited: {missing:#?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    flow.stop().await;
+}
+
+#[tokio::test]
+async fn a_patient_signs_in_at_the_provider_and_sees_their_record_a_chart_who_saw_it_and_revokes_a_consent()
+ {
+    use crate::consoles::{Driver, screenshot, text_of, wait_for};
+    use fantoccini::Locator;
+    let flow = Flow::start().await;
+    flow.history().await;
+    let (status, issued) = flow
+        .code("clinic-sakura", ["06123456", "12345", "67890", "01"])
+        .await;
+    assert_eq!(status, 201, "{issued}");
+    let (status, _) = flow.enrol("taro", issued["code"].as_str().unwrap()).await;
+    assert_eq!(status, 200);
+    let (status, consent) = flow
+        .call(
+            &flow.token("taro"),
+            "POST",
+            flow.url(Kind::Patient, "/patient/consents"),
+            Some(json!({"grantee_org": "clinic-sakura", "scope": ["ALL"], "kind": "standing"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{consent}");
+    let consent_id = consent["consent_id"].as_str().unwrap().to_owned();
+    // Everything has arrived, and the pharmacy's read is on the trail.
+    flow.timeline_when("taro", |t| {
+        of_kind(t, "dispensing").len() == 2 && of_kind(t, "lab_result").len() == 1
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, access) = flow.patient("taro", "/patient/access").await;
+        if access["entries"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["who"] == "pharmacy-aozora"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pharmacy's read never reached the trail"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (web, web_service) = start_service_with(
+        Kind::Web,
+        &flow.stack,
+        &flow.directory,
+        None,
+        &[
+            ("patient_url", flow.urls[&Kind::Patient].as_str()),
+            ("oidc_issuer", flow.issuer.issuer()),
+            ("oidc_audience", DEMO_AUDIENCE),
+        ],
+    )
+    .await;
+
+    let driver = Driver::start().await;
+    let browser = driver.browser().await;
+    browser.goto(&format!("{web}/patient")).await.unwrap();
+    browser
+        .find(Locator::Css("a[href='/patient/signin']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    // At the provider: who signs in (a real provider asks for a password here).
+    let subject = wait_for(&browser, "#subject").await;
+    subject.clear().await.unwrap();
+    subject.send_keys("taro").await.unwrap();
+    browser
+        .find(Locator::Css("button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    // Back at the portal, signed in: the timeline.
+    let timeline = wait_for(&browser, "#timeline").await.text().await.unwrap();
+    assert_eq!(browser.current_url().await.unwrap().path(), "/me");
+    assert!(
+        timeline.contains("処方") && timeline.contains("調剤") && timeline.contains("検査結果"),
+        "{timeline}"
+    );
+    screenshot(&browser, "patient-record").await;
+
+    // A lab chart with its reference band.
+    browser.goto(&format!("{web}/me/labs")).await.unwrap();
+    wait_for(&browser, "figure.chart svg polyline").await;
+    wait_for(&browser, "figure.chart svg rect.band").await;
+    screenshot(&browser, "patient-labs").await;
+
+    // Who saw my data: the pharmacist's read is there.
+    browser.goto(&format!("{web}/me/access")).await.unwrap();
+    let read = wait_for(&browser, "#trail tr[data-who=pharmacy-aozora]")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        read.contains("あおぞら薬局"),
+        "the pharmacy, by its name: {read}"
+    );
+    screenshot(&browser, "patient-access").await;
+
+    // Revoking the consent from the screen; the patient service has it revoked.
+    browser.goto(&format!("{web}/me/consents")).await.unwrap();
+    wait_for(&browser, &format!("li[data-consent='{consent_id}'] button"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    let done = wait_for(&browser, ".done").await.text().await.unwrap();
+    assert!(done.contains("取り消しました"), "{done}");
+    let (_, consents) = flow.patient("taro", "/patient/consents").await;
+    let now = consents["consents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["consent_id"] == consent_id.as_str())
+        .all(|c| c["in_force"] == false || c["decision"] != "GRANTED");
+    assert!(now, "{consents}");
+    assert_eq!(text_of(&browser, "h1").await, "同意の設定");
+
+    // An organization's pages are not a patient's, and a forged revoke does nothing.
+    browser.goto(&format!("{web}/pharmacy")).await.unwrap();
+    assert!(
+        browser
+            .current_url()
+            .await
+            .unwrap()
+            .path()
+            .ends_with("/signin"),
+        "a patient session is no organization's"
+    );
+    browser.close().await.unwrap();
+    drop(driver);
+    web_service.stop().await;
     flow.stop().await;
 }

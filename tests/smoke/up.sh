@@ -120,6 +120,16 @@ curl -sf -b "$jar2" -c "$jar2" -o /dev/null --data-urlencode "csrf=$csrf" --data
   || { echo "the insurer's console sign-in failed" >&2; exit 1; }
 curl -sf -b "$jar2" "http://$web/insurer" | grep -q "dispensing:$id" \
   || { echo "the insurer console does not show the claim of $id" >&2; exit 1; }
+# A patient signs in at the demo provider (the code flow, redirects followed by hand) and sees
+# their record, with this prescription in it.
+jar3="$work/cookies-patient"
+authorize=$(curl -s -c "$jar3" -o /dev/null -w '%{redirect_url}' "http://$web/patient/signin")
+case "$authorize" in "http://$oidc/authorize?"*) ;; *) echo "the portal did not send the browser to the provider: $authorize" >&2; exit 1 ;; esac
+callback=$(curl -s -o /dev/null -w '%{redirect_url}' --data "${authorize#*\?}&subject=demo-taro" "http://$oidc/authorize")
+landed=$(curl -s -b "$jar3" -c "$jar3" -o /dev/null -w '%{redirect_url}' "$callback")
+[ "$landed" = "http://$web/me" ] || { echo "the patient sign-in did not land on /me: $landed" >&2; exit 1; }
+curl -sf -b "$jar3" "http://$web/me" | grep -q 'id="timeline"' \
+  || { echo "the patient portal does not show the record" >&2; exit 1; }
 
 # The patient signs in with the token up printed and sees the prescription, its dispensing and
 # its claim in their own record; without the token, nothing.
@@ -254,4 +264,4 @@ wait "$up" || { cat "$work/up.err"; echo "hixbus up exited with an error" >&2; e
 grep -q "hixbus stopped" "$work/up.out" || { echo "no clean shutdown" >&2; exit 1; }
 grep -Eq "demo lab stopped after [1-9][0-9]* results" "$work/up.out" \
   || { cat "$work/up.out" "$work/up.err"; echo "the demo lab's results were not accepted over MLLP" >&2; exit 1; }
-echo "hixbus up: ready in ${ready}s, tail saw 3 demo events (each audited), a prescription went clinic → pharmacy → dispensed → clinic and was billed and accepted (the pharmacy and insurer consoles showed it) and the patient saw it all in their own record (401 without signing in), lab results reached the hospital's inbox, a checkup reached its insurer only, the registry refused an anonymous change${hostile_summary}, Ctrl-C stopped it cleanly"
+echo "hixbus up: ready in ${ready}s, tail saw 3 demo events (each audited), a prescription went clinic → pharmacy → dispensed → clinic and was billed and accepted (the pharmacy and insurer consoles showed it, the patient signed in at the provider) and the patient saw it all in their own record (401 without signing in), lab results reached the hospital's inbox, a checkup reached its insurer only, the registry refused an anonymous change${hostile_summary}, Ctrl-C stopped it cleanly"

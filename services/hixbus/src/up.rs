@@ -354,6 +354,7 @@ async fn start_services(
             ("claims_url", url_of(Kind::Claims)),
             ("insurer_feed_url", url_of(Kind::InsurerFeed)),
             ("insurer_url", url_of(Kind::Insurer)),
+            ("patient_url", url_of(Kind::Patient)),
         ];
         if kind == Kind::Web {
             settings.extend(upstreams.iter().map(|(k, v)| (*k, v.as_str())));
@@ -635,6 +636,9 @@ impl Banner<'_> {
             "   pharmacy: {web}/pharmacy with $AOZORA_KEY   clinic and its lab results: {web}/clinic with $DAIICHI_KEY"
         );
         println!("   insurer: {web}/insurer with $KENPO_KEY");
+        println!(
+            "   patients: {web}/patient, signing in at the demo provider as demo-taro or demo-0001"
+        );
         println!();
         println!(
             " Demo API keys (new at every start, valid 7 days; the operator's changes the registry):"

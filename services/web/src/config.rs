@@ -25,6 +25,20 @@ pub struct Config {
     /// The reference insurer's decisions (`hixbus serve insurer`), for the insurer it decides for.
     #[serde(default = "default_insurer")]
     pub insurer_url: String,
+    #[serde(default = "default_patient")]
+    pub patient_url: String,
+    /// The patients' OpenID Connect provider (its issuer URL). Without it patients cannot sign
+    /// in here.
+    #[serde(default)]
+    pub oidc_issuer: Option<String>,
+    /// The client id hixbus is registered under at that provider (the ID tokens' `aud`, as
+    /// the patient service checks it).
+    #[serde(default = "default_audience")]
+    pub oidc_audience: String,
+    /// Where browsers reach this service (`https://consoles.example.jp`), for the provider to
+    /// send patients back to; absent, the address the browser used.
+    #[serde(default)]
+    pub public_url: Option<String>,
     /// Served over TLS (directly or behind a terminating proxy): cookies get `Secure` and the
     /// `__Host-` prefix, and pages send `Strict-Transport-Security`.
     #[serde(default)]
@@ -62,6 +76,14 @@ fn default_insurer() -> String {
     "http://127.0.0.1:8096".to_owned()
 }
 
+fn default_patient() -> String {
+    "http://127.0.0.1:8097".to_owned()
+}
+
+fn default_audience() -> String {
+    "hixbus".to_owned()
+}
+
 fn default_idle_minutes() -> u64 {
     30
 }
@@ -80,6 +102,10 @@ impl Default for Config {
             claims_url: default_claims(),
             insurer_feed_url: default_insurer_feed(),
             insurer_url: default_insurer(),
+            patient_url: default_patient(),
+            oidc_issuer: None,
+            oidc_audience: default_audience(),
+            public_url: None,
             secure_cookies: false,
             session_idle_minutes: default_idle_minutes(),
             session_hours: default_session_hours(),

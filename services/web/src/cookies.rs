@@ -54,6 +54,27 @@ pub fn session_removal(secure: bool) -> HeaderValue {
     to_header(&cookie)
 }
 
+/// `Set-Cookie` for a sign-in under way at a patient's provider: `SameSite=Lax`, so it comes
+/// back with the provider's cross-site redirect to the callback (and only there), for `ttl`
+/// (zero removes it).
+pub fn login(
+    name: &'static str,
+    value: &str,
+    secure: bool,
+    ttl: std::time::Duration,
+) -> HeaderValue {
+    let cookie = Cookie::build((name, value.to_owned()))
+        .path("/patient/callback")
+        .http_only(true)
+        .same_site(SameSite::Lax)
+        .secure(secure)
+        .max_age(cookie::time::Duration::seconds(
+            i64::try_from(ttl.as_secs()).unwrap_or(600),
+        ))
+        .build();
+    to_header(&cookie)
+}
+
 pub fn lang(value: &'static str, secure: bool) -> HeaderValue {
     let cookie = Cookie::build((LANG, value))
         .path("/")

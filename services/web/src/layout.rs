@@ -15,15 +15,16 @@ use crate::upstream::CallError;
 #[derive(Debug, Clone, Copy)]
 pub struct Viewer<'a> {
     pub lang: Lang,
-    /// Organization name, role and CSRF token, when signed in.
-    pub member: Option<(&'a str, Role, &'a str)>,
+    /// Who is signed in (organization name, or the patient's record), the organization's role
+    /// (`None`: a patient), and the session's CSRF token.
+    pub member: Option<(&'a str, Option<Role>, &'a str)>,
 }
 
 impl<'a> From<&'a Member> for Viewer<'a> {
     fn from(m: &'a Member) -> Self {
         Viewer {
             lang: m.lang,
-            member: Some((m.name.as_str(), m.role, m.session.csrf.as_str())),
+            member: Some((m.name.as_str(), Some(m.role), m.session.csrf.as_str())),
         }
     }
 }
@@ -47,7 +48,18 @@ pub fn home_of(role: Role) -> &'static str {
     }
 }
 
-fn nav(lang: Lang, role: Role) -> Markup {
+fn nav(lang: Lang, role: Option<Role>) -> Markup {
+    let Some(role) = role else {
+        return nav_links(
+            lang,
+            vec![
+                ("/me", lang.t("わたしの記録", "My record")),
+                ("/me/labs", lang.t("検査結果の推移", "Lab trends")),
+                ("/me/access", lang.t("閲覧の記録", "Who saw my data")),
+                ("/me/consents", lang.t("同意の設定", "Consent")),
+            ],
+        );
+    };
     let links: Vec<(&str, &str)> = match role {
         Role::Pharmacy => vec![("/pharmacy", lang.t("受付", "Inbox"))],
         Role::Clinic | Role::Hospital => vec![
@@ -57,6 +69,10 @@ fn nav(lang: Lang, role: Role) -> Markup {
         Role::Insurer => vec![("/insurer", lang.t("請求と審査", "Claims and decisions"))],
         _ => vec![],
     };
+    nav_links(lang, links)
+}
+
+fn nav_links(lang: Lang, links: Vec<(&str, &str)>) -> Markup {
     html! {
         nav aria-label=(lang.t("メニュー", "Menu")) {
             ul {
@@ -136,6 +152,18 @@ pub fn refusal(lang: Lang, status: StatusCode, why: &str) -> Response {
         _ => lang.t("できませんでした", "Not done"),
     };
     (status, page(viewer, title, body)).into_response()
+}
+
+/// A form without this session's CSRF token: expired, or not posted from this console.
+pub fn stale_form(lang: Lang) -> Response {
+    refusal(
+        lang,
+        StatusCode::FORBIDDEN,
+        lang.t(
+            "このフォームは受け付けられません（有効期限切れか、別の画面から送られました）。画面を開き直してください。",
+            "This form was refused: it expired or did not come from this console. Open the page again.",
+        ),
+    )
 }
 
 /// The status a page answers with when an API call failed: the API's refusal as it was, or 502

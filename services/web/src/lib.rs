@@ -13,6 +13,7 @@ pub mod i18n;
 pub mod insurer;
 pub mod layout;
 pub mod live;
+pub mod patient;
 pub mod pharmacy;
 pub mod security;
 pub mod session;
@@ -36,6 +37,13 @@ pub const NAME: &str = "web";
 /// Form posts are a few fields; a dispensing of a long prescription is the largest.
 pub const MAX_FORM_BYTES: usize = 64 * 1024;
 
+/// The patients' OpenID Connect provider and this service's client id there.
+#[derive(Debug, Clone)]
+pub struct Oidc {
+    pub issuer: String,
+    pub audience: String,
+}
+
 /// What every page handler is given.
 #[derive(Debug, Clone)]
 pub struct AppState {
@@ -43,6 +51,10 @@ pub struct AppState {
     pub sessions: session::Sessions,
     pub upstream: upstream::Upstream,
     pub secure: bool,
+    /// The patients' sign-in provider, when patients may sign in here.
+    pub oidc: Option<Oidc>,
+    /// Where browsers reach this service, when set (see `Config::public_url`).
+    pub public_url: Option<String>,
     /// Ends the live streams when the service begins to stop (graceful shutdown waits for
     /// every open response).
     pub stopping: CancellationToken,
@@ -64,6 +76,11 @@ pub async fn build(config: Config, deps: Deps) -> Result<Service, StartupError> 
         ),
         upstream,
         secure: config.secure_cookies,
+        oidc: config.oidc_issuer.clone().map(|issuer| Oidc {
+            issuer,
+            audience: config.oidc_audience.clone(),
+        }),
+        public_url: config.public_url.clone(),
         stopping: stopping.clone(),
     };
     Service::bind(NAME, config.listen, app(state), vec![], None, stopping).await
@@ -81,6 +98,7 @@ pub fn app(state: AppState) -> Router {
         .merge(pharmacy::routes())
         .merge(clinic::routes())
         .merge(insurer::routes())
+        .merge(patient::routes())
         .fallback(layout::not_found)
         .layer(DefaultBodyLimit::max(MAX_FORM_BYTES))
         .layer(axum::middleware::map_response(

@@ -13,6 +13,9 @@ use crate::layout;
 use crate::security::Member;
 use crate::upstream::Api;
 
+/// How often an open stream checks that its session still stands.
+const SESSION_CHECK: std::time::Duration = std::time::Duration::from_secs(15);
+
 pub async fn pass_through(
     state: &AppState,
     member: &Member,
@@ -26,8 +29,24 @@ pub async fn pass_through(
         .await
     {
         Ok(stream) => {
+            // It ends when the service stops, and when the session does (signed out, idle,
+            // at its limit): an open tab does not keep receiving after its session is over.
             let stopping = state.stopping.clone();
-            let body = stream.take_until(async move { stopping.cancelled().await });
+            let (sessions, id) = (state.sessions.clone(), member.session.id.clone());
+            let session_over = async move {
+                loop {
+                    tokio::time::sleep(SESSION_CHECK).await;
+                    if sessions.peek(&id).is_none() {
+                        return;
+                    }
+                }
+            };
+            let body = stream.take_until(async move {
+                tokio::select! {
+                    () = stopping.cancelled() => {}
+                    () = session_over => {}
+                }
+            });
             (
                 [
                     (header::CONTENT_TYPE, "text/event-stream"),

@@ -88,8 +88,16 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let state = AppState::from_ref(state);
         let lang = Lang::from_headers(&parts.headers);
-        let session = cookies::get(&parts.headers, cookies::session_name(state.secure))
-            .and_then(|id| state.sessions.get(id));
+        // The live lists' own requests (`…/rows`, `…/live`) do not count as use.
+        let background = parts.uri.path().ends_with("/rows") || parts.uri.path().ends_with("/live");
+        let session =
+            cookies::get(&parts.headers, cookies::session_name(state.secure)).and_then(|id| {
+                if background {
+                    state.sessions.peek(id)
+                } else {
+                    state.sessions.get(id)
+                }
+            });
         Ok(Visitor { lang, session })
     }
 }
@@ -145,14 +153,7 @@ impl Member {
     pub fn check_csrf(&self, token: Option<&str>) -> Result<(), Refusal> {
         match token {
             Some(token) if self.session.csrf_matches(token) => Ok(()),
-            _ => Err(Refusal(Box::new(layout::refusal(
-                self.lang,
-                StatusCode::FORBIDDEN,
-                self.lang.t(
-                    "このフォームは受け付けられません（有効期限切れか、別の画面から送られました）。画面を開き直してください。",
-                    "This form was refused: it expired or did not come from this console. Open the page again.",
-                ),
-            )))),
+            _ => Err(Refusal(Box::new(layout::stale_form(self.lang)))),
         }
     }
 

@@ -33,6 +33,24 @@ pub enum Principal {
         /// Sent to the services as `Authorization: Bearer`.
         key: SecretString,
     },
+    /// A patient signed in at their OpenID Connect provider.
+    Patient {
+        /// The record it is (`patient_ref`, as the patient service answers).
+        patient_ref: String,
+        /// The ID token, sent to the patient service as `Authorization: Bearer`; the session
+        /// ends when it expires.
+        token: SecretString,
+    },
+}
+
+/// A sign-in at a patient's provider, between leaving for it and coming back (the code flow).
+#[derive(Debug, Clone)]
+pub struct PendingLogin {
+    pub state: String,
+    pub nonce: String,
+    /// The PKCE verifier: the provider's code is worth nothing without it.
+    pub verifier: SecretString,
+    pub redirect_uri: String,
 }
 
 #[derive(Debug, Clone)]
@@ -40,8 +58,12 @@ pub struct Session {
     pub id: String,
     pub csrf: String,
     pub principal: Principal,
+    /// A patient sign-in under way (anonymous sessions only).
+    pub login: Option<PendingLogin>,
     created: Instant,
     last_seen: Instant,
+    /// When it ends regardless (a patient's ID token expiring).
+    ends: Option<Instant>,
 }
 
 impl Session {
@@ -53,7 +75,15 @@ impl Session {
                 role,
                 key,
             } => Some((id, name, *role, key)),
-            Principal::Anonymous => None,
+            Principal::Anonymous | Principal::Patient { .. } => None,
+        }
+    }
+
+    /// The patient's record and ID token, when a patient signed in.
+    pub fn patient(&self) -> Option<(&str, &SecretString)> {
+        match &self.principal {
+            Principal::Patient { patient_ref, token } => Some((patient_ref, token)),
+            _ => None,
         }
     }
 
@@ -77,7 +107,8 @@ pub struct Sessions {
     absolute: Duration,
 }
 
-fn random_token() -> String {
+/// 256 random bits, base64url: session ids, CSRF tokens, OAuth state, nonces, PKCE verifiers.
+pub fn random_token() -> String {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     URL_SAFE_NO_PAD.encode(bytes)
@@ -95,10 +126,22 @@ impl Sessions {
     fn live(&self, session: &Session, now: Instant) -> bool {
         now.duration_since(session.last_seen) < self.idle
             && now.duration_since(session.created) < self.absolute
+            && session.ends.is_none_or(|ends| now < ends)
     }
 
-    /// The session behind a cookie value, if it is still live; touching it keeps it alive.
+    /// The session behind a cookie value, if it is still live; a request someone made keeps
+    /// it alive.
     pub fn get(&self, id: &str) -> Option<Session> {
+        self.find(id, true)
+    }
+
+    /// [`Self::get`] for what a page asks by itself (a live list's refresh): it does not keep
+    /// the session alive, so a screen left open still signs out when nobody uses it.
+    pub fn peek(&self, id: &str) -> Option<Session> {
+        self.find(id, false)
+    }
+
+    fn find(&self, id: &str, touch: bool) -> Option<Session> {
         let now = Instant::now();
         let mut map = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let live = map.get(id).map(|s| self.live(s, now))?;
@@ -107,20 +150,34 @@ impl Sessions {
             return None;
         }
         let session = map.get_mut(id)?;
-        session.last_seen = now;
+        if touch {
+            session.last_seen = now;
+        }
         Some(session.clone())
     }
 
     /// A new session for `principal`, with a fresh id and CSRF token. Signing in always starts
     /// a new session (the anonymous one is dropped), so an id planted before sign-in is useless.
     pub fn start(&self, principal: Principal) -> Result<Session, Full> {
+        self.start_with(principal, None, None)
+    }
+
+    /// A session that ends at `ends` at the latest, or holds a sign-in under way.
+    pub fn start_with(
+        &self,
+        principal: Principal,
+        login: Option<PendingLogin>,
+        ends: Option<Instant>,
+    ) -> Result<Session, Full> {
         let now = Instant::now();
         let session = Session {
             id: random_token(),
             csrf: random_token(),
             principal,
+            login,
             created: now,
             last_seen: now,
+            ends,
         };
         let mut map = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         if map.len() >= MAX_SESSIONS {
@@ -185,6 +242,20 @@ mod tests {
             assert!(sessions.get(&active.id).is_some());
         }
         assert!(sessions.get(&idle.id).is_none());
+    }
+
+    #[test]
+    fn a_screen_refreshing_itself_does_not_keep_an_idle_session_alive() {
+        let sessions = Sessions::new(Duration::from_millis(60), Duration::from_secs(60));
+        let s = sessions.start(org()).unwrap();
+        for _ in 0..3 {
+            std::thread::sleep(Duration::from_millis(25));
+            let _ = sessions.peek(&s.id);
+        }
+        assert!(
+            sessions.peek(&s.id).is_none(),
+            "idle however often it peeked"
+        );
     }
 
     #[test]

@@ -18,7 +18,11 @@ use crate::session::Principal;
 const MAX_KEY_CHARS: usize = 256;
 
 pub async fn home(visitor: Visitor) -> Response {
-    match visitor.session.as_ref().and_then(|s| s.organization()) {
+    let session = visitor.session.as_ref();
+    if session.is_some_and(|s| s.patient().is_some()) {
+        return Redirect::to("/me").into_response();
+    }
+    match session.and_then(|s| s.organization()) {
         Some((_, _, role, _)) => Redirect::to(layout::home_of(role)).into_response(),
         None => Redirect::to("/signin").into_response(),
     }
@@ -76,6 +80,10 @@ fn signin_page(lang: Lang, csrf: &str, problem: Option<&str>) -> maud::Markup {
                 "薬局・医療機関・保険者の方は、配布されたAPIキーでサインインします。",
                 "Pharmacies, clinics and insurers sign in with the API key they were issued."
             )) }
+            p.hint { a href="/patient" { (lang.t(
+                "患者さんはこちらからサインインします。",
+                "Patients sign in here."
+            )) } }
             button type="submit" { (lang.t("サインイン", "Sign in")) }
         }
     };
@@ -173,16 +181,30 @@ pub struct CsrfOnly {
     pub csrf: Option<String>,
 }
 
+/// Ends an organization's or a patient's session.
 pub async fn signout(
     State(state): State<AppState>,
-    member: Member,
+    visitor: Visitor,
     Form(form): Form<CsrfOnly>,
 ) -> Response {
-    if let Err(refused) = member.check_csrf(form.csrf.as_deref()) {
-        return refused.into_response();
+    let lang = visitor.lang;
+    let Some(session) = visitor.session else {
+        return Redirect::to("/signin").into_response();
+    };
+    if !form
+        .csrf
+        .as_deref()
+        .is_some_and(|t| session.csrf_matches(t))
+    {
+        return layout::stale_form(lang);
     }
-    state.sessions.end(&member.session.id);
-    let mut response = Redirect::to("/signin").into_response();
+    state.sessions.end(&session.id);
+    let to = if session.patient().is_some() {
+        "/patient"
+    } else {
+        "/signin"
+    };
+    let mut response = Redirect::to(to).into_response();
     response
         .headers_mut()
         .insert(header::SET_COOKIE, cookies::session_removal(state.secure));

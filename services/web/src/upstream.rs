@@ -27,6 +27,7 @@ pub enum Api {
     Claims,
     InsurerFeed,
     Insurer,
+    Patient,
 }
 
 impl Api {
@@ -37,6 +38,7 @@ impl Api {
             Api::Claims => "claims service",
             Api::InsurerFeed => "insurer delivery",
             Api::Insurer => "insurer's adjudication service",
+            Api::Patient => "patient record service",
         }
     }
 }
@@ -78,6 +80,7 @@ pub struct Upstream {
     claims: Url,
     insurer_feed: Url,
     insurer: Url,
+    patient: Url,
 }
 
 fn base(url: &str) -> Result<Url, url::ParseError> {
@@ -110,6 +113,7 @@ impl Upstream {
             claims: parse("claims_url", &config.claims_url)?,
             insurer_feed: parse("insurer_feed_url", &config.insurer_feed_url)?,
             insurer: parse("insurer_url", &config.insurer_url)?,
+            patient: parse("patient_url", &config.patient_url)?,
         })
     }
 
@@ -121,6 +125,7 @@ impl Upstream {
             Api::Claims => self.claims.clone(),
             Api::InsurerFeed => self.insurer_feed.clone(),
             Api::Insurer => self.insurer.clone(),
+            Api::Patient => self.patient.clone(),
         };
         if let Ok(mut path) = url.path_segments_mut() {
             path.pop_if_empty().extend(segments);
@@ -151,6 +156,21 @@ impl Upstream {
     ) -> Result<Value, CallError> {
         self.call(key, Method::POST, api, segments, &[], Some(body))
             .await
+    }
+
+    pub async fn delete(
+        &self,
+        key: &SecretString,
+        api: Api,
+        segments: &[&str],
+    ) -> Result<Value, CallError> {
+        self.call(key, Method::DELETE, api, segments, &[], None)
+            .await
+    }
+
+    /// The client for calls to other parties (a patient's sign-in provider): bounded waits.
+    pub fn client(&self) -> &reqwest::Client {
+        &self.http
     }
 
     async fn call(

@@ -48,6 +48,8 @@ fn console() -> Console {
         })
         .unwrap(),
         secure: false,
+        oidc: None,
+        public_url: None,
         stopping: hixbus_service::CancellationToken::new(),
     };
     Console {
@@ -274,4 +276,46 @@ async fn a_service_that_does_not_answer_is_said_plainly_not_a_crash() {
     let big = format!("csrf={}&access_code={}", encode(&csrf), "1".repeat(200_000));
     let (status, _, _) = send(&c.router, post("/pharmacy/claim", Some(&session), &big)).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+#[tokio::test]
+async fn the_portal_needs_a_patients_sign_in_and_a_callback_needs_its_own_sign_in() {
+    let c = console();
+    for uri in ["/me", "/me/labs", "/me/access", "/me/consents"] {
+        let (status, headers, _) = send(&c.router, get(uri, None)).await;
+        assert_eq!(status, StatusCode::SEE_OTHER, "{uri}");
+        assert_eq!(header(&headers, "location"), Some("/patient"), "{uri}");
+    }
+    // An organization's session is no patient's.
+    let (session, csrf) = signed_in(&c).await;
+    let (status, headers, _) = send(&c.router, get("/me", Some(&session))).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(header(&headers, "location"), Some("/patient"));
+    let revoke = format!("csrf={}", encode(&csrf));
+    let (status, _, _) = send(
+        &c.router,
+        post("/me/consents/c-1/revoke", Some(&session), &revoke),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::SEE_OTHER,
+        "no revoking as an organization"
+    );
+    // Without a provider configured, patients are told so; a callback no sign-in started is
+    // refused whatever it carries.
+    let (status, _, html) = send(&c.router, get("/patient", None)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains("設定されていません"));
+    let (status, _, _) = send(&c.router, get("/patient/signin", None)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, _) = send(
+        &c.router,
+        get(
+            "/patient/callback?code=abc&state=xyz",
+            Some("hixbus-login=forged"),
+        ),
+    )
+    .await;
+    assert!(status.is_client_error(), "{status}");
 }

@@ -20,13 +20,27 @@
   }
   function attach(el) {
     var target = el.tagName === "TABLE" ? el.querySelector("tbody") : el;
-    var busy = false, again = false;
+    var busy = false, again = false, held = false;
+    // Someone is typing in a form inside the list (acknowledging a result): replacing it would
+    // throw their input away, so the refresh waits until the focus leaves the list.
+    function editing() {
+      var a = document.activeElement;
+      return a && target.contains(a) && /^(INPUT|SELECT|TEXTAREA|BUTTON)$/.test(a.tagName);
+    }
+    target.addEventListener("focusout", function () {
+      if (held) { held = false; window.setTimeout(refresh, 0); }
+    });
     function refresh() {
+      if (editing()) { held = true; return; }
       if (busy) { again = true; return; }
       busy = true;
       var before = ids(target);
       fetch(el.dataset.rows, { credentials: "same-origin", headers: { "Accept": "text/html" } })
-        .then(function (r) { return r.ok ? r.text() : Promise.reject(r.status); })
+        .then(function (r) {
+          // The session ended (idle, signed out elsewhere): go where the server sent us.
+          if (r.redirected) { window.location.assign(r.url); return Promise.reject("signed out"); }
+          return r.ok ? r.text() : Promise.reject(r.status);
+        })
         .then(function (html) {
           target.innerHTML = html;
           var changed = false;

@@ -1,0 +1,835 @@
+//! The patient portal: signing in at the patient's OpenID Connect provider (the code flow with
+//! PKCE, this service as the relying party), then their record, lab trends as charts, who saw
+//! their data, and their consents. Every page is the patient service's API called with the
+//! patient's own ID token, which that service verifies and audits as for any client.
+
+use std::time::{Duration, Instant};
+
+use axum::Form;
+use axum::Router;
+use axum::extract::{FromRef, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use maud::{Markup, html};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::AppState;
+use crate::cookies;
+use crate::i18n::Lang;
+use crate::layout::{self, Viewer};
+use crate::pharmacy::text;
+use crate::security::Visitor;
+use crate::session::{PendingLogin, Principal, Session, random_token};
+use crate::upstream::{Api, CallError};
+
+/// The cookie that carries a sign-in under way to the callback. `SameSite=Lax`, unlike the
+/// session cookie: the provider sends the browser back with a cross-site navigation, which a
+/// `Strict` cookie would not come with.
+const LOGIN_COOKIE: &str = "hixbus-login";
+/// How long a sign-in at the provider may take.
+const LOGIN_TTL: Duration = Duration::from_secs(600);
+/// The longest answer read from a provider.
+const MAX_PROVIDER_BYTES: usize = 64 * 1024;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/patient", get(landing))
+        .route("/patient/signin", get(signin))
+        .route("/patient/callback", get(callback))
+        .route("/me", get(record))
+        .route("/me/labs", get(labs))
+        .route("/me/access", get(access))
+        .route("/me/consents", get(consents))
+        .route("/me/consents/{id}/revoke", post(revoke))
+}
+
+/// A signed-in patient. Pages that need one send everyone else to the portal's start.
+#[derive(Debug)]
+pub struct PatientMember {
+    pub lang: Lang,
+    pub session: Session,
+    pub patient_ref: String,
+    pub token: SecretString,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for PatientMember
+where
+    AppState: FromRef<S>,
+{
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Ok(visitor) = Visitor::from_request_parts(parts, state).await;
+        let member = visitor.session.and_then(|session| {
+            let (patient_ref, token) = session.patient()?;
+            let (patient_ref, token) = (patient_ref.to_owned(), token.clone());
+            Some(PatientMember {
+                lang: visitor.lang,
+                session,
+                patient_ref,
+                token,
+            })
+        });
+        member.ok_or_else(|| Redirect::to("/patient").into_response())
+    }
+}
+
+impl<'a> From<&'a PatientMember> for Viewer<'a> {
+    fn from(p: &'a PatientMember) -> Self {
+        Viewer {
+            lang: p.lang,
+            member: Some((p.patient_ref.as_str(), None, p.session.csrf.as_str())),
+        }
+    }
+}
+
+fn refused(lang: Lang, status: StatusCode, why: &str) -> Response {
+    layout::refusal(lang, status, why)
+}
+
+pub async fn landing(State(state): State<AppState>, visitor: Visitor) -> Response {
+    if visitor
+        .session
+        .as_ref()
+        .is_some_and(|s| s.patient().is_some())
+    {
+        return Redirect::to("/me").into_response();
+    }
+    let lang = visitor.lang;
+    let body = html! {
+        p { (lang.t(
+            "ご自身の処方・調剤・検査結果・健診・医療費と、誰があなたの情報を見たかを確認できます。",
+            "See your prescriptions, dispensings, lab results, checkups and medical expenses, and who saw your data."
+        )) }
+        @if state.oidc.is_some() {
+            p { a.button href="/patient/signin" { (lang.t("サインイン", "Sign in")) } }
+            p.hint { (lang.t(
+                "お使いの認証サービスの画面に移ります。初めての方は、医療機関で受け取った登録コードで登録してください（docs/patients.md）。",
+                "You will sign in at your sign-in provider. The first time, enrol with the code your clinic gave you (docs/patients.md)."
+            )) }
+        } @else {
+            p.problem { (lang.t(
+                "この環境では患者さんのサインインが設定されていません。",
+                "Patient sign-in is not configured here."
+            )) }
+        }
+    };
+    layout::page(
+        Viewer::from(&visitor),
+        lang.t("わたしの医療情報", "My health record"),
+        body,
+    )
+    .into_response()
+}
+
+/// The provider's endpoints, from its discovery document.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Provider {
+    pub issuer: String,
+    pub authorization_endpoint: String,
+    pub token_endpoint: String,
+}
+
+/// A JSON answer of the provider's, bounded.
+async fn provider_json(response: reqwest::Response) -> Result<Value, String> {
+    let status = response.status();
+    let mut response = response;
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+        if bytes.len() + chunk.len() > MAX_PROVIDER_BYTES {
+            return Err("its answer is too large".to_owned());
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    let json: Value = serde_json::from_slice(&bytes).map_err(|e| format!("{status}: {e}"))?;
+    if !status.is_success() {
+        return Err(format!("{status}: {json}"));
+    }
+    Ok(json)
+}
+
+async fn discover(state: &AppState, issuer: &str) -> Result<Provider, String> {
+    let url = format!(
+        "{}/.well-known/openid-configuration",
+        issuer.trim_end_matches('/')
+    );
+    let response = state
+        .upstream
+        .client()
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let json = provider_json(response).await?;
+    let provider: Provider = serde_json::from_value(json).map_err(|e| e.to_string())?;
+    if provider.issuer.trim_end_matches('/') != issuer.trim_end_matches('/') {
+        return Err(format!("it names itself {}", provider.issuer));
+    }
+    Ok(provider)
+}
+
+/// Where the provider sends the browser back.
+fn redirect_uri(state: &AppState, headers: &HeaderMap) -> Option<String> {
+    let base = match &state.public_url {
+        Some(url) => url.trim_end_matches('/').to_owned(),
+        None => {
+            let host = headers.get(header::HOST)?.to_str().ok()?;
+            let scheme = if state.secure { "https" } else { "http" };
+            format!("{scheme}://{host}")
+        }
+    };
+    Some(format!("{base}/patient/callback"))
+}
+
+/// Leaves for the provider: a fresh state, nonce and PKCE verifier kept here, in a session the
+/// `hixbus-login` cookie names.
+pub async fn signin(
+    State(state): State<AppState>,
+    visitor: Visitor,
+    headers: HeaderMap,
+) -> Response {
+    let lang = visitor.lang;
+    let unavailable = |detail: String| {
+        tracing::warn!(detail, "the patients' sign-in provider is unavailable");
+        refused(
+            lang,
+            StatusCode::BAD_GATEWAY,
+            lang.t(
+                "認証サービスに接続できません。しばらくしてからお試しください。",
+                "The sign-in provider cannot be reached; try again shortly.",
+            ),
+        )
+    };
+    let Some(oidc) = &state.oidc else {
+        return refused(
+            lang,
+            StatusCode::NOT_FOUND,
+            lang.t(
+                "患者さんのサインインは設定されていません。",
+                "Patient sign-in is not configured.",
+            ),
+        );
+    };
+    let provider = match discover(&state, &oidc.issuer).await {
+        Ok(p) => p,
+        Err(e) => return unavailable(e),
+    };
+    let Some(redirect_uri) = redirect_uri(&state, &headers) else {
+        return refused(
+            lang,
+            StatusCode::BAD_REQUEST,
+            lang.t(
+                "このアドレスからはサインインできません（public_url を設定してください）。",
+                "Sign-in cannot start from this address (set public_url).",
+            ),
+        );
+    };
+    let verifier = random_token();
+    let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+    let login = PendingLogin {
+        state: random_token(),
+        nonce: random_token(),
+        verifier: verifier.into(),
+        redirect_uri: redirect_uri.clone(),
+    };
+    let Ok(mut authorize) = url::Url::parse(&provider.authorization_endpoint) else {
+        return unavailable("its authorization endpoint is no URL".to_owned());
+    };
+    authorize
+        .query_pairs_mut()
+        .append_pair("response_type", "code")
+        .append_pair("client_id", &oidc.audience)
+        .append_pair("redirect_uri", &redirect_uri)
+        .append_pair("scope", "openid")
+        .append_pair("state", &login.state)
+        .append_pair("nonce", &login.nonce)
+        .append_pair("code_challenge", &challenge)
+        .append_pair("code_challenge_method", "S256");
+    let session = match state.sessions.start_with(
+        Principal::Anonymous,
+        Some(login),
+        Some(Instant::now() + LOGIN_TTL),
+    ) {
+        Ok(s) => s,
+        Err(_) => return unavailable("too many sessions".to_owned()),
+    };
+    let mut response = Redirect::to(authorize.as_str()).into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        cookies::login(LOGIN_COOKIE, &session.id, state.secure, LOGIN_TTL),
+    );
+    response
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CallbackQuery {
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+/// The claims of an ID token, read without checking its signature: the patient service checks
+/// that (and issuer, audience, expiry) on every call; here only the nonce ties the token to
+/// this sign-in, and the expiry ends the session.
+fn unverified_claims(token: &str) -> Option<Value> {
+    let payload = token.split('.').nth(1)?;
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()
+}
+
+pub async fn callback(
+    State(state): State<AppState>,
+    visitor: Visitor,
+    headers: HeaderMap,
+    Query(query): Query<CallbackQuery>,
+) -> Response {
+    let lang = visitor.lang;
+    let failed = |status: StatusCode, why: &str| {
+        tracing::info!(why, "a patient sign-in failed");
+        refused(
+            lang,
+            status,
+            match status {
+                StatusCode::FORBIDDEN => lang.t(
+                    "サインインできませんでした。もう一度最初からお試しください。",
+                    "The sign-in did not succeed; start again.",
+                ),
+                _ => lang.t(
+                    "認証サービスとのやりとりに失敗しました。しばらくしてからお試しください。",
+                    "The exchange with the sign-in provider failed; try again shortly.",
+                ),
+            },
+        )
+    };
+    let Some(oidc) = &state.oidc else {
+        return failed(StatusCode::NOT_FOUND, "not configured");
+    };
+    let pending = cookies::get(&headers, LOGIN_COOKIE)
+        .and_then(|id| state.sessions.get(id))
+        .and_then(|s| s.login.clone().map(|login| (s.id.clone(), login)));
+    let Some((login_session, login)) = pending else {
+        return failed(
+            StatusCode::FORBIDDEN,
+            "no sign-in under way in this browser",
+        );
+    };
+    // One use: whatever happens next, this sign-in is over.
+    state.sessions.end(&login_session);
+    if query.error.is_some() {
+        return failed(StatusCode::FORBIDDEN, "the provider refused");
+    }
+    let (Some(code), Some(returned_state)) = (query.code, query.state) else {
+        return failed(StatusCode::FORBIDDEN, "no code or state");
+    };
+    let same_state = {
+        let (a, b) = (login.state.as_bytes(), returned_state.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    };
+    if !same_state || code.len() > 2048 {
+        return failed(StatusCode::FORBIDDEN, "state does not match");
+    }
+    let provider = match discover(&state, &oidc.issuer).await {
+        Ok(p) => p,
+        Err(_) => return failed(StatusCode::BAD_GATEWAY, "discovery"),
+    };
+    let form = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("grant_type", "authorization_code")
+        .append_pair("code", &code)
+        .append_pair("redirect_uri", &login.redirect_uri)
+        .append_pair("client_id", &oidc.audience)
+        .append_pair("code_verifier", login.verifier.expose_secret())
+        .finish();
+    let answer = state
+        .upstream
+        .client()
+        .post(&provider.token_endpoint)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .await;
+    let token = match answer {
+        Ok(response) => match provider_json(response).await {
+            Ok(json) => json
+                .get("id_token")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            Err(_) => None,
+        },
+        Err(_) => None,
+    };
+    let Some(token) = token else {
+        return failed(StatusCode::BAD_GATEWAY, "no ID token");
+    };
+    let Some(claims) = unverified_claims(&token) else {
+        return failed(StatusCode::FORBIDDEN, "unreadable ID token");
+    };
+    if claims.get("nonce").and_then(Value::as_str) != Some(login.nonce.as_str()) {
+        return failed(StatusCode::FORBIDDEN, "nonce does not match");
+    }
+    let token = SecretString::from(token);
+    // The patient service verifies the token and says whose record it opens.
+    let me = match state
+        .upstream
+        .get(&token, Api::Patient, &["patient", "me"], &[])
+        .await
+    {
+        Ok(me) => me,
+        Err(CallError::Refused { status, reason, .. }) => {
+            tracing::info!(%status, reason, "the patient service refused a signed-in patient");
+            return refused(
+                lang,
+                StatusCode::FORBIDDEN,
+                lang.t(
+                    "サインインできましたが、記録が登録されていません。医療機関で受け取った登録コードで登録してください。",
+                    "You signed in, but no record is enrolled for you yet: enrol with the code your clinic gave you.",
+                ),
+            );
+        }
+        Err(_) => return failed(StatusCode::BAD_GATEWAY, "patient service"),
+    };
+    let patient_ref = text(&me, &["patient_ref"]).to_owned();
+    let expires_in = claims
+        .get("exp")
+        .and_then(Value::as_i64)
+        .map(|exp| exp - chrono::Utc::now().timestamp())
+        .filter(|s| *s > 0)
+        .unwrap_or(0);
+    if expires_in == 0 {
+        return failed(StatusCode::FORBIDDEN, "expired ID token");
+    }
+    let ends = Instant::now() + Duration::from_secs(expires_in.unsigned_abs());
+    let session =
+        match state
+            .sessions
+            .start_with(Principal::Patient { patient_ref, token }, None, Some(ends))
+        {
+            Ok(s) => s,
+            Err(_) => return failed(StatusCode::SERVICE_UNAVAILABLE, "sessions full"),
+        };
+    if let Some(old) = visitor.session {
+        state.sessions.end(&old.id);
+    }
+    let mut response = Redirect::to("/me").into_response();
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        cookies::session(&session.id, state.secure),
+    );
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        cookies::login(LOGIN_COOKIE, "", state.secure, Duration::ZERO),
+    );
+    response
+}
+
+fn page(member: &PatientMember, title: &str, body: Markup) -> Response {
+    layout::page(Viewer::from(member), title, body).into_response()
+}
+
+fn kind_label(lang: Lang, kind: &str) -> &'static str {
+    match kind {
+        "prescription" => lang.t("処方", "Prescription"),
+        "dispensing" => lang.t("調剤", "Dispensing"),
+        "lab_result" => lang.t("検査結果", "Lab result"),
+        "checkup" => lang.t("健診", "Checkup"),
+        "claim" => lang.t("医療費", "Medical expense"),
+        "alert" => lang.t("安全性の警告", "Safety alert"),
+        _ => lang.t("記録", "Record"),
+    }
+}
+
+/// One line saying what a timeline entry is.
+fn summary(kind: &str, d: &Value) -> String {
+    let drugs = |lines: &Value| {
+        lines
+            .as_array()
+            .map(|ls| {
+                ls.iter()
+                    .map(|l| text(&l["drug"], &["name"]).to_owned())
+                    .filter(|n| !n.is_empty())
+                    .collect::<Vec<_>>()
+                    .join("、")
+            })
+            .unwrap_or_default()
+    };
+    match kind {
+        "prescription" => format!("{} — {}", text(d, &["institution"]), drugs(&d["lines"])),
+        "dispensing" => format!("{} — {}", text(d, &["pharmacy"]), drugs(&d["lines"])),
+        "lab_result" => text(d, &["lab"]).to_owned(),
+        "claim" => format!(
+            "{} — {} 円",
+            text(d, &["provider"]),
+            d.get("patient_jpy")
+                .or_else(|| d.get("total_jpy"))
+                .and_then(Value::as_i64)
+                .unwrap_or_default()
+        ),
+        _ => text(d, &["message"]).to_owned(),
+    }
+}
+
+pub async fn record(State(state): State<AppState>, member: PatientMember) -> Response {
+    let lang = member.lang;
+    let answer = state
+        .upstream
+        .get(
+            &member.token,
+            Api::Patient,
+            &["patient", "timeline"],
+            &[("limit", "50")],
+        )
+        .await;
+    let empty = Vec::new();
+    let body = html! {
+        @match &answer {
+            Err(e) => (layout::problem(lang, e)),
+            Ok(t) => table #timeline {
+                caption { (lang.t("あなたの記録（新しい順）", "Your record, newest first")) }
+                thead { tr {
+                    th scope="col" { (lang.t("日時", "When")) }
+                    th scope="col" { (lang.t("種類", "What")) }
+                    th scope="col" { (lang.t("内容", "Details")) }
+                } }
+                tbody {
+                    @let entries = t.get("entries").and_then(Value::as_array).unwrap_or(&empty);
+                    @if entries.is_empty() {
+                        tr { td colspan="3" { (lang.t("記録はまだありません。", "Nothing in your record yet.")) } }
+                    }
+                    @for e in entries {
+                        @let kind = text(e, &["kind"]);
+                        tr data-kind=(kind) {
+                            td.nowrap { (text(e, &["at"]).chars().take(16).collect::<String>().replace('T', " ")) }
+                            td { (kind_label(lang, kind)) }
+                            td { (summary(kind, &e["detail"])) }
+                        }
+                    }
+                }
+            },
+        }
+    };
+    page(&member, lang.t("わたしの記録", "My record"), body)
+}
+
+/// A lab test's values over time as an SVG line, with its reference range as a band: drawn
+/// here, so the page needs no script and the chart reads the same on every screen.
+fn chart(test: &Value) -> Markup {
+    const W: f64 = 640.0;
+    const H: f64 = 200.0;
+    const PAD: f64 = 36.0;
+    let empty = Vec::new();
+    let values: Vec<(&Value, f64)> = test
+        .get("values")
+        .and_then(Value::as_array)
+        .unwrap_or(&empty)
+        .iter()
+        .filter_map(|v| v.get("value").and_then(Value::as_f64).map(|n| (v, n)))
+        .collect();
+    let name = match text(&test["test"], &["name"]) {
+        "" => text(&test["test"], &["code"]),
+        n => n,
+    };
+    let unit = values
+        .first()
+        .map(|(v, _)| text(v, &["unit"]))
+        .unwrap_or("");
+    let range = values.last().map(|(v, _)| &v["reference_range"]);
+    let low = range.and_then(|r| r.get("low")).and_then(Value::as_f64);
+    let high = range.and_then(|r| r.get("high")).and_then(Value::as_f64);
+    let mut lo = values
+        .iter()
+        .map(|(_, n)| *n)
+        .chain(low)
+        .fold(f64::INFINITY, f64::min);
+    let mut hi = values
+        .iter()
+        .map(|(_, n)| *n)
+        .chain(high)
+        .fold(f64::NEG_INFINITY, f64::max);
+    if !lo.is_finite() || !hi.is_finite() {
+        return html! {};
+    }
+    if (hi - lo).abs() < f64::EPSILON {
+        lo -= 1.0;
+        hi += 1.0;
+    }
+    let margin = (hi - lo) * 0.1;
+    let (lo, hi) = (lo - margin, hi + margin);
+    let y = |v: f64| PAD + (H - 2.0 * PAD) * (1.0 - (v - lo) / (hi - lo));
+    let n = values.len();
+    let x = |i: usize| {
+        if n <= 1 {
+            W / 2.0
+        } else {
+            PAD + (W - 2.0 * PAD) * i as f64 / (n - 1) as f64
+        }
+    };
+    let points: String = values
+        .iter()
+        .enumerate()
+        .map(|(i, (_, v))| format!("{:.1},{:.1}", x(i), y(*v)))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let label = format!(
+        "{name}: {}",
+        values
+            .iter()
+            .map(|(v, n)| format!(
+                "{} {n} {unit}",
+                text(v, &["at"]).chars().take(10).collect::<String>()
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    html! {
+        figure.chart data-test=(text(&test["test"], &["code"])) {
+            figcaption { (name) @if !unit.is_empty() { " (" (unit) ")" } }
+            svg xmlns="http://www.w3.org/2000/svg" viewBox={ "0 0 " (W) " " (H) } role="img" aria-label=(label) {
+                @if let (Some(l), Some(h)) = (low, high) {
+                    rect.band x=(PAD) y=(format!("{:.1}", y(h))) width=(W - 2.0 * PAD)
+                        height=(format!("{:.1}", (y(l) - y(h)).max(0.0))) fill="#e6f4ea" {}
+                    text x="2" y=(format!("{:.1}", y(h) + 4.0)) font-size="11" fill="#1e6b30" { (h) }
+                    text x="2" y=(format!("{:.1}", y(l) + 4.0)) font-size="11" fill="#1e6b30" { (l) }
+                }
+                polyline points=(points) fill="none" stroke="#0b5394" stroke-width="2" {}
+                @for (i, (v, value)) in values.iter().enumerate() {
+                    @let out = !matches!(text(v, &["interpretation"]), "NORMAL" | "UNKNOWN" | "");
+                    circle cx=(format!("{:.1}", x(i))) cy=(format!("{:.1}", y(*value))) r="4"
+                        fill=(if out { "#a50e0e" } else { "#0b5394" }) {}
+                }
+            }
+        }
+    }
+}
+
+pub async fn labs(State(state): State<AppState>, member: PatientMember) -> Response {
+    let lang = member.lang;
+    let answer = state
+        .upstream
+        .get(&member.token, Api::Patient, &["patient", "lab-trends"], &[])
+        .await;
+    let empty = Vec::new();
+    let body = html! {
+        @match &answer {
+            Err(e) => (layout::problem(lang, e)),
+            Ok(t) => {
+                @let tests = t.get("tests").and_then(Value::as_array).unwrap_or(&empty);
+                @if tests.is_empty() {
+                    p { (lang.t("検査結果はまだありません。", "No lab results yet.")) }
+                } @else {
+                    p.hint { (lang.t("緑の帯は基準範囲、赤い点は基準範囲外の値です。", "The green band is the reference range; red points are outside it.")) }
+                }
+                @for test in tests { (chart(test)) }
+            },
+        }
+    };
+    page(&member, lang.t("検査結果の推移", "Lab trends"), body)
+}
+
+pub async fn access(State(state): State<AppState>, member: PatientMember) -> Response {
+    let lang = member.lang;
+    let answer = state
+        .upstream
+        .get(&member.token, Api::Patient, &["patient", "access"], &[])
+        .await;
+    let empty = Vec::new();
+    let body = html! {
+        p { (lang.t(
+            "あなたの情報を、いつ、どの機関が、何のために見たかの記録です。",
+            "When which institution saw your data, and why."
+        )) }
+        @match &answer {
+            Err(e) => (layout::problem(lang, e)),
+            Ok(a) => table #trail {
+                caption.visually-hidden { (lang.t("閲覧の記録", "Who saw my data")) }
+                thead { tr {
+                    th scope="col" { (lang.t("日時", "When")) }
+                    th scope="col" { (lang.t("機関", "Who")) }
+                    th scope="col" { (lang.t("操作", "What")) }
+                    th scope="col" { (lang.t("目的", "Purpose")) }
+                } }
+                tbody {
+                    @for e in a.get("entries").and_then(Value::as_array).unwrap_or(&empty).iter().rev() {
+                        tr data-who=(text(e, &["who"])) data-action=(text(e, &["action"])) {
+                            td.nowrap { (text(e, &["at"]).chars().take(16).collect::<String>().replace('T', " ")) }
+                            td { (match text(e, &["institution"]) { "" => text(e, &["who"]), n => n }) }
+                            td { (text(e, &["action"])) }
+                            td { (text(e, &["purpose"])) }
+                        }
+                    }
+                }
+            },
+        }
+    };
+    page(&member, lang.t("閲覧の記録", "Who saw my data"), body)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Done {
+    #[serde(default)]
+    done: Option<String>,
+}
+
+pub async fn consents(
+    State(state): State<AppState>,
+    member: PatientMember,
+    Query(done): Query<Done>,
+) -> Response {
+    render_consents(
+        &state,
+        &member,
+        done.done.as_deref() == Some("revoked"),
+        None,
+    )
+    .await
+}
+
+async fn render_consents(
+    state: &AppState,
+    member: &PatientMember,
+    revoked: bool,
+    problem: Option<&CallError>,
+) -> Response {
+    let lang = member.lang;
+    let answer = state
+        .upstream
+        .get(&member.token, Api::Patient, &["patient", "consents"], &[])
+        .await;
+    let empty = Vec::new();
+    let body = html! {
+        @if revoked { (layout::done(lang.t("同意を取り消しました。", "The consent is revoked."))) }
+        @if let Some(p) = problem { (layout::problem(lang, p)) }
+        p { (lang.t(
+            "同意すると、その医療機関・薬局は、ほかの機関があなたに出した処方や検査結果も見られるようになります。いつでも取り消せます。",
+            "A consent lets that institution see what other institutions prescribed or measured for you. You can revoke it at any time."
+        )) }
+        @match &answer {
+            Err(e) => (layout::problem(lang, e)),
+            Ok(c) => {
+                @let list = c.get("consents").and_then(Value::as_array).unwrap_or(&empty);
+                @if list.is_empty() {
+                    p { (lang.t("同意はありません。", "You have given no consent.")) }
+                }
+                ul.consents { @for consent in list {
+                    @let id = text(consent, &["consent_id"]);
+                    @let in_force = consent.get("in_force").and_then(Value::as_bool) == Some(true);
+                    li data-consent=(id) data-in-force=(in_force) {
+                        strong { (text(consent, &["grantee_org"])) }
+                        " — " (match (text(consent, &["decision"]), in_force) {
+                            ("GRANTED", true) => lang.t("同意しています", "in force"),
+                            ("GRANTED", false) => lang.t("期限切れ", "expired"),
+                            _ => lang.t("取り消し済み", "revoked"),
+                        })
+                        " · " (match text(consent, &["kind"]) {
+                            "visit" => lang.t("今回の受診のみ", "this visit only"),
+                            _ => lang.t("継続", "standing"),
+                        })
+                        @if let Some(until) = consent.get("valid_until").and_then(Value::as_str) {
+                            " · " (lang.t("期限 ", "until ")) (until.chars().take(16).collect::<String>().replace('T', " "))
+                        }
+                        @if in_force && text(consent, &["decision"]) == "GRANTED" {
+                            form.inline method="post" action={ "/me/consents/" (url::form_urlencoded::byte_serialize(id.as_bytes()).collect::<String>()) "/revoke" } {
+                                input type="hidden" name="csrf" value=(member.session.csrf);
+                                button.danger type="submit" { (lang.t("この同意を取り消す", "Revoke this consent")) }
+                            }
+                        }
+                    }
+                } }
+            },
+        }
+    };
+    let code = problem.map_or(StatusCode::OK, layout::status_of);
+    (
+        code,
+        layout::page(Viewer::from(member), lang.t("同意の設定", "Consent"), body),
+    )
+        .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    csrf: Option<String>,
+}
+
+pub async fn revoke(
+    State(state): State<AppState>,
+    member: PatientMember,
+    Path(id): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let lang = member.lang;
+    if !form
+        .csrf
+        .as_deref()
+        .is_some_and(|t| member.session.csrf_matches(t))
+    {
+        return layout::stale_form(lang);
+    }
+    match state
+        .upstream
+        .delete(&member.token, Api::Patient, &["patient", "consents", &id])
+        .await
+    {
+        Ok(_) => Redirect::to("/me/consents?done=revoked").into_response(),
+        Err(e) => render_consents(&state, &member, false, Some(&e)).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_chart_draws_the_values_over_their_reference_band_and_marks_those_outside() {
+        let test = json!({
+            "test": { "code": "2823-3", "name": "カリウム" },
+            "values": [
+                { "at": "2026-10-01T09:00:00+09:00", "value": 4.1, "unit": "mmol/L",
+                  "reference_range": { "low": 3.6, "high": 4.8 }, "interpretation": "NORMAL" },
+                { "at": "2026-11-01T09:00:00+09:00", "value": 6.2, "unit": "mmol/L",
+                  "reference_range": { "low": 3.6, "high": 4.8 }, "interpretation": "CRITICALLY_HIGH" },
+            ],
+        });
+        let svg = chart(&test).into_string();
+        assert!(svg.contains("カリウム (mmol/L)"), "{svg}");
+        assert!(svg.contains("<rect class=\"band\""), "the reference band");
+        let points = svg
+            .split("points=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        assert_eq!(points.split(' ').count(), 2, "{points}");
+        assert_eq!(
+            svg.matches("fill=\"#a50e0e\"").count(),
+            1,
+            "one point outside"
+        );
+        assert!(
+            svg.contains("2026-11-01 6.2 mmol/L"),
+            "the values are read out: {svg}"
+        );
+        // A test without numbers draws nothing.
+        let coded = json!({ "test": { "code": "x" }, "values": [{ "value": "陰性" }] });
+        assert_eq!(chart(&coded).into_string(), "");
+    }
+
+    #[test]
+    fn an_id_tokens_claims_are_read_and_garbage_is_not() {
+        let payload = URL_SAFE_NO_PAD.encode(br#"{"nonce":"n-1","exp":1}"#);
+        let claims = unverified_claims(&format!("h.{payload}.s")).unwrap();
+        assert_eq!(claims["nonce"], "n-1");
+        assert!(unverified_claims("no-dots").is_none());
+        assert!(unverified_claims("a.!!!.c").is_none());
+    }
+}
