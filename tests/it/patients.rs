@@ -1798,7 +1798,15 @@ const ROUTES: &[(&str, &str, Audited)] = &[
     ),
     ("web", "/patient/callback", Behind("patient patient.me")),
     ("web", "/me", Behind("patient patient.timeline")),
+    (
+        "web",
+        "/me/medications",
+        Behind("patient patient.medications"),
+    ),
     ("web", "/me/labs", Behind("patient patient.lab_trends")),
+    ("web", "/me/checkups", Behind("patient patient.checkups")),
+    ("web", "/me/expenses", Behind("patient patient.expenses")),
+    ("web", "/me/export", Behind("patient patient.export")),
     ("web", "/me/access", Behind("patient patient.access")),
     ("web", "/me/consents", Behind("patient patient.consents")),
     (
@@ -2301,6 +2309,52 @@ async fn a_patient_signs_in_at_the_provider_and_sees_their_record_a_chart_who_sa
         "the pharmacy, by its name: {read}"
     );
     screenshot(&browser, "patient-access").await;
+
+    // Medications with the generic handed over, medical expenses, and the export as FHIR R4.
+    browser
+        .goto(&format!("{web}/me/medications"))
+        .await
+        .unwrap();
+    let medications = text_of(&browser, "ul.medications").await;
+    assert!(medications.contains("後発品"), "{medications}");
+    browser.goto(&format!("{web}/me/expenses")).await.unwrap();
+    let expenses = text_of(&browser, "#expenses").await;
+    assert!(expenses.contains("あおぞら薬局"), "{expenses}");
+    let exported = browser
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             fetch('/me/export').then(r => r.json()).then(b => done(b.resourceType + '/' + b.type));",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(exported, json!("Bundle/collection"));
+
+    // Giving a consent from the screen: a visit consent for the pharmacy.
+    browser.goto(&format!("{web}/me/consents")).await.unwrap();
+    browser
+        .find(Locator::Css("#grantee_org option[value=pharmacy-aozora]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser
+        .find(Locator::Css("form.grant button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let done = wait_for(&browser, ".done").await.text().await.unwrap();
+    assert!(done.contains("同意しました"), "{done}");
+    let (_, given) = flow.patient("taro", "/patient/consents").await;
+    assert!(
+        given["consents"].as_array().unwrap().iter().any(|c| {
+            c["grantee_org"] == "pharmacy-aozora" && c["kind"] == "visit" && c["in_force"] == true
+        }),
+        "{given}"
+    );
 
     // Revoking the consent from the screen; the patient service has it revoked.
     browser.goto(&format!("{web}/me/consents")).await.unwrap();

@@ -54,7 +54,10 @@ fn nav(lang: Lang, role: Option<Role>) -> Markup {
             lang,
             vec![
                 ("/me", lang.t("わたしの記録", "My record")),
+                ("/me/medications", lang.t("いまの薬", "Medications")),
                 ("/me/labs", lang.t("検査結果の推移", "Lab trends")),
+                ("/me/checkups", lang.t("健診", "Checkups")),
+                ("/me/expenses", lang.t("医療費", "Expenses")),
                 ("/me/access", lang.t("閲覧の記録", "Who saw my data")),
                 ("/me/consents", lang.t("同意の設定", "Consent")),
             ],

@@ -46,7 +46,11 @@ pub fn routes() -> Router<AppState> {
         .route("/me", get(record))
         .route("/me/labs", get(labs))
         .route("/me/access", get(access))
-        .route("/me/consents", get(consents))
+        .route("/me/medications", get(medications))
+        .route("/me/checkups", get(checkups))
+        .route("/me/expenses", get(expenses))
+        .route("/me/export", get(export))
+        .route("/me/consents", get(consents).post(grant))
         .route("/me/consents/{id}/revoke", post(revoke))
 }
 
@@ -489,6 +493,9 @@ pub async fn record(State(state): State<AppState>, member: PatientMember) -> Res
         .await;
     let empty = Vec::new();
     let body = html! {
+        p { a href="/me/export" download { (lang.t(
+            "記録をすべてダウンロード（FHIR R4 形式）", "Download your whole record (FHIR R4)"
+        )) } }
         @match &answer {
             Err(e) => (layout::problem(lang, e)),
             Ok(t) => table #timeline {
@@ -682,19 +689,13 @@ pub async fn consents(
     member: PatientMember,
     Query(done): Query<Done>,
 ) -> Response {
-    render_consents(
-        &state,
-        &member,
-        done.done.as_deref() == Some("revoked"),
-        None,
-    )
-    .await
+    render_consents(&state, &member, done.done.as_deref(), None).await
 }
 
 async fn render_consents(
     state: &AppState,
     member: &PatientMember,
-    revoked: bool,
+    done: Option<&str>,
     problem: Option<&CallError>,
 ) -> Response {
     let lang = member.lang;
@@ -704,7 +705,11 @@ async fn render_consents(
         .await;
     let empty = Vec::new();
     let body = html! {
-        @if revoked { (layout::done(lang.t("同意を取り消しました。", "The consent is revoked."))) }
+        @match done {
+            Some("revoked") => (layout::done(lang.t("同意を取り消しました。", "The consent is revoked."))),
+            Some("granted") => (layout::done(lang.t("同意しました。", "The consent is given."))),
+            _ => {},
+        }
         @if let Some(p) = problem { (layout::problem(lang, p)) }
         p { (lang.t(
             "同意すると、その医療機関・薬局は、ほかの機関があなたに出した処方や検査結果も見られるようになります。いつでも取り消せます。",
@@ -744,6 +749,32 @@ async fn render_consents(
                 } }
             },
         }
+        section aria-labelledby="grant-heading" {
+            h2 #grant-heading { (lang.t("同意する", "Give a consent")) }
+            form.grant method="post" action="/me/consents" {
+                input type="hidden" name="csrf" value=(member.session.csrf);
+                div.field {
+                    label for="grantee_org" { (lang.t("医療機関・薬局", "Clinic, hospital or pharmacy")) }
+                    select #grantee_org name="grantee_org" required {
+                        @for org in institutions(state) {
+                            option value=(org.0) { (org.1) }
+                        }
+                    }
+                }
+                fieldset {
+                    legend { (lang.t("期間", "For how long")) }
+                    div.field.check {
+                        input #kind-visit type="radio" name="kind" value="visit" checked;
+                        label for="kind-visit" { (lang.t("今回の受診のみ（24時間）", "This visit only (24 hours)")) }
+                    }
+                    div.field.check {
+                        input #kind-standing type="radio" name="kind" value="standing";
+                        label for="kind-standing" { (lang.t("取り消すまで", "Until I revoke it")) }
+                    }
+                }
+                button type="submit" { (lang.t("同意する", "Give consent")) }
+            }
+        }
     };
     let code = problem.map_or(StatusCode::OK, layout::status_of);
     (
@@ -751,6 +782,25 @@ async fn render_consents(
         layout::page(Viewer::from(member), lang.t("同意の設定", "Consent"), body),
     )
         .into_response()
+}
+
+/// The institutions a patient may consent to: those that treat or dispense, by name.
+fn institutions(state: &AppState) -> Vec<(String, String)> {
+    let mut list: Vec<(String, String)> = state
+        .directory
+        .organizations()
+        .filter(|o| {
+            matches!(
+                o.role,
+                hixbus_access::Role::Clinic
+                    | hixbus_access::Role::Hospital
+                    | hixbus_access::Role::Pharmacy
+            )
+        })
+        .map(|o| (o.id.clone(), o.name.clone()))
+        .collect();
+    list.sort_by(|a, b| a.1.cmp(&b.1));
+    list
 }
 
 #[derive(Debug, Deserialize)]
@@ -779,7 +829,246 @@ pub async fn revoke(
         .await
     {
         Ok(_) => Redirect::to("/me/consents?done=revoked").into_response(),
-        Err(e) => render_consents(&state, &member, false, Some(&e)).await,
+        Err(e) => render_consents(&state, &member, None, Some(&e)).await,
+    }
+}
+
+pub async fn medications(State(state): State<AppState>, member: PatientMember) -> Response {
+    let lang = member.lang;
+    let answer = state
+        .upstream
+        .get(
+            &member.token,
+            Api::Patient,
+            &["patient", "medications"],
+            &[],
+        )
+        .await;
+    let empty = Vec::new();
+    let body = html! {
+        @match &answer {
+            Err(e) => (layout::problem(lang, e)),
+            Ok(m) => {
+                @let list = m.get("medications").and_then(Value::as_array).unwrap_or(&empty);
+                @if list.is_empty() {
+                    p { (lang.t("いま飲んでいる薬・受け取る薬はありません。", "Nothing to take or collect now.")) }
+                }
+                ul.medications { @for line in list {
+                    li data-prescription=(text(line, &["prescription_id"])) {
+                        strong { (text(&line["drug"], &["name"])) }
+                        @if line.get("substituted").and_then(Value::as_bool) == Some(true) {
+                            " " span.badge { (lang.t("後発品", "generic")) }
+                        }
+                        br;
+                        (text(line, &["timing"])) " · " (text(line, &["prescribed_by"]))
+                        " · " (lang.t("まで ", "until ")) (text(line, &["until"]))
+                        @for alert in line.get("alerts").and_then(Value::as_array).unwrap_or(&empty) {
+                            p.alert role="note" { strong { (lang.t("注意：", "Caution: ")) } (text(alert, &["message"])) }
+                        }
+                    }
+                } }
+            },
+        }
+    };
+    page(&member, lang.t("いまの薬", "My medications"), body)
+}
+
+/// The years checkups were done in, oldest first, once each.
+fn years_of(checkups: &[Value]) -> Vec<String> {
+    let mut years: Vec<String> = checkups
+        .iter()
+        .map(|c| text(c, &["year"]).to_owned())
+        .collect();
+    years.sort();
+    years.dedup();
+    years
+}
+
+pub async fn checkups(State(state): State<AppState>, member: PatientMember) -> Response {
+    let lang = member.lang;
+    let answer = state
+        .upstream
+        .get(&member.token, Api::Patient, &["patient", "checkups"], &[])
+        .await;
+    let empty = Vec::new();
+    let body = html! {
+        @match &answer {
+            Err(e) => (layout::problem(lang, e)),
+            Ok(c) => {
+                @let list = c.get("checkups").and_then(Value::as_array).unwrap_or(&empty);
+                @let items = c.get("items").and_then(Value::as_array).unwrap_or(&empty);
+                @let years = years_of(list);
+                @if list.is_empty() {
+                    p { (lang.t("健診の記録はまだありません。", "No checkups yet.")) }
+                } @else {
+                    ul { @for c in list {
+                        li { (text(c, &["performed_on"])) " · " (text(c, &["institution"]))
+                            @if let Some(m) = c.get("metabolic_syndrome").filter(|m| !m.is_null()) {
+                                " · " (lang.t("メタボ判定 ", "metabolic syndrome: ")) (text(m, &["name"]))
+                            }
+                        }
+                    } }
+                    table #checkup-items {
+                        caption { (lang.t("項目ごとの年次比較", "Each item, year by year")) }
+                        thead { tr {
+                            th scope="col" { (lang.t("項目", "Item")) }
+                            @for y in &years { th scope="col" { (y) } }
+                        } }
+                        tbody { @for item in items {
+                            tr {
+                                th scope="row" { (text(&item["item"], &["name"])) }
+                                @for y in &years {
+                                    td.nowrap { @if let Some(v) = item["by_year"].get(y.as_str()) {
+                                        (match &v["value"] { Value::String(s) => s.clone(), Value::Null => String::new(), other => other.to_string() })
+                                        " " (text(v, &["unit"]))
+                                    } }
+                                }
+                            }
+                        } }
+                    }
+                }
+            },
+        }
+    };
+    page(&member, lang.t("健診", "Checkups"), body)
+}
+
+pub async fn expenses(State(state): State<AppState>, member: PatientMember) -> Response {
+    let lang = member.lang;
+    let answer = state
+        .upstream
+        .get(&member.token, Api::Patient, &["patient", "expenses"], &[])
+        .await;
+    let empty = Vec::new();
+    let yen = |v: &Value| format!("{} 円", v.as_i64().unwrap_or_default());
+    let body = html! {
+        p { (lang.t(
+            "保険者に請求された医療費と、あなたの負担額です（医療費通知）。",
+            "What was billed to your insurer for your care, and your share (医療費通知)."
+        )) }
+        @match &answer {
+            Err(e) => (layout::problem(lang, e)),
+            Ok(x) => {
+                table #expense-years {
+                    caption { (lang.t("年ごとの合計", "Totals by year")) }
+                    thead { tr {
+                        th scope="col" { (lang.t("年", "Year")) }
+                        th scope="col" { (lang.t("医療費の総額", "Total")) }
+                        th scope="col" { (lang.t("あなたの負担", "Your share")) }
+                        th scope="col" { (lang.t("保険者の負担", "Insurer's share")) }
+                    } }
+                    tbody { @for y in x.get("years").and_then(Value::as_array).unwrap_or(&empty) {
+                        tr {
+                            td { (y["year"]) }
+                            td.nowrap { (yen(&y["total_jpy"])) }
+                            td.nowrap { (yen(&y["patient_jpy"])) }
+                            td.nowrap { (yen(&y["insurer_jpy"])) }
+                        }
+                    } }
+                }
+                table #expenses {
+                    caption { (lang.t("明細", "Each claim")) }
+                    thead { tr {
+                        th scope="col" { (lang.t("月", "Month")) }
+                        th scope="col" { (lang.t("医療機関・薬局", "Provider")) }
+                        th scope="col" { (lang.t("総額", "Total")) }
+                        th scope="col" { (lang.t("あなたの負担", "Your share")) }
+                        th scope="col" { (lang.t("審査", "Decision")) }
+                    } }
+                    tbody { @for c in x.get("claims").and_then(Value::as_array).unwrap_or(&empty) {
+                        tr {
+                            td.nowrap { (text(c, &["month"])) }
+                            td { (text(c, &["provider"])) }
+                            td.nowrap { (yen(&c["total_jpy"])) }
+                            td.nowrap { (yen(&c["patient_jpy"])) }
+                            td { (text(c, &["status"])) }
+                        }
+                    } }
+                }
+            },
+        }
+    };
+    page(&member, lang.t("医療費", "Medical expenses"), body)
+}
+
+/// The whole record as a FHIR R4 Bundle, downloaded.
+pub async fn export(State(state): State<AppState>, member: PatientMember) -> Response {
+    match state
+        .upstream
+        .get(&member.token, Api::Patient, &["patient", "export"], &[])
+        .await
+    {
+        Ok(bundle) => (
+            [
+                (header::CONTENT_TYPE, "application/fhir+json"),
+                (
+                    header::CONTENT_DISPOSITION,
+                    "attachment; filename=\"my-health-record.json\"",
+                ),
+            ],
+            bundle.to_string(),
+        )
+            .into_response(),
+        Err(e) => {
+            let lang = member.lang;
+            (
+                layout::status_of(&e),
+                page(
+                    &member,
+                    lang.t("記録の書き出し", "Export"),
+                    layout::problem(lang, &e),
+                ),
+            )
+                .into_response()
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct GrantForm {
+    #[serde(default)]
+    csrf: Option<String>,
+    #[serde(default)]
+    grantee_org: String,
+    #[serde(default)]
+    kind: String,
+}
+
+/// Grants an institution a consent to see what others recorded for the patient.
+pub async fn grant(
+    State(state): State<AppState>,
+    member: PatientMember,
+    Form(form): Form<GrantForm>,
+) -> Response {
+    if !form
+        .csrf
+        .as_deref()
+        .is_some_and(|t| member.session.csrf_matches(t))
+    {
+        return layout::stale_form(member.lang);
+    }
+    let kind = if form.kind == "visit" {
+        "visit"
+    } else {
+        "standing"
+    };
+    let request = serde_json::json!({
+        "grantee_org": form.grantee_org,
+        "scope": ["ALL"],
+        "kind": kind,
+    });
+    match state
+        .upstream
+        .post(
+            &member.token,
+            Api::Patient,
+            &["patient", "consents"],
+            &request,
+        )
+        .await
+    {
+        Ok(_) => Redirect::to("/me/consents?done=granted").into_response(),
+        Err(e) => render_consents(&state, &member, None, Some(&e)).await,
     }
 }
 
