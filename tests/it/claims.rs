@@ -25,6 +25,16 @@ const ROSTER: &str = include_str!("../../infra/insurers/insurer-kenpo.roster.csv
 const HOT9: &str = "urn:oid:1.2.392.200119.4.403.1";
 const FEES: &str = "urn:hixbus:dispensing-fee";
 const PATIENT: &str = "jp-insured:06123456:12345:67890:01";
+/// 21 tablets of the examples' first drug, and the basic dispensing fee, as a claim bills them.
+const CARBOCISTEINE: Item<'static> = (
+    HOT9,
+    "103831601",
+    "カルボシステイン錠２５０ｍｇ",
+    21.0,
+    "錠",
+    210,
+);
+const BASIC: Item<'static> = (FEES, "dispensing-basic-1", "調剤基本料１", 1.0, "回", 450);
 
 struct Flow {
     services: Vec<Service>,
@@ -727,22 +737,13 @@ async fn claims_that_do_not_match_their_prescription_are_returned_with_the_reaso
         )
         .await;
 
-    let carbocisteine = (
-        HOT9,
-        "103831601",
-        "カルボシステイン錠２５０ｍｇ",
-        21.0,
-        "錠",
-        210,
-    );
-    let basic = (FEES, "dispensing-basic-1", "調剤基本料１", 1.0, "回", 450);
     let (status, sent) = flow
         .submit(
             "pharmacy-aozora",
             &pharmacy_claim(
                 "c-nowhere",
                 "rx-that-was-never-issued",
-                &[carbocisteine, basic],
+                &[CARBOCISTEINE, BASIC],
             ),
         )
         .await;
@@ -750,7 +751,7 @@ async fn claims_that_do_not_match_their_prescription_are_returned_with_the_reaso
     let (status, sent) = flow
         .submit(
             "pharmacy-aozora",
-            &pharmacy_claim("c-undispensed", &undispensed, &[carbocisteine, basic]),
+            &pharmacy_claim("c-undispensed", &undispensed, &[CARBOCISTEINE, BASIC]),
         )
         .await;
     assert_eq!(status, 201, "{sent}");
@@ -782,7 +783,7 @@ async fn claims_that_do_not_match_their_prescription_are_returned_with_the_reaso
         &over_claim,
         &over,
         &[
-            carbocisteine,
+            CARBOCISTEINE,
             (
                 HOT9,
                 "106062101",
@@ -791,7 +792,7 @@ async fn claims_that_do_not_match_their_prescription_are_returned_with_the_reaso
                 "本",
                 280,
             ),
-            basic,
+            BASIC,
             (
                 FEES,
                 "preparation-internal",
@@ -1166,7 +1167,7 @@ async fn a_feed_reader_cut_off_twenty_times_at_random_receives_every_claim_exact
 
 #[tokio::test]
 async fn the_insurer_sees_a_returned_claim_with_its_reason_in_its_console() {
-    use crate::consoles::{Driver, screenshot, sign_in, text_of, wait_for};
+    use crate::consoles::{Driver, path_of, screenshot, sign_in, text_of, wait_for};
     let flow = Flow::start().await;
     let (web, web_service) = start_service_with(
         Kind::Web,
@@ -1182,22 +1183,13 @@ async fn the_insurer_sees_a_returned_claim_with_its_reason_in_its_console() {
     )
     .await;
     // A pharmacy bills a prescription that was never issued: the insurer returns it.
-    let carbocisteine = (
-        HOT9,
-        "103831601",
-        "カルボシステイン錠２５０ｍｇ",
-        21.0,
-        "錠",
-        210,
-    );
-    let basic = (FEES, "dispensing-basic-1", "調剤基本料１", 1.0, "回", 450);
     let (status, sent) = flow
         .submit(
             "pharmacy-aozora",
             &pharmacy_claim(
                 "c-console",
                 "rx-never-issued-console",
-                &[carbocisteine, basic],
+                &[CARBOCISTEINE, BASIC],
             ),
         )
         .await;
@@ -1239,7 +1231,7 @@ async fn the_insurer_sees_a_returned_claim_with_its_reason_in_its_console() {
 
     let insurer = driver.browser().await;
     sign_in(&insurer, &web, &flow.keys["insurer-kenpo"]).await;
-    assert_eq!(insurer.current_url().await.unwrap().path(), "/insurer");
+    assert_eq!(path_of(&insurer).await, "/insurer");
     let returned = text_of(&insurer, "#returned").await;
     assert!(
         returned.contains("c-console") && returned.contains(&reason),

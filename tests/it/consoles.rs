@@ -145,6 +145,11 @@ where
     panic!("{css} kept being replaced");
 }
 
+/// The path the browser is at.
+pub(crate) async fn path_of(browser: &Client) -> String {
+    browser.current_url().await.unwrap().path().to_owned()
+}
+
 pub(crate) async fn h1(browser: &Client) -> String {
     text_of(browser, "h1").await
 }
@@ -250,18 +255,11 @@ async fn a_pharmacist_and_a_clinic_work_the_prescription_and_a_critical_result_i
         .unwrap();
     assert!(problem.contains("APIキー"), "{problem}");
     pharmacist.goto(&format!("{web}/pharmacy")).await.unwrap();
-    assert!(
-        pharmacist
-            .current_url()
-            .await
-            .unwrap()
-            .path()
-            .ends_with("/signin")
-    );
+    assert!(path_of(&pharmacist).await.ends_with("/signin"));
 
     // The pharmacist signs in and keeps the inbox open.
     sign_in(&pharmacist, &web, &key("pharmacy-aozora")).await;
-    assert_eq!(pharmacist.current_url().await.unwrap().path(), "/pharmacy");
+    assert_eq!(path_of(&pharmacist).await, "/pharmacy");
     wait_for(&pharmacist, "#inbox[data-state=live]").await;
     pharmacist
         .execute("window.__sameDocument = 'yes'; return true;", vec![])
@@ -300,13 +298,7 @@ async fn a_pharmacist_and_a_clinic_work_the_prescription_and_a_critical_result_i
         field.send_keys(&code).await.unwrap();
         click(&pharmacist, "form.inline button").await;
         wait_for(&pharmacist, "h1").await;
-        if pharmacist
-            .current_url()
-            .await
-            .unwrap()
-            .path()
-            .starts_with("/pharmacy/rx/")
-        {
+        if path_of(&pharmacist).await.starts_with("/pharmacy/rx/") {
             break;
         }
         let problem = text_of(&pharmacist, ".problem").await;
@@ -318,7 +310,7 @@ async fn a_pharmacist_and_a_clinic_work_the_prescription_and_a_critical_result_i
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert_eq!(
-        pharmacist.current_url().await.unwrap().path(),
+        path_of(&pharmacist).await,
         format!("/pharmacy/rx/{open_id}")
     );
     let status_text = wait_for(&pharmacist, "#status").await.text().await.unwrap();
@@ -352,7 +344,7 @@ async fn a_pharmacist_and_a_clinic_work_the_prescription_and_a_critical_result_i
     // The clinic, in its own browser, sees it dispensed.
     let clinic = driver.browser().await;
     sign_in(&clinic, &web, &key("hospital-daiichi")).await;
-    assert_eq!(clinic.current_url().await.unwrap().path(), "/clinic");
+    assert_eq!(path_of(&clinic).await, "/clinic");
     wait_for(
         &clinic,
         &format!("#issued tr[data-id='{open_id}'][data-status='dispensed']"),
@@ -475,14 +467,7 @@ async fn a_pharmacist_and_a_clinic_work_the_prescription_and_a_critical_result_i
     click(&pharmacist, "form.signout button").await;
     wait_for(&pharmacist, "#api_key").await;
     pharmacist.goto(&format!("{web}/pharmacy")).await.unwrap();
-    assert!(
-        pharmacist
-            .current_url()
-            .await
-            .unwrap()
-            .path()
-            .ends_with("/signin")
-    );
+    assert!(path_of(&pharmacist).await.ends_with("/signin"));
 
     // English on request.
     clinic.goto(&format!("{web}/lang/en")).await.unwrap();

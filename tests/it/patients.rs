@@ -2208,7 +2208,7 @@ async fn every_route_and_consumer_that_returns_patient_data_is_audited() {
 #[tokio::test]
 async fn a_patient_signs_in_at_the_provider_and_sees_their_record_a_chart_who_saw_it_and_revokes_a_consent()
  {
-    use crate::consoles::{Driver, screenshot, text_of, wait_for};
+    use crate::consoles::{Driver, path_of, screenshot, text_of, wait_for};
     use fantoccini::Locator;
     let flow = Flow::start().await;
     flow.history().await;
@@ -2284,7 +2284,7 @@ async fn a_patient_signs_in_at_the_provider_and_sees_their_record_a_chart_who_sa
         .unwrap();
     // Back at the portal, signed in: the timeline.
     let timeline = wait_for(&browser, "#timeline").await.text().await.unwrap();
-    assert_eq!(browser.current_url().await.unwrap().path(), "/me");
+    assert_eq!(path_of(&browser).await, "/me");
     assert!(
         timeline.contains("処方") && timeline.contains("調剤") && timeline.contains("検査結果"),
         "{timeline}"
@@ -2378,12 +2378,7 @@ async fn a_patient_signs_in_at_the_provider_and_sees_their_record_a_chart_who_sa
     // An organization's pages are not a patient's, and a forged revoke does nothing.
     browser.goto(&format!("{web}/pharmacy")).await.unwrap();
     assert!(
-        browser
-            .current_url()
-            .await
-            .unwrap()
-            .path()
-            .ends_with("/signin"),
+        path_of(&browser).await.ends_with("/signin"),
         "a patient session is no organization's"
     );
     browser.close().await.unwrap();

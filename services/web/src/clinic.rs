@@ -14,9 +14,10 @@ use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::i18n::Lang;
+use crate::layout::text;
 use crate::layout::{self, Viewer};
 use crate::live;
-use crate::pharmacy::{Done, PAGE, paging, status_label, text};
+use crate::pharmacy::{Done, PAGE, paging, status_label};
 use crate::security::Member;
 use crate::upstream::{Api, CallError};
 
@@ -40,22 +41,6 @@ pub fn routes() -> Router<AppState> {
 
 fn escaped(segment: &str) -> String {
     url::form_urlencoded::byte_serialize(segment.as_bytes()).collect()
-}
-
-/// A date as the events carry it: `YYYY-MM-DD`, or days since 1970-01-01 (Avro's `date`).
-fn date(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Number(n) => n
-            .as_i64()
-            .and_then(|days| {
-                chrono::NaiveDate::from_ymd_opt(1970, 1, 1)?
-                    .checked_add_signed(chrono::Duration::days(days))
-            })
-            .map(|d| d.to_string())
-            .unwrap_or_default(),
-        _ => String::new(),
-    }
 }
 
 async fn issued_page(
@@ -94,7 +79,7 @@ fn prescription_rows_markup(lang: Lang, page: &Value) -> Markup {
             tr data-id=(id) data-status=(status) {
                 td { a href={ "/clinic/rx/" (escaped(id)) } { (id) } }
                 td { (text(p, &["patient_ref"])) }
-                td.nowrap { (date(&p["prescription"]["issued_on"])) }
+                td.nowrap { (layout::event_date(&p["prescription"]["issued_on"])) }
                 td {
                     span class={ "status status-" (status) } { (status_label(lang, status)) }
                     @if let Some(by) = p.get("claimed_by").and_then(Value::as_str) {
@@ -150,10 +135,9 @@ pub async fn prescription_rows(State(state): State<AppState>, member: Member) ->
     if let Err(r) = member.require(CLINICS) {
         return r.into_response();
     }
-    match issued_page(&state, &member, None).await {
-        Ok(page) => prescription_rows_markup(member.lang, &page).into_response(),
-        Err(e) => (layout::status_of(&e), e.to_string()).into_response(),
-    }
+    layout::fragment(issued_page(&state, &member, None).await, |page| {
+        prescription_rows_markup(member.lang, page)
+    })
 }
 
 pub async fn prescription(
@@ -454,10 +438,9 @@ pub async fn result_rows(State(state): State<AppState>, member: Member) -> Respo
     if let Err(r) = member.require(CLINICS) {
         return r.into_response();
     }
-    match results_page(&state, &member, None).await {
-        Ok(page) => result_rows_markup(member.lang, &member.session.csrf, &page).into_response(),
-        Err(e) => (layout::status_of(&e), e.to_string()).into_response(),
-    }
+    layout::fragment(results_page(&state, &member, None).await, |page| {
+        result_rows_markup(member.lang, &member.session.csrf, page)
+    })
 }
 
 pub async fn results_live(State(state): State<AppState>, member: Member) -> Response {

@@ -12,9 +12,9 @@ use serde_json::Value;
 
 use crate::AppState;
 use crate::i18n::Lang;
+use crate::layout::text;
 use crate::layout::{self, Viewer};
 use crate::live;
-use crate::pharmacy::text;
 use crate::security::Member;
 use crate::upstream::{Api, CallError};
 
@@ -31,22 +31,6 @@ pub fn routes() -> Router<AppState> {
 
 fn yen(v: &Value) -> String {
     v.as_i64().map(|n| format!("{n} 円")).unwrap_or_default()
-}
-
-/// A date as the events carry it: days since 1970-01-01 (Avro's `date`), or text.
-fn date(v: &Value) -> String {
-    match v {
-        Value::Number(n) => n
-            .as_i64()
-            .and_then(|days| {
-                chrono::NaiveDate::from_ymd_opt(1970, 1, 1)?
-                    .checked_add_signed(chrono::Duration::days(days))
-            })
-            .map(|d| d.to_string())
-            .unwrap_or_default(),
-        Value::String(s) => s.clone(),
-        _ => String::new(),
-    }
 }
 
 fn outcome_label(lang: Lang, outcome: &str) -> &'static str {
@@ -105,7 +89,7 @@ fn claim_rows(lang: Lang, feed: &Value) -> Markup {
                     " " span.badge { (lang.t("再請求", "resubmitted")) " v" (c["version"]) }
                 } }
                 td { (match text(c, &["provider", "name"]) { "" => text(c, &["provider", "org_id"]), n => n }) }
-                td.nowrap { (date(&c["service_start"])) }
+                td.nowrap { (layout::event_date(&c["service_start"])) }
                 td { (text(c, &["member_id"])) }
                 td.nowrap { (yen(&c["total_amount_jpy"])) }
                 td.nowrap { (yen(&c["insurer_share_jpy"])) }
@@ -231,7 +215,7 @@ pub async fn page(State(state): State<AppState>, member: Member) -> Response {
                         tbody { @for e in checkups {
                             @let c = &e["checkup"];
                             tr {
-                                td.nowrap { (date(&c["performed_on"])) }
+                                td.nowrap { (layout::event_date(&c["performed_on"])) }
                                 td { (text(c, &["performed_by", "name"])) }
                                 td { (text(c, &["metabolic_syndrome", "display"])) }
                                 td { (text(c, &["guidance_level", "display"])) }
@@ -255,10 +239,9 @@ pub async fn rows(State(state): State<AppState>, member: Member) -> Response {
     if let Err(r) = member.require(INSURERS) {
         return r.into_response();
     }
-    match feed(&state, &member).await {
-        Ok(feed) => claim_rows(member.lang, &feed).into_response(),
-        Err(e) => (layout::status_of(&e), e.to_string()).into_response(),
-    }
+    layout::fragment(feed(&state, &member).await, |feed| {
+        claim_rows(member.lang, feed)
+    })
 }
 
 #[derive(Debug, serde::Deserialize)]

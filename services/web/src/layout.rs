@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::Offset;
 use hixbus_access::Role;
 use maud::{DOCTYPE, Markup, html};
+use serde_json::Value;
 
 use crate::i18n::Lang;
 use crate::security::{Member, Visitor};
@@ -175,6 +176,15 @@ pub fn status_of(error: &CallError) -> StatusCode {
     error.status().unwrap_or(StatusCode::BAD_GATEWAY)
 }
 
+/// A live list's rows as the script swaps them in, or the failure as plain text with its status
+/// (the script then keeps the rows it has).
+pub fn fragment(answer: Result<Value, CallError>, rows: impl FnOnce(&Value) -> Markup) -> Response {
+    match answer {
+        Ok(page) => rows(&page).into_response(),
+        Err(e) => (status_of(&e), e.to_string()).into_response(),
+    }
+}
+
 pub async fn not_found(visitor: Visitor) -> Response {
     refusal(
         visitor.lang,
@@ -183,6 +193,30 @@ pub async fn not_found(visitor: Visitor) -> Response {
             .lang
             .t("そのページはありません。", "There is no such page."),
     )
+}
+
+/// The text at `path` in an API answer, or "" (a page shows what is there and nothing else).
+pub fn text<'a>(v: &'a Value, path: &[&str]) -> &'a str {
+    path.iter()
+        .try_fold(v, |v, k| v.get(k))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+/// A date as the events carry it: `YYYY-MM-DD`, or days since 1970-01-01 (Avro's `date`).
+pub fn event_date(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n
+            .as_i64()
+            .and_then(|days| {
+                chrono::NaiveDate::from_ymd_opt(1970, 1, 1)?
+                    .checked_add_signed(chrono::Duration::days(days))
+            })
+            .map(|d| d.to_string())
+            .unwrap_or_default(),
+        _ => String::new(),
+    }
 }
 
 /// An RFC 3339 time as `YYYY-MM-DD HH:MM` in Japan, where the people reading it are (the

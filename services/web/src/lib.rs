@@ -42,6 +42,8 @@ pub const MAX_FORM_BYTES: usize = 64 * 1024;
 pub struct Oidc {
     pub issuer: String,
     pub audience: String,
+    /// Its endpoints, read from its discovery document at the first sign-in and kept.
+    pub provider: Arc<tokio::sync::OnceCell<patient::Provider>>,
 }
 
 /// What every page handler is given.
@@ -79,6 +81,7 @@ pub async fn build(config: Config, deps: Deps) -> Result<Service, StartupError> 
         oidc: config.oidc_issuer.clone().map(|issuer| Oidc {
             issuer,
             audience: config.oidc_audience.clone(),
+            provider: Arc::default(),
         }),
         public_url: config.public_url.clone(),
         stopping: stopping.clone(),

@@ -20,14 +20,14 @@ use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::AppState;
 use crate::cookies;
 use crate::i18n::Lang;
+use crate::layout::text;
 use crate::layout::{self, Viewer};
-use crate::pharmacy::text;
 use crate::security::Visitor;
-use crate::session::{PendingLogin, Principal, Session, random_token};
+use crate::session::{PendingLogin, Principal, Session, random_token, same_secret};
 use crate::upstream::{Api, CallError};
+use crate::{AppState, Oidc};
 
 /// The cookie that carries a sign-in under way to the callback. `SameSite=Lax`, unlike the
 /// session cookie: the provider sends the browser back with a cross-site navigation, which a
@@ -159,7 +159,16 @@ async fn provider_json(response: reqwest::Response) -> Result<Value, String> {
     Ok(json)
 }
 
-async fn discover(state: &AppState, issuer: &str) -> Result<Provider, String> {
+/// The provider's endpoints, from its discovery document: fetched once, then kept (a failed
+/// fetch is tried again at the next sign-in).
+async fn discover(state: &AppState, oidc: &Oidc) -> Result<Provider, String> {
+    oidc.provider
+        .get_or_try_init(|| fetch_discovery(state, &oidc.issuer))
+        .await
+        .cloned()
+}
+
+async fn fetch_discovery(state: &AppState, issuer: &str) -> Result<Provider, String> {
     let url = format!(
         "{}/.well-known/openid-configuration",
         issuer.trim_end_matches('/')
@@ -221,7 +230,7 @@ pub async fn signin(
             ),
         );
     };
-    let provider = match discover(&state, &oidc.issuer).await {
+    let provider = match discover(&state, oidc).await {
         Ok(p) => p,
         Err(e) => return unavailable(e),
     };
@@ -334,14 +343,10 @@ pub async fn callback(
     let (Some(code), Some(returned_state)) = (query.code, query.state) else {
         return failed(StatusCode::FORBIDDEN, "no code or state");
     };
-    let same_state = {
-        let (a, b) = (login.state.as_bytes(), returned_state.as_bytes());
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-    };
-    if !same_state || code.len() > 2048 {
+    if !same_secret(&login.state, &returned_state) || code.len() > 2048 {
         return failed(StatusCode::FORBIDDEN, "state does not match");
     }
-    let provider = match discover(&state, &oidc.issuer).await {
+    let provider = match discover(&state, oidc).await {
         Ok(p) => p,
         Err(_) => return failed(StatusCode::BAD_GATEWAY, "discovery"),
     };
@@ -816,12 +821,8 @@ pub async fn revoke(
     Form(form): Form<CsrfForm>,
 ) -> Response {
     let lang = member.lang;
-    if !form
-        .csrf
-        .as_deref()
-        .is_some_and(|t| member.session.csrf_matches(t))
-    {
-        return layout::stale_form(lang);
+    if let Err(refused) = member.session.check_csrf(form.csrf.as_deref(), lang) {
+        return refused.into_response();
     }
     match state
         .upstream
@@ -1040,12 +1041,8 @@ pub async fn grant(
     member: PatientMember,
     Form(form): Form<GrantForm>,
 ) -> Response {
-    if !form
-        .csrf
-        .as_deref()
-        .is_some_and(|t| member.session.csrf_matches(t))
-    {
-        return layout::stale_form(member.lang);
+    if let Err(refused) = member.session.check_csrf(form.csrf.as_deref(), member.lang) {
+        return refused.into_response();
     }
     let kind = if form.kind == "visit" {
         "visit"

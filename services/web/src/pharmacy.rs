@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::i18n::Lang;
-use crate::layout::{self, Viewer};
+use crate::layout::{self, Viewer, text};
 use crate::live;
 use crate::security::Member;
 use crate::upstream::{Api, CallError};
@@ -39,13 +39,6 @@ pub fn routes() -> Router<AppState> {
         .route("/pharmacy/rx/{id}/dispense", post(dispense))
         .route("/pharmacy/rx/{id}/claim", get(claim_fragment))
         .route("/pharmacy/claims/live", get(claims_live))
-}
-
-pub(crate) fn text<'a>(v: &'a Value, path: &[&str]) -> &'a str {
-    path.iter()
-        .try_fold(v, |v, k| v.get(k))
-        .and_then(Value::as_str)
-        .unwrap_or("")
 }
 
 pub(crate) fn status_label(lang: Lang, status: &str) -> &'static str {
@@ -228,10 +221,9 @@ pub async fn rows(State(state): State<AppState>, member: Member) -> Response {
     if let Err(r) = member.require(&[Role::Pharmacy]) {
         return r.into_response();
     }
-    match inbox_page(&state, &member, None).await {
-        Ok(page) => inbox_rows(member.lang, &page).into_response(),
-        Err(e) => (layout::status_of(&e), e.to_string()).into_response(),
-    }
+    layout::fragment(inbox_page(&state, &member, None).await, |page| {
+        inbox_rows(member.lang, page)
+    })
 }
 
 pub async fn inbox_live(State(state): State<AppState>, member: Member) -> Response {

@@ -147,14 +147,20 @@ impl IntoResponse for Refusal {
     }
 }
 
-impl Member {
+impl Session {
     /// Refuses a form whose CSRF token is not this session's: a page on another site can make
     /// the browser post here, but cannot read the token from our pages.
-    pub fn check_csrf(&self, token: Option<&str>) -> Result<(), Refusal> {
+    pub fn check_csrf(&self, token: Option<&str>, lang: Lang) -> Result<(), Refusal> {
         match token {
-            Some(token) if self.session.csrf_matches(token) => Ok(()),
-            _ => Err(Refusal(Box::new(layout::stale_form(self.lang)))),
+            Some(token) if self.csrf_matches(token) => Ok(()),
+            _ => Err(Refusal(Box::new(layout::stale_form(lang)))),
         }
+    }
+}
+
+impl Member {
+    pub fn check_csrf(&self, token: Option<&str>) -> Result<(), Refusal> {
+        self.session.check_csrf(token, self.lang)
     }
 
     /// Refuses a console that is not for this organization's role.

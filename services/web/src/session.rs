@@ -87,12 +87,17 @@ impl Session {
         }
     }
 
-    /// Whether `token` is this session's CSRF token. Compared in constant time: the token is a
-    /// secret a forged form must not be able to guess a byte at a time.
+    /// Whether `token` is this session's CSRF token.
     pub fn csrf_matches(&self, token: &str) -> bool {
-        let (a, b) = (self.csrf.as_bytes(), token.as_bytes());
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        same_secret(&self.csrf, token)
     }
+}
+
+/// Whether two secrets (a CSRF token, an OAuth state) are equal, compared in constant time: a
+/// forger must not be able to guess one a byte at a time.
+pub fn same_secret(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -191,12 +191,8 @@ pub async fn signout(
     let Some(session) = visitor.session else {
         return Redirect::to("/signin").into_response();
     };
-    if !form
-        .csrf
-        .as_deref()
-        .is_some_and(|t| session.csrf_matches(t))
-    {
-        return layout::stale_form(lang);
+    if let Err(refused) = session.check_csrf(form.csrf.as_deref(), lang) {
+        return refused.into_response();
     }
     state.sessions.end(&session.id);
     let to = if session.patient().is_some() {
