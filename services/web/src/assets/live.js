@@ -59,7 +59,9 @@
     }
     if (el.dataset.live && window.EventSource) {
       var source = new EventSource(el.dataset.live);
-      source.onopen = function () { el.dataset.state = "live"; };
+      // What changed between the page being rendered and the stream opening (or while it was
+      // reconnecting) sent no event here: read the list once each time the stream opens.
+      source.onopen = function () { el.dataset.state = "live"; refresh(); };
       source.onmessage = refresh;
       ["prescription", "claim", "result", "critical", "report", "resync"].forEach(function (name) {
         source.addEventListener(name, refresh);
