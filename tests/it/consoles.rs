@@ -481,3 +481,203 @@ async fn a_pharmacist_and_a_clinic_work_the_prescription_and_a_critical_result_i
     web_service.stop().await;
     flow.stop().await;
 }
+
+#[tokio::test]
+async fn an_operator_watches_the_exchange_and_redrives_a_dead_letter_in_the_browser() {
+    let flow = Flow::start().await;
+    let ops_db = hixbus_tests::fresh_database(hixbus_tests::Backend::Postgres).await;
+    let checks = format!("pharmacy={},clinic-gateway={}", flow.pharmacy, flow.gateway);
+    let (ops, _ops_service) = start_service_with(
+        Kind::Ops,
+        &flow.stack,
+        &flow.directory,
+        Some(&ops_db),
+        &[
+            ("sample_secs", "1"),
+            ("groups", "hixbus-pharmacy"),
+            ("health_checks", checks.as_str()),
+        ],
+    )
+    .await;
+    let (web, _web_service) = start_service_with(
+        Kind::Web,
+        &flow.stack,
+        &flow.directory,
+        None,
+        &[
+            ("pharmacy_url", flow.pharmacy.as_str()),
+            ("ops_url", ops.as_str()),
+        ],
+    )
+    .await;
+    let key = |org: &str| flow.keys[org].expose().to_owned();
+
+    // A record no consumer can read reaches the prescriptions topic: the pharmacy and the
+    // medication-safety check each dead-letter it, with the cause.
+    let patient = format!("patient:poison-{}", uuid::Uuid::new_v4());
+    let publisher = hixbus_bus::Publisher::new(&flow.stack.kafka, flow.stack.codec()).unwrap();
+    let poison = publisher
+        .send_raw(
+            "prescriptions",
+            patient.as_bytes(),
+            b"not avro at all",
+            &vec![],
+        )
+        .await
+        .unwrap();
+
+    let driver = Driver::start().await;
+    let operator = driver.browser().await;
+    sign_in(&operator, &web, &key("operator-hixbus")).await;
+    assert_eq!(path_of(&operator).await, "/operator");
+    // The overview refreshes itself: the dead letters show up on the topic without a reload,
+    // with the services' health and the pharmacy's group.
+    wait_for(&operator, "#topics tr[data-id='prescriptions'] a.badge").await;
+    let services = text_of(&operator, "#services").await;
+    assert!(
+        services.contains("pharmacy") && services.contains("稼働中"),
+        "{services}"
+    );
+    wait_for(&operator, "#groups tr[data-id='hixbus-pharmacy']").await;
+    screenshot(&operator, "operator-overview").await;
+
+    click(&operator, "#topics tr[data-id='prescriptions'] a.badge").await;
+    wait_for(&operator, "#letters").await;
+    let list = text_of(&operator, "#letters").await;
+    assert!(list.contains("復号できない"), "{list}");
+    assert!(
+        list.contains(&format!(
+            "prescriptions/{}/{}",
+            poison.partition, poison.offset
+        )),
+        "{list}"
+    );
+    click(&operator, "#letters tbody tr a").await;
+    wait_for(&operator, "#letter").await;
+    let letter = text_of(&operator, "#letter").await;
+    assert!(
+        letter.contains("magic byte") && letter.contains(&patient),
+        "{letter}"
+    );
+    let opened = path_of(&operator).await;
+
+    // A redrive posted without the session's CSRF token is refused, and nothing is redriven.
+    let forged = post_without_token(&operator, &format!("{opened}/redrive"), json!({})).await;
+    assert_eq!(forged, "許可されていません");
+    operator.goto(&format!("{web}{opened}")).await.unwrap();
+    assert!(
+        text_of(&operator, "#redrive-state")
+            .await
+            .contains("未処理")
+    );
+
+    // The operator redrives it: it goes back to its topic, marked with where it came from.
+    click(&operator, "form.redrive button").await;
+    wait_for(&operator, ".done").await;
+    let state = text_of(&operator, "#redrive-state").await;
+    assert!(state.contains("再投入済 → prescriptions/"), "{state}");
+    screenshot(&operator, "operator-dead-letter").await;
+    let to = state.rsplit("→ ").next().unwrap().trim().to_owned();
+    let offset: i64 = to.rsplit('/').next().unwrap().parse().unwrap();
+    let mut reader =
+        hixbus_bus::reader::TopicReader::open_at(&flow.stack.kafka, "prescriptions", |_| {
+            rdkafka::Offset::Offset(offset)
+        })
+        .unwrap();
+    let mut back = None;
+    while let Some(record) = reader.next(true).await {
+        let record = record.unwrap();
+        if record.key.as_deref() == Some(patient.as_bytes()) && record.offset == offset {
+            back = Some(record);
+        }
+    }
+    let back = back.expect("the redriven record is on prescriptions");
+    assert_eq!(back.payload.as_deref(), Some(&b"not avro at all"[..]));
+    let from = hixbus_bus::headers::get(&back.headers, hixbus_bus::dlq::REDRIVEN_FROM).unwrap();
+    assert!(
+        opened.ends_with(&from.replacen("prescriptions.dlq", "", 1)),
+        "{from} {opened}"
+    );
+
+    // Twice would hand the consumers the record twice: the second redrive is refused.
+    let segments: Vec<&str> = opened.trim_start_matches("/operator/").split('/').collect();
+    let again = format!("{ops}/ops/{}/redrive", segments.join("/"));
+    let (status, refused) = flow
+        .call(Some("operator-hixbus"), "POST", again, None)
+        .await;
+    assert_eq!(status, 409, "{refused}");
+    assert_eq!(refused["error"], "already_redriven");
+
+    // What the API is asked is bounded and checked: the exchange's topics only, a page of at
+    // most 500 letters a partition, positions that exist.
+    for (query, expected) in [
+        ("dead-letters?topic=nope", 404),
+        ("dead-letters?topic=prescriptions&limit=0", 400),
+        ("dead-letters?topic=prescriptions&limit=501", 400),
+        ("dead-letters/prescriptions/-1/0", 400),
+        ("dead-letters/prescriptions/0/999999", 404),
+        ("dead-letters/prescriptions/0/999999/redrive", 404),
+    ] {
+        let method = if query.ends_with("redrive") {
+            "POST"
+        } else {
+            "GET"
+        };
+        let (status, body) = flow
+            .call(
+                Some("operator-hixbus"),
+                method,
+                format!("{ops}/ops/{query}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, expected, "{query}: {body}");
+    }
+
+    // Each list, view and redrive of the letter is in the audit log under the operator, with
+    // the patient the record is about.
+    let audit =
+        hixbus_storage::AuditLog::new(hixbus_storage::Database::connect(&ops_db).await.unwrap())
+            .await
+            .unwrap();
+    let trail = audit.for_patient(&patient).await.unwrap();
+    for action in ["ops.dlq.list", "ops.dlq.show", "ops.dlq.redrive"] {
+        assert!(
+            trail
+                .iter()
+                .any(|e| e.action == action && e.org_id == "operator-hixbus"),
+            "{action} audited: {trail:?}"
+        );
+    }
+
+    // The registry's subjects are on their page.
+    operator
+        .goto(&format!("{web}/operator/registry"))
+        .await
+        .unwrap();
+    let subjects = text_of(&operator, "#subjects").await;
+    let registered = flow.stack.codec().registry().subjects().await.unwrap();
+    assert!(!registered.is_empty());
+    for subject in &registered {
+        assert!(subjects.contains(subject.as_str()), "{subject}: {subjects}");
+    }
+
+    // Operators only, in the browser and at the API; and the operator opens no one else's console.
+    let pharmacist = driver.browser().await;
+    sign_in(&pharmacist, &web, &key("pharmacy-aozora")).await;
+    for page in ["/operator", &opened, "/operator/registry"] {
+        pharmacist.goto(&format!("{web}{page}")).await.unwrap();
+        assert_eq!(h1(&pharmacist).await, "許可されていません", "{page}");
+    }
+    let (status, _) = flow
+        .call(
+            Some("pharmacy-aozora"),
+            "GET",
+            format!("{ops}/ops/overview"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 403);
+    operator.goto(&format!("{web}/pharmacy")).await.unwrap();
+    assert_eq!(h1(&operator).await, "許可されていません");
+}

@@ -1485,9 +1485,13 @@ enum Audited {
     /// A console page: it shows what another service's API answers the signed-in
     /// organization, and that API audits the read or write (as this action, there).
     Behind(&'static str),
+    /// Dead letters an operator lists, opens or redrives: each audited as this action, which
+    /// `consoles::an_operator_watches_the_exchange_and_redrives_a_dead_letter_in_the_browser`
+    /// asserts (Taro's history leaves no dead letter to exercise here).
+    OperatorReads(&'static str),
 }
 
-use Audited::{Behind, NoPatientData, Reads, Writes};
+use Audited::{Behind, NoPatientData, OperatorReads, Reads, Writes};
 
 const REGISTRY: Audited = NoPatientData("schemas and registry settings, never records");
 const UNIT_TEST: Audited = NoPatientData("a unit test's own router");
@@ -1653,6 +1657,22 @@ const ROUTES: &[(&str, &str, Audited)] = &[
         Writes("dispense"),
     ),
     (
+        "ops",
+        "/ops/overview",
+        NoPatientData("topics, groups, subjects and health: counts and names, never records"),
+    ),
+    ("ops", "/ops/dead-letters", OperatorReads("ops.dlq.list")),
+    (
+        "ops",
+        "/ops/dead-letters/{topic}/{partition}/{offset}",
+        OperatorReads("ops.dlq.show"),
+    ),
+    (
+        "ops",
+        "/ops/dead-letters/{topic}/{partition}/{offset}/redrive",
+        OperatorReads("ops.dlq.redrive"),
+    ),
+    (
         "research",
         "/research/releases",
         NoPatientData(
@@ -1809,6 +1829,51 @@ const ROUTES: &[(&str, &str, Audited)] = &[
     ("web", "/me/export", Behind("patient patient.export")),
     ("web", "/me/access", Behind("patient patient.access")),
     ("web", "/me/consents", Behind("patient patient.consents")),
+    ("web", "/me/research", Behind("patient patient.research")),
+    ("web", "/me/proxies", Behind("patient patient.delegations")),
+    (
+        "web",
+        "/me/proxies/accept",
+        Behind("patient patient.delegation.accept"),
+    ),
+    (
+        "web",
+        "/me/proxies/{id}/revoke",
+        Behind("patient patient.delegation.revoke"),
+    ),
+    (
+        "web",
+        "/me/act-for",
+        NoPatientData(
+            "switches the record the session opens; the patient service audits each read of it",
+        ),
+    ),
+    (
+        "web",
+        "/operator",
+        NoPatientData("the operator's overview: counts, lag, health"),
+    ),
+    (
+        "web",
+        "/operator/rows",
+        NoPatientData("the operator's overview: counts, lag, health"),
+    ),
+    (
+        "web",
+        "/operator/registry",
+        NoPatientData("the registry's subjects"),
+    ),
+    ("web", "/operator/dead-letters", Behind("ops ops.dlq.list")),
+    (
+        "web",
+        "/operator/dead-letters/{topic}/{partition}/{offset}",
+        Behind("ops ops.dlq.show"),
+    ),
+    (
+        "web",
+        "/operator/dead-letters/{topic}/{partition}/{offset}/redrive",
+        Behind("ops ops.dlq.redrive"),
+    ),
     (
         "web",
         "/me/consents/{id}/revoke",
@@ -2175,7 +2240,7 @@ async fn every_route_and_consumer_that_returns_patient_data_is_audited() {
             let action = match audited {
                 Reads(action) => action,
                 Writes(action) if exercised_writes.contains(action) => action,
-                Writes(_) | NoPatientData(_) | Behind(_) => continue,
+                Writes(_) | NoPatientData(_) | Behind(_) | OperatorReads(_) => continue,
             };
             let db = hixbus_storage::Database::connect(&flow.databases[&kind_of(krate)])
                 .await
@@ -2203,6 +2268,22 @@ async fn every_route_and_consumer_that_returns_patient_data_is_audited() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     flow.stop().await;
+}
+
+/// At the demo provider's sign-in form: says who signs in (a real provider asks for a password
+/// here) and goes back to the portal.
+async fn at_the_provider(browser: &fantoccini::Client, subject: &str) {
+    use crate::consoles::wait_for;
+    let field = wait_for(browser, "#subject").await;
+    field.clear().await.unwrap();
+    field.send_keys(subject).await.unwrap();
+    browser
+        .find(fantoccini::Locator::Css("button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -2271,17 +2352,7 @@ async fn a_patient_signs_in_at_the_provider_and_sees_their_record_a_chart_who_sa
         .click()
         .await
         .unwrap();
-    // At the provider: who signs in (a real provider asks for a password here).
-    let subject = wait_for(&browser, "#subject").await;
-    subject.clear().await.unwrap();
-    subject.send_keys("taro").await.unwrap();
-    browser
-        .find(Locator::Css("button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    at_the_provider(&browser, "taro").await;
     // Back at the portal, signed in: the timeline.
     let timeline = wait_for(&browser, "#timeline").await.text().await.unwrap();
     assert_eq!(path_of(&browser).await, "/me");
@@ -2374,6 +2445,98 @@ async fn a_patient_signs_in_at_the_provider_and_sees_their_record_a_chart_who_sa
         .all(|c| c["in_force"] == false || c["decision"] != "GRANTED");
     assert!(now, "{consents}");
     assert_eq!(text_of(&browser, "h1").await, "同意の設定");
+
+    // Opting out of research use from the same page, in plain words, and back in.
+    let research = text_of(&browser, "#research").await;
+    assert!(
+        research.contains("いまは研究に使われることがあります"),
+        "{research}"
+    );
+    wait_for(&browser, "#research button")
+        .await
+        .click()
+        .await
+        .unwrap();
+    let done = wait_for(&browser, ".done").await.text().await.unwrap();
+    assert!(done.contains("研究には使われなくなりました"), "{done}");
+    wait_for(&browser, "#research[data-opted-out=true]").await;
+    let (_, choice) = flow.patient("taro", "/patient/consents").await;
+    assert_eq!(choice["research"]["opted_out"], true, "{choice}");
+    wait_for(&browser, "#research button")
+        .await
+        .click()
+        .await
+        .unwrap();
+    wait_for(&browser, "#research[data-opted-out=false]").await;
+    let (_, choice) = flow.patient("taro", "/patient/consents").await;
+    assert_eq!(choice["research"]["opted_out"], false, "{choice}");
+
+    // A proxy: Taro invites his mother, who has no record here; the code is shown once.
+    browser.goto(&format!("{web}/me/proxies")).await.unwrap();
+    wait_for(&browser, "#relationship option[value=parent]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    wait_for(&browser, "#invite button")
+        .await
+        .click()
+        .await
+        .unwrap();
+    let code = wait_for(&browser, "#new-code strong.code")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(!code.trim().is_empty());
+    let invited = text_of(&browser, "#own-proxies").await;
+    assert!(invited.contains("招待中"), "{invited}");
+    screenshot(&browser, "patient-proxies").await;
+    // She signs in at the provider, lands on the proxies page, takes the code up and opens
+    // Taro's record, told on every page whose it is.
+    let mother = driver.browser().await;
+    mother.goto(&format!("{web}/patient/signin")).await.unwrap();
+    at_the_provider(&mother, "hanako").await;
+    wait_for(&mother, "#accept").await;
+    assert_eq!(path_of(&mother).await, "/me/proxies");
+    assert!(
+        mother.find(Locator::Css("#own-proxies")).await.is_err(),
+        "no record of her own here, so no proxies of her own to manage"
+    );
+    let field = wait_for(&mother, "#code").await;
+    field.send_keys(code.trim()).await.unwrap();
+    wait_for(&mother, "#accept button")
+        .await
+        .click()
+        .await
+        .unwrap();
+    let done = wait_for(&mother, ".done").await.text().await.unwrap();
+    assert!(done.contains("代理を引き受けました"), "{done}");
+    wait_for(&mother, "#acting li button")
+        .await
+        .click()
+        .await
+        .unwrap();
+    let banner = wait_for(&mother, "#acting-for").await.text().await.unwrap();
+    assert!(banner.contains(TARO), "{banner}");
+    let timeline = wait_for(&mother, "#timeline").await.text().await.unwrap();
+    assert!(timeline.contains("調剤"), "{timeline}");
+    // Taro revokes her from his screen; her next page opens nothing of his.
+    browser.goto(&format!("{web}/me/proxies")).await.unwrap();
+    wait_for(&browser, "#own-proxies li[data-status=active] button")
+        .await
+        .click()
+        .await
+        .unwrap();
+    let done = wait_for(&browser, ".done").await.text().await.unwrap();
+    assert!(done.contains("代理を取り消しました"), "{done}");
+    mother.goto(&format!("{web}/me")).await.unwrap();
+    wait_for(&mother, ".problem").await;
+    assert!(
+        mother.find(Locator::Css("#timeline")).await.is_err(),
+        "a revoked proxy sees nothing"
+    );
+    mother.close().await.unwrap();
 
     // An organization's pages are not a patient's, and a forged revoke does nothing.
     browser.goto(&format!("{web}/pharmacy")).await.unwrap();

@@ -44,6 +44,11 @@ name = "みどり薬局"
 id = "insurer-kenpo"
 role = "insurer"
 name = "サンプル健康保険組合"
+
+[[organization]]
+id = "operator-hixbus"
+role = "operator"
+name = "hixbus 運用チーム"
 "#;
 
 /// The flow's services on one real broker, each on its own fresh PostgreSQL database.
@@ -106,6 +111,7 @@ impl Flow {
             "pharmacy-aozora",
             "pharmacy-midori",
             "insurer-kenpo",
+            "operator-hixbus",
         ] {
             keys.insert(id, directory.issue_key(id).unwrap());
         }

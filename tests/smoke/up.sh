@@ -26,13 +26,14 @@ claims="127.0.0.1:$(port)"
 insurer="127.0.0.1:$(port)"
 patient="127.0.0.1:$(port)"
 research="127.0.0.1:$(port)"
+ops="127.0.0.1:$(port)"
 web="127.0.0.1:$(port)"
 oidc="127.0.0.1:$(port)"
 mllp="127.0.0.1:$(port)"
 
 started=$(date +%s.%N)
 "$bin" up --kafka-listen "$kafka" --registry-listen "$registry" --demo-interval-ms 50 \
-  --listen "clinic-gateway=$gateway" --listen "pharmacy=$pharmacy" --listen "medication-safety=$safety" --listen "lab-gateway=$lab" --listen "insurer-feed=$feed" --listen "claims=$claims" --listen "insurer=$insurer" --listen "patient=$patient" --listen "research=$research" --listen "web=$web" --oidc-listen "$oidc" --mllp-listen "$mllp" \
+  --listen "clinic-gateway=$gateway" --listen "pharmacy=$pharmacy" --listen "medication-safety=$safety" --listen "lab-gateway=$lab" --listen "insurer-feed=$feed" --listen "claims=$claims" --listen "insurer=$insurer" --listen "patient=$patient" --listen "research=$research" --listen "ops=$ops" --listen "web=$web" --oidc-listen "$oidc" --mllp-listen "$mllp" \
   >"$work/up.out" 2>"$work/up.err" &
 up=$!
 # Ready in well under a second usually; the medication-safety rebuild can take a few seconds
@@ -120,6 +121,20 @@ curl -sf -b "$jar2" -c "$jar2" -o /dev/null --data-urlencode "csrf=$csrf" --data
   || { echo "the insurer's console sign-in failed" >&2; exit 1; }
 curl -sf -b "$jar2" "http://$web/insurer" | grep -q "dispensing:$id" \
   || { echo "the insurer console does not show the claim of $id" >&2; exit 1; }
+# The operator's console shows the exchange at work: the services ready, the prescriptions topic
+# and the pharmacy's consumer group (the API looks every 10 s; the first look is at its start).
+jar4="$work/cookies-operator"
+csrf=$(curl -sf -c "$jar4" "http://$web/signin" | grep -o 'name="csrf" value="[^"]*"' | head -1 | sed 's/.*value="//; s/"$//')
+curl -sf -b "$jar4" -c "$jar4" -o /dev/null --data-urlencode "csrf=$csrf" --data-urlencode "api_key=$OPERATOR_KEY" "http://$web/signin" \
+  || { echo "the operator's console sign-in failed" >&2; exit 1; }
+for _ in $(seq 1 30); do
+  overview=$(curl -sf -b "$jar4" "http://$web/operator") || { echo "the operator console did not answer" >&2; exit 1; }
+  grep -q "data-id=\"hixbus-pharmacy\"" <<<"$overview" && break
+  sleep 1
+done
+grep -q 'data-id="prescriptions"' <<<"$overview" && grep -q 'data-id="hixbus-pharmacy"' <<<"$overview" \
+  && grep -q 'data-id="pharmacy" data-status="true"' <<<"$overview" \
+  || { echo "the operator console does not show the topics, the pharmacy's group and its health" >&2; exit 1; }
 # A patient signs in at the demo provider (the code flow, redirects followed by hand) and sees
 # their record, with this prescription in it.
 jar3="$work/cookies-patient"
@@ -147,7 +162,7 @@ status=$(curl -s -o /dev/null -w '%{http_code}' "http://$patient/patient/timelin
 [ "$status" = 401 ] || { echo "the timeline without a sign-in answered $status, not 401" >&2; exit 1; }
 
 # Every service answers its health and readiness probes.
-for svc in "$gateway" "$pharmacy" "$safety" "$lab" "$feed" "$claims" "$insurer" "$patient" "$research"; do
+for svc in "$gateway" "$pharmacy" "$safety" "$lab" "$feed" "$claims" "$insurer" "$patient" "$research" "$ops"; do
   curl -sf "http://$svc/ready" | grep -q '"status":"ready"' || { echo "$svc is not ready" >&2; exit 1; }
 done
 
@@ -264,4 +279,4 @@ wait "$up" || { cat "$work/up.err"; echo "hixbus up exited with an error" >&2; e
 grep -q "hixbus stopped" "$work/up.out" || { echo "no clean shutdown" >&2; exit 1; }
 grep -Eq "demo lab stopped after [1-9][0-9]* results" "$work/up.out" \
   || { cat "$work/up.out" "$work/up.err"; echo "the demo lab's results were not accepted over MLLP" >&2; exit 1; }
-echo "hixbus up: ready in ${ready}s, tail saw 3 demo events (each audited), a prescription went clinic → pharmacy → dispensed → clinic and was billed and accepted (the pharmacy and insurer consoles showed it, the patient signed in at the provider) and the patient saw it all in their own record (401 without signing in), lab results reached the hospital's inbox, a checkup reached its insurer only, the registry refused an anonymous change${hostile_summary}, Ctrl-C stopped it cleanly"
+echo "hixbus up: ready in ${ready}s, tail saw 3 demo events (each audited), a prescription went clinic → pharmacy → dispensed → clinic and was billed and accepted (the pharmacy and insurer consoles showed it, the operator console showed the topics, groups and health, the patient signed in at the provider) and the patient saw it all in their own record (401 without signing in), lab results reached the hospital's inbox, a checkup reached its insurer only, the registry refused an anonymous change${hostile_summary}, Ctrl-C stopped it cleanly"

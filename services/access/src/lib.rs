@@ -36,7 +36,9 @@ pub enum Role {
     Pharmacy,
     Insurer,
     Lab,
-    /// Runs the bus: manages the schema registry. Sees no patient data.
+    /// Runs the bus: manages the schema registry, watches topics and consumer groups, handles
+    /// dead letters. Sees patient data only in a dead letter it opens, and each such read is
+    /// audited to the patient's trail.
     Operator,
     /// Receives de-identified research releases for its projects (docs/research.md), on their
     /// own topics; reads no patient's data through any API.
@@ -80,6 +82,10 @@ pub enum Action {
     ReadSchemas,
     /// Register schemas, change compatibility, delete subjects.
     ManageSchemas,
+    /// See the bus at work: topics, throughput, consumer-group lag, the services' health.
+    ObserveBus,
+    /// Read dead letters (each read audited) and put them back on their topic.
+    HandleDeadLetters,
 }
 
 impl Role {
@@ -126,7 +132,7 @@ impl Role {
                     | EnrolPatients
                     | ViewPatientSummary
             ),
-            Role::Operator => action == ManageSchemas,
+            Role::Operator => matches!(action, ManageSchemas | ObserveBus | HandleDeadLetters),
             Role::Researcher => action == ReadResearchReleases,
             Role::Insurer => matches!(action, ReadInsurerFeed | AdjudicateClaims),
         }
@@ -480,6 +486,8 @@ fn describe(action: Action) -> &'static str {
         Action::ReadResearchReleases => "read its research projects' releases",
         Action::ReadSchemas => "read schemas",
         Action::ManageSchemas => "register or change schemas",
+        Action::ObserveBus => "watch the bus's topics and services",
+        Action::HandleDeadLetters => "read or redrive dead letters",
     }
 }
 

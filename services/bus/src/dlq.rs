@@ -173,6 +173,24 @@ pub async fn list(config: &KafkaConfig, topic: &str) -> Result<Vec<DeadLetter>, 
     Ok(records.iter().map(DeadLetter::from_record).collect())
 }
 
+/// The newest dead letters of `topic`: at most `per_partition` from the end of each partition
+/// of its `.dlq` topic, newest first. A screen shows these; a dead-letter topic that grew to
+/// millions is not read whole for it.
+pub async fn latest(
+    config: &KafkaConfig,
+    topic: &str,
+    per_partition: i64,
+) -> Result<Vec<DeadLetter>, DlqError> {
+    let tail = per_partition.max(1);
+    let mut records = TopicReader::open_at(config, &crate::dlq_topic(topic), |_| {
+        Offset::OffsetTail(tail)
+    })?
+    .read_to_end()
+    .await?;
+    records.sort_by_key(|r| std::cmp::Reverse((r.timestamp_ms, r.partition, r.offset)));
+    Ok(records.iter().map(DeadLetter::from_record).collect())
+}
+
 /// One dead letter with its raw record.
 pub async fn find(
     config: &KafkaConfig,
@@ -259,7 +277,9 @@ pub async fn redrive_pending(
     Ok(done)
 }
 
-async fn republish(publisher: &Publisher, record: &OwnedRecord) -> Result<Redriven, DlqError> {
+/// Puts `record`, a dead letter read off a `.dlq` topic, back on its source topic, marked with
+/// where it came from.
+pub async fn republish(publisher: &Publisher, record: &OwnedRecord) -> Result<Redriven, DlqError> {
     let source = headers::get(&record.headers, SOURCE_TOPIC)
         .ok_or(DlqError::NoSource {
             partition: record.partition,

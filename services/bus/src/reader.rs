@@ -138,6 +138,7 @@ impl TopicReader {
                 Offset::Beginning => low,
                 Offset::End => high,
                 Offset::Offset(at) => at.max(low),
+                Offset::OffsetTail(n) => (high - n).max(low),
                 _ => low,
             };
             if first < high {

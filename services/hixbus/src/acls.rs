@@ -8,7 +8,8 @@
 //!   and their dead letters (the services are one trust domain; a principal each makes every
 //!   client attributable and revocable on the broker), and its own consumer groups
 //!   (`hixbus-<service>…`); the insurer delivery also creates and writes the insurers' topics,
-//!   the demo insurer reads them, and the research export creates and writes the projects';
+//!   the demo insurer reads them, the research export creates and writes the projects', and
+//!   the operator service describes every service's group (their lag);
 //! - each insurer organization a principal that reads only its own topics and groups
 //!   (`insurer.<id>.`), each researcher organization only its projects' (`research.<project>.`);
 //! - other organizations (clinics, pharmacies, labs) reach hixbus over HTTPS with their API keys
@@ -73,6 +74,7 @@ const READ: &[&str] = &["Read", "Describe"];
 const READ_WRITE: &[&str] = &["Read", "Write", "Describe"];
 const CREATE_WRITE: &[&str] = &["Create", "Read", "Write", "Describe"];
 const GROUP: &[&str] = &["Read", "Describe"];
+const DESCRIBE: &[&str] = &["Describe"];
 
 /// The principals for `exchange` (the topics file's topics and dead letters), the organizations
 /// and the research projects.
@@ -101,6 +103,11 @@ pub fn plan(exchange: &[TopicSpec], directory: &Directory, projects: &[Project])
                 ]),
                 Kind::Research => {
                     grants.push(grant(CREATE_WRITE, Resource::TopicPrefix(research.clone())))
+                }
+                // The operator service reports every service's lag: it reads the groups'
+                // committed offsets, and joins none of them.
+                Kind::Ops => {
+                    grants.push(grant(DESCRIBE, Resource::GroupPrefix("hixbus-".to_owned())))
                 }
                 _ => {}
             }

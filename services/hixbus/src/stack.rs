@@ -99,6 +99,7 @@ services! {
     Insurer => hixbus_insurer,
     Patient => hixbus_patient,
     Research => hixbus_research,
+    Ops => hixbus_ops,
     Web => hixbus_web,
 }
 
@@ -125,6 +126,20 @@ impl Kind {
         self != Kind::Web
     }
 }
+
+/// The consumer groups the services run, which the operator console shows the lag of on a
+/// cluster that cannot list its groups (librdkafka's mock cluster under `hixbus up`).
+pub const CONSUMER_GROUPS: &[&str] = &[
+    hixbus_clinic_gateway::GROUP,
+    hixbus_clinic_gateway::startup::RESULTS_GROUP,
+    hixbus_pharmacy::GROUP,
+    hixbus_medication_safety::GROUP,
+    hixbus_lab_gateway::GROUP,
+    hixbus_insurer_feed::GROUP,
+    hixbus_claims::GROUP,
+    hixbus_patient::GROUP,
+    hixbus_research::GROUP,
+];
 
 impl std::fmt::Display for Kind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -356,8 +356,22 @@ async fn start_services(
             ("insurer_url", url_of(Kind::Insurer)),
             ("patient_url", url_of(Kind::Patient)),
         ];
+        let ops_url = url_of(Kind::Ops);
         if kind == Kind::Web {
             settings.extend(upstreams.iter().map(|(k, v)| (*k, v.as_str())));
+            settings.push(("ops_url", ops_url.as_str()));
+        }
+        // The operator's view: the lag of the services' groups (the mock cluster lists none)
+        // and the health of every service started before it.
+        let groups = hixbus::stack::CONSUMER_GROUPS.join(",");
+        let health_checks = urls
+            .iter()
+            .map(|(k, url)| format!("{k}={url}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        if kind == Kind::Ops {
+            settings.push(("groups", groups.as_str()));
+            settings.push(("health_checks", health_checks.as_str()));
         }
         let service = kind
             .local(&settings, deps)
@@ -635,7 +649,9 @@ impl Banner<'_> {
         println!(
             "   pharmacy: {web}/pharmacy with $AOZORA_KEY   clinic and its lab results: {web}/clinic with $DAIICHI_KEY"
         );
-        println!("   insurer: {web}/insurer with $KENPO_KEY");
+        println!(
+            "   insurer: {web}/insurer with $KENPO_KEY   operator: {web}/operator with $OPERATOR_KEY"
+        );
         println!(
             "   patients: {web}/patient, signing in at the demo provider as demo-taro or demo-0001"
         );

@@ -27,6 +27,9 @@ pub struct Config {
     pub insurer_url: String,
     #[serde(default = "default_patient")]
     pub patient_url: String,
+    /// The operator's API (`hixbus serve ops`), for the operator console.
+    #[serde(default = "default_ops")]
+    pub ops_url: String,
     /// The patients' OpenID Connect provider (its issuer URL). Without it patients cannot sign
     /// in here.
     #[serde(default)]
@@ -54,6 +57,10 @@ pub struct Config {
 /// Below the services' ports (8090…): the one address people open.
 pub fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+fn default_ops() -> String {
+    "http://127.0.0.1:8100".to_owned()
 }
 
 fn default_clinic_gateway() -> String {
@@ -103,6 +110,7 @@ impl Default for Config {
             insurer_feed_url: default_insurer_feed(),
             insurer_url: default_insurer(),
             patient_url: default_patient(),
+            ops_url: default_ops(),
             oidc_issuer: None,
             oidc_audience: default_audience(),
             public_url: None,

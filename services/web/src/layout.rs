@@ -45,6 +45,7 @@ pub fn home_of(role: Role) -> &'static str {
         Role::Pharmacy => "/pharmacy",
         Role::Clinic | Role::Hospital => "/clinic",
         Role::Insurer => "/insurer",
+        Role::Operator => "/operator",
         _ => "/unsupported",
     }
 }
@@ -61,6 +62,7 @@ fn nav(lang: Lang, role: Option<Role>) -> Markup {
                 ("/me/expenses", lang.t("医療費", "Expenses")),
                 ("/me/access", lang.t("閲覧の記録", "Who saw my data")),
                 ("/me/consents", lang.t("同意の設定", "Consent")),
+                ("/me/proxies", lang.t("代理人", "Proxies")),
             ],
         );
     };
@@ -71,6 +73,14 @@ fn nav(lang: Lang, role: Option<Role>) -> Markup {
             ("/clinic/results", lang.t("検査結果", "Lab results")),
         ],
         Role::Insurer => vec![("/insurer", lang.t("請求と審査", "Claims and decisions"))],
+        Role::Operator => vec![
+            ("/operator", lang.t("稼働状況", "Overview")),
+            (
+                "/operator/dead-letters",
+                lang.t("デッドレター", "Dead letters"),
+            ),
+            ("/operator/registry", lang.t("スキーマ", "Schemas")),
+        ],
         _ => vec![],
     };
     nav_links(lang, links)

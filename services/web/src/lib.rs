@@ -13,6 +13,7 @@ pub mod i18n;
 pub mod insurer;
 pub mod layout;
 pub mod live;
+pub mod operator;
 pub mod patient;
 pub mod pharmacy;
 pub mod security;
@@ -102,6 +103,7 @@ pub fn app(state: AppState) -> Router {
         .merge(clinic::routes())
         .merge(insurer::routes())
         .merge(patient::routes())
+        .merge(operator::routes())
         .fallback(layout::not_found)
         .layer(DefaultBodyLimit::max(MAX_FORM_BYTES))
         .layer(axum::middleware::map_response(

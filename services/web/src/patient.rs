@@ -52,6 +52,11 @@ pub fn routes() -> Router<AppState> {
         .route("/me/export", get(export))
         .route("/me/consents", get(consents).post(grant))
         .route("/me/consents/{id}/revoke", post(revoke))
+        .route("/me/research", post(research))
+        .route("/me/proxies", get(proxies).post(invite))
+        .route("/me/proxies/accept", post(accept))
+        .route("/me/proxies/{id}/revoke", post(revoke_proxy))
+        .route("/me/act-for", post(act_for))
 }
 
 /// A signed-in patient. Pages that need one send everyone else to the portal's start.
@@ -61,6 +66,20 @@ pub struct PatientMember {
     pub session: Session,
     pub patient_ref: String,
     pub token: SecretString,
+    /// The patient this person acts for as their proxy (a parent for a child), when they chose
+    /// to; the patient service checks the delegation at every call.
+    pub acting_for: Option<String>,
+}
+
+impl PatientMember {
+    /// The patient service as this person, for the record they are looking at: their own, or
+    /// the one they act for (`hixbus-act-for`).
+    pub fn api<'a>(&self, state: &'a AppState) -> std::borrow::Cow<'a, crate::upstream::Upstream> {
+        match &self.acting_for {
+            Some(patient) => std::borrow::Cow::Owned(state.upstream.acting_for(patient)),
+            None => std::borrow::Cow::Borrowed(&state.upstream),
+        }
+    }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for PatientMember
@@ -72,13 +91,15 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let Ok(visitor) = Visitor::from_request_parts(parts, state).await;
         let member = visitor.session.and_then(|session| {
-            let (patient_ref, token) = session.patient()?;
+            let (patient_ref, token, acting_for) = session.patient()?;
             let (patient_ref, token) = (patient_ref.to_owned(), token.clone());
+            let acting_for = acting_for.map(str::to_owned);
             Some(PatientMember {
                 lang: visitor.lang,
                 session,
                 patient_ref,
                 token,
+                acting_for,
             })
         });
         member.ok_or_else(|| Redirect::to("/patient").into_response())
@@ -89,7 +110,14 @@ impl<'a> From<&'a PatientMember> for Viewer<'a> {
     fn from(p: &'a PatientMember) -> Self {
         Viewer {
             lang: p.lang,
-            member: Some((p.patient_ref.as_str(), None, p.session.csrf.as_str())),
+            member: Some((
+                p.acting_for
+                    .as_deref()
+                    .or((!p.patient_ref.is_empty()).then_some(p.patient_ref.as_str()))
+                    .unwrap_or("—"),
+                None,
+                p.session.csrf.as_str(),
+            )),
         }
     }
 }
@@ -392,6 +420,18 @@ pub async fn callback(
         .await
     {
         Ok(me) => me,
+        // Someone with no record of their own here (a parent, a carer) who was given, or holds,
+        // a proxy's invitation: in, to the proxies page, where they take it up or choose whom
+        // they act for. The patient service verified the token to answer.
+        Err(CallError::Refused { .. })
+            if state
+                .upstream
+                .get(&token, Api::Patient, &["patient", "acting-for"], &[])
+                .await
+                .is_ok() =>
+        {
+            serde_json::json!({ "patient_ref": "" })
+        }
         Err(CallError::Refused { status, reason, .. }) => {
             tracing::info!(%status, reason, "the patient service refused a signed-in patient");
             return refused(
@@ -406,6 +446,7 @@ pub async fn callback(
         Err(_) => return failed(StatusCode::BAD_GATEWAY, "patient service"),
     };
     let patient_ref = text(&me, &["patient_ref"]).to_owned();
+    let own_record = !patient_ref.is_empty();
     let expires_in = claims
         .get("exp")
         .and_then(Value::as_i64)
@@ -416,18 +457,22 @@ pub async fn callback(
         return failed(StatusCode::FORBIDDEN, "expired ID token");
     }
     let ends = Instant::now() + Duration::from_secs(expires_in.unsigned_abs());
-    let session =
-        match state
-            .sessions
-            .start_with(Principal::Patient { patient_ref, token }, None, Some(ends))
-        {
-            Ok(s) => s,
-            Err(_) => return failed(StatusCode::SERVICE_UNAVAILABLE, "sessions full"),
-        };
+    let session = match state.sessions.start_with(
+        Principal::Patient {
+            patient_ref,
+            token,
+            acting_for: None,
+        },
+        None,
+        Some(ends),
+    ) {
+        Ok(s) => s,
+        Err(_) => return failed(StatusCode::SERVICE_UNAVAILABLE, "sessions full"),
+    };
     if let Some(old) = visitor.session {
         state.sessions.end(&old.id);
     }
-    let mut response = Redirect::to("/me").into_response();
+    let mut response = Redirect::to(if own_record { "/me" } else { "/me/proxies" }).into_response();
     response.headers_mut().append(
         header::SET_COOKIE,
         cookies::session(&session.id, state.secure),
@@ -440,7 +485,25 @@ pub async fn callback(
 }
 
 fn page(member: &PatientMember, title: &str, body: Markup) -> Response {
+    let body = html! { (acting_banner(member)) (body) };
     layout::page(Viewer::from(member), title, body).into_response()
+}
+
+/// Says, on every page a proxy opens, whose record it is, with the way back to their own.
+fn acting_banner(member: &PatientMember) -> Markup {
+    let lang = member.lang;
+    html! {
+        @if let Some(patient) = &member.acting_for {
+            div.done #acting-for role="status" {
+                (lang.t("代理で閲覧しています：", "You are acting as a proxy for: ")) strong { (patient) } " "
+                form.inline method="post" action="/me/act-for" {
+                    input type="hidden" name="csrf" value=(member.session.csrf);
+                    input type="hidden" name="patient" value="";
+                    button type="submit" { (lang.t("自分の記録に戻る", "Back to my own record")) }
+                }
+            }
+        }
+    }
 }
 
 fn kind_label(lang: Lang, kind: &str) -> &'static str {
@@ -487,8 +550,8 @@ fn summary(kind: &str, d: &Value) -> String {
 
 pub async fn record(State(state): State<AppState>, member: PatientMember) -> Response {
     let lang = member.lang;
-    let answer = state
-        .upstream
+    let answer = member
+        .api(&state)
         .get(
             &member.token,
             Api::Patient,
@@ -623,8 +686,8 @@ fn chart(test: &Value) -> Markup {
 
 pub async fn labs(State(state): State<AppState>, member: PatientMember) -> Response {
     let lang = member.lang;
-    let answer = state
-        .upstream
+    let answer = member
+        .api(&state)
         .get(&member.token, Api::Patient, &["patient", "lab-trends"], &[])
         .await;
     let empty = Vec::new();
@@ -647,8 +710,8 @@ pub async fn labs(State(state): State<AppState>, member: PatientMember) -> Respo
 
 pub async fn access(State(state): State<AppState>, member: PatientMember) -> Response {
     let lang = member.lang;
-    let answer = state
-        .upstream
+    let answer = member
+        .api(&state)
         .get(&member.token, Api::Patient, &["patient", "access"], &[])
         .await;
     let empty = Vec::new();
@@ -704,8 +767,8 @@ async fn render_consents(
     problem: Option<&CallError>,
 ) -> Response {
     let lang = member.lang;
-    let answer = state
-        .upstream
+    let answer = member
+        .api(state)
         .get(&member.token, Api::Patient, &["patient", "consents"], &[])
         .await;
     let empty = Vec::new();
@@ -713,6 +776,8 @@ async fn render_consents(
         @match done {
             Some("revoked") => (layout::done(lang.t("同意を取り消しました。", "The consent is revoked."))),
             Some("granted") => (layout::done(lang.t("同意しました。", "The consent is given."))),
+            Some("research-off") => (layout::done(lang.t("研究には使われなくなりました。", "Your data is no longer used for research."))),
+            Some("research-on") => (layout::done(lang.t("研究への利用を再開しました。", "Your data may be used for research again."))),
             _ => {},
         }
         @if let Some(p) = problem { (layout::problem(lang, p)) }
@@ -754,6 +819,30 @@ async fn render_consents(
                 } }
             },
         }
+        @if let Ok(c) = &answer {
+            @let opted_out = c["research"]["opted_out"].as_bool() == Some(true);
+            section #research aria-labelledby="research-heading" data-opted-out=(opted_out) {
+                h2 #research-heading { (lang.t("研究への利用", "Use for research")) }
+                p { (lang.t(
+                    "あなたのデータは、名前や番号を取り除き、だれのものか分からない形に加工したうえで、承認された医学研究に使われることがあります。望まない場合は、いつでも止められます（また再開できます）。診療や調剤には影響しません。",
+                    "Your data may be used for approved medical research after your name and numbers are removed and it is altered so that no one can tell it is yours. You can stop this at any time (and allow it again). It does not affect your care."
+                )) }
+                p.status { @if opted_out {
+                    strong { (lang.t("いまは研究に使われません。", "Your data is not used for research now.")) }
+                } @else {
+                    strong { (lang.t("いまは研究に使われることがあります。", "Your data may be used for research now.")) }
+                } }
+                form.inline method="post" action="/me/research" {
+                    input type="hidden" name="csrf" value=(member.session.csrf);
+                    input type="hidden" name="opted_out" value=(if opted_out { "false" } else { "true" });
+                    button type="submit" { @if opted_out {
+                        (lang.t("研究への利用を再開する", "Allow use for research again"))
+                    } @else {
+                        (lang.t("研究に使わないでほしい", "Do not use my data for research"))
+                    } }
+                }
+            }
+        }
         section aria-labelledby="grant-heading" {
             h2 #grant-heading { (lang.t("同意する", "Give a consent")) }
             form.grant method="post" action="/me/consents" {
@@ -784,7 +873,11 @@ async fn render_consents(
     let code = problem.map_or(StatusCode::OK, layout::status_of);
     (
         code,
-        layout::page(Viewer::from(member), lang.t("同意の設定", "Consent"), body),
+        layout::page(
+            Viewer::from(member),
+            lang.t("同意の設定", "Consent"),
+            html! { (acting_banner(member)) (body) },
+        ),
     )
         .into_response()
 }
@@ -824,8 +917,8 @@ pub async fn revoke(
     if let Err(refused) = member.session.check_csrf(form.csrf.as_deref(), lang) {
         return refused.into_response();
     }
-    match state
-        .upstream
+    match member
+        .api(&state)
         .delete(&member.token, Api::Patient, &["patient", "consents", &id])
         .await
     {
@@ -834,10 +927,63 @@ pub async fn revoke(
     }
 }
 
+#[derive(Debug, Deserialize)]
+pub struct ResearchForm {
+    #[serde(default)]
+    csrf: Option<String>,
+    #[serde(default)]
+    opted_out: Option<String>,
+}
+
+/// Opting out of research use (or back in): one choice per patient, which the research export
+/// honours from its next release on (docs/research.md).
+pub async fn research(
+    State(state): State<AppState>,
+    member: PatientMember,
+    Form(form): Form<ResearchForm>,
+) -> Response {
+    let lang = member.lang;
+    if let Err(refused) = member.session.check_csrf(form.csrf.as_deref(), lang) {
+        return refused.into_response();
+    }
+    let opted_out = match form.opted_out.as_deref() {
+        Some("true") => true,
+        Some("false") => false,
+        _ => {
+            return refused(
+                lang,
+                StatusCode::BAD_REQUEST,
+                lang.t(
+                    "選択が読み取れませんでした。",
+                    "The choice could not be read.",
+                ),
+            );
+        }
+    };
+    match member
+        .api(&state)
+        .put(
+            &member.token,
+            Api::Patient,
+            &["patient", "research"],
+            &serde_json::json!({ "opted_out": opted_out }),
+        )
+        .await
+    {
+        Ok(_) => Redirect::to(if opted_out {
+            "/me/consents?done=research-off"
+        } else {
+            "/me/consents?done=research-on"
+        })
+        .into_response(),
+        Err(e) => render_consents(&state, &member, None, Some(&e)).await,
+    }
+}
+
 pub async fn medications(State(state): State<AppState>, member: PatientMember) -> Response {
     let lang = member.lang;
-    let answer = state
-        .upstream
+    let answer = member
+        .api(&state)
         .get(
             &member.token,
             Api::Patient,
@@ -887,8 +1033,8 @@ fn years_of(checkups: &[Value]) -> Vec<String> {
 
 pub async fn checkups(State(state): State<AppState>, member: PatientMember) -> Response {
     let lang = member.lang;
-    let answer = state
-        .upstream
+    let answer = member
+        .api(&state)
         .get(&member.token, Api::Patient, &["patient", "checkups"], &[])
         .await;
     let empty = Vec::new();
@@ -936,8 +1082,8 @@ pub async fn checkups(State(state): State<AppState>, member: PatientMember) -> R
 
 pub async fn expenses(State(state): State<AppState>, member: PatientMember) -> Response {
     let lang = member.lang;
-    let answer = state
-        .upstream
+    let answer = member
+        .api(&state)
         .get(&member.token, Api::Patient, &["patient", "expenses"], &[])
         .await;
     let empty = Vec::new();
@@ -994,8 +1140,8 @@ pub async fn expenses(State(state): State<AppState>, member: PatientMember) -> R
 
 /// The whole record as a FHIR R4 Bundle, downloaded.
 pub async fn export(State(state): State<AppState>, member: PatientMember) -> Response {
-    match state
-        .upstream
+    match member
+        .api(&state)
         .get(&member.token, Api::Patient, &["patient", "export"], &[])
         .await
     {
@@ -1054,8 +1200,8 @@ pub async fn grant(
         "scope": ["ALL"],
         "kind": kind,
     });
-    match state
-        .upstream
+    match member
+        .api(&state)
         .post(
             &member.token,
             Api::Patient,
@@ -1067,6 +1213,339 @@ pub async fn grant(
         Ok(_) => Redirect::to("/me/consents?done=granted").into_response(),
         Err(e) => render_consents(&state, &member, None, Some(&e)).await,
     }
+}
+
+fn relationship_label(lang: Lang, relationship: &str) -> &'static str {
+    match relationship {
+        "parent" => lang.t("親", "Parent"),
+        "guardian" => lang.t("後見人", "Guardian"),
+        "carer" => lang.t("介護者", "Carer"),
+        "family" => lang.t("家族", "Family"),
+        _ => lang.t("その他", "Other"),
+    }
+}
+
+fn delegation_status(lang: Lang, status: &str) -> &'static str {
+    match status {
+        "active" => lang.t("有効", "Active"),
+        "invited" => lang.t("招待中（未受諾）", "Invited (not accepted yet)"),
+        "revoked" => lang.t("取り消し済み", "Revoked"),
+        "expired" => lang.t("期限切れ", "Expired"),
+        _ => lang.t("不明", "Unknown"),
+    }
+}
+
+/// Proxies: the people a patient lets act for them (a parent, a carer), invited with a code the
+/// patient hands over, revoked at any time; and, for someone who was given such a code, taking
+/// it up and switching to the record of the person they act for.
+pub async fn proxies(
+    State(state): State<AppState>,
+    member: PatientMember,
+    Query(done): Query<Done>,
+) -> Response {
+    render_proxies(&state, &member, done.done.as_deref(), None, None).await
+}
+
+/// A code just made: shown once, on the page that made it, never in a URL.
+struct NewCode {
+    code: String,
+    until: String,
+}
+
+async fn render_proxies(
+    state: &AppState,
+    member: &PatientMember,
+    done: Option<&str>,
+    problem: Option<&CallError>,
+    new_code: Option<NewCode>,
+) -> Response {
+    let lang = member.lang;
+    let csrf = member.session.csrf.as_str();
+    // The person's own proxies only while they look at their own record (and have one): the
+    // patient service lets only the patient manage them.
+    let own = if member.acting_for.is_none() && !member.patient_ref.is_empty() {
+        Some(
+            member
+                .api(state)
+                .get(
+                    &member.token,
+                    Api::Patient,
+                    &["patient", "delegations"],
+                    &[],
+                )
+                .await,
+        )
+    } else {
+        None
+    };
+    let held = state
+        .upstream
+        .get(&member.token, Api::Patient, &["patient", "acting-for"], &[])
+        .await;
+    let body = html! {
+        @match done {
+            Some("revoked") => (layout::done(lang.t("代理を取り消しました。", "The proxy can no longer act for you."))),
+            Some("accepted") => (layout::done(lang.t("代理を引き受けました。下の一覧から記録を開けます。", "You accepted. Open the record from the list below."))),
+            _ => {},
+        }
+        @if let Some(p) = problem { (layout::problem(lang, p)) }
+        @if let Some(c) = &new_code {
+            div.done #new-code role="status" {
+                p { (lang.t("代理人にこのコードを渡してください（一度だけ表示されます）：", "Give this code to your proxy (it is shown only once):")) }
+                p { strong.code { (c.code) } }
+                p { (lang.t("代理の期限：", "They may act for you until: ")) (layout::short_time(&c.until)) }
+            }
+        }
+        @if let Some(own) = &own {
+            section #own-proxies aria-labelledby="own-heading" {
+                h2 #own-heading { (lang.t("わたしの代理人", "My proxies")) }
+                p { (lang.t(
+                    "代理人（お子さんの親、後見人、介護する家族など）は、あなたの記録を見て、同意の設定をあなたに代わって行えます。いつでも取り消せます。代理人の閲覧も閲覧の記録に残ります。",
+                    "A proxy (a child's parent, a guardian, a carer) can see your record and manage your consents for you. You can revoke them at any time. Their reads appear in your access trail too."
+                )) }
+                @match own {
+                    Err(e) => (layout::problem(lang, e)),
+                    Ok(list) => {
+                        @let delegations = list.get("delegations").and_then(Value::as_array).cloned().unwrap_or_default();
+                        @if delegations.is_empty() {
+                            p { (lang.t("代理人はいません。", "You have no proxies.")) }
+                        } @else {
+                            ul.consents { @for d in &delegations {
+                                @let id = text(d, &["id"]);
+                                @let status = text(d, &["status"]);
+                                li data-delegation=(id) data-status=(status) {
+                                    strong { (relationship_label(lang, text(d, &["relationship"]))) }
+                                    " — " (delegation_status(lang, status))
+                                    " · " (lang.t("期限 ", "until ")) (layout::short_time(text(d, &["until"])))
+                                    @if matches!(status, "active" | "invited") {
+                                        form.inline method="post" action={ "/me/proxies/" (url::form_urlencoded::byte_serialize(id.as_bytes()).collect::<String>()) "/revoke" } {
+                                            input type="hidden" name="csrf" value=(csrf);
+                                            button.danger type="submit" { (lang.t("取り消す", "Revoke")) }
+                                        }
+                                    }
+                                }
+                            } }
+                        }
+                    },
+                }
+                form.grant #invite method="post" action="/me/proxies" {
+                    input type="hidden" name="csrf" value=(csrf);
+                    div.field {
+                        label for="relationship" { (lang.t("代理人との関係", "Who they are to you")) }
+                        select #relationship name="relationship" required {
+                            @for r in ["parent", "guardian", "carer", "family"] {
+                                option value=(r) { (relationship_label(lang, r)) }
+                            }
+                        }
+                    }
+                    div.field {
+                        label for="days" { (lang.t("期間", "For how long")) }
+                        select #days name="days" required {
+                            option value="30" { (lang.t("30日", "30 days")) }
+                            option value="365" selected { (lang.t("1年", "1 year")) }
+                            option value="3650" { (lang.t("10年", "10 years")) }
+                        }
+                    }
+                    button type="submit" { (lang.t("招待コードを作る", "Make an invitation code")) }
+                }
+            }
+        }
+        section #acting aria-labelledby="acting-heading" {
+            h2 #acting-heading { (lang.t("代理で見る", "Acting for someone")) }
+            @match &held {
+                Err(e) => (layout::problem(lang, e)),
+                Ok(h) => {
+                    @let patients = h.get("patients").and_then(Value::as_array).cloned().unwrap_or_default();
+                    @if patients.is_empty() {
+                        p { (lang.t("代理を引き受けている人はいません。", "You act for no one.")) }
+                    }
+                    ul.consents { @for p in &patients {
+                        @let whom = text(p, &["act_for"]);
+                        li data-act-for=(whom) {
+                            strong { (whom) } " — " (relationship_label(lang, text(p, &["relationship"])))
+                            " · " (lang.t("期限 ", "until ")) (layout::short_time(text(p, &["until"])))
+                            form.inline method="post" action="/me/act-for" {
+                                input type="hidden" name="csrf" value=(csrf);
+                                input type="hidden" name="patient" value=(whom);
+                                button type="submit" { (lang.t("この人の記録を見る", "Open their record")) }
+                            }
+                        }
+                    } }
+                },
+            }
+            form.grant #accept method="post" action="/me/proxies/accept" {
+                input type="hidden" name="csrf" value=(csrf);
+                div.field {
+                    label for="code" { (lang.t("受け取った招待コード", "The invitation code you were given")) }
+                    input #code name="code" required maxlength="64" autocomplete="off";
+                }
+                button type="submit" { (lang.t("代理を引き受ける", "Accept")) }
+            }
+        }
+    };
+    let code = problem.map_or(StatusCode::OK, layout::status_of);
+    (code, page(member, lang.t("代理人", "Proxies"), body)).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+pub struct InviteForm {
+    #[serde(default)]
+    csrf: Option<String>,
+    #[serde(default)]
+    relationship: String,
+    #[serde(default)]
+    days: String,
+}
+
+pub async fn invite(
+    State(state): State<AppState>,
+    member: PatientMember,
+    Form(form): Form<InviteForm>,
+) -> Response {
+    let lang = member.lang;
+    if let Err(refused) = member.session.check_csrf(form.csrf.as_deref(), lang) {
+        return refused.into_response();
+    }
+    // The service checks both (relationships it knows, 1 to 3650 days); a number that is not
+    // one is refused here with the same words.
+    let Ok(days) = form.days.trim().parse::<i64>() else {
+        return refused(
+            lang,
+            StatusCode::BAD_REQUEST,
+            lang.t(
+                "期間が読み取れませんでした。",
+                "The period could not be read.",
+            ),
+        );
+    };
+    let request = serde_json::json!({ "relationship": form.relationship, "days": days });
+    match member
+        .api(&state)
+        .post(
+            &member.token,
+            Api::Patient,
+            &["patient", "delegations"],
+            &request,
+        )
+        .await
+    {
+        Ok(made) => {
+            let new_code = NewCode {
+                code: text(&made, &["code"]).to_owned(),
+                until: text(&made, &["until"]).to_owned(),
+            };
+            render_proxies(&state, &member, None, None, Some(new_code)).await
+        }
+        Err(e) => render_proxies(&state, &member, None, Some(&e), None).await,
+    }
+}
+
+pub async fn revoke_proxy(
+    State(state): State<AppState>,
+    member: PatientMember,
+    Path(id): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    if let Err(refused) = member.session.check_csrf(form.csrf.as_deref(), member.lang) {
+        return refused.into_response();
+    }
+    match member
+        .api(&state)
+        .delete(
+            &member.token,
+            Api::Patient,
+            &["patient", "delegations", &id],
+        )
+        .await
+    {
+        Ok(_) => Redirect::to("/me/proxies?done=revoked").into_response(),
+        Err(e) => render_proxies(&state, &member, None, Some(&e), None).await,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AcceptForm {
+    #[serde(default)]
+    csrf: Option<String>,
+    #[serde(default)]
+    code: String,
+}
+
+pub async fn accept(
+    State(state): State<AppState>,
+    member: PatientMember,
+    Form(form): Form<AcceptForm>,
+) -> Response {
+    if let Err(refused) = member.session.check_csrf(form.csrf.as_deref(), member.lang) {
+        return refused.into_response();
+    }
+    // Accepted as the person signed in, whoever's record they are looking at.
+    match state
+        .upstream
+        .post(
+            &member.token,
+            Api::Patient,
+            &["patient", "delegations", "accept"],
+            &serde_json::json!({ "code": form.code.trim() }),
+        )
+        .await
+    {
+        Ok(_) => Redirect::to("/me/proxies?done=accepted").into_response(),
+        Err(e) => render_proxies(&state, &member, None, Some(&e), None).await,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ActForForm {
+    #[serde(default)]
+    csrf: Option<String>,
+    #[serde(default)]
+    patient: String,
+}
+
+/// Switches to the record of someone this person acts for (or back to their own, with an empty
+/// `patient`). Only records the patient service lists for them now are offered, and it checks
+/// the delegation again at every call, so a revoked proxy sees nothing from that moment on.
+pub async fn act_for(
+    State(state): State<AppState>,
+    member: PatientMember,
+    Form(form): Form<ActForForm>,
+) -> Response {
+    let lang = member.lang;
+    if let Err(refused) = member.session.check_csrf(form.csrf.as_deref(), lang) {
+        return refused.into_response();
+    }
+    let patient = form.patient.trim();
+    if patient.is_empty() {
+        state.sessions.act_for(&member.session.id, None);
+        return Redirect::to("/me").into_response();
+    }
+    let held = match state
+        .upstream
+        .get(&member.token, Api::Patient, &["patient", "acting-for"], &[])
+        .await
+    {
+        Ok(held) => held,
+        Err(e) => return render_proxies(&state, &member, None, Some(&e), None).await,
+    };
+    let may = held
+        .get("patients")
+        .and_then(Value::as_array)
+        .is_some_and(|list| list.iter().any(|p| text(p, &["act_for"]) == patient));
+    if !may {
+        return refused(
+            lang,
+            StatusCode::FORBIDDEN,
+            lang.t(
+                "この人の代理として記録を見ることはできません。",
+                "You may not act for this person.",
+            ),
+        );
+    }
+    state
+        .sessions
+        .act_for(&member.session.id, Some(patient.to_owned()));
+    Redirect::to("/me").into_response()
 }
 
 #[cfg(test)]

@@ -40,6 +40,8 @@ pub enum Principal {
         /// The ID token, sent to the patient service as `Authorization: Bearer`; the session
         /// ends when it expires.
         token: SecretString,
+        /// The record of someone they act for as a proxy, when they switched to it.
+        acting_for: Option<String>,
     },
 }
 
@@ -79,10 +81,14 @@ impl Session {
         }
     }
 
-    /// The patient's record and ID token, when a patient signed in.
-    pub fn patient(&self) -> Option<(&str, &SecretString)> {
+    /// The patient's record, ID token and the record they act for, when a patient signed in.
+    pub fn patient(&self) -> Option<(&str, &SecretString, Option<&str>)> {
         match &self.principal {
-            Principal::Patient { patient_ref, token } => Some((patient_ref, token)),
+            Principal::Patient {
+                patient_ref,
+                token,
+                acting_for,
+            } => Some((patient_ref, token, acting_for.as_deref())),
             _ => None,
         }
     }
@@ -203,6 +209,19 @@ impl Sessions {
         }
         map.insert(session.id.clone(), session.clone());
         Ok(session)
+    }
+
+    /// Switches a signed-in patient's session to the record of someone they act for (`None`:
+    /// back to their own). Whether they may is the patient service's to say, at every call.
+    pub fn act_for(&self, id: &str, patient: Option<String>) -> bool {
+        let mut sessions = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        match sessions.get_mut(id).map(|s| &mut s.principal) {
+            Some(Principal::Patient { acting_for, .. }) => {
+                *acting_for = patient;
+                true
+            }
+            _ => false,
+        }
     }
 
     pub fn end(&self, id: &str) {

@@ -28,6 +28,7 @@ pub enum Api {
     InsurerFeed,
     Insurer,
     Patient,
+    Ops,
 }
 
 impl Api {
@@ -39,6 +40,7 @@ impl Api {
             Api::InsurerFeed => "insurer delivery",
             Api::Insurer => "insurer's adjudication service",
             Api::Patient => "patient record service",
+            Api::Ops => "operator service",
         }
     }
 }
@@ -81,6 +83,10 @@ pub struct Upstream {
     insurer_feed: Url,
     insurer: Url,
     patient: Url,
+    ops: Url,
+    /// Sent as `hixbus-act-for` to the patient service: a proxy looking at the record of the
+    /// patient they act for.
+    act_for: Option<String>,
 }
 
 fn base(url: &str) -> Result<Url, url::ParseError> {
@@ -114,7 +120,18 @@ impl Upstream {
             insurer_feed: parse("insurer_feed_url", &config.insurer_feed_url)?,
             insurer: parse("insurer_url", &config.insurer_url)?,
             patient: parse("patient_url", &config.patient_url)?,
+            ops: parse("ops_url", &config.ops_url)?,
+            act_for: None,
         })
+    }
+
+    /// These services as a proxy acting for `patient` (the patient service checks the
+    /// delegation at every call).
+    pub fn acting_for(&self, patient: &str) -> Self {
+        Self {
+            act_for: Some(patient.to_owned()),
+            ..self.clone()
+        }
     }
 
     /// `api`'s URL for `segments` (each escaped as one path segment) and `query`.
@@ -126,6 +143,7 @@ impl Upstream {
             Api::InsurerFeed => self.insurer_feed.clone(),
             Api::Insurer => self.insurer.clone(),
             Api::Patient => self.patient.clone(),
+            Api::Ops => self.ops.clone(),
         };
         if let Ok(mut path) = url.path_segments_mut() {
             path.pop_if_empty().extend(segments);
@@ -155,6 +173,17 @@ impl Upstream {
         body: &Value,
     ) -> Result<Value, CallError> {
         self.call(key, Method::POST, api, segments, &[], Some(body))
+            .await
+    }
+
+    pub async fn put(
+        &self,
+        key: &SecretString,
+        api: Api,
+        segments: &[&str],
+        body: &Value,
+    ) -> Result<Value, CallError> {
+        self.call(key, Method::PUT, api, segments, &[], Some(body))
             .await
     }
 
@@ -190,6 +219,9 @@ impl Upstream {
             .http
             .request(method, self.url(api, segments, query))
             .bearer_auth(key.expose_secret());
+        if let (Some(patient), Api::Patient) = (&self.act_for, api) {
+            request = request.header("hixbus-act-for", patient);
+        }
         if let Some(body) = body {
             request = request.json(body);
         }
