@@ -7,7 +7,6 @@ mod claims;
 mod codec;
 mod confluent_clients;
 mod consoles;
-mod faults;
 mod gate;
 mod hardening;
 mod hl7_generated;

@@ -302,7 +302,6 @@ impl Run {
 
 #[tokio::test]
 async fn a_population_is_released_de_identified_k_anonymous_and_without_those_who_opted_out() {
-    let _turn = hixbus_tests::heavy_suite().await;
     let stack = BusStack::start().await;
     let (directory, _) = directory_with_keys(DEMO_ORGANIZATIONS);
     let run = Run {

@@ -5,6 +5,7 @@ pub mod bench;
 mod broker;
 pub mod hostile;
 mod postgres;
+pub mod rx;
 mod watchdog;
 
 pub use broker::{Engine, Tansu, TestBroker};
@@ -403,15 +404,6 @@ pub fn hixbus_bin() -> PathBuf {
 }
 
 /// A name no other test uses: for patients, groups and anything else tests could share.
-/// Suites that load the whole machine (the fault suite, the 10,000-patient research run) take
-/// turns: together on two cores they starved each other's brokers until a restarted service
-/// was not given partitions in time. Take it before anything else, so the wait is not counted
-/// against the test's time limit.
-pub async fn heavy_suite() -> tokio::sync::MutexGuard<'static, ()> {
-    static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    HEAVY.lock().await
-}
-
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
 }

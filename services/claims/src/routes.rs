@@ -333,10 +333,15 @@ fn failed(e: ReadModelError) -> ApiError {
     ApiError::unavailable("the claims service is unavailable; retry")
 }
 
-async fn audit(state: &AppState, org: &Organization, row: &ClaimRow) -> Result<(), ApiError> {
+async fn audit(state: &AppState, org: &Organization, rows: &[ClaimRow]) -> Result<(), ApiError> {
     state
         .audit
-        .record(&org.id, "claims.read", &row.claim_id, &row.patient_ref)
+        .record_all(
+            &org.id,
+            "claims.read",
+            rows.iter()
+                .map(|r| (r.claim_id.as_str(), r.patient_ref.as_str())),
+        )
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "audit write failed; nothing shown");
@@ -370,11 +375,8 @@ pub async fn list(
         .page(&org.id, before, limit)
         .await
         .map_err(failed)?;
-    let mut claims = Vec::with_capacity(rows.len());
-    for row in &rows {
-        audit(&state, org, row).await?;
-        claims.push(view(row));
-    }
+    audit(&state, org, &rows).await?;
+    let claims: Vec<Value> = rows.iter().map(view).collect();
     let next = (rows.len() == limit as usize)
         .then(|| {
             rows.last()
@@ -403,11 +405,8 @@ pub async fn one(
         let shown: String = claim_id.chars().take(64).collect();
         return Err(ApiError::not_found(format!("you have no claim {shown}")));
     }
-    let mut versions = Vec::with_capacity(rows.len());
-    for row in &rows {
-        audit(&state, org, row).await?;
-        versions.push(view(row));
-    }
+    audit(&state, org, &rows).await?;
+    let versions: Vec<Value> = rows.iter().map(view).collect();
     Ok(Json(json!({ "claim_id": claim_id, "versions": versions })))
 }
 

@@ -62,15 +62,16 @@ async fn shown(
     action: &str,
     rows: &[ReportRow],
 ) -> Result<Vec<Value>, ApiError> {
-    let mut items = Vec::with_capacity(rows.len());
-    for row in rows {
-        audit
-            .record(&org.id, action, &row.report_key, &row.patient_ref)
-            .await
-            .map_err(audit_failed)?;
-        items.push(row.item());
-    }
-    Ok(items)
+    audit
+        .record_all(
+            &org.id,
+            action,
+            rows.iter()
+                .map(|r| (r.report_key.as_str(), r.patient_ref.as_str())),
+        )
+        .await
+        .map_err(audit_failed)?;
+    Ok(rows.iter().map(ReportRow::item).collect())
 }
 
 #[derive(Debug, Deserialize)]

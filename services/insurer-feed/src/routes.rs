@@ -96,15 +96,21 @@ pub async fn page(
         state.feed.page(&org.id, after, limit).await
     }
     .map_err(failed)?;
-    let mut items = Vec::with_capacity(entries.len());
-    for entry in &entries {
-        audit(&state.audit, org, "insurer.feed", entry)
-            .await
-            .map_err(|_| {
-                ApiError::unavailable("the feed is unavailable; retry from the same cursor")
-            })?;
-        items.push(entry.item());
-    }
+    state
+        .audit
+        .record_all(
+            &org.id,
+            "insurer.feed",
+            entries
+                .iter()
+                .map(|e| (e.subject_id.as_str(), e.patient_ref.as_str())),
+        )
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "audit write failed; nothing shown");
+            ApiError::unavailable("the feed is unavailable; retry from the same cursor")
+        })?;
+    let items: Vec<Value> = entries.iter().map(Entry::item).collect();
     let next = match (newest, entries.last()) {
         // Newest first: the page before this one's oldest entry; none past the first entry.
         (true, Some(last)) if entries.len() == limit as usize => json!(last.seq),

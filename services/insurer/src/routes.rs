@@ -63,16 +63,21 @@ pub async fn decisions(
         tracing::error!(error = %e, "decisions unavailable");
         ApiError::unavailable("decisions are unavailable; retry")
     })?;
+    state
+        .audit
+        .record_all(
+            &org.id,
+            "insurer.decisions",
+            rows.iter()
+                .map(|(patient_ref, d)| (d.claim_id.as_str(), patient_ref.as_str())),
+        )
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "audit write failed; nothing shown");
+            ApiError::unavailable("decisions are unavailable; retry")
+        })?;
     let mut decisions = Vec::with_capacity(rows.len());
-    for (patient_ref, d) in rows {
-        state
-            .audit
-            .record(&org.id, "insurer.decisions", &d.claim_id, &patient_ref)
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "audit write failed; nothing shown");
-                ApiError::unavailable("decisions are unavailable; retry")
-            })?;
+    for (_, d) in rows {
         decisions.push(json!({
             "claim_id": d.claim_id,
             "version": d.claim_version,

@@ -31,6 +31,39 @@ impl Redrives {
         Ok(Self { db })
     }
 
+    /// The redrives of any of `dead_letters`, by dead letter: one query for a page of them.
+    pub async fn get_all(
+        &self,
+        dead_letters: &[String],
+    ) -> Result<std::collections::HashMap<String, Redrive>, ReadModelError> {
+        let mut found = std::collections::HashMap::new();
+        for chunk in dead_letters.chunks(500) {
+            let sql = format!(
+                "SELECT dead_letter, redriven_by, redriven_at, redriven_to FROM ops_redrives
+                 WHERE dead_letter IN ({})",
+                hixbus_storage::placeholders(1, chunk.len())
+            );
+            let mut query = sqlx::query_as::<_, (String, String, i64, Option<String>)>(&sql);
+            for d in chunk {
+                query = query.bind(d);
+            }
+            for (dead_letter, redriven_by, redriven_at_ms, redriven_to) in
+                query.fetch_all(&self.db.pool).await?
+            {
+                found.insert(
+                    dead_letter.clone(),
+                    Redrive {
+                        dead_letter,
+                        redriven_by,
+                        redriven_at_ms,
+                        redriven_to,
+                    },
+                );
+            }
+        }
+        Ok(found)
+    }
+
     pub async fn get(&self, dead_letter: &str) -> Result<Option<Redrive>, ReadModelError> {
         let row: Option<(String, String, i64, Option<String>)> = sqlx::query_as(
             "SELECT dead_letter, redriven_by, redriven_at, redriven_to FROM ops_redrives

@@ -97,10 +97,12 @@ async fn audit(
         .audit
         .record(&org.id, action, position, patient.unwrap_or_default())
         .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "audit write failed; nothing shown");
-            ApiError::unavailable("the read could not be audited, so nothing is shown; retry")
-        })
+        .map_err(audit_failed)
+}
+
+fn audit_failed(e: sqlx::Error) -> ApiError {
+    tracing::error!(error = %e, "audit write failed; nothing shown");
+    ApiError::unavailable("the read could not be audited, so nothing is shown; retry")
 }
 
 #[derive(Debug, Deserialize)]
@@ -142,13 +144,29 @@ pub async fn letters(
     let letters = dlq::latest(&state.kafka, topic, limit)
         .await
         .map_err(broker_failed)?;
-    let mut items = Vec::with_capacity(letters.len());
-    for letter in &letters {
-        let at = position(topic, letter.dlq_partition, letter.dlq_offset);
-        audit(&state, org, "ops.dlq.list", &at, letter.key.as_deref()).await?;
-        let redrive = state.redrives.get(&at).await.map_err(store_failed)?;
-        items.push(shown(letter, topic, redrive));
-    }
+    let positions: Vec<String> = letters
+        .iter()
+        .map(|l| position(topic, l.dlq_partition, l.dlq_offset))
+        .collect();
+    let accesses = positions
+        .iter()
+        .zip(&letters)
+        .map(|(at, l)| (at.as_str(), l.key.as_deref().unwrap_or_default()));
+    state
+        .audit
+        .record_all(&org.id, "ops.dlq.list", accesses)
+        .await
+        .map_err(audit_failed)?;
+    let mut redrives = state
+        .redrives
+        .get_all(&positions)
+        .await
+        .map_err(store_failed)?;
+    let items: Vec<Value> = letters
+        .iter()
+        .zip(&positions)
+        .map(|(letter, at)| shown(letter, topic, redrives.remove(at)))
+        .collect();
     Ok(Json(json!({ "topic": topic, "dead_letters": items })))
 }
 

@@ -144,6 +144,9 @@ impl Watch {
 #[derive(Debug, Default)]
 struct History {
     samples: VecDeque<(Instant, HashMap<String, i64>)>,
+    /// The registry's subjects as last read, and when: reading them is two calls per subject,
+    /// and they change when a schema is registered, not every sample.
+    subjects: Option<(Instant, Vec<Subject>, Option<String>)>,
 }
 
 impl History {
@@ -362,6 +365,10 @@ fn look_at_cluster(targets: &Targets, cluster: &mut Option<Cluster>) -> BrokerLo
     look
 }
 
+/// How often the registry's subjects' versions are read again (a new subject shows at the next
+/// sample, a new version of a known one within this).
+const SUBJECTS_EVERY: Duration = Duration::from_secs(60);
+
 async fn sample(
     targets: &Targets,
     http: &reqwest::Client,
@@ -392,10 +399,26 @@ async fn sample(
         }
     };
     *cluster = returned;
-    let (services, (subjects, registry_problem)) = tokio::join!(
+    let known = history.subjects.as_ref().and_then(|(at, subjects, _)| {
+        (now.duration_since(*at) < SUBJECTS_EVERY).then(|| {
+            subjects
+                .iter()
+                .map(|s| s.subject.as_str())
+                .collect::<Vec<_>>()
+        })
+    });
+    let (services, read) = tokio::join!(
         health(http, &targets.health_checks),
-        subjects(&targets.codec)
+        subjects(&targets.codec, known)
     );
+    if let Some((subjects, problem)) = read {
+        history.subjects = Some((now, subjects, problem));
+    }
+    let (subjects, registry_problem) = history
+        .subjects
+        .as_ref()
+        .map(|(_, s, p)| (s.clone(), p.clone()))
+        .unwrap_or_default();
     let ends: HashMap<String, i64> = look
         .topics
         .iter()
@@ -458,12 +481,20 @@ async fn health(http: &reqwest::Client, checks: &[(String, url::Url)]) -> Vec<He
     futures::future::join_all(asks).await
 }
 
-async fn subjects(codec: &Codec) -> (Vec<Subject>, Option<String>) {
+/// The registry's subjects with their versions, or `None` when the names are those `known`
+/// (read less than [`SUBJECTS_EVERY`] ago): one call a sample instead of two per subject.
+async fn subjects(
+    codec: &Codec,
+    known: Option<Vec<&str>>,
+) -> Option<(Vec<Subject>, Option<String>)> {
     let registry = codec.registry();
     let names = match registry.subjects().await {
         Ok(names) => names,
-        Err(e) => return (Vec::new(), Some(format!("schema registry: {e}"))),
+        Err(e) => return Some((Vec::new(), Some(format!("schema registry: {e}")))),
     };
+    if known.is_some_and(|known| known == names) {
+        return None;
+    }
     let mut out = Vec::with_capacity(names.len());
     for subject in names {
         let versions = registry.versions(&subject).await.unwrap_or_default();
@@ -478,7 +509,7 @@ async fn subjects(codec: &Codec) -> (Vec<Subject>, Option<String>) {
             latest_id,
         });
     }
-    (out, None)
+    Some((out, None))
 }
 
 #[cfg(test)]

@@ -174,18 +174,18 @@ pub async fn inbox(
         )
         .await
         .map_err(store_failed)?;
+    state
+        .audit
+        .record_all(
+            &org.id,
+            "inbox.read",
+            rows.iter()
+                .map(|r| (r.prescription_id.as_str(), r.patient_ref.as_str())),
+        )
+        .await
+        .map_err(|e| store_failed(e.into()))?;
     let mut items = Vec::with_capacity(rows.len());
     for row in &rows {
-        state
-            .audit
-            .record(
-                &org.id,
-                "inbox.read",
-                &row.prescription_id,
-                &row.patient_ref,
-            )
-            .await
-            .map_err(|e| store_failed(e.into()))?;
         let alerts = state.alerts.show(org, row).await.map_err(store_failed)?;
         items.push(inbox_item(row, alerts));
     }

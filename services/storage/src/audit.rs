@@ -27,6 +27,10 @@ pub struct Shippable {
     pub entry: AuditEntry,
 }
 
+/// Rows of one multi-row insert: 7 parameters each stays far below SQLite's 32,766 and
+/// PostgreSQL's 65,535.
+pub const RECORD_CHUNK: usize = 500;
+
 #[derive(Debug, Clone)]
 pub struct AuditLog {
     db: Database,
@@ -74,6 +78,65 @@ impl AuditLog {
         .execute(conn)
         .await
         .map(drop)
+    }
+
+    /// Records that `org_id` did `action` to each `(subject_id, patient_ref)` of a page it is
+    /// shown, in one statement per [`RECORD_CHUNK`] rows: a page of 50 rows cost 50 round trips,
+    /// most of a console page's time (docs/performance.md). Every row is written or none is.
+    pub async fn record_all<'a>(
+        &self,
+        org_id: &str,
+        action: &str,
+        accesses: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<(), sqlx::Error> {
+        let accesses: Vec<(&str, &str)> = accesses.into_iter().collect();
+        match accesses.as_slice() {
+            [] => Ok(()),
+            [(subject_id, patient_ref)] => {
+                self.record(org_id, action, subject_id, patient_ref).await
+            }
+            _ if accesses.len() <= RECORD_CHUNK => {
+                let mut conn = self.db.pool.acquire().await?;
+                Self::insert_all(&mut conn, org_id, action, &accesses).await
+            }
+            _ => {
+                let mut tx = self.db.pool.begin().await?;
+                for chunk in accesses.chunks(RECORD_CHUNK) {
+                    Self::insert_all(&mut tx, org_id, action, chunk).await?;
+                }
+                tx.commit().await
+            }
+        }
+    }
+
+    async fn insert_all(
+        conn: &mut AnyConnection,
+        org_id: &str,
+        action: &str,
+        accesses: &[(&str, &str)],
+    ) -> Result<(), sqlx::Error> {
+        const COLUMNS: usize = 7;
+        let values = (0..accesses.len())
+            .map(|row| format!("({})", crate::placeholders(row * COLUMNS + 1, COLUMNS)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "INSERT INTO audit_log (at, org_id, action, subject_id, patient_ref, event_id, shipped)
+             VALUES {values}"
+        );
+        let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let mut query = sqlx::query(&sql);
+        for (subject_id, patient_ref) in accesses {
+            query = query
+                .bind(at.clone())
+                .bind(org_id)
+                .bind(action)
+                .bind(*subject_id)
+                .bind(*patient_ref)
+                .bind(uuid::Uuid::now_v7().to_string())
+                .bind(i64::from(patient_ref.is_empty()));
+        }
+        query.execute(conn).await.map(drop)
     }
 
     /// Up to `limit` rows not shipped to the trail yet, oldest first.
@@ -169,6 +232,43 @@ mod tests {
             [("pharmacy-a", "inbox.read"), ("pharmacy-a", "dispense")]
         );
         assert!(trail[0].at <= trail[1].at);
+        let _ = std::fs::remove_file(dir);
+    }
+
+    #[tokio::test]
+    async fn a_page_is_recorded_row_by_row_in_one_go_and_chunks_commit_together() {
+        let dir = std::env::temp_dir().join(format!("hixbus-audit-all-{}.db", std::process::id()));
+        let db = Database::connect(&format!("sqlite://{}", dir.display()))
+            .await
+            .unwrap();
+        let log = AuditLog::new(db.clone()).await.unwrap();
+        log.record_all("pharmacy-a", "inbox.read", std::iter::empty())
+            .await
+            .unwrap();
+        let page: Vec<(String, String)> = (0..RECORD_CHUNK + 3)
+            .map(|i| (format!("rx-{i}"), format!("patient-{}", i % 2)))
+            .collect();
+        let shown = page.iter().map(|(s, p)| (s.as_str(), p.as_str()));
+        log.record_all("pharmacy-a", "inbox.read", shown)
+            .await
+            .unwrap();
+        log.record_all("pharmacy-a", "refused.read", [("rx-x", "")])
+            .await
+            .unwrap();
+        let trail = log.for_patient("patient-1").await.unwrap();
+        assert_eq!(trail.len(), (RECORD_CHUNK + 3) / 2);
+        assert!(trail.iter().all(|e| e.action == "inbox.read"));
+        assert!(
+            trail
+                .iter()
+                .any(|e| e.subject_id == format!("rx-{}", RECORD_CHUNK + 1))
+        );
+        // Rows about a patient wait for the trail; one that named no patient does not.
+        let waiting = log.unshipped(10_000).await.unwrap();
+        assert_eq!(waiting.len(), RECORD_CHUNK + 3);
+        let ids: std::collections::BTreeSet<&str> =
+            waiting.iter().map(|w| w.event_id.as_str()).collect();
+        assert_eq!(ids.len(), waiting.len(), "each row has its own event id");
         let _ = std::fs::remove_file(dir);
     }
 }

@@ -4,7 +4,6 @@
 use axum::Form;
 use axum::Router;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use hixbus_access::Role;
@@ -37,10 +36,6 @@ pub fn routes() -> Router<AppState> {
         .route("/clinic/results/live", get(results_live))
         .route("/clinic/results/{lab}/{report}/ack", post(acknowledge))
         .route("/unsupported", get(crate::signin::unsupported))
-}
-
-fn escaped(segment: &str) -> String {
-    url::form_urlencoded::byte_serialize(segment.as_bytes()).collect()
 }
 
 async fn issued_page(
@@ -77,7 +72,7 @@ fn prescription_rows_markup(lang: Lang, page: &Value) -> Markup {
             @let id = text(p, &["prescription_id"]);
             @let status = text(p, &["status"]);
             tr data-id=(id) data-status=(status) {
-                td { a href={ "/clinic/rx/" (escaped(id)) } { (id) } }
+                td { a href={ "/clinic/rx/" (layout::segment(id)) } { (id) } }
                 td { (text(p, &["patient_ref"])) }
                 td.nowrap { (layout::event_date(&p["prescription"]["issued_on"])) }
                 td {
@@ -217,7 +212,7 @@ async fn render_prescription(
         @if matches!(status, "issued" | "claimed") {
             section aria-labelledby="cancel-heading" {
                 h2 #cancel-heading { (lang.t("取り消す", "Cancel")) }
-                form method="post" action={ "/clinic/rx/" (escaped(id)) "/cancel" } {
+                form method="post" action={ "/clinic/rx/" (layout::segment(id)) "/cancel" } {
                     input type="hidden" name="csrf" value=(member.session.csrf);
                     div.field {
                         label for="reason" { (lang.t("取消の理由", "Why it is cancelled")) }
@@ -232,8 +227,7 @@ async fn render_prescription(
             }
         }
     };
-    let code = problem.map_or(StatusCode::OK, layout::status_of);
-    (code, layout::page(Viewer::from(member), title, body)).into_response()
+    layout::answered(problem, layout::page(Viewer::from(member), title, body))
 }
 
 #[derive(Debug, Deserialize)]
@@ -272,9 +266,11 @@ pub async fn cancel(
         )
         .await
     {
-        Ok(_) => {
-            Redirect::to(&format!("/clinic/rx/{}?done=cancelled", escaped(&id))).into_response()
-        }
+        Ok(_) => Redirect::to(&format!(
+            "/clinic/rx/{}?done=cancelled",
+            layout::segment(&id)
+        ))
+        .into_response(),
         Err(e) => render_prescription(&state, &member, &id, None, Some(&e)).await,
     }
 }
@@ -332,7 +328,7 @@ fn report_row(lang: Lang, csrf: &str, r: &Value) -> Markup {
             }
             td {
                 @if awaiting {
-                    form.ack method="post" action={ "/clinic/results/" (escaped(lab)) "/" (escaped(report_id)) "/ack" } {
+                    form.ack method="post" action={ "/clinic/results/" (layout::segment(lab)) "/" (layout::segment(report_id)) "/ack" } {
                         input type="hidden" name="csrf" value=(csrf);
                         input type="hidden" name="event_id" value=(text(r, &["event_id"]));
                         label for={ "by_" (report_id) } { (lang.t("確認した医師のID", "Clinician ID")) }
@@ -422,16 +418,14 @@ async fn render_results(
             (paging(lang, "/clinic/results", page, before))
         }
     };
-    let code = problem.map_or(StatusCode::OK, layout::status_of);
-    (
-        code,
+    layout::answered(
+        problem,
         layout::page(
             Viewer::from(member),
             lang.t("検査結果", "Lab results"),
             body,
         ),
     )
-        .into_response()
 }
 
 pub async fn result_rows(State(state): State<AppState>, member: Member) -> Response {

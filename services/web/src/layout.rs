@@ -186,6 +186,25 @@ pub fn status_of(error: &CallError) -> StatusCode {
     error.status().unwrap_or(StatusCode::BAD_GATEWAY)
 }
 
+/// A page answers with the status of the API call it could not make (the API's refusal, or 502),
+/// so a monitor or a script sees the failure without reading the text; otherwise 200.
+pub fn answered(problem: Option<&CallError>, page: Markup) -> Response {
+    (problem.map_or(StatusCode::OK, status_of), page).into_response()
+}
+
+/// `segment` encoded for one path segment or query value of a link the page builds (ids come
+/// from the services and may hold `/`, `?` or `#`).
+pub fn segment(segment: &str) -> String {
+    url::form_urlencoded::byte_serialize(segment.as_bytes()).collect()
+}
+
+/// A form that carries nothing but the session's CSRF token (revoke, redrive, sign-out…).
+#[derive(Debug, serde::Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    pub csrf: Option<String>,
+}
+
 /// A live list's rows as the script swaps them in, or the failure as plain text with its status
 /// (the script then keeps the rows it has).
 pub fn fragment(answer: Result<Value, CallError>, rows: impl FnOnce(&Value) -> Markup) -> Response {

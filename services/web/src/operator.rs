@@ -58,10 +58,6 @@ fn number(v: &Value, key: &str) -> i64 {
     v.get(key).and_then(Value::as_i64).unwrap_or(0)
 }
 
-fn escaped(segment: &str) -> String {
-    url::form_urlencoded::byte_serialize(segment.as_bytes()).collect()
-}
-
 fn overview_body(lang: Lang, s: &Value) -> Markup {
     let services = list(s, "services");
     let topics = list(s, "topics");
@@ -119,7 +115,7 @@ fn overview_body(lang: Lang, s: &Value) -> Markup {
                             None => "—",
                         } }
                         td.num { @if dead > 0 {
-                            a.badge.critical href={ "/operator/dead-letters?topic=" (escaped(name)) } { (dead) }
+                            a.badge.critical href={ "/operator/dead-letters?topic=" (layout::segment(name)) } { (dead) }
                         } @else { "0" } }
                     }
                 } }
@@ -165,19 +161,14 @@ pub async fn overview(State(state): State<AppState>, member: Member) -> Response
             Err(e) => (layout::problem(lang, e)),
         }
     };
-    let status = answer
-        .as_ref()
-        .err()
-        .map_or(axum::http::StatusCode::OK, layout::status_of);
-    (
-        status,
+    layout::answered(
+        answer.as_ref().err(),
         layout::page(
             Viewer::from(&member),
             lang.t("交換基盤の稼働状況", "The exchange at work"),
             body,
         ),
     )
-        .into_response()
 }
 
 pub async fn overview_rows(State(state): State<AppState>, member: Member) -> Response {
@@ -238,7 +229,7 @@ pub async fn letters(
                 Err(e) => (layout::problem(lang, e)),
                 Ok(s) => ul.topics { @for t in list(s, "topics") {
                     @let name = text(&t, &["topic"]).to_owned();
-                    li { a href={ "/operator/dead-letters?topic=" (escaped(&name)) } { (name) }
+                    li { a href={ "/operator/dead-letters?topic=" (layout::segment(&name)) } { (name) }
                          " — " (number(&t, "dead_letters")) (lang.t(" 件", "")) }
                 } },
             }
@@ -273,7 +264,7 @@ pub async fn letters(
                             th scope="col" { (lang.t("状態", "State")) }
                         } }
                         tbody { @for l in &letters {
-                            @let href = format!("/operator/dead-letters/{}/{}/{}", escaped(&topic), number(l, "dlq_partition"), number(l, "dlq_offset"));
+                            @let href = format!("/operator/dead-letters/{}/{}/{}", layout::segment(&topic), number(l, "dlq_partition"), number(l, "dlq_offset"));
                             tr data-id=(text(l, &["position"])) {
                                 td.nowrap { a href=(href) { (layout::short_time(text(l, &["failed_at"]))) } }
                                 td { strong { (cause_label(lang, text(l, &["cause_kind"]))) } br; span.hint { (text(l, &["cause"])) } }
@@ -287,11 +278,10 @@ pub async fn letters(
             },
         }
     };
-    let status = answer
-        .as_ref()
-        .err()
-        .map_or(axum::http::StatusCode::OK, layout::status_of);
-    (status, layout::page(Viewer::from(&member), title, body)).into_response()
+    layout::answered(
+        answer.as_ref().err(),
+        layout::page(Viewer::from(&member), title, body),
+    )
 }
 
 #[derive(Debug, Deserialize)]
@@ -333,7 +323,7 @@ async fn render_letter(
         )
         .await;
     let back = html! {
-        p { a href={ "/operator/dead-letters?topic=" (escaped(topic)) } { (lang.t("一覧に戻る", "Back to the list")) } }
+        p { a href={ "/operator/dead-letters?topic=" (layout::segment(topic)) } { (lang.t("一覧に戻る", "Back to the list")) } }
     };
     let l = match answer {
         Ok(l) => l,
@@ -364,7 +354,7 @@ async fn render_letter(
         }
         p.hint { (lang.t("この閲覧は患者の閲覧記録に残ります。", "This read is recorded in the patient's access trail.")) }
         @if l["redrive"].is_null() {
-            form.redrive method="post" action={ "/operator/dead-letters/" (escaped(topic)) "/" (partition) "/" (offset) "/redrive" } {
+            form.redrive method="post" action={ "/operator/dead-letters/" (layout::segment(topic)) "/" (partition) "/" (offset) "/redrive" } {
                 input type="hidden" name="csrf" value=(csrf);
                 p { (lang.t("原因を直してから再投入してください。元のトピックに同じバイト列で戻り、もう一度処理されます。",
                     "Fix the cause first. The record goes back to its topic with the same bytes and is processed again.")) }
@@ -389,17 +379,11 @@ async fn render_letter(
     layout::page(Viewer::from(member), title, body).into_response()
 }
 
-#[derive(Debug, Deserialize)]
-pub struct RedriveForm {
-    #[serde(default)]
-    csrf: Option<String>,
-}
-
 pub async fn redrive(
     State(state): State<AppState>,
     member: Member,
     Path((topic, partition, offset)): Path<(String, String, String)>,
-    Form(form): Form<RedriveForm>,
+    Form(form): Form<layout::CsrfForm>,
 ) -> Response {
     if let Err(r) = member
         .require(OPERATORS)
@@ -426,9 +410,9 @@ pub async fn redrive(
     {
         Ok(_) => Redirect::to(&format!(
             "/operator/dead-letters/{}/{}/{}?done=redriven",
-            escaped(&topic),
-            escaped(&partition),
-            escaped(&offset)
+            layout::segment(&topic),
+            layout::segment(&partition),
+            layout::segment(&offset)
         ))
         .into_response(),
         Err(e) => {

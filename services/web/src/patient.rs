@@ -485,8 +485,16 @@ pub async fn callback(
 }
 
 fn page(member: &PatientMember, title: &str, body: Markup) -> Response {
-    let body = html! { (acting_banner(member)) (body) };
-    layout::page(Viewer::from(member), title, body).into_response()
+    framed(member, title, body).into_response()
+}
+
+/// A page in the frame, with the proxy's banner when acting for someone.
+fn framed(member: &PatientMember, title: &str, body: Markup) -> Markup {
+    layout::page(
+        Viewer::from(member),
+        title,
+        html! { (acting_banner(member)) (body) },
+    )
 }
 
 /// Says, on every page a proxy opens, whose record it is, with the way back to their own.
@@ -810,7 +818,7 @@ async fn render_consents(
                             " · " (lang.t("期限 ", "until ")) (until.chars().take(16).collect::<String>().replace('T', " "))
                         }
                         @if in_force && text(consent, &["decision"]) == "GRANTED" {
-                            form.inline method="post" action={ "/me/consents/" (url::form_urlencoded::byte_serialize(id.as_bytes()).collect::<String>()) "/revoke" } {
+                            form.inline method="post" action={ "/me/consents/" (layout::segment(id)) "/revoke" } {
                                 input type="hidden" name="csrf" value=(member.session.csrf);
                                 button.danger type="submit" { (lang.t("この同意を取り消す", "Revoke this consent")) }
                             }
@@ -870,16 +878,10 @@ async fn render_consents(
             }
         }
     };
-    let code = problem.map_or(StatusCode::OK, layout::status_of);
-    (
-        code,
-        layout::page(
-            Viewer::from(member),
-            lang.t("同意の設定", "Consent"),
-            html! { (acting_banner(member)) (body) },
-        ),
+    layout::answered(
+        problem,
+        framed(member, lang.t("同意の設定", "Consent"), body),
     )
-        .into_response()
 }
 
 /// The institutions a patient may consent to: those that treat or dispense, by name.
@@ -901,17 +903,11 @@ fn institutions(state: &AppState) -> Vec<(String, String)> {
     list
 }
 
-#[derive(Debug, Deserialize)]
-pub struct CsrfForm {
-    #[serde(default)]
-    csrf: Option<String>,
-}
-
 pub async fn revoke(
     State(state): State<AppState>,
     member: PatientMember,
     Path(id): Path<String>,
-    Form(form): Form<CsrfForm>,
+    Form(form): Form<layout::CsrfForm>,
 ) -> Response {
     let lang = member.lang;
     if let Err(refused) = member.session.check_csrf(form.csrf.as_deref(), lang) {
@@ -1318,7 +1314,7 @@ async fn render_proxies(
                                     " — " (delegation_status(lang, status))
                                     " · " (lang.t("期限 ", "until ")) (layout::short_time(text(d, &["until"])))
                                     @if matches!(status, "active" | "invited") {
-                                        form.inline method="post" action={ "/me/proxies/" (url::form_urlencoded::byte_serialize(id.as_bytes()).collect::<String>()) "/revoke" } {
+                                        form.inline method="post" action={ "/me/proxies/" (layout::segment(id)) "/revoke" } {
                                             input type="hidden" name="csrf" value=(csrf);
                                             button.danger type="submit" { (lang.t("取り消す", "Revoke")) }
                                         }
@@ -1383,8 +1379,7 @@ async fn render_proxies(
             }
         }
     };
-    let code = problem.map_or(StatusCode::OK, layout::status_of);
-    (code, page(member, lang.t("代理人", "Proxies"), body)).into_response()
+    layout::answered(problem, framed(member, lang.t("代理人", "Proxies"), body))
 }
 
 #[derive(Debug, Deserialize)]
@@ -1444,7 +1439,7 @@ pub async fn revoke_proxy(
     State(state): State<AppState>,
     member: PatientMember,
     Path(id): Path<String>,
-    Form(form): Form<CsrfForm>,
+    Form(form): Form<layout::CsrfForm>,
 ) -> Response {
     if let Err(refused) = member.session.check_csrf(form.csrf.as_deref(), member.lang) {
         return refused.into_response();

@@ -120,7 +120,7 @@ pub(crate) fn paging(lang: Lang, base: &str, page: &Value, before: Option<&str>)
                 a href=(base) { (lang.t("← 最新に戻る", "← Back to the newest")) }
             }
             @if let Some(next) = next {
-                a href={ (base) "?before=" (url::form_urlencoded::byte_serialize(next.as_bytes()).collect::<String>()) } {
+                a href={ (base) "?before=" (layout::segment(next)) } {
                     (lang.t("さらに古いもの →", "Older →"))
                 }
             }
@@ -285,7 +285,7 @@ pub async fn claim(
             match first {
                 Some(id) => Redirect::to(&format!(
                     "/pharmacy/rx/{}?done=claimed",
-                    url::form_urlencoded::byte_serialize(id.as_bytes()).collect::<String>()
+                    layout::segment(id)
                 ))
                 .into_response(),
                 None => Redirect::to("/pharmacy?done=claimed").into_response(),
@@ -531,12 +531,10 @@ async fn render_prescription(
             }
         }
     };
-    let status_code = problem.map_or(StatusCode::OK, layout::status_of);
-    (
-        status_code,
+    layout::answered(
+        problem,
         layout::page(Viewer::from(member), lang.t("処方箋", "Prescription"), body),
     )
-        .into_response()
 }
 
 fn outcome_label(lang: Lang, status: &str) -> &'static str {
@@ -676,7 +674,7 @@ pub async fn dispense(
     {
         Ok(_) => Redirect::to(&format!(
             "/pharmacy/rx/{}?done=dispensed",
-            url::form_urlencoded::byte_serialize(id.as_bytes()).collect::<String>()
+            layout::segment(&id)
         ))
         .into_response(),
         Err(e) => render_prescription(&state, &member, &id, None, Some(&e)).await,
