@@ -19,6 +19,7 @@ mod registry_api;
 mod registry_auth;
 mod registry_storage;
 mod research;
+mod watchdog;
 
 /// Runs each listed scenario once on SQLite and once on PostgreSQL, against a fresh database.
 #[macro_export]

@@ -302,6 +302,7 @@ impl Run {
 
 #[tokio::test]
 async fn a_population_is_released_de_identified_k_anonymous_and_without_those_who_opted_out() {
+    hixbus_tests::allow(Duration::from_secs(900));
     let stack = BusStack::start().await;
     let (directory, _) = directory_with_keys(DEMO_ORGANIZATIONS);
     let run = Run {

@@ -10,7 +10,7 @@ mod watchdog;
 
 pub use broker::{Engine, Tansu, TestBroker};
 pub use postgres::PrivatePostgres;
-pub use watchdog::watch;
+pub use watchdog::{allow, watch};
 
 /// The demo organizations (`hixbus up`'s): two clinics and hospitals, two pharmacies, a lab and
 /// two insurers with their official codes, for flows that need them all.
