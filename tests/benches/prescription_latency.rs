@@ -54,7 +54,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() {
     let load = bench::Load::from_env((500, 10), (50, 1));
-    let (rate, total) = (load.rate, load.total());
+    let rate = load.rate;
 
     let (mut stack, mock) = bench::stack().await;
     println!("broker: {}", bench::broker_name(&mock));
@@ -145,9 +145,95 @@ async fn main() {
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
 
+    // `HIXBUS_BENCH_RATES=500,1000,1500,2000` offers each rate in turn on the same stack (a
+    // few seconds apart) and names the knee: the highest rate with nothing shed or lost and
+    // accept-to-screen p99 under 50 ms.
+    let rates: Vec<u64> = std::env::var("HIXBUS_BENCH_RATES")
+        .ok()
+        .map(|list| {
+            list.split(',')
+                .filter_map(|r| r.trim().parse().ok())
+                .collect()
+        })
+        .filter(|list: &Vec<u64>| !list.is_empty())
+        .unwrap_or_else(|| vec![rate]);
+    let mut steps = Vec::new();
+    let mut offset = 0;
+    for &rate in &rates {
+        let load = bench::Load { rate, ..load };
+        let total = load.total();
+        let step = offer(
+            &load,
+            offset,
+            &http,
+            &gateway_url,
+            &clinic_keys,
+            &arrived,
+            &resyncs,
+            (&pharmacy_url, pharmacy_key.expose()),
+        )
+        .await;
+        offset += total;
+        steps.push(step);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    if steps.len() > 1 {
+        println!("| Offered | Admitted | Shed | Lost | 202 → screen p99 |");
+        println!("|---|---|---|---|---|");
+        for step in &steps {
+            println!(
+                "| {}/s | {} ({:.0}/s) | {} | {} | {:.1} ms |",
+                step.rate, step.admitted, step.admitted_per_s, step.shed, step.lost, step.p99_ms
+            );
+        }
+        let knee = steps
+            .iter()
+            .filter(|s| s.shed == 0 && s.lost == 0 && s.p99_ms < 50.0)
+            .map(|s| s.rate)
+            .max();
+        match knee {
+            Some(knee) => println!("knee: {knee}/s (nothing shed or lost, p99 < 50 ms)"),
+            None => println!("knee: below {}/s", rates.iter().min().unwrap_or(&0)),
+        }
+    }
+    let missing: usize = steps.iter().map(|s| s.lost).sum();
+    for service in services {
+        service.stop().await;
+    }
+    for url in &databases {
+        drop_database(url).await;
+    }
+    assert_eq!(missing, 0, "every admitted prescription reaches the inbox");
+}
+
+/// What one rate's run gave.
+struct Step {
+    rate: u64,
+    admitted: usize,
+    admitted_per_s: f64,
+    shed: usize,
+    lost: usize,
+    p99_ms: f64,
+}
+
+/// Offers `load` (prescriptions numbered from `first`), waits for them on the screen, prints
+/// the run's figures.
+#[allow(clippy::too_many_arguments)]
+async fn offer(
+    load: &bench::Load,
+    first: usize,
+    http: &reqwest::Client,
+    gateway_url: &str,
+    clinic_keys: &[String],
+    arrived: &Arc<Mutex<HashMap<String, Instant>>>,
+    resyncs: &AtomicUsize,
+    (pharmacy_url, pharmacy_key): (&str, &str),
+) -> Step {
+    let (rate, total) = (load.rate, load.total());
+    let resyncs_before = resyncs.load(Ordering::Relaxed);
     // Built before the clock starts: the load generator shares the two cores with the system
     // under test, and building a Bundle costs about as much as the gateway's parsing it.
-    let bodies: Vec<String> = (0..total).map(bundle).collect();
+    let bodies: Vec<String> = (first..first + total).map(bundle).collect();
     let accepted: Arc<Mutex<HashMap<String, (Instant, Instant)>>> = Arc::default();
     let refused: Arc<Mutex<HashMap<u16, usize>>> = Arc::default();
     let started = Instant::now();
@@ -157,7 +243,7 @@ async fn main() {
         ticker.tick().await;
         let (http, url, key, accepted, refused) = (
             http.clone(),
-            gateway_url.clone(),
+            gateway_url.to_owned(),
             clinic_keys[n % CLINICS].clone(),
             accepted.clone(),
             refused.clone(),
@@ -194,26 +280,19 @@ async fn main() {
 
     // A screen that reloaded after falling behind saw only the inbox's first page; what is not
     // on the screen yet may still be in the inbox. Lost is what is in neither.
-    let in_inbox = inbox_ids(&http, &pharmacy_url, pharmacy_key.expose()).await;
-    let missing = report(
+    let in_inbox = inbox_ids(http, pharmacy_url, pharmacy_key).await;
+    report(
         rate,
         offered,
         &accepted.lock().unwrap(),
         &refused.lock().unwrap(),
         &arrived.lock().unwrap(),
         &in_inbox,
-        resyncs.load(Ordering::Relaxed),
-    );
-    for service in services {
-        service.stop().await;
-    }
-    for url in &databases {
-        drop_database(url).await;
-    }
-    assert_eq!(missing, 0, "every admitted prescription reaches the inbox");
+        resyncs.load(Ordering::Relaxed) - resyncs_before,
+    )
 }
 
-/// Prints the run's percentiles; returns how many admitted prescriptions never arrived (lost).
+/// Prints the run's percentiles and what the run gave.
 fn report(
     rate: u64,
     offered: Duration,
@@ -222,7 +301,7 @@ fn report(
     arrived: &HashMap<String, Instant>,
     in_inbox: &std::collections::HashSet<String>,
     resyncs: usize,
-) -> usize {
+) -> Step {
     let mut accept_to_inbox = Vec::new();
     let mut request_to_accept = Vec::new();
     let (mut missing, mut unseen) = (0, 0);
@@ -255,6 +334,7 @@ fn report(
     println!();
     println!("| Latency | p50 | p95 | p99 | max |");
     println!("|---|---|---|---|---|");
+    let mut p99_ms = f64::NAN;
     for (what, samples) in [
         (
             "POST to 202 (gateway: validate, map, record, publish acks=all)",
@@ -267,8 +347,17 @@ fn report(
             "| {what} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms |",
             q[0], q[1], q[2], q[3]
         );
+        p99_ms = q[2];
     }
-    missing
+    println!();
+    Step {
+        rate,
+        admitted: accepted.len(),
+        admitted_per_s: accepted.len() as f64 / offered.as_secs_f64(),
+        shed,
+        lost: missing,
+        p99_ms,
+    }
 }
 
 /// The example bundle as a new prescription `n`, for a patient of its own (most prescriptions

@@ -265,6 +265,120 @@ async fn a_poison_record_is_dead_lettered_with_its_cause_and_the_partition_keeps
     assert!(summary.dead_lettered >= 2, "{summary:?}");
 }
 
+/// What a consumer with a batch handler did: every prescription of the test's patient it
+/// applied, in order, and the size of each run its batch handler was given.
+#[derive(Default, Clone)]
+struct Batched {
+    applied: Arc<Mutex<Vec<String>>>,
+    runs: Arc<Mutex<Vec<usize>>>,
+    failed_runs: Arc<AtomicU64>,
+}
+
+#[tokio::test]
+async fn a_lane_behind_applies_its_queue_in_runs_and_a_failing_run_one_record_at_a_time() {
+    let stack = BusStack::start().await;
+    let publisher = stack.publisher();
+    let patient = unique("patient");
+    let poison = format!("{patient}-17");
+    // Queued before the consumer starts, on one partition (one key): the lane starts behind.
+    let ids: Vec<String> = (0..40).map(|n| format!("{patient}-{n}")).collect();
+    let events: Vec<PrescriptionIssued> = ids
+        .iter()
+        .map(|id| {
+            let mut e = samples::prescription_issued(&patient, 1);
+            e.prescription_id = id.clone();
+            e
+        })
+        .collect();
+    for e in &events {
+        publisher.publish(e).await.unwrap();
+    }
+
+    let batched = Batched::default();
+    let (single, run) = (batched.clone(), batched.clone());
+    let (mine, mine_too, rejected) = (patient.clone(), patient.clone(), poison.clone());
+    // A run holding any of these fails as a whole (the poison's statement would fail them all):
+    // a range, so that some run surely holds one, whatever the runs' boundaries.
+    let failing: BTreeSet<String> = ids[10..30].iter().cloned().collect();
+    let consumer = Consumer::builder(&stack.kafka, stack.codec(), unique("batched"))
+        .on(move |e: PrescriptionIssued, _ctx: EventContext| {
+            let (single, mine, poison) = (single.clone(), mine.clone(), rejected.clone());
+            async move {
+                // Slower than a run, as one transaction per record is: the queue builds up.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                if e.envelope.patient_ref != mine {
+                    return Ok(());
+                }
+                if e.prescription_id == poison {
+                    return Err(HandlerError::reject("violates a rule"));
+                }
+                single.applied.lock().unwrap().push(e.prescription_id);
+                Ok(())
+            }
+        })
+        .unwrap()
+        .batch(move |events: Vec<PrescriptionIssued>| {
+            let (run, mine, failing) = (run.clone(), mine_too.clone(), failing.clone());
+            async move {
+                run.runs.lock().unwrap().push(events.len());
+                // All or nothing, as one statement is.
+                if events.iter().any(|e| failing.contains(&e.prescription_id)) {
+                    run.failed_runs.fetch_add(1, Ordering::SeqCst);
+                    return Err(HandlerError::transient("constraint violated"));
+                }
+                run.applied.lock().unwrap().extend(
+                    events
+                        .into_iter()
+                        .filter(|e| e.envelope.patient_ref == mine)
+                        .map(|e| e.prescription_id),
+                );
+                Ok(())
+            }
+        })
+        .unwrap()
+        .build()
+        .unwrap();
+    let running = Running::spawn(consumer);
+
+    let applied = batched.applied.clone();
+    eventually(Duration::from_secs(60), "every good prescription", || {
+        applied.lock().unwrap().len() >= 39
+    })
+    .await;
+    let letters = own_letters_once(&stack, &patient, 1).await;
+    let summary = running.stop().await;
+
+    // Each good one applied once, in the order published; the poison alone dead-lettered.
+    let expected: Vec<String> = ids.iter().filter(|id| **id != poison).cloned().collect();
+    assert_eq!(*batched.applied.lock().unwrap(), expected);
+    assert_eq!(letters.len(), 1, "{letters:#?}");
+    assert_eq!(letters[0].cause_kind.as_deref(), Some("rejected"));
+    assert_eq!(letters[0].cause.as_deref(), Some("violates a rule"));
+    assert!(summary.dead_lettered >= 1, "{summary:?}");
+    // Runs did form, and those that failed were taken apart.
+    let runs = batched.runs.lock().unwrap().clone();
+    assert!(runs.iter().any(|&n| n > 1), "no run formed: {runs:?}");
+    assert!(
+        batched.failed_runs.load(Ordering::SeqCst) >= 1,
+        "no failing run was taken apart"
+    );
+}
+
+#[tokio::test]
+async fn a_batch_handler_needs_its_one_record_handler_to_fall_back_to() {
+    let stack = BusStack::start().await;
+    let refused = Consumer::builder(&stack.kafka, stack.codec(), unique("batched"))
+        .batch(|_: Vec<PrescriptionIssued>| async { Ok(()) })
+        .expect_err("a batch handler alone is refused");
+    assert!(
+        matches!(
+            refused,
+            ConsumerError::BatchWithoutHandler("PrescriptionIssued")
+        ),
+        "{refused}"
+    );
+}
+
 #[tokio::test]
 async fn an_event_waiting_for_another_is_applied_when_it_comes_and_dead_lettered_if_it_never_does()
 {

@@ -1424,3 +1424,50 @@ async fn a_dispensing_cut_short_by_a_crash_is_published_by_the_retry_or_at_the_n
         .await;
     flow.stop().await;
 }
+
+/// A run of prescriptions in one statement, on both engines: new ones are recorded (each once,
+/// even when the run holds it twice, as a redelivery can), one already there is left as it was,
+/// and the answer names exactly the new ones: the prescriptions the screens are told about.
+#[tokio::test]
+async fn a_run_of_prescriptions_is_recorded_in_one_statement_each_new_one_once() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let url = fresh_database(backend).await;
+        let db = Database::connect(&url).await.unwrap();
+        let keys = hixbus_access::codes::CodeKeys::parse(hixbus_tests::code_key(), []).unwrap();
+        let store = hixbus_pharmacy::store::Store::new(db, Arc::new(keys))
+            .await
+            .unwrap();
+        let rx = |n: usize| {
+            let mut e = hixbus_contracts::samples::prescription_issued("patient-run", 1);
+            e.prescription_id = format!("rx-run-{n}");
+            e.target_pharmacy_org = Some("pharmacy-aozora".to_owned());
+            e
+        };
+        assert!(store.insert_issued(&rx(0), None).await.unwrap());
+        let mut earlier = rx(0);
+        earlier.envelope.producer_org = "someone-else".to_owned();
+        let run = vec![earlier, rx(1), rx(2), rx(1), rx(3)];
+        let mut new = store.insert_issued_all(&run, None).await.unwrap();
+        new.sort();
+        assert_eq!(new, ["rx-run-1", "rx-run-2", "rx-run-3"], "{backend:?}");
+        for n in 0..4 {
+            let row = store.get(&format!("rx-run-{n}")).await.unwrap().unwrap();
+            assert_eq!(
+                row.holder.as_deref(),
+                Some("pharmacy-aozora"),
+                "{backend:?}"
+            );
+            assert_eq!(row.status, hixbus_contracts::lifecycle::Status::Issued);
+        }
+        let first = store.get("rx-run-0").await.unwrap().unwrap();
+        assert_ne!(first.issuer_org, "someone-else", "an existing row is kept");
+        assert!(
+            store
+                .insert_issued_all(&run, None)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        hixbus_tests::drop_database(&url).await;
+    }
+}

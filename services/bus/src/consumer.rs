@@ -8,7 +8,11 @@
 //!
 //! Each partition has its own lane: records of one partition are handled one at a time, in
 //! order (a partition's order is the order of its effects, and one patient's events share a
-//! partition), while different partitions proceed in parallel. What goes wrong is sorted in two:
+//! partition), while different partitions proceed in parallel. A handler may also take a run of
+//! consecutive records of its type at once ([`ConsumerBuilder::batch`]): when a lane has fallen
+//! behind, what has queued up is then applied in one call (one database transaction instead of
+//! one per record), and a run that fails is applied again one record at a time, so a bad record
+//! is retried or dead-lettered alone. What goes wrong is sorted in two:
 //! transient failures (registry or database down) retry with exponential backoff, holding that
 //! partition only; records that can never succeed (undecodable, unknown schema, rejected by the
 //! handler) go to `<topic>.dlq` with their cause, and the partition keeps flowing.
@@ -20,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use hixbus_contracts::codec::{Codec, DataError};
+use hixbus_contracts::codec::{Codec, DataError, Decoded};
 use hixbus_contracts::{Catalog, Event, EventRecord};
 use opentelemetry::KeyValue;
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
@@ -154,6 +158,10 @@ pub enum ConsumerError {
     NoHandlers,
     #[error("{0} has no topic in the event catalog")]
     NotInCatalog(&'static str),
+    #[error(
+        "a batch handler for {0} needs its one-record handler first: it is what a failed batch falls back to"
+    )]
+    BatchWithoutHandler(&'static str),
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
     #[error("dead-letter producer: {0}")]
@@ -162,6 +170,7 @@ pub enum ConsumerError {
 
 type HandlerFuture = Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send>>;
 type Handler = Arc<dyn Fn(Event, EventContext) -> HandlerFuture + Send + Sync>;
+type BatchHandler = Arc<dyn Fn(Vec<Event>) -> HandlerFuture + Send + Sync>;
 
 /// Collects handlers, then builds the [`Consumer`].
 pub struct ConsumerBuilder {
@@ -169,6 +178,7 @@ pub struct ConsumerBuilder {
     codec: Arc<Codec>,
     group: String,
     handlers: HashMap<&'static str, Handler>,
+    batches: HashMap<&'static str, BatchHandler>,
     topics: BTreeSet<String>,
     subscription: Option<BTreeSet<String>>,
     retry: RetryPolicy,
@@ -212,6 +222,48 @@ impl ConsumerBuilder {
             }) as HandlerFuture
         });
         self.handlers.insert(E::NAME, erased);
+        Ok(self)
+    }
+
+    /// Applies runs of consecutive `E` records of one partition with `handler`, all of them in
+    /// one call. A run forms only from records already waiting in the lane, so a lane that keeps
+    /// up still hands over one record at a time (to the handler given to [`Self::on`], which
+    /// must come first); one that has fallen behind catches up a run at a time.
+    ///
+    /// The handler must apply all of a run or none of it (one transaction, one statement), or
+    /// only effects that are harmless to apply twice: when it fails, for any reason, the run is
+    /// applied again one record at a time through the one-record handler, whose retries and
+    /// dead letters then single out the record that failed.
+    pub fn batch<E, F, Fut>(mut self, handler: F) -> Result<Self, ConsumerError>
+    where
+        E: EventRecord,
+        F: Fn(Vec<E>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        if !self.handlers.contains_key(E::NAME) {
+            return Err(ConsumerError::BatchWithoutHandler(E::NAME));
+        }
+        let handler = Arc::new(handler);
+        let erased: BatchHandler = Arc::new(move |events: Vec<Event>| {
+            let handler = handler.clone();
+            Box::pin(async move {
+                let mut typed = Vec::with_capacity(events.len());
+                for event in events {
+                    match E::try_from(event) {
+                        Ok(e) => typed.push(e),
+                        Err(other) => {
+                            return Err(HandlerError::reject(format!(
+                                "batch handler for {} was given a {}",
+                                E::NAME,
+                                other.name()
+                            )));
+                        }
+                    }
+                }
+                handler(typed).await
+            }) as HandlerFuture
+        });
+        self.batches.insert(E::NAME, erased);
         Ok(self)
     }
 
@@ -264,6 +316,7 @@ impl ConsumerBuilder {
                 codec: self.codec,
                 group: self.group,
                 handlers: self.handlers,
+                batches: self.batches,
                 retry: self.retry,
                 dead_letters,
             }),
@@ -300,6 +353,20 @@ impl<S: Clone + Send + Sync + 'static> StatefulBuilder<S> {
         Ok(self)
     }
 
+    /// Handles runs of `E` with `handler(state, events)`: see [`ConsumerBuilder::batch`].
+    pub fn batch<E, F, Fut>(mut self, handler: F) -> Result<Self, ConsumerError>
+    where
+        E: EventRecord,
+        F: Fn(S, Vec<E>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        let state = self.state.clone();
+        self.builder = self
+            .builder
+            .batch(move |events: Vec<E>| handler(state.clone(), events))?;
+        Ok(self)
+    }
+
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.builder = self.builder.retry(policy);
         self
@@ -331,6 +398,7 @@ struct Lane {
     codec: Arc<Codec>,
     group: String,
     handlers: HashMap<&'static str, Handler>,
+    batches: HashMap<&'static str, BatchHandler>,
     retry: RetryPolicy,
     dead_letters: Publisher,
 }
@@ -349,6 +417,27 @@ const LANE_QUEUE: usize = 64;
 
 /// The queue feeding one partition's worker.
 type LaneQueue = mpsc::Sender<OwnedRecord>;
+
+/// The most records one batch handler call takes: what one lane can have waiting.
+const MAX_RUN: usize = LANE_QUEUE + 1;
+
+/// Where a record was read: its offset is stored once it is dealt with.
+struct Position(String, i32, i64);
+
+impl Position {
+    fn of(record: &OwnedRecord) -> Self {
+        Self(record.topic.clone(), record.partition, record.offset)
+    }
+}
+
+/// What a lane does next with the records it has waiting.
+enum Step {
+    /// One record through its handler, already decoded when the lane looked at it (boxed: a
+    /// decoded event is large, and a lane holds up to [`MAX_RUN`] steps).
+    One(OwnedRecord, Option<Box<Decoded>>),
+    /// Consecutive records of one type that has a batch handler (two or more).
+    Run(Vec<(OwnedRecord, Decoded)>),
+}
 
 /// What became of one record.
 enum Outcome {
@@ -377,6 +466,7 @@ impl Consumer {
             codec,
             group: group.into(),
             handlers: HashMap::new(),
+            batches: HashMap::new(),
             topics: BTreeSet::new(),
             subscription: None,
             retry: RetryPolicy::default(),
@@ -461,22 +551,42 @@ impl Consumer {
         let (consumer, lane) = (self.consumer.clone(), self.lane.clone());
         workers.spawn(async move {
             let mut summary = RunSummary::default();
-            while let Some(record) = records.recv().await {
-                if *stop.borrow() {
-                    break;
+            'lane: while let Some(first) = records.recv().await {
+                let mut waiting = vec![first];
+                if !lane.batches.is_empty() {
+                    while waiting.len() < MAX_RUN {
+                        match records.try_recv() {
+                            Ok(record) => waiting.push(record),
+                            Err(_) => break,
+                        }
+                    }
                 }
-                let (topic, partition, offset) =
-                    (record.topic.clone(), record.partition, record.offset);
-                match lane.process(record, &mut stop).await {
-                    Outcome::Interrupted => break,
-                    Outcome::Handled => summary.handled += 1,
-                    Outcome::DeadLettered => summary.dead_lettered += 1,
-                    Outcome::Skipped => summary.skipped += 1,
-                }
-                if let Err(e) = consumer.store_offset(&topic, partition, offset) {
-                    // The partition was revoked meanwhile; its new owner processes the record
-                    // again, and idempotent handlers make that harmless.
-                    tracing::debug!(group = %lane.group, error = %e, "offset not stored");
+                for step in lane.plan(waiting).await {
+                    if *stop.borrow() {
+                        break 'lane;
+                    }
+                    let outcomes = match step {
+                        Step::One(record, decoded) => {
+                            let position = Position::of(&record);
+                            let decoded = decoded.map(|d| *d);
+                            vec![(position, lane.process(record, decoded, &mut stop).await)]
+                        }
+                        Step::Run(run) => lane.process_run(run, &mut stop).await,
+                    };
+                    for (position, outcome) in outcomes {
+                        match outcome {
+                            Outcome::Interrupted => break 'lane,
+                            Outcome::Handled => summary.handled += 1,
+                            Outcome::DeadLettered => summary.dead_lettered += 1,
+                            Outcome::Skipped => summary.skipped += 1,
+                        }
+                        let Position(topic, partition, offset) = position;
+                        if let Err(e) = consumer.store_offset(&topic, partition, offset) {
+                            // The partition was revoked meanwhile; its new owner processes the
+                            // record again, and idempotent handlers make that harmless.
+                            tracing::debug!(group = %lane.group, error = %e, "offset not stored");
+                        }
+                    }
                 }
             }
             summary
@@ -514,7 +624,150 @@ impl Consumer {
 }
 
 impl Lane {
-    async fn process(&self, record: OwnedRecord, stop: &mut watch::Receiver<bool>) -> Outcome {
+    /// Sorts the waiting records into steps, in order: runs of a type with a batch handler,
+    /// and single records. Decodes only when there is a run to look for.
+    async fn plan(&self, waiting: Vec<OwnedRecord>) -> Vec<Step> {
+        if self.batches.is_empty() || waiting.len() < 2 {
+            return waiting.into_iter().map(|r| Step::One(r, None)).collect();
+        }
+        let mut steps = Vec::new();
+        let mut run: Vec<(OwnedRecord, Decoded)> = Vec::new();
+        for record in waiting {
+            let decoded = match record.payload.as_deref() {
+                Some(payload) => self.codec.decode(payload).await.ok().and_then(Result::ok),
+                None => None,
+            };
+            let batched = decoded
+                .as_ref()
+                .map(|d| d.event.name())
+                .filter(|name| self.batches.contains_key(name));
+            let continues = match (batched, run.first()) {
+                (Some(name), Some((_, first))) => first.event.name() == name,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            if !continues {
+                flush(&mut run, &mut steps);
+            }
+            match (batched, decoded) {
+                (Some(_), Some(decoded)) => run.push((record, decoded)),
+                (_, decoded) => steps.push(Step::One(record, decoded.map(Box::new))),
+            }
+        }
+        flush(&mut run, &mut steps);
+        steps
+    }
+
+    /// Applies a run with its type's batch handler; if that fails, applies each record on its
+    /// own (decoded again: the batch handler consumed the events).
+    async fn process_run(
+        &self,
+        run: Vec<(OwnedRecord, Decoded)>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Vec<(Position, Outcome)> {
+        let name = run[0].1.event.name();
+        let handler = self.batches.get(name).cloned();
+        let (records, events): (Vec<OwnedRecord>, Vec<Event>) =
+            run.into_iter().map(|(r, d)| (r, d.event)).unzip();
+        // One span for the run, linked to the trace of each record in it (OpenTelemetry's
+        // messaging conventions for a batch).
+        let span = tracing::info_span!(
+            "hixbus.consume",
+            otel.kind = "consumer",
+            otel.name = %format!("process {}", records[0].topic),
+            messaging.system = "kafka",
+            messaging.operation.type = "process",
+            messaging.operation.name = "process",
+            messaging.destination.name = %records[0].topic,
+            messaging.destination.partition.id = %records[0].partition,
+            messaging.consumer.group.name = %self.group,
+            messaging.batch.message_count = records.len(),
+            group = %self.group,
+            event_type = name,
+        );
+        for record in &records {
+            trace::link_trace(&span, &record.headers);
+        }
+        // `plan` forms runs only of types with a batch handler.
+        let call = async {
+            match handler {
+                Some(handler) => handler(events).instrument(span.clone()).await,
+                None => Err(HandlerError::reject(format!("no batch handler for {name}"))),
+            }
+        };
+        match self.measured(name, &records, call).await {
+            Ok(()) => records
+                .iter()
+                .map(|r| (Position::of(r), Outcome::Handled))
+                .collect(),
+            Err(e) => {
+                tracing::info!(parent: &span, error = %e, records = records.len(), "run not applied; applying its records one at a time");
+                let mut outcomes = Vec::with_capacity(records.len());
+                for record in records {
+                    let position = Position::of(&record);
+                    let outcome = self.process(record, None, stop).await;
+                    let interrupted = matches!(outcome, Outcome::Interrupted);
+                    outcomes.push((position, outcome));
+                    if interrupted {
+                        break;
+                    }
+                }
+                outcomes
+            }
+        }
+    }
+
+    /// Awaits the handler's `call` for `records` (one, or a run) and counts it: how long it
+    /// took and, when it succeeded, each record consumed and how old it was by then.
+    async fn measured(
+        &self,
+        name: &'static str,
+        records: &[OwnedRecord],
+        call: impl Future<Output = Result<(), HandlerError>>,
+    ) -> Result<(), HandlerError> {
+        let started = Instant::now();
+        let result = call.await;
+        let labels = [
+            KeyValue::new("group", self.group.clone()),
+            KeyValue::new("event_type", name),
+        ];
+        metrics()
+            .handler_duration
+            .record(started.elapsed().as_secs_f64(), &labels);
+        if result.is_ok() {
+            metrics().consumed.add(records.len() as u64, &labels);
+            for record in records {
+                self.record_latency(record, name);
+            }
+        }
+        result
+    }
+
+    /// How old `record` was when its handler finished (from the producer's timestamp).
+    fn record_latency(&self, record: &OwnedRecord, name: &'static str) {
+        let Some(sent_ms) = record.timestamp_ms else {
+            return;
+        };
+        let age_ms = Utc::now().timestamp_millis().saturating_sub(sent_ms);
+        // A producer's clock ahead of ours gives a negative age: not a latency.
+        if age_ms >= 0 {
+            let labels = [
+                KeyValue::new("group", self.group.clone()),
+                KeyValue::new("topic", record.topic.clone()),
+                KeyValue::new("event_type", name),
+            ];
+            metrics()
+                .delivery_latency
+                .record(age_ms as f64 / 1000.0, &labels);
+        }
+    }
+
+    async fn process(
+        &self,
+        record: OwnedRecord,
+        decoded: Option<Decoded>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Outcome {
         // OpenTelemetry's messaging conventions for a Kafka consumer processing one record.
         let span = tracing::info_span!(
             "hixbus.consume",
@@ -533,7 +786,7 @@ impl Lane {
             event_id = tracing::field::Empty,
         );
         trace::continue_trace(&span, &record.headers);
-        self.process_in_span(record, &span, stop)
+        self.process_in_span(record, decoded, &span, stop)
             .instrument(span.clone())
             .await
     }
@@ -541,13 +794,14 @@ impl Lane {
     async fn process_in_span(
         &self,
         record: OwnedRecord,
+        mut decoded: Option<Decoded>,
         span: &tracing::Span,
         stop: &mut watch::Receiver<bool>,
     ) -> Outcome {
         let mut attempt = 0u32;
         let failure = loop {
             attempt += 1;
-            match self.attempt(&record, span, attempt).await {
+            match self.attempt(&record, decoded.take(), span, attempt).await {
                 Ok(outcome) => return outcome,
                 Err(Attempt::Failed(failure)) => {
                     self.count_error(failure.kind.as_str());
@@ -587,23 +841,17 @@ impl Lane {
         metrics().handler_errors.add(1, &labels);
     }
 
-    /// One try at decoding and handling the record.
+    /// One try at decoding (unless that was done) and handling the record.
     async fn attempt(
         &self,
         record: &OwnedRecord,
+        decoded: Option<Decoded>,
         span: &tracing::Span,
         attempt: u32,
     ) -> Result<Outcome, Attempt> {
-        let Some(payload) = record.payload.as_deref() else {
-            return Err(Attempt::Failed(Failure {
-                kind: CauseKind::Undecodable,
-                cause: "record has no value".to_owned(),
-            }));
-        };
-        let decoded = match self.codec.decode(payload).await {
-            Err(transient) => return Err(Attempt::Retry(Retry::transient(transient))),
-            Ok(Err(data)) => return Err(Attempt::Failed(data_failure(&data))),
-            Ok(Ok(decoded)) => decoded,
+        let decoded = match decoded {
+            Some(decoded) => decoded,
+            None => self.decode(record).await?,
         };
         let name = decoded.event.name();
         span.record("event_type", name);
@@ -626,34 +874,12 @@ impl Lane {
             attempt,
             headers: record.headers.clone(),
         };
-        let started = Instant::now();
-        let result = handler(decoded.event, ctx).await;
-        let labels = [
-            KeyValue::new("group", self.group.clone()),
-            KeyValue::new("event_type", name),
-        ];
-        metrics()
-            .handler_duration
-            .record(started.elapsed().as_secs_f64(), &labels);
-        match result {
-            Ok(()) => {
-                metrics().consumed.add(1, &labels);
-                if let Some(sent_ms) = record.timestamp_ms {
-                    let age_ms = Utc::now().timestamp_millis().saturating_sub(sent_ms);
-                    // A producer's clock ahead of ours gives a negative age: not a latency.
-                    if age_ms >= 0 {
-                        let labels = [
-                            KeyValue::new("group", self.group.clone()),
-                            KeyValue::new("topic", record.topic.clone()),
-                            KeyValue::new("event_type", name),
-                        ];
-                        metrics()
-                            .delivery_latency
-                            .record(age_ms as f64 / 1000.0, &labels);
-                    }
-                }
-                Ok(Outcome::Handled)
-            }
+        let call = handler(decoded.event, ctx);
+        match self
+            .measured(name, std::slice::from_ref(record), call)
+            .await
+        {
+            Ok(()) => Ok(Outcome::Handled),
             Err(HandlerError::Reject(reason)) => Err(Attempt::Failed(Failure {
                 kind: CauseKind::Rejected,
                 cause: reason,
@@ -663,6 +889,20 @@ impl Lane {
                 kind: RetryKind::NotYet,
                 reason: format!("{awaited} has not arrived"),
             })),
+        }
+    }
+
+    async fn decode(&self, record: &OwnedRecord) -> Result<Decoded, Attempt> {
+        let Some(payload) = record.payload.as_deref() else {
+            return Err(Attempt::Failed(Failure {
+                kind: CauseKind::Undecodable,
+                cause: "record has no value".to_owned(),
+            }));
+        };
+        match self.codec.decode(payload).await {
+            Err(transient) => Err(Attempt::Retry(Retry::transient(transient))),
+            Ok(Err(data)) => Err(Attempt::Failed(data_failure(&data))),
+            Ok(Ok(decoded)) => Ok(decoded),
         }
     }
 
@@ -719,6 +959,18 @@ impl Lane {
                 }
             }
         }
+    }
+}
+
+/// Ends the run being gathered: two or more records become a [`Step::Run`], one goes alone.
+fn flush(run: &mut Vec<(OwnedRecord, Decoded)>, steps: &mut Vec<Step>) {
+    match run.len() {
+        0 => {}
+        1 => {
+            let (record, decoded) = run.remove(0);
+            steps.push(Step::One(record, Some(Box::new(decoded))));
+        }
+        _ => steps.push(Step::Run(std::mem::take(run))),
     }
 }
 

@@ -44,6 +44,16 @@ pub fn continue_trace(span: &tracing::Span, list: &HeaderList) {
     }
 }
 
+/// Links `span` to the trace in `list`'s headers: a span that handles a run of records has as
+/// many producers as records, so it links to each instead of taking one as its parent.
+pub fn link_trace(span: &tracing::Span, list: &HeaderList) {
+    let producer = opentelemetry::global::get_text_map_propagator(|p| p.extract(&Extract(list)));
+    let producer = producer.span().span_context().clone();
+    if producer.is_valid() {
+        span.add_link(producer);
+    }
+}
+
 /// The trace id `span` belongs to, as 32 hex digits, if tracing is on.
 pub fn trace_id(span: &tracing::Span) -> Option<String> {
     let context = span.context();

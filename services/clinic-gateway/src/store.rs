@@ -129,4 +129,23 @@ mod tests {
             .unwrap();
         assert_eq!(other, fresh(4));
     }
+
+    /// Every issued prescription is marked published by its id; a scan of the whole table
+    /// there made each request slower than the one before.
+    #[tokio::test]
+    async fn marking_published_finds_the_submission_by_index_not_by_scanning_them_all() {
+        let db = Database::connect("sqlite::memory:").await.unwrap();
+        Submissions::new(db.clone()).await.unwrap();
+        let plan = hixbus_storage::sqlite_plan(
+            &db,
+            "UPDATE gateway_submissions SET published = 1 WHERE prescription_id = 'rx-1'",
+        )
+        .await
+        .unwrap();
+        assert!(
+            plan.iter()
+                .any(|step| step.contains("USING INDEX gateway_submissions_by_prescription")),
+            "{plan:?}"
+        );
+    }
 }

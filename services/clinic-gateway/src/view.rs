@@ -75,19 +75,34 @@ impl ClinicView {
     }
 
     pub async fn issued(self, e: PrescriptionIssued, _: EventContext) -> Result<(), HandlerError> {
+        self.issued_run(vec![e]).await
+    }
+
+    /// Prescriptions that queued up behind each other (a lane catching up): one statement.
+    pub async fn issued_run(self, run: Vec<PrescriptionIssued>) -> Result<(), HandlerError> {
+        const COLUMNS: usize = 5;
+        let rows = hixbus_storage::repeat_row(
+            run.len(),
+            COLUMNS,
+            &format!("($1, $2, $3, '{}', $4, $5)", Status::Issued),
+        );
         let sql = format!(
             "INSERT INTO clinic_prescriptions
                  (prescription_id, issuer_org, patient_ref, status, issued, updated_at)
-             VALUES ($1, $2, $3, '{}', $4, $5)
-             ON CONFLICT (prescription_id) DO NOTHING",
-            Status::Issued
+             VALUES {rows}
+             ON CONFLICT (prescription_id) DO NOTHING"
         );
-        sqlx::query(&sql)
-            .bind(&e.prescription_id)
-            .bind(&e.envelope.producer_org)
-            .bind(&e.envelope.patient_ref)
-            .bind(serde_json::to_string(&e).map_err(ViewError::from)?)
-            .bind(now())
+        let at = now();
+        let mut query = sqlx::query(&sql);
+        for e in &run {
+            query = query
+                .bind(&e.prescription_id)
+                .bind(&e.envelope.producer_org)
+                .bind(&e.envelope.patient_ref)
+                .bind(serde_json::to_string(e).map_err(ViewError::from)?)
+                .bind(at.clone());
+        }
+        query
             .execute(&self.db.pool)
             .await
             .map_err(ViewError::from)?;
@@ -356,6 +371,7 @@ pub fn consumer(
     Consumer::builder(kafka, codec, group)
         .with_state(view.clone())
         .on(ClinicView::issued)?
+        .batch(ClinicView::issued_run)?
         .on(ClinicView::claimed)?
         .on(ClinicView::cancelled)?
         .on(ClinicView::dispensed)?

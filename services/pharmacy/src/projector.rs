@@ -51,6 +51,18 @@ impl Projector {
         Ok(())
     }
 
+    /// Prescriptions that queued up behind each other (a lane catching up): one statement.
+    pub async fn issued_run(self, run: Vec<PrescriptionIssued>) -> Result<(), HandlerError> {
+        let channel = self.changes.channel();
+        let inserted = self.store.insert_issued_all(&run, channel).await?;
+        if channel.is_none() {
+            for id in inserted {
+                self.changes.announce(&id).await;
+            }
+        }
+        Ok(())
+    }
+
     pub async fn cancelled(
         self,
         e: PrescriptionCancelled,
@@ -122,6 +134,7 @@ pub fn consumer(
     Consumer::builder(kafka, codec, group)
         .with_state(projector)
         .on(Projector::issued)?
+        .batch(Projector::issued_run)?
         .on(Projector::cancelled)?
         .on(Projector::claimed)?
         .on(Projector::dispensed)?

@@ -131,35 +131,70 @@ impl Store {
         issued: &PrescriptionIssued,
         notify: Option<&str>,
     ) -> Result<bool, StoreError> {
+        let inserted = self
+            .insert_issued_all(std::slice::from_ref(issued), notify)
+            .await?;
+        Ok(!inserted.is_empty())
+    }
+
+    /// Records a run of issued prescriptions in one statement (all or none); the ids of those
+    /// that were new. A lane that fell behind catches up a run per round trip instead of a
+    /// prescription per round trip.
+    pub async fn insert_issued_all(
+        &self,
+        run: &[PrescriptionIssued],
+        notify: Option<&str>,
+    ) -> Result<Vec<String>, StoreError> {
+        /// Per row: id, issuer, patient, pharmacy, digest, expiry, event, time.
+        const COLUMNS: usize = 8;
+        if run.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The pharmacy it is for ($4) also holds it until one claims it.
+        let rows = hixbus_storage::repeat_row(
+            run.len(),
+            COLUMNS,
+            &format!(
+                "($1, $2, $3, $4, $4, '', $5, '{}', $6, $7, $8)",
+                Status::Issued
+            ),
+        );
         let insert = format!(
             "INSERT INTO pharmacy_prescriptions (prescription_id, issuer_org,
                  patient_ref, target_pharmacy, holder, access_code_sha256, access_code_digest,
                  status, expires_on, issued, updated_at)
-             VALUES ($1, $2, $3, $4, $4, '', $5, '{}', $6, $7, $8)
-             ON CONFLICT (prescription_id) DO NOTHING",
-            Status::Issued
+             VALUES {rows}
+             ON CONFLICT (prescription_id) DO NOTHING"
         );
+        let channel = run.len() * COLUMNS + 1;
         let sql = match notify {
             Some(_) => format!(
                 "WITH inserted AS ({insert} RETURNING prescription_id)
-                 SELECT pg_notify($9, prescription_id) FROM inserted"
+                 SELECT prescription_id, pg_notify(${channel}, prescription_id) FROM inserted"
             ),
             None => format!("{insert} RETURNING prescription_id"),
         };
-        let mut query = sqlx::query(&sql)
-            .bind(&issued.prescription_id)
-            .bind(&issued.envelope.producer_org)
-            .bind(&issued.envelope.patient_ref)
-            .bind(issued.target_pharmacy_org.as_deref())
-            .bind(code_digest(issued, &self.codes).unwrap_or_default())
-            .bind(issued.expires_on.map(|d| i64::from(d.days_since_epoch())))
-            .bind(serde_json::to_string(&without_code(issued))?)
-            .bind(now());
+        let mut query = sqlx::query(&sql);
+        let at = now();
+        for issued in run {
+            query = query
+                .bind(&issued.prescription_id)
+                .bind(&issued.envelope.producer_org)
+                .bind(&issued.envelope.patient_ref)
+                .bind(issued.target_pharmacy_org.as_deref())
+                .bind(code_digest(issued, &self.codes).unwrap_or_default())
+                .bind(issued.expires_on.map(|d| i64::from(d.days_since_epoch())))
+                .bind(serde_json::to_string(&without_code(issued))?)
+                .bind(at.clone());
+        }
         if let Some(channel) = notify {
             query = query.bind(channel);
         }
-        let inserted = query.fetch_optional(&self.db.pool).await?;
-        Ok(inserted.is_some())
+        let rows = query.fetch_all(&self.db.pool).await?;
+        Ok(rows
+            .iter()
+            .map(|row| row.try_get::<String, _>(0))
+            .collect::<Result<_, _>>()?)
     }
 
     /// One conditional status change: `sql` takes the prescription id as `$1`, the pharmacy as

@@ -6,6 +6,7 @@
 //! `LISTEN`s and passes it on to its own screens. On SQLite (the single-process demo) it goes
 //! straight to this process's screens.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::{Stream, StreamExt as _};
 use hixbus_access::Organization;
 use hixbus_storage::{AuditLog, Backend, Database};
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use crate::Permit;
 use sqlx::AnyPool;
@@ -208,42 +209,118 @@ impl<S: Source> Changes<S> {
         F: Fn(Organization, Arc<S::Row>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Option<Shown>, Reload>> + Send,
     {
-        let receiver = self.subscribe();
-        let events = futures::stream::unfold(
-            (receiver, audit, org, permit, show),
-            move |(mut receiver, audit, org, permit, show)| async move {
-                loop {
-                    let event = match receiver.recv().await {
-                        Ok(Changed::Row(row)) => match show(org.clone(), row).await {
-                            Ok(Some(shown)) => delivery(&audit, &org, action, shown).await,
-                            Ok(None) => continue,
-                            Err(Reload) => resync(),
-                        },
-                        // Too slow to keep up, or changes were missed: the screen reloads.
-                        Ok(Changed::Missed) | Err(RecvError::Lagged(_)) => resync(),
-                        Err(RecvError::Closed) => return None,
-                    };
-                    return Some((Ok(event), (receiver, audit, org, permit, show)));
+        let screen = Screen {
+            receiver: self.subscribe(),
+            audit,
+            org,
+            action,
+            _permit: permit,
+            show,
+            ready: VecDeque::new(),
+            closed: false,
+        };
+        let events = futures::stream::unfold(screen, |mut screen| async move {
+            loop {
+                if let Some(event) = screen.ready.pop_front() {
+                    return Some((Ok(event), screen));
                 }
-            },
-        )
+                if screen.closed {
+                    return None;
+                }
+                screen.next_run().await;
+            }
+        })
         .take_until(self.ending());
         Sse::new(events).keep_alive(KeepAlive::default())
     }
 }
 
-/// Nothing is delivered unaudited: if the audit cannot be written, the screen is told to reload
-/// instead (through its list, which audits or answers 503), so it neither sees unaudited data
-/// nor silently misses the change.
-async fn delivery(audit: &AuditLog, org: &Organization, action: &str, shown: Shown) -> Event {
-    if let Err(e) = audit
-        .record(&org.id, action, &shown.subject_id, &shown.patient_ref)
-        .await
-    {
-        tracing::error!(error = %e, subject = %shown.subject_id, "delivery audit failed; screen told to reload");
-        return resync();
+/// The most changes one screen takes from its feed at once (and audits in one statement).
+const SCREEN_RUN: usize = 64;
+
+/// One open live stream.
+struct Screen<R, F> {
+    receiver: broadcast::Receiver<Changed<R>>,
+    audit: AuditLog,
+    org: Organization,
+    action: &'static str,
+    /// Held while the stream is open: the organization's share of live streams.
+    _permit: Permit,
+    show: F,
+    /// Events decided and audited, waiting to be sent.
+    ready: VecDeque<Event>,
+    /// The feed ended: send what is ready, then end.
+    closed: bool,
+}
+
+impl<R, F, Fut> Screen<R, F>
+where
+    R: Send + Sync,
+    F: Fn(Organization, Arc<R>) -> Fut + Send + Sync,
+    Fut: Future<Output = Result<Option<Shown>, Reload>> + Send,
+{
+    /// Waits for the next change, takes every change already waiting after it (a screen that
+    /// has fallen behind catches up a run at a time: one audit statement per run, not per
+    /// row), and makes them ready in order.
+    async fn next_run(&mut self) {
+        let mut received = vec![self.receiver.recv().await];
+        while received.len() < SCREEN_RUN {
+            match self.receiver.try_recv() {
+                Ok(change) => received.push(Ok(change)),
+                Err(TryRecvError::Lagged(n)) => received.push(Err(RecvError::Lagged(n))),
+                Err(TryRecvError::Closed) => received.push(Err(RecvError::Closed)),
+                Err(TryRecvError::Empty) => break,
+            }
+        }
+        let mut shown = Vec::new();
+        for change in received {
+            match change {
+                Ok(Changed::Row(row)) => match (self.show)(self.org.clone(), row).await {
+                    Ok(Some(one)) => shown.push(one),
+                    Ok(None) => {}
+                    Err(Reload) => return self.resync(shown).await,
+                },
+                // Too slow to keep up, or changes were missed: the screen reloads.
+                Ok(Changed::Missed) | Err(RecvError::Lagged(_)) => {
+                    return self.resync(shown).await;
+                }
+                Err(RecvError::Closed) => {
+                    self.closed = true;
+                    break;
+                }
+            }
+        }
+        self.deliver(shown).await;
     }
-    Event::default().event(shown.event).data(shown.data)
+
+    /// Delivers what was shown so far, then tells the screen to reload; the rest of the run
+    /// is what the reload brings.
+    async fn resync(&mut self, shown: Vec<Shown>) {
+        self.deliver(shown).await;
+        self.ready.push_back(resync());
+    }
+
+    /// Nothing is delivered unaudited: if the audit cannot be written, the screen is told to
+    /// reload instead (through its list, which audits or answers 503), so it neither sees
+    /// unaudited data nor silently misses the change.
+    async fn deliver(&mut self, shown: Vec<Shown>) {
+        if shown.is_empty() {
+            return;
+        }
+        let rows = shown
+            .iter()
+            .map(|s| (s.subject_id.as_str(), s.patient_ref.as_str()));
+        if let Err(e) = self.audit.record_all(&self.org.id, self.action, rows).await {
+            tracing::error!(error = %e, rows = shown.len(), "delivery audit failed; screen told to reload");
+            self.ready.push_back(resync());
+            return;
+        }
+        self.ready.extend(
+            shown
+                .into_iter()
+                .map(|s| Event::default().event(s.event).data(s.data)),
+        );
+    }
 }
 
 /// Tells a screen to reload its list.

@@ -15,9 +15,9 @@ pub static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 
 use std::time::Duration;
 
-use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, Connection as _};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -60,7 +60,21 @@ impl Database {
             ));
         };
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
-        let mut options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(10));
+        // sqlx pings every connection it hands out (`test_before_acquire`): a second round trip
+        // for every statement, most of a busy service's traffic with its database. A connection
+        // in steady use has just proven itself; one idle for a while (across a database restart,
+        // say) is pinged first, and replaced if the ping fails.
+        let mut options = AnyPoolOptions::new()
+            .acquire_timeout(Duration::from_secs(10))
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_IF_IDLE {
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            });
         options = match (backend, in_memory) {
             // Every connection to `sqlite::memory:` is a separate, empty database: keep exactly
             // one, forever.
@@ -111,6 +125,9 @@ impl Database {
     }
 }
 
+/// How long a pooled connection may sit idle and still be handed out without a ping.
+const PING_IF_IDLE: Duration = Duration::from_secs(1);
+
 /// `$first, $first+1, …` for `n` values: the parameters of an `IN (…)` list, which both
 /// engines accept where neither takes an array parameter the other understands.
 pub fn placeholders(first: usize, n: usize) -> String {
@@ -118,6 +135,51 @@ pub fn placeholders(first: usize, n: usize) -> String {
         .map(|i| format!("${i}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// `($1, …, $columns), ($columns+1, …), …` for `rows` rows: the `VALUES` of a multi-row
+/// `INSERT`, which writes a page or a run of events in one round trip instead of one per row.
+pub fn value_rows(rows: usize, columns: usize) -> String {
+    let row = format!("({})", placeholders(1, columns));
+    repeat_row(rows, columns, &row)
+}
+
+/// `row` (whose parameters are `$1` to `$params`, constants and repeats allowed) `rows` times,
+/// comma-separated, each copy's parameters numbered after the previous copy's: the `VALUES` of
+/// a multi-row `INSERT` whose rows hold more than plain parameters.
+pub fn repeat_row(rows: usize, params: usize, row: &str) -> String {
+    let mut out = String::with_capacity(rows * (row.len() + 8));
+    for n in 0..rows {
+        if n > 0 {
+            out.push_str(", ");
+        }
+        let mut rest = row;
+        while let Some(at) = rest.find('$') {
+            out.push_str(&rest[..=at]);
+            let digits = rest[at + 1..]
+                .find(|c: char| !c.is_ascii_digit())
+                .map_or(rest.len() - at - 1, |end| end);
+            // A `$` not followed by a number is not a parameter: left as it is.
+            if let Ok(param) = rest[at + 1..at + 1 + digits].parse::<usize>() {
+                out.push_str(&(n * params + param).to_string());
+            }
+            rest = &rest[at + 1 + digits..];
+        }
+        out.push_str(rest);
+    }
+    out
+}
+
+/// The steps of SQLite's plan for `sql` (`EXPLAIN QUERY PLAN`): what a test checks to know a
+/// statement on a hot path uses its index instead of scanning a table that only grows.
+pub async fn sqlite_plan(db: &Database, sql: &str) -> Result<Vec<String>, sqlx::Error> {
+    use sqlx::Row as _;
+    sqlx::query(&format!("EXPLAIN QUERY PLAN {sql}"))
+        .fetch_all(&db.pool)
+        .await?
+        .iter()
+        .map(|row| row.try_get::<String, _>(3))
+        .collect()
 }
 
 /// Database URLs may carry passwords; logs and messages must not.
@@ -145,7 +207,18 @@ fn sqlite_url(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{redact, sqlite_url};
+    use super::{redact, repeat_row, sqlite_url, value_rows};
+
+    #[test]
+    fn each_row_of_a_multi_row_insert_gets_its_own_parameters() {
+        assert_eq!(value_rows(2, 3), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(
+            repeat_row(3, 2, "($1, $2, $2, 'issued')"),
+            "($1, $2, $2, 'issued'), ($3, $4, $4, 'issued'), ($5, $6, $6, 'issued')"
+        );
+        assert_eq!(repeat_row(2, 1, "($1, '$x')"), "($1, '$x'), ($2, '$x')");
+        assert_eq!(value_rows(0, 3), "");
+    }
 
     #[test]
     fn passwords_never_reach_the_logs() {
