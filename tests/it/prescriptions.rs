@@ -1468,6 +1468,19 @@ async fn a_run_of_prescriptions_is_recorded_in_one_statement_each_new_one_once()
                 .unwrap()
                 .is_empty()
         );
+        // More than one statement takes is refused whole, not split or cut.
+        let long: Vec<_> = (10..11 + hixbus_pharmacy::store::MAX_RUN_ROWS)
+            .map(rx)
+            .collect();
+        let refused = store.insert_issued_all(&long, None).await;
+        assert!(
+            matches!(
+                refused,
+                Err(hixbus_pharmacy::store::StoreError::RunTooLong(n)) if n == long.len()
+            ),
+            "{refused:?}"
+        );
+        assert!(store.get("rx-run-10").await.unwrap().is_none());
         hixbus_tests::drop_database(&url).await;
     }
 }

@@ -81,31 +81,37 @@ impl ClinicView {
     /// Prescriptions that queued up behind each other (a lane catching up): one statement.
     pub async fn issued_run(self, run: Vec<PrescriptionIssued>) -> Result<(), HandlerError> {
         const COLUMNS: usize = 5;
-        let rows = hixbus_storage::repeat_row(
-            run.len(),
-            COLUMNS,
-            &format!("($1, $2, $3, '{}', $4, $5)", Status::Issued),
-        );
-        let sql = format!(
-            "INSERT INTO clinic_prescriptions
-                 (prescription_id, issuer_org, patient_ref, status, issued, updated_at)
-             VALUES {rows}
-             ON CONFLICT (prescription_id) DO NOTHING"
-        );
+        /// Rows per statement: 5 parameters each stays far below either engine's limit. A run
+        /// from the bus is at most 65; a longer one takes several statements, which is safe
+        /// since each insert ignores what is already there.
+        const ROWS: usize = 1_000;
         let at = now();
-        let mut query = sqlx::query(&sql);
-        for e in &run {
-            query = query
-                .bind(&e.prescription_id)
-                .bind(&e.envelope.producer_org)
-                .bind(&e.envelope.patient_ref)
-                .bind(serde_json::to_string(e).map_err(ViewError::from)?)
-                .bind(at.clone());
+        for chunk in run.chunks(ROWS) {
+            let rows = hixbus_storage::repeat_row(
+                chunk.len(),
+                COLUMNS,
+                &format!("($1, $2, $3, '{}', $4, $5)", Status::Issued),
+            );
+            let sql = format!(
+                "INSERT INTO clinic_prescriptions
+                     (prescription_id, issuer_org, patient_ref, status, issued, updated_at)
+                 VALUES {rows}
+                 ON CONFLICT (prescription_id) DO NOTHING"
+            );
+            let mut query = sqlx::query(&sql);
+            for e in chunk {
+                query = query
+                    .bind(&e.prescription_id)
+                    .bind(&e.envelope.producer_org)
+                    .bind(&e.envelope.patient_ref)
+                    .bind(serde_json::to_string(e).map_err(ViewError::from)?)
+                    .bind(at.clone());
+            }
+            query
+                .execute(&self.db.pool)
+                .await
+                .map_err(ViewError::from)?;
         }
-        query
-            .execute(&self.db.pool)
-            .await
-            .map_err(ViewError::from)?;
         Ok(())
     }
 

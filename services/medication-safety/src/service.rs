@@ -159,10 +159,11 @@ async fn rebuild(
         let Some(topic) = catalog.entry(name).map(|e| e.topic.clone()) else {
             continue;
         };
-        let records = TopicReader::open(kafka, &topic, Start::Beginning)?
-            .read_to_end()
-            .await?;
-        for record in records {
+        // Applied as read, never held whole: the state is bounded by design (active lines of
+        // current prescriptions), the topics are not.
+        let mut reader = TopicReader::open(kafka, &topic, Start::Beginning)?;
+        while let Some(record) = reader.next(true).await {
+            let record = record?;
             let Some(payload) = record.payload.as_deref() else {
                 continue;
             };

@@ -51,7 +51,13 @@ pub enum StoreError {
     UnknownStatus(#[from] hixbus_contracts::lifecycle::UnknownStatus),
     #[error("consent book: {0}")]
     Consent(#[from] hixbus_service::ReadModelError),
+    #[error("a run of {0} prescriptions is more than one statement takes ({MAX_RUN_ROWS})")]
+    RunTooLong(usize),
 }
+
+/// The most prescriptions one statement records: 8 parameters each stays far below SQLite's
+/// 32,766 and PostgreSQL's 65,535.
+pub const MAX_RUN_ROWS: usize = 1_000;
 
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -139,7 +145,8 @@ impl Store {
 
     /// Records a run of issued prescriptions in one statement (all or none); the ids of those
     /// that were new. A lane that fell behind catches up a run per round trip instead of a
-    /// prescription per round trip.
+    /// prescription per round trip. A run longer than [`MAX_RUN_ROWS`] is refused rather than
+    /// split (it would no longer be one statement): the bus hands over at most 65.
     pub async fn insert_issued_all(
         &self,
         run: &[PrescriptionIssued],
@@ -149,6 +156,9 @@ impl Store {
         const COLUMNS: usize = 8;
         if run.is_empty() {
             return Ok(Vec::new());
+        }
+        if run.len() > MAX_RUN_ROWS {
+            return Err(StoreError::RunTooLong(run.len()));
         }
         // The pharmacy it is for ($4) also holds it until one claims it.
         let rows = hixbus_storage::repeat_row(

@@ -131,17 +131,15 @@ async fn load_consents(deps: &Deps, book: &ConsentBook) -> Result<(), StartupErr
         .unwrap_or_else(|| "consents".to_owned());
     // The reader reads past Tansu's short partition ends (docs/bus.md), so one read to the
     // end holds every decision made before the export started.
-    let reader = match TopicReader::open(&deps.kafka, &topic, Start::Beginning) {
+    let mut reader = match TopicReader::open(&deps.kafka, &topic, Start::Beginning) {
         Ok(reader) => reader,
         Err(ReadError::UnknownTopic(_)) => return Ok(()),
         Err(e) => return Err(StartupError::Invalid(format!("reading {topic}: {e}"))),
     };
-    let records = reader
-        .read_to_end()
-        .await
-        .map_err(|e| StartupError::Invalid(format!("reading {topic}: {e}")))?;
     let mut loaded = 0;
-    for record in records {
+    // Applied as read, not held whole: the topic holds every decision ever made.
+    while let Some(record) = reader.next(true).await {
+        let record = record.map_err(|e| StartupError::Invalid(format!("reading {topic}: {e}")))?;
         let Some(payload) = record.payload else {
             continue;
         };

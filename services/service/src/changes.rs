@@ -290,22 +290,24 @@ where
                 }
             }
         }
-        self.deliver(shown).await;
+        // Delivered, or the screen was told to reload: either way the run is dealt with.
+        let _ = self.deliver(shown).await;
     }
 
     /// Delivers what was shown so far, then tells the screen to reload; the rest of the run
     /// is what the reload brings.
     async fn resync(&mut self, shown: Vec<Shown>) {
-        self.deliver(shown).await;
-        self.ready.push_back(resync());
+        if self.deliver(shown).await {
+            self.ready.push_back(resync());
+        }
     }
 
     /// Nothing is delivered unaudited: if the audit cannot be written, the screen is told to
     /// reload instead (through its list, which audits or answers 503), so it neither sees
-    /// unaudited data nor silently misses the change.
-    async fn deliver(&mut self, shown: Vec<Shown>) {
+    /// unaudited data nor silently misses the change. False when it was told to reload.
+    async fn deliver(&mut self, shown: Vec<Shown>) -> bool {
         if shown.is_empty() {
-            return;
+            return true;
         }
         let rows = shown
             .iter()
@@ -313,13 +315,14 @@ where
         if let Err(e) = self.audit.record_all(&self.org.id, self.action, rows).await {
             tracing::error!(error = %e, rows = shown.len(), "delivery audit failed; screen told to reload");
             self.ready.push_back(resync());
-            return;
+            return false;
         }
         self.ready.extend(
             shown
                 .into_iter()
                 .map(|s| Event::default().event(s.event).data(s.data)),
         );
+        true
     }
 }
 
