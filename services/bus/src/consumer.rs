@@ -435,8 +435,8 @@ enum Step {
     /// One record through its handler, already decoded when the lane looked at it (boxed: a
     /// decoded event is large, and a lane holds up to [`MAX_RUN`] steps).
     One(OwnedRecord, Option<Box<Decoded>>),
-    /// Consecutive records of one type that has a batch handler (two or more).
-    Run(Vec<(OwnedRecord, Decoded)>),
+    /// Consecutive records of one type (two or more), with that type's batch handler.
+    Run(BatchHandler, Vec<(OwnedRecord, Decoded)>),
 }
 
 /// What became of one record.
@@ -571,7 +571,7 @@ impl Consumer {
                             let decoded = decoded.map(|d| *d);
                             vec![(position, lane.process(record, decoded, &mut stop).await)]
                         }
-                        Step::Run(run) => lane.process_run(run, &mut stop).await,
+                        Step::Run(handler, run) => lane.process_run(handler, run, &mut stop).await,
                     };
                     for (position, outcome) in outcomes {
                         match outcome {
@@ -627,11 +627,12 @@ impl Lane {
     /// Sorts the waiting records into steps, in order: runs of a type with a batch handler,
     /// and single records. Decodes only when there is a run to look for.
     async fn plan(&self, waiting: Vec<OwnedRecord>) -> Vec<Step> {
-        if self.batches.is_empty() || waiting.len() < 2 {
+        // Only a lane with batch handlers takes more than one record at a time.
+        if waiting.len() < 2 {
             return waiting.into_iter().map(|r| Step::One(r, None)).collect();
         }
         let mut steps = Vec::new();
-        let mut run: Vec<(OwnedRecord, Decoded)> = Vec::new();
+        let mut run = Run::default();
         for record in waiting {
             let decoded = match record.payload.as_deref() {
                 Some(payload) => self.codec.decode(payload).await.ok().and_then(Result::ok),
@@ -639,22 +640,16 @@ impl Lane {
             };
             let batched = decoded
                 .as_ref()
-                .map(|d| d.event.name())
-                .filter(|name| self.batches.contains_key(name));
-            let continues = match (batched, run.first()) {
-                (Some(name), Some((_, first))) => first.event.name() == name,
-                (Some(_), None) => true,
-                (None, _) => false,
-            };
-            if !continues {
-                flush(&mut run, &mut steps);
+                .and_then(|d| self.batches.get_key_value(d.event.name()));
+            if batched.map(|(name, _)| *name) != run.name() {
+                run.flush(&mut steps);
             }
             match (batched, decoded) {
-                (Some(_), Some(decoded)) => run.push((record, decoded)),
+                (Some((_, handler)), Some(decoded)) => run.push(handler, record, decoded),
                 (_, decoded) => steps.push(Step::One(record, decoded.map(Box::new))),
             }
         }
-        flush(&mut run, &mut steps);
+        run.flush(&mut steps);
         steps
     }
 
@@ -662,11 +657,11 @@ impl Lane {
     /// own (decoded again: the batch handler consumed the events).
     async fn process_run(
         &self,
+        handler: BatchHandler,
         run: Vec<(OwnedRecord, Decoded)>,
         stop: &mut watch::Receiver<bool>,
     ) -> Vec<(Position, Outcome)> {
         let name = run[0].1.event.name();
-        let handler = self.batches.get(name).cloned();
         let (records, events): (Vec<OwnedRecord>, Vec<Event>) =
             run.into_iter().map(|(r, d)| (r, d.event)).unzip();
         // One span for the run, linked to the trace of each record in it (OpenTelemetry's
@@ -688,13 +683,7 @@ impl Lane {
         for record in &records {
             trace::link_trace(&span, &record.headers);
         }
-        // `plan` forms runs only of types with a batch handler.
-        let call = async {
-            match handler {
-                Some(handler) => handler(events).instrument(span.clone()).await,
-                None => Err(HandlerError::reject(format!("no batch handler for {name}"))),
-            }
-        };
+        let call = handler(events).instrument(span.clone());
         match self.measured(name, &records, call).await {
             Ok(()) => records
                 .iter()
@@ -962,15 +951,37 @@ impl Lane {
     }
 }
 
-/// Ends the run being gathered: two or more records become a [`Step::Run`], one goes alone.
-fn flush(run: &mut Vec<(OwnedRecord, Decoded)>, steps: &mut Vec<Step>) {
-    match run.len() {
-        0 => {}
-        1 => {
-            let (record, decoded) = run.remove(0);
-            steps.push(Step::One(record, Some(Box::new(decoded))));
+/// The run a lane is gathering: consecutive records of one batched type.
+#[derive(Default)]
+struct Run {
+    handler: Option<(&'static str, BatchHandler)>,
+    records: Vec<(OwnedRecord, Decoded)>,
+}
+
+impl Run {
+    fn name(&self) -> Option<&'static str> {
+        self.handler.as_ref().map(|(name, _)| *name)
+    }
+
+    fn push(&mut self, handler: &BatchHandler, record: OwnedRecord, decoded: Decoded) {
+        let name = decoded.event.name();
+        self.handler.get_or_insert_with(|| (name, handler.clone()));
+        self.records.push((record, decoded));
+    }
+
+    /// Ends the run: two or more records become a [`Step::Run`], one goes alone.
+    fn flush(&mut self, steps: &mut Vec<Step>) {
+        let Some((_, handler)) = self.handler.take() else {
+            return;
+        };
+        let mut records = std::mem::take(&mut self.records);
+        match records.len() {
+            1 => {
+                let (record, decoded) = records.remove(0);
+                steps.push(Step::One(record, Some(Box::new(decoded))));
+            }
+            _ => steps.push(Step::Run(handler, records)),
         }
-        _ => steps.push(Step::Run(std::mem::take(run))),
     }
 }
 

@@ -36,10 +36,15 @@ pub fn inject(span: &tracing::Span, list: &mut HeaderList) {
     });
 }
 
+/// The producer's span context in `list`'s headers, if it sent a valid one.
+fn producer(list: &HeaderList) -> Option<opentelemetry::Context> {
+    let context = opentelemetry::global::get_text_map_propagator(|p| p.extract(&Extract(list)));
+    context.span().span_context().is_valid().then_some(context)
+}
+
 /// Makes the trace in `list`'s headers the parent of `span`.
 pub fn continue_trace(span: &tracing::Span, list: &HeaderList) {
-    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&Extract(list)));
-    if parent.span().span_context().is_valid() {
+    if let Some(parent) = producer(list) {
         let _ = span.set_parent(parent);
     }
 }
@@ -47,10 +52,8 @@ pub fn continue_trace(span: &tracing::Span, list: &HeaderList) {
 /// Links `span` to the trace in `list`'s headers: a span that handles a run of records has as
 /// many producers as records, so it links to each instead of taking one as its parent.
 pub fn link_trace(span: &tracing::Span, list: &HeaderList) {
-    let producer = opentelemetry::global::get_text_map_propagator(|p| p.extract(&Extract(list)));
-    let producer = producer.span().span_context().clone();
-    if producer.is_valid() {
-        span.add_link(producer);
+    if let Some(producer) = producer(list) {
+        span.add_link(producer.span().span_context().clone());
     }
 }
 

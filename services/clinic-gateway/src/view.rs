@@ -81,12 +81,10 @@ impl ClinicView {
     /// Prescriptions that queued up behind each other (a lane catching up): one statement.
     pub async fn issued_run(self, run: Vec<PrescriptionIssued>) -> Result<(), HandlerError> {
         const COLUMNS: usize = 5;
-        /// Rows per statement: 5 parameters each stays far below either engine's limit. A run
-        /// from the bus is at most 65; a longer one takes several statements, which is safe
-        /// since each insert ignores what is already there.
-        const ROWS: usize = 1_000;
         let at = now();
-        for chunk in run.chunks(ROWS) {
+        // A run from the bus is at most 65; a longer one takes several statements, which is
+        // safe since each insert ignores what is already there.
+        for chunk in run.chunks(hixbus_storage::ROWS_PER_STATEMENT) {
             let rows = hixbus_storage::repeat_row(
                 chunk.len(),
                 COLUMNS,

@@ -55,9 +55,9 @@ pub enum StoreError {
     RunTooLong(usize),
 }
 
-/// The most prescriptions one statement records: 8 parameters each stays far below SQLite's
-/// 32,766 and PostgreSQL's 65,535.
-pub const MAX_RUN_ROWS: usize = 1_000;
+/// The most prescriptions one statement records. A longer run is refused, not split: its answer
+/// (which ids were new, to announce) would be lost for the statements before a failing one.
+pub const MAX_RUN_ROWS: usize = hixbus_storage::ROWS_PER_STATEMENT;
 
 #[derive(Debug, Clone)]
 pub struct Store {

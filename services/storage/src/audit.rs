@@ -27,9 +27,8 @@ pub struct Shippable {
     pub entry: AuditEntry,
 }
 
-/// Rows of one multi-row insert: 7 parameters each stays far below SQLite's 32,766 and
-/// PostgreSQL's 65,535.
-pub const RECORD_CHUNK: usize = 500;
+/// Rows of one multi-row insert.
+pub const RECORD_CHUNK: usize = crate::ROWS_PER_STATEMENT;
 
 #[derive(Debug, Clone)]
 pub struct AuditLog {

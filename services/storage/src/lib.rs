@@ -128,6 +128,10 @@ impl Database {
 /// How long a pooled connection may sit idle and still be handed out without a ping.
 const PING_IF_IDLE: Duration = Duration::from_secs(1);
 
+/// The most rows one multi-row statement writes: at up to a dozen parameters a row that stays
+/// far below SQLite's 32,766 and PostgreSQL's 65,535.
+pub const ROWS_PER_STATEMENT: usize = 500;
+
 /// `$first, $first+1, …` for `n` values: the parameters of an `IN (…)` list, which both
 /// engines accept where neither takes an array parameter the other understands.
 pub fn placeholders(first: usize, n: usize) -> String {
