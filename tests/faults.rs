@@ -35,10 +35,18 @@ fn rate() -> u64 {
         .and_then(|r| r.parse().ok())
         .unwrap_or(200)
 }
-/// Requests the clinics and the pharmacy have in flight at most (their connection pools):
-/// during an outage work queues at the clients, as it would, instead of piling onto a service
-/// that is starting.
-const IN_FLIGHT: usize = 64;
+/// Requests each organization has in flight at most: what a service admits from one client
+/// (its connection pool, as a well-behaved integration engine would size it). During an outage
+/// or a slow stretch work queues at the clients in order, as it would, instead of piling onto a
+/// service that is starting; more than this would be answered 429 and retried, and a request
+/// bounced that way could wait behind its neighbours' retries for minutes (a CI run saw one
+/// bounced for 240 s while the safety check rebuilt and the flow crawled).
+const IN_FLIGHT_PER_ORGANIZATION: usize = hixbus_service::admission::MAX_IN_FLIGHT_PER_CLIENT;
+/// How long one request may be tried (answered with an error or not at all, plus the waits
+/// between tries) before the suite calls it lost. Time queued at its client behind other
+/// requests is not counted: a flow that answers nothing is the stall watch's to catch
+/// ([`STALL`]), and the queue is fair, so a request is not passed over while others get through.
+const TRYING_AT_MOST: Duration = Duration::from_secs(240);
 /// Patients whose requests are not all answered yet, at most: the clinics' work waits while
 /// hixbus is down (as a clinic cannot send what it has not written) instead of growing without
 /// bound, so the offered rate dips during an outage and returns after.
@@ -136,7 +144,8 @@ impl Drop for Process {
 
 /// What the load generator was told, to check against what the system holds afterwards.
 struct Ledger {
-    in_flight: tokio::sync::Semaphore,
+    /// Per organization, [`IN_FLIGHT_PER_ORGANIZATION`] slots, handed out first come first served.
+    in_flight: HashMap<&'static str, tokio::sync::Semaphore>,
     /// prescription id → (patient number, issuer).
     accepted: Mutex<BTreeMap<String, (usize, &'static str)>>,
     dispensed: Mutex<BTreeSet<String>>,
@@ -149,7 +158,10 @@ struct Ledger {
 impl Ledger {
     fn new(last_answer: Arc<Mutex<Instant>>) -> Self {
         Self {
-            in_flight: tokio::sync::Semaphore::new(IN_FLIGHT),
+            in_flight: ORGS
+                .iter()
+                .map(|(id, _)| (*id, tokio::sync::Semaphore::new(IN_FLIGHT_PER_ORGANIZATION)))
+                .collect(),
             accepted: Mutex::default(),
             dispensed: Mutex::default(),
             retries: AtomicUsize::default(),
@@ -476,21 +488,26 @@ impl Stack {
     }
 }
 
-/// Sends the request until it is answered with one of `done` (a retry is always safe: issuing
-/// is idempotent on the Bundle identifier, dispensing refuses a second time).
+/// Sends `organization`'s request until it is answered with one of `done` (a retry is always
+/// safe: issuing is idempotent on the Bundle identifier, dispensing refuses a second time).
 async fn until_answered(
     ledger: &Ledger,
+    organization: &str,
     request: impl Fn() -> reqwest::RequestBuilder,
     done: &[u16],
 ) -> (u16, Value) {
-    let deadline = Instant::now() + Duration::from_secs(240);
+    let mut tried = Duration::ZERO;
     let mut backoff = Duration::from_millis(100);
     let mut last = String::new();
     loop {
         ledger.requests.fetch_add(1, Ordering::Relaxed);
         let answered = {
-            let _slot = ledger.in_flight.acquire().await.expect("semaphore");
-            match request().timeout(Duration::from_secs(30)).send().await {
+            let _slot = ledger.in_flight[organization]
+                .acquire()
+                .await
+                .expect("semaphore");
+            let sent = Instant::now();
+            let answered = match request().timeout(Duration::from_secs(30)).send().await {
                 Ok(response) => {
                     let status = response.status().as_u16();
                     Some((
@@ -502,7 +519,9 @@ async fn until_answered(
                     last = format!("{e}");
                     None
                 }
-            }
+            };
+            tried += sent.elapsed();
+            answered
         };
         if let Some((status, body)) = answered {
             if done.contains(&status) {
@@ -517,10 +536,11 @@ async fn until_answered(
         }
         ledger.retries.fetch_add(1, Ordering::Relaxed);
         assert!(
-            Instant::now() < deadline,
-            "a request never got through; last answer: {last}"
+            tried < TRYING_AT_MOST,
+            "a request never got through in {tried:?} of tries; last answer: {last}"
         );
         tokio::time::sleep(backoff).await;
+        tried += backoff;
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
@@ -568,6 +588,7 @@ async fn one_patient(
         let key = keys[issuer].clone();
         let (_, accepted) = until_answered(
             &ledger,
+            issuer,
             || {
                 http.post(format!(
                     "{gateway}/fhir/Bundle?target_pharmacy=pharmacy-aozora"
@@ -589,6 +610,7 @@ async fn one_patient(
             let key = keys["pharmacy-aozora"].clone();
             let (status, body) = until_answered(
                 &ledger,
+                "pharmacy-aozora",
                 || {
                     http.post(format!("{pharmacy}/pharmacy/prescriptions/{id}/dispense"))
                         .bearer_auth(&key)

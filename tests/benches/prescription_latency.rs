@@ -159,20 +159,19 @@ async fn main() {
         .unwrap_or_else(|| vec![rate]);
     let mut steps = Vec::new();
     let mut offset = 0;
+    let target = Target {
+        http: &http,
+        gateway_url: &gateway_url,
+        clinic_keys: &clinic_keys,
+        arrived: &arrived,
+        resyncs: &resyncs,
+        pharmacy_url: &pharmacy_url,
+        pharmacy_key: pharmacy_key.expose(),
+    };
     for &rate in &rates {
         let load = bench::Load { rate, ..load };
         let total = load.total();
-        let step = offer(
-            &load,
-            offset,
-            &http,
-            &gateway_url,
-            &clinic_keys,
-            &arrived,
-            &resyncs,
-            (&pharmacy_url, pharmacy_key.expose()),
-        )
-        .await;
+        let step = offer(&load, offset, &target).await;
         offset += total;
         steps.push(step);
         tokio::time::sleep(Duration::from_secs(3)).await;
@@ -216,19 +215,33 @@ struct Step {
     p99_ms: f64,
 }
 
-/// Offers `load` (prescriptions numbered from `first`), waits for them on the screen, prints
-/// the run's figures.
-#[allow(clippy::too_many_arguments)]
-async fn offer(
-    load: &bench::Load,
-    first: usize,
-    http: &reqwest::Client,
-    gateway_url: &str,
-    clinic_keys: &[String],
-    arrived: &Arc<Mutex<HashMap<String, Instant>>>,
-    resyncs: &AtomicUsize,
-    (pharmacy_url, pharmacy_key): (&str, &str),
-) -> Step {
+/// Where the load goes and where it is watched arriving, the same for every rate of a run.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    http: &'a reqwest::Client,
+    gateway_url: &'a str,
+    /// One per clinic; the load takes them in turn.
+    clinic_keys: &'a [String],
+    /// Prescription id → when the pharmacy's screen showed it.
+    arrived: &'a Arc<Mutex<HashMap<String, Instant>>>,
+    /// Times the screen fell behind and reloaded its inbox.
+    resyncs: &'a AtomicUsize,
+    pharmacy_url: &'a str,
+    pharmacy_key: &'a str,
+}
+
+/// Offers `load` (prescriptions numbered from `first`) to `target`, waits for them on the
+/// screen, prints the run's figures.
+async fn offer(load: &bench::Load, first: usize, target: &Target<'_>) -> Step {
+    let Target {
+        http,
+        gateway_url,
+        clinic_keys,
+        arrived,
+        resyncs,
+        pharmacy_url,
+        pharmacy_key,
+    } = *target;
     let (rate, total) = (load.rate, load.total());
     let resyncs_before = resyncs.load(Ordering::Relaxed);
     // Built before the clock starts: the load generator shares the two cores with the system

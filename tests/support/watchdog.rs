@@ -45,7 +45,7 @@ pub fn watch() {
             return;
         }
         let thread = std::thread::current();
-        let id = format!("{:?}", thread.id());
+        let id = thread_key();
         let name = thread.name().unwrap_or("unnamed test").to_owned();
         if let Ok(mut running) = running().lock() {
             running.insert(id.clone(), (name, Instant::now(), limit));
@@ -62,6 +62,11 @@ pub fn watch() {
     });
 }
 
+/// The calling test's key in [`running`]: its thread (libtest runs each test on its own).
+fn thread_key() -> String {
+    format!("{:?}", std::thread::current().id())
+}
+
 fn limit() -> Duration {
     let secs = std::env::var("HIXBUS_TEST_TIMEOUT_SECS")
         .ok()
@@ -75,9 +80,8 @@ fn limit() -> Duration {
 /// shares the two cores with another test). The watchdog is there for hangs, not for speed.
 pub fn allow(limit: Duration) {
     watch();
-    let id = format!("{:?}", std::thread::current().id());
     if let Ok(mut running) = running().lock()
-        && let Some(entry) = running.get_mut(&id)
+        && let Some(entry) = running.get_mut(&thread_key())
     {
         entry.2 = entry.2.max(limit);
     }

@@ -653,6 +653,30 @@ impl Lane {
         steps
     }
 
+    /// The span of processing one record or a run starting at `first`, with OpenTelemetry's
+    /// messaging attributes for a Kafka consumer. What differs between the two (the record's
+    /// offset and id, or the run's length) is declared empty here and recorded by the caller:
+    /// `tracing` takes a span's fields only where it is created.
+    fn consume_span(&self, first: &OwnedRecord) -> tracing::Span {
+        tracing::info_span!(
+            "hixbus.consume",
+            otel.kind = "consumer",
+            otel.name = %format!("process {}", first.topic),
+            messaging.system = "kafka",
+            messaging.operation.type = "process",
+            messaging.operation.name = "process",
+            messaging.destination.name = %first.topic,
+            messaging.destination.partition.id = %first.partition,
+            messaging.consumer.group.name = %self.group,
+            messaging.kafka.offset = tracing::field::Empty,
+            messaging.message.id = tracing::field::Empty,
+            messaging.batch.message_count = tracing::field::Empty,
+            group = %self.group,
+            event_type = tracing::field::Empty,
+            event_id = tracing::field::Empty,
+        )
+    }
+
     /// Applies a run with its type's batch handler; if that fails, applies each record on its
     /// own (decoded again: the batch handler consumed the events).
     async fn process_run(
@@ -666,20 +690,9 @@ impl Lane {
             run.into_iter().map(|(r, d)| (r, d.event)).unzip();
         // One span for the run, linked to the trace of each record in it (OpenTelemetry's
         // messaging conventions for a batch).
-        let span = tracing::info_span!(
-            "hixbus.consume",
-            otel.kind = "consumer",
-            otel.name = %format!("process {}", records[0].topic),
-            messaging.system = "kafka",
-            messaging.operation.type = "process",
-            messaging.operation.name = "process",
-            messaging.destination.name = %records[0].topic,
-            messaging.destination.partition.id = %records[0].partition,
-            messaging.consumer.group.name = %self.group,
-            messaging.batch.message_count = records.len(),
-            group = %self.group,
-            event_type = name,
-        );
+        let span = self.consume_span(&records[0]);
+        span.record("messaging.batch.message_count", records.len());
+        span.record("event_type", name);
         for record in &records {
             trace::link_trace(&span, &record.headers);
         }
@@ -757,23 +770,8 @@ impl Lane {
         decoded: Option<Decoded>,
         stop: &mut watch::Receiver<bool>,
     ) -> Outcome {
-        // OpenTelemetry's messaging conventions for a Kafka consumer processing one record.
-        let span = tracing::info_span!(
-            "hixbus.consume",
-            otel.kind = "consumer",
-            otel.name = %format!("process {}", record.topic),
-            messaging.system = "kafka",
-            messaging.operation.type = "process",
-            messaging.operation.name = "process",
-            messaging.destination.name = %record.topic,
-            messaging.destination.partition.id = %record.partition,
-            messaging.consumer.group.name = %self.group,
-            messaging.kafka.offset = record.offset,
-            messaging.message.id = tracing::field::Empty,
-            group = %self.group,
-            event_type = tracing::field::Empty,
-            event_id = tracing::field::Empty,
-        );
+        let span = self.consume_span(&record);
+        span.record("messaging.kafka.offset", record.offset);
         trace::continue_trace(&span, &record.headers);
         self.process_in_span(record, decoded, &span, stop)
             .instrument(span.clone())

@@ -10,6 +10,7 @@
 //! answered with the first prescription's ids while the clinic believes it issued the second).
 
 use hixbus_storage::Database;
+use hixbus_storage::group::{GroupWrite, Grouped};
 use sqlx::Row;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,12 +26,18 @@ pub struct SubmissionRow {
 #[derive(Debug, Clone)]
 pub struct Submissions {
     db: Database,
+    /// Marks the prescriptions published at the same moment together (one statement).
+    published: Grouped<MarkPublished>,
 }
 
 impl Submissions {
     pub async fn new(db: Database) -> Result<Self, sqlx::Error> {
         db.migrate(&crate::MIGRATIONS).await?;
-        Ok(Self { db })
+        let published = Grouped::spawn(
+            MarkPublished(db.clone()),
+            hixbus_storage::ROWS_PER_STATEMENT,
+        );
+        Ok(Self { db, published })
     }
 
     /// The row for `(org_id, identifier)`: `fresh` if this is the first submission, else the
@@ -68,12 +75,28 @@ impl Submissions {
         })
     }
 
+    /// Once the broker acknowledged: a resubmission then answers without publishing again.
+    /// Requests at the same moment are marked in one statement ([`hixbus_storage::group`]).
     pub async fn mark_published(&self, prescription_id: &str) -> Result<(), sqlx::Error> {
-        sqlx::query("UPDATE gateway_submissions SET published = 1 WHERE prescription_id = $1")
-            .bind(prescription_id)
-            .execute(&self.db.pool)
-            .await
-            .map(drop)
+        self.published.write(prescription_id.to_owned()).await
+    }
+}
+
+/// Prescription ids to mark published.
+struct MarkPublished(Database);
+
+impl GroupWrite for MarkPublished {
+    type Item = String;
+    async fn write_all(&self, ids: &[String]) -> Result<(), sqlx::Error> {
+        let sql = format!(
+            "UPDATE gateway_submissions SET published = 1 WHERE prescription_id IN ({})",
+            hixbus_storage::placeholders(1, ids.len())
+        );
+        let mut query = sqlx::query(&sql);
+        for id in ids {
+            query = query.bind(id.as_str());
+        }
+        query.execute(&self.0.pool).await.map(drop)
     }
 }
 
@@ -138,7 +161,7 @@ mod tests {
         Submissions::new(db.clone()).await.unwrap();
         let plan = hixbus_storage::sqlite_plan(
             &db,
-            "UPDATE gateway_submissions SET published = 1 WHERE prescription_id = 'rx-1'",
+            "UPDATE gateway_submissions SET published = 1 WHERE prescription_id IN ('rx-1', 'rx-2')",
         )
         .await
         .unwrap();

@@ -5,6 +5,7 @@
 //! same queries production runs on PostgreSQL.
 
 mod audit;
+pub mod group;
 mod links;
 
 pub use audit::{AuditEntry, AuditLog, Shippable};
