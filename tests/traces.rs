@@ -360,25 +360,14 @@ async fn run_flow() {
     // run, whose span is linked to each record's trace instead of being a child in it
     // (docs/bus.md "Runs"); CI saw that once, when the pharmacy's group was given its
     // partitions late. This test follows the one-record path.
-    let pharmacy = &urls[&Kind::Pharmacy];
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let status = http
-            .get(format!("{pharmacy}/pharmacy/prescriptions/{first}"))
-            .bearer_auth(&keys["pharmacy-aozora"])
-            .send()
-            .await
-            .unwrap()
-            .status();
-        if status == 200 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the pharmacy never saw {first}: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    hixbus_tests::rx::until_pharmacy_has(
+        &http,
+        (&urls[&Kind::Pharmacy], &keys["pharmacy-aozora"]),
+        &first,
+        Duration::from_secs(60),
+        Duration::from_millis(50),
+    )
+    .await;
     let second = issue(
         "clinic-sakura",
         "Bundle-Bundle-for-JP-MedReq-ePreData-Example01.json",

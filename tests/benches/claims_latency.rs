@@ -112,21 +112,14 @@ async fn main() {
     }
     // Until the pharmacy has the last one.
     let last = rx_id(total + 9);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let status = http
-            .get(format!("{pharmacy_url}/pharmacy/prescriptions/{last}"))
-            .bearer_auth(pharmacy_key)
-            .send()
-            .await
-            .unwrap()
-            .status();
-        if status == 200 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the pharmacy never got {last}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    hixbus_tests::rx::until_pharmacy_has(
+        &http,
+        (&pharmacy_url, pharmacy_key),
+        &last,
+        Duration::from_secs(120),
+        Duration::from_millis(200),
+    )
+    .await;
 
     // The baseline: a bare consumer of the dispensings, in its own group.
     let stop = hixbus_service::CancellationToken::new();

@@ -59,3 +59,32 @@ pub fn numbered_bundle(n: usize) -> Value {
     }
     bundle
 }
+
+/// Waits until the pharmacy at `pharmacy_url` serves prescription `id` to the holder of `key`
+/// (its read model has it), asking every `every`; panics after `limit`.
+pub async fn until_pharmacy_has(
+    http: &reqwest::Client,
+    (pharmacy_url, key): (&str, &str),
+    id: &str,
+    limit: std::time::Duration,
+    every: std::time::Duration,
+) {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let status = http
+            .get(format!("{pharmacy_url}/pharmacy/prescriptions/{id}"))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if status == 200 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pharmacy never had {id}: {status}"
+        );
+        tokio::time::sleep(every).await;
+    }
+}

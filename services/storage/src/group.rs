@@ -88,7 +88,9 @@ async fn run<W: GroupWrite>(writer: W, mut waiting: mpsc::Receiver<Pending<W::It
                 }
             }
             Err(e) if items.len() == 1 => {
-                let _ = callers.into_iter().next().map(|c| c.send(Err(e)));
+                if let Some(caller) = callers.into_iter().next() {
+                    let _ = caller.send(Err(e));
+                }
             }
             Err(e) => {
                 tracing::warn!(
