@@ -14,22 +14,30 @@ trap 'kill "$up" 2>/dev/null || true; rm -rf "$work"' EXIT
 
 # A server that stops answering fails the smoke test instead of hanging it.
 curl() { command curl --max-time 10 "$@"; }
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-kafka="127.0.0.1:$(port)"
-registry="127.0.0.1:$(port)"
-gateway="127.0.0.1:$(port)"
-pharmacy="127.0.0.1:$(port)"
-safety="127.0.0.1:$(port)"
-lab="127.0.0.1:$(port)"
-feed="127.0.0.1:$(port)"
-claims="127.0.0.1:$(port)"
-insurer="127.0.0.1:$(port)"
-patient="127.0.0.1:$(port)"
-research="127.0.0.1:$(port)"
-ops="127.0.0.1:$(port)"
-web="127.0.0.1:$(port)"
-oidc="127.0.0.1:$(port)"
-mllp="127.0.0.1:$(port)"
+# Listen ports come from below the kernel's ephemeral range: a port bound to 0 and let go comes
+# from that range, and `hixbus up`'s own outgoing connections (to the broker, the registry) draw
+# from it too, so one of them could take a listen port before its service binds it (CI saw that
+# once). Each port is checked free, and all fifteen differ.
+names=(kafka registry gateway pharmacy safety lab feed claims insurer patient research ops web oidc mllp)
+ports=($(python3 - "${#names[@]}" <<'PY'
+import random, socket, sys
+low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+chosen = []
+while len(chosen) < int(sys.argv[1]):
+    p = random.randrange(10000, low)
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p))
+    except OSError:
+        continue
+    finally:
+        s.close()
+    if p not in chosen:
+        chosen.append(p)
+print(*chosen)
+PY
+))
+for i in "${!names[@]}"; do printf -v "${names[$i]}" '127.0.0.1:%s' "${ports[$i]}"; done
 
 started=$(date +%s.%N)
 "$bin" up --kafka-listen "$kafka" --registry-listen "$registry" --demo-interval-ms 50 \
