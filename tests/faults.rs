@@ -23,7 +23,9 @@ use hixbus_access::codes::CodeKeys;
 use hixbus_bus::reader::{Start, TopicReader};
 use hixbus_contracts::{Catalog, Event, gate};
 use hixbus_storage::Database;
-use hixbus_tests::{Backend, BusStack, Engine, PrivatePostgres, Tansu, TestBroker, TestRegistry};
+use hixbus_tests::{
+    Backend, BusStack, Engine, PrivatePostgres, Tansu, TestBroker, TestRegistry, free_port,
+};
 use serde_json::{Value, json};
 
 use hixbus_tests::rx::{numbered_bundle, pharmacist};
@@ -58,13 +60,6 @@ fn fault_on(kind: &str) -> bool {
 }
 const BROKER_KILLS: usize = 10;
 const DATABASE_CRASHES: usize = 2;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
 
 /// `text` without its terminal colour codes (`ESC [ … m`).
 fn strip_ansi(text: &str) -> String {

@@ -10,7 +10,7 @@ use hixbus_access::Directory;
 use hixbus_bus::reader::{Start, TopicReader};
 use hixbus_contracts::{Event, LabResultReported, ReportStatus};
 use hixbus_tests::{
-    Backend, BusStack, Service, directory_with_keys, fresh_database, start_service,
+    Backend, BusStack, Service, directory_with_keys, free_port, fresh_database, start_service,
     start_service_with,
 };
 use serde_json::Value;
@@ -185,15 +185,6 @@ async fn hl7_lab_messages_are_acked_after_publishing_and_bad_ones_publish_nothin
     assert_eq!(answer.status(), 401);
     assert_eq!(reports(&stack).await.len(), 6);
     service.stop().await;
-}
-
-/// A free port on the loopback address.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Reads one MLLP frame (its body) from `stream`, or `None` if the connection closed first.

@@ -88,7 +88,7 @@ impl Tansu {
         // HIXBUS_FAULT_KEEP=1 keeps the broker's log and storage for a post-mortem (its log
         // level is Tansu's own: RUST_LOG).
         dir.disable_cleanup(std::env::var_os("HIXBUS_FAULT_KEEP").is_some());
-        let port = port.unwrap_or_else(free_port);
+        let port = port.unwrap_or_else(crate::free_port);
         let mut tansu = Self {
             port,
             engine,
@@ -212,13 +212,6 @@ fn tansu_bin() -> PathBuf {
     } else {
         "tansu".into()
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 fn wait_for_port(port: u16, dir: &Path) {

@@ -32,6 +32,32 @@ pub enum Backend {
     Postgres,
 }
 
+/// A free port on the loopback address for a process a test starts with `--port`-like options.
+///
+/// It comes from below the kernel's ephemeral range. A port bound to 0 and let go comes from that
+/// range, and every outgoing connection draws from it too, so a client of another test could take
+/// the port before the process binds it. Ports already handed out in this process are not handed
+/// out again, since tests run in parallel and none has bound its port yet.
+pub fn free_port() -> u16 {
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    const LOWEST: u16 = 10_000;
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .filter(|start| *start > LOWEST + 1_000)
+        .unwrap_or(32_768);
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let span = u128::from(ephemeral - LOWEST);
+        let port = LOWEST + (uuid::Uuid::new_v4().as_u128() % span) as u16;
+        if !handed_out.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.insert(port);
+            return port;
+        }
+    }
+}
+
 /// The PostgreSQL server tests create their databases on. CI and these machines run one at
 /// 127.0.0.1:5432 with trust auth; `HIXBUS_TEST_POSTGRES_URL` points elsewhere.
 pub fn postgres_admin_url() -> String {

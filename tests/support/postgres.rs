@@ -29,10 +29,7 @@ impl PrivatePostgres {
         if as_postgres {
             run(Command::new("chown").args(["postgres:", &path(dir.path())]));
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
+        let port = crate::free_port();
         let pg = Self {
             dir,
             bin,
