@@ -3,7 +3,6 @@
 //! the real services on the real broker. Screenshots of each console are written to
 //! `HIXBUS_SCREENS` (`docs/screens` refreshes the README's), else under the target directory.
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -44,11 +43,7 @@ fn chromedriver() -> String {
 
 impl Driver {
     pub(crate) async fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = hixbus_tests::free_port();
         let child = Command::new(chromedriver())
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
@@ -121,6 +116,31 @@ pub(crate) async fn text_of(browser: &Client, css: &str) -> String {
     text.as_str()
         .unwrap_or_else(|| panic!("nothing matches {css}"))
         .to_owned()
+}
+
+/// The confirmation (`.done`) once it says `expected`. A form that posts from a page which
+/// already shows a confirmation (revoking, then opting out on the same page) leaves the old one
+/// in place until the answer loads, so the text is polled by selector, never through an element
+/// the navigation can make stale.
+pub(crate) async fn done_saying(browser: &Client, expected: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = browser
+            .execute(
+                "const e = document.querySelector('.done'); return e ? e.innerText : null;",
+                vec![],
+            )
+            .await
+            .ok()
+            .and_then(|text| text.as_str().map(str::to_owned));
+        match text {
+            Some(text) if text.contains(expected) => return,
+            text if Instant::now() > deadline => {
+                panic!("no confirmation saying {expected:?} in 30 s; the page shows {text:?}")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
 }
 
 /// Does `act` to the element `css` selects, again on a fresh one if a live refresh replaced it
@@ -332,8 +352,7 @@ async fn a_pharmacist_and_a_clinic_work_the_prescription_and_a_critical_result_i
     );
     screenshot(&pharmacist, "pharmacy-dispense").await;
     click(&pharmacist, "form.dispense button[type=submit]").await;
-    let done = wait_for(&pharmacist, ".done").await.text().await.unwrap();
-    assert!(done.contains("調剤を記録しました"), "{done}");
+    done_saying(&pharmacist, "調剤を記録しました").await;
     assert_eq!(text_of(&pharmacist, "#status").await, "調剤済");
     let dispensed = text_of(&pharmacist, "ul.dispensed").await;
     assert!(
@@ -380,8 +399,7 @@ async fn a_pharmacist_and_a_clinic_work_the_prescription_and_a_critical_result_i
         e.click().await.map(|_| ())
     })
     .await;
-    let done = wait_for(&clinic, ".done").await.text().await.unwrap();
-    assert!(done.contains("確認を記録しました"), "{done}");
+    done_saying(&clinic, "確認を記録しました").await;
     assert!(
         clinic
             .find(Locator::Css("#results tr.awaiting"))

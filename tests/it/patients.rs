@@ -2289,7 +2289,7 @@ async fn at_the_provider(browser: &fantoccini::Client, subject: &str) {
 #[tokio::test]
 async fn a_patient_signs_in_at_the_provider_and_sees_their_record_a_chart_who_saw_it_and_revokes_a_consent()
  {
-    use crate::consoles::{Driver, path_of, screenshot, text_of, wait_for};
+    use crate::consoles::{Driver, done_saying, path_of, screenshot, text_of, wait_for};
     use fantoccini::Locator;
     let flow = Flow::start().await;
     flow.history().await;
@@ -2417,8 +2417,7 @@ async fn a_patient_signs_in_at_the_provider_and_sees_their_record_a_chart_who_sa
         .click()
         .await
         .unwrap();
-    let done = wait_for(&browser, ".done").await.text().await.unwrap();
-    assert!(done.contains("同意しました"), "{done}");
+    done_saying(&browser, "同意しました").await;
     let (_, given) = flow.patient("taro", "/patient/consents").await;
     assert!(
         given["consents"].as_array().unwrap().iter().any(|c| {
@@ -2434,8 +2433,7 @@ async fn a_patient_signs_in_at_the_provider_and_sees_their_record_a_chart_who_sa
         .click()
         .await
         .unwrap();
-    let done = wait_for(&browser, ".done").await.text().await.unwrap();
-    assert!(done.contains("取り消しました"), "{done}");
+    done_saying(&browser, "取り消しました").await;
     let (_, consents) = flow.patient("taro", "/patient/consents").await;
     let now = consents["consents"]
         .as_array()
@@ -2457,8 +2455,7 @@ async fn a_patient_signs_in_at_the_provider_and_sees_their_record_a_chart_who_sa
         .click()
         .await
         .unwrap();
-    let done = wait_for(&browser, ".done").await.text().await.unwrap();
-    assert!(done.contains("研究には使われなくなりました"), "{done}");
+    done_saying(&browser, "研究には使われなくなりました").await;
     wait_for(&browser, "#research[data-opted-out=true]").await;
     let (_, choice) = flow.patient("taro", "/patient/consents").await;
     assert_eq!(choice["research"]["opted_out"], true, "{choice}");
@@ -2510,8 +2507,7 @@ async fn a_patient_signs_in_at_the_provider_and_sees_their_record_a_chart_who_sa
         .click()
         .await
         .unwrap();
-    let done = wait_for(&mother, ".done").await.text().await.unwrap();
-    assert!(done.contains("代理を引き受けました"), "{done}");
+    done_saying(&mother, "代理を引き受けました").await;
     wait_for(&mother, "#acting li button")
         .await
         .click()
@@ -2528,8 +2524,7 @@ async fn a_patient_signs_in_at_the_provider_and_sees_their_record_a_chart_who_sa
         .click()
         .await
         .unwrap();
-    let done = wait_for(&browser, ".done").await.text().await.unwrap();
-    assert!(done.contains("代理を取り消しました"), "{done}");
+    done_saying(&browser, "代理を取り消しました").await;
     mother.goto(&format!("{web}/me")).await.unwrap();
     wait_for(&mother, ".problem").await;
     assert!(
