@@ -1,6 +1,8 @@
 //! The codec's typed path against apache-avro's generic `Value` path (what
 //! schema_registry_converter does: `to_value`, validate, encode; decode to `Value`, `from_value`),
-//! on the same schema and the same events, in one run. Results: docs/performance.md.
+//! on the same schema and the same events, in one run. A third side, apache-avro's own serde
+//! straight to and from bytes (the codec's path until serde_avro_fast replaced it), shows what
+//! that choice is worth. Results: docs/performance.md.
 
 use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::writer::datum::GenericDatumWriter;
@@ -9,6 +11,10 @@ use hixbus_contracts::{
     Catalog, Event, PrescriptionIssued, decode_body, encode_body, samples, wire,
 };
 use std::hint::black_box;
+
+/// The allocator every hixbus binary runs with; both sides of the comparison use it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn cases() -> Vec<(&'static str, PrescriptionIssued)> {
     vec![
@@ -29,6 +35,10 @@ fn encode(c: &mut Criterion) {
         .unwrap()
         .schema;
     let generic_writer = GenericDatumWriter::builder(schema).build().unwrap();
+    let serde_writer = GenericDatumWriter::builder(schema)
+        .human_readable(false)
+        .build()
+        .unwrap();
     let mut group = c.benchmark_group("encode");
     for (name, rx) in cases() {
         group.throughput(Throughput::Elements(1));
@@ -37,6 +47,14 @@ fn encode(c: &mut Criterion) {
                 let mut buf = Vec::with_capacity(256);
                 wire::write_header(&mut buf, 7);
                 encode_body(black_box(rx), &mut buf).unwrap();
+                buf
+            })
+        });
+        group.bench_with_input(BenchmarkId::new("avro serde", name), &rx, |b, rx| {
+            b.iter(|| {
+                let mut buf = Vec::with_capacity(256);
+                wire::write_header(&mut buf, 7);
+                serde_writer.write_ser(&mut buf, black_box(rx)).unwrap();
                 buf
             })
         });
@@ -63,6 +81,10 @@ fn decode(c: &mut Criterion) {
         .unwrap()
         .schema;
     let generic_reader = GenericDatumReader::builder(schema).build().unwrap();
+    let serde_reader = GenericDatumReader::builder(schema)
+        .human_readable(false)
+        .build()
+        .unwrap();
     let mut group = c.benchmark_group("decode");
     for (name, rx) in cases() {
         let mut body = Vec::new();
@@ -70,6 +92,15 @@ fn decode(c: &mut Criterion) {
         group.throughput(Throughput::Elements(1));
         group.bench_with_input(BenchmarkId::new("hixbus typed", name), &body, |b, body| {
             b.iter(|| decode_body("PrescriptionIssued", black_box(body)).unwrap())
+        });
+        group.bench_with_input(BenchmarkId::new("avro serde", name), &body, |b, body| {
+            b.iter(|| {
+                Event::PrescriptionIssued(
+                    serde_reader
+                        .read_deser::<PrescriptionIssued>(&mut black_box(body.as_slice()))
+                        .unwrap(),
+                )
+            })
         });
         group.bench_with_input(
             BenchmarkId::new("avro generic Value", name),

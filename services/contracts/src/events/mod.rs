@@ -12,7 +12,6 @@ mod prescription;
 mod research;
 mod safety;
 
-use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::types::Value;
 use apache_avro::{AvroSchema, Schema};
 use serde::de::DeserializeOwned;
@@ -58,6 +57,23 @@ pub trait EventRecord:
     const NAME: &'static str;
 
     fn envelope(&self) -> &Envelope;
+}
+
+/// One record of type `T` from the front of `body`, and how many bytes follow it.
+fn read_fast<T: DeserializeOwned>(
+    schema: &serde_avro_fast::Schema,
+    body: &[u8],
+) -> Result<(T, usize), serde_avro_fast::de::DeError> {
+    use serde_avro_fast::de::{DeserializerConfig, DeserializerState, read::SliceRead};
+    use std::io::BufRead;
+    let mut config = DeserializerConfig::new(schema);
+    // Every item of every array in the catalog takes at least one byte, so a block that claims
+    // more items than the body has bytes is corrupt: refused before it is looped over.
+    config.max_seq_size = body.len();
+    let mut state = DeserializerState::with_config(SliceRead::new(body), config);
+    let value = T::deserialize(state.deserializer())?;
+    let unread = state.into_reader().fill_buf().map_or(0, <[u8]>::len);
+    Ok((value, unread))
 }
 
 macro_rules! event_set {
@@ -134,15 +150,18 @@ macro_rules! event_set {
                 }
             }
 
-            /// Decodes straight from Avro bytes into the typed event: the fast path, valid only
-            /// when the bytes were written with exactly the schema the type derives.
+            /// Decodes straight from Avro bytes into the typed event, with the number of bytes
+            /// left unread: the fast path, valid only when the bytes were written with exactly
+            /// the schema the type derives.
             pub(crate) fn read_typed(
                 name: &str,
-                reader: &GenericDatumReader<'_>,
-                body: &mut &[u8],
-            ) -> Option<Result<Event, apache_avro::Error>> {
+                schema: &serde_avro_fast::Schema,
+                body: &[u8],
+            ) -> Option<Result<(Event, usize), serde_avro_fast::de::DeError>> {
                 match name {
-                    $(stringify!($name) => Some(reader.read_deser::<$name>(body).map(Event::$name)),)+
+                    $(stringify!($name) => Some(
+                        read_fast::<$name>(schema, body).map(|(e, unread)| (Event::$name(e), unread)),
+                    ),)+
                     _ => None,
                 }
             }
