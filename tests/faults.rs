@@ -25,6 +25,7 @@ use hixbus_contracts::{Catalog, Event, gate};
 use hixbus_storage::Database;
 use hixbus_tests::{
     Backend, BusStack, Engine, PrivatePostgres, Tansu, TestBroker, TestRegistry, free_port,
+    strip_ansi,
 };
 use serde_json::{Value, json};
 
@@ -60,24 +61,6 @@ fn fault_on(kind: &str) -> bool {
 }
 const BROKER_KILLS: usize = 10;
 const DATABASE_CRASHES: usize = 2;
-
-/// `text` without its terminal colour codes (`ESC [ … m`).
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
 
 /// One `hixbus serve …` process, restartable on the same port and database.
 struct Process {

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use hixbus_bus::consumer::ConsumerError;
 use hixbus_bus::reader::{Start, TopicReader};
 use hixbus_bus::{Consumer, EventContext, HandlerError, RunSummary, dlq, headers};
-use hixbus_contracts::{EventRecord, LabResultReported, PrescriptionIssued, samples};
+use hixbus_contracts::{
+    EventRecord, LabResultReported, PrescriptionDispensed, PrescriptionIssued, samples,
+};
 use hixbus_storage::Database;
 use hixbus_tests::{Backend, BusStack, Engine, Tansu, TestBroker, TestRegistry, unique};
 use tokio::sync::{mpsc, oneshot};
@@ -377,6 +379,81 @@ async fn a_batch_handler_needs_its_one_record_handler_to_fall_back_to() {
         ),
         "{refused}"
     );
+}
+
+/// A partition whose records wait for events on another topic (dispensings for their
+/// prescriptions, as a rebuild reads both topics at once) fills its lane's queue. Before the
+/// runner paused such a partition, it waited for room in that queue and so stopped polling: the
+/// prescriptions were never handed to their lane, and every dispensing was retried until it was
+/// dead-lettered.
+#[tokio::test]
+async fn a_partition_waiting_for_another_topic_does_not_hold_back_the_topic_it_waits_for() {
+    const WAITING: usize = 150;
+    let stack = BusStack::start().await;
+    let publisher = stack.publisher();
+    let patient = unique("patient");
+    // One key, one partition: more than a lane's queue holds.
+    for n in 0..WAITING {
+        let mut d = samples::prescription_dispensed(&patient);
+        d.prescription_id = format!("{patient}-{n}");
+        publisher.publish(&d).await.unwrap();
+    }
+    let issued: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    let dispensed: Arc<Mutex<Vec<String>>> = Arc::default();
+    let waits = Arc::new(AtomicU64::new(0));
+    let consumer = Consumer::builder(&stack.kafka, stack.codec(), unique("pharmacy"))
+        .on({
+            let issued = issued.clone();
+            move |e: PrescriptionIssued, _: EventContext| {
+                issued.lock().unwrap().insert(e.prescription_id);
+                async { Ok(()) }
+            }
+        })
+        .unwrap()
+        .on({
+            let (issued, dispensed, waits) = (issued.clone(), dispensed.clone(), waits.clone());
+            move |e: PrescriptionDispensed, _: EventContext| {
+                let (issued, dispensed, waits) = (issued.clone(), dispensed.clone(), waits.clone());
+                async move {
+                    if !issued.lock().unwrap().contains(&e.prescription_id) {
+                        waits.fetch_add(1, Ordering::SeqCst);
+                        return Err(HandlerError::not_yet(format!(
+                            "prescription {}",
+                            e.prescription_id
+                        )));
+                    }
+                    dispensed.lock().unwrap().push(e.prescription_id);
+                    Ok(())
+                }
+            }
+        })
+        .unwrap()
+        .build()
+        .unwrap();
+    let running = Running::spawn(consumer);
+    // The dispensings' lane is stuck on its first record, its queue full behind it.
+    let stuck = waits.clone();
+    eventually(
+        Duration::from_secs(60),
+        "the first dispensing to wait",
+        || stuck.load(Ordering::SeqCst) >= 2,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for n in 0..WAITING {
+        let mut e = samples::prescription_issued(&patient, 1);
+        e.prescription_id = format!("{patient}-{n}");
+        publisher.publish(&e).await.unwrap();
+    }
+    let done = dispensed.clone();
+    eventually(Duration::from_secs(60), "every dispensing recorded", || {
+        done.lock().unwrap().len() >= WAITING
+    })
+    .await;
+    let summary = running.stop().await;
+    let expected: Vec<String> = (0..WAITING).map(|n| format!("{patient}-{n}")).collect();
+    assert_eq!(*dispensed.lock().unwrap(), expected, "each once, in order");
+    assert_eq!(summary.dead_lettered, 0, "{summary:?}");
 }
 
 #[tokio::test]

@@ -1425,6 +1425,122 @@ async fn a_dispensing_cut_short_by_a_crash_is_published_by_the_retry_or_at_the_n
     flow.stop().await;
 }
 
+/// A run of dispensings in one statement, on both engines: each prescription here and not yet
+/// dispensed is recorded once (even when the run holds its dispensing twice), one dispensed
+/// already keeps its first dispensing, one not here yet is left for the one-at-a-time retry, and
+/// the answer names exactly those recorded. On PostgreSQL the statement also announces them.
+#[tokio::test]
+async fn a_run_of_dispensings_is_recorded_in_one_statement_each_once() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let url = fresh_database(backend).await;
+        let db = Database::connect(&url).await.unwrap();
+        let keys = hixbus_access::codes::CodeKeys::parse(hixbus_tests::code_key(), []).unwrap();
+        let store = hixbus_pharmacy::store::Store::new(db, Arc::new(keys))
+            .await
+            .unwrap();
+        let rx = |n: usize| {
+            let mut e = hixbus_contracts::samples::prescription_issued("patient-run", 2);
+            e.prescription_id = format!("rx-run-{n}");
+            e.target_pharmacy_org = Some("pharmacy-aozora".to_owned());
+            e
+        };
+        let dispensing = |n: usize, by: &str| {
+            let mut d = hixbus_contracts::samples::prescription_dispensed("patient-run");
+            d.prescription_id = format!("rx-run-{n}");
+            d.pharmacy.org_id = by.to_owned();
+            d
+        };
+        let issued: Vec<_> = (0..4).map(rx).collect();
+        store.insert_issued_all(&issued, None).await.unwrap();
+        assert!(
+            store
+                .record_dispensed(&dispensing(0, "pharmacy-aozora"))
+                .await
+                .unwrap()
+        );
+        // Announcements on PostgreSQL arrive at commit, on the channel given.
+        let mut listener = match backend {
+            Backend::Postgres => {
+                let mut l = sqlx::postgres::PgListener::connect(&url).await.unwrap();
+                l.listen("dispensed_run_test").await.unwrap();
+                Some(l)
+            }
+            Backend::Sqlite => None,
+        };
+        let channel = listener.as_ref().map(|_| "dispensed_run_test");
+        let run = vec![
+            dispensing(0, "pharmacy-other"),
+            dispensing(1, "pharmacy-aozora"),
+            dispensing(2, "pharmacy-aozora"),
+            dispensing(1, "pharmacy-other"),
+            dispensing(9, "pharmacy-aozora"),
+            dispensing(3, "pharmacy-aozora"),
+        ];
+        let mut recorded = store.record_dispensed_all(&run, channel).await.unwrap();
+        recorded.sort();
+        assert_eq!(
+            recorded,
+            ["rx-run-1", "rx-run-2", "rx-run-3"],
+            "{backend:?}"
+        );
+        for n in 0..4 {
+            let row = store.get(&format!("rx-run-{n}")).await.unwrap().unwrap();
+            assert_eq!(
+                row.status,
+                hixbus_contracts::lifecycle::Status::Dispensed,
+                "{backend:?}"
+            );
+            assert!(row.dispensed.is_some());
+        }
+        let first = store.get("rx-run-0").await.unwrap().unwrap();
+        assert_eq!(
+            first.dispensed_by.as_deref(),
+            Some("pharmacy-aozora"),
+            "the first dispensing is kept"
+        );
+        let twice = store.get("rx-run-1").await.unwrap().unwrap();
+        assert_eq!(
+            twice.dispensed_by.as_deref(),
+            Some("pharmacy-aozora"),
+            "of two in one run, the first is kept"
+        );
+        assert!(store.get("rx-run-9").await.unwrap().is_none());
+        if let Some(listener) = &mut listener {
+            let mut heard = Vec::new();
+            for _ in 0..3 {
+                let n = tokio::time::timeout(Duration::from_secs(10), listener.recv())
+                    .await
+                    .expect("an announcement")
+                    .unwrap();
+                heard.push(n.payload().to_owned());
+            }
+            heard.sort();
+            assert_eq!(heard, ["rx-run-1", "rx-run-2", "rx-run-3"]);
+        }
+        assert!(
+            store
+                .record_dispensed_all(&run, None)
+                .await
+                .unwrap()
+                .is_empty(),
+            "applied again, it changes nothing"
+        );
+        let long: Vec<_> = (10..11 + hixbus_pharmacy::store::MAX_RUN_ROWS)
+            .map(|n| dispensing(n, "pharmacy-aozora"))
+            .collect();
+        let refused = store.record_dispensed_all(&long, None).await;
+        assert!(
+            matches!(
+                refused,
+                Err(hixbus_pharmacy::store::StoreError::RunTooLong(n)) if n == long.len()
+            ),
+            "{refused:?}"
+        );
+        drop(listener);
+        hixbus_tests::drop_database(&url).await;
+    }
+}
+
 /// A run of prescriptions in one statement, on both engines: new ones are recorded (each once,
 /// even when the run holds it twice, as a redelivery can), one already there is left as it was,
 /// and the answer names exactly the new ones: the prescriptions the screens are told about.

@@ -411,15 +411,120 @@ impl std::fmt::Debug for Consumer {
     }
 }
 
-/// Records fetched but not yet handled, per partition. Small: a slow partition holds back
-/// polling (and so every partition) only once its queue is full.
+/// Records fetched but not yet handled, per partition. A partition whose queue is full is
+/// paused (see [`Held`]), so it holds back only itself.
 const LANE_QUEUE: usize = 64;
+
+/// How often records held for full lanes are offered to them again.
+const HELD_RETRY: Duration = Duration::from_millis(5);
+
+/// Records held for one full lane before its partition is paused. Held rather than paused at
+/// once: a paused partition resumes from inside the producer's batch it stopped in, and Tansu
+/// 0.6.0 (the test broker) was seen to deliver nothing more of such a partition (the rebuild
+/// bench: prescriptions left unread after a pause). Kafka resumes it exactly.
+const HOLD: usize = 4_096;
 
 /// The queue feeding one partition's worker.
 type LaneQueue = mpsc::Sender<OwnedRecord>;
 
 /// The most records one batch handler call takes: what one lane can have waiting.
 const MAX_RUN: usize = LANE_QUEUE + 1;
+
+/// A lane's worker has ended (shutdown interrupted it).
+struct LaneClosed;
+
+/// Records read for lanes whose queue was full, per partition, in order. Waiting for room in
+/// one lane's queue would hold back polling, and so every other partition: a partition whose
+/// handler waits for an event on another topic (a dispensing for its prescription, as a rebuild
+/// reads both topics at once) then waited for a record that was never handed to its lane, until
+/// it gave up and dead-lettered. Such records are held here instead, and polling goes on; past
+/// [`HOLD`] of them the partition is paused (librdkafka stops fetching it and drops what it had
+/// prefetched), so what is held stays bounded. Once its lane has taken them all, a paused
+/// partition resumes from the record after the last one read.
+#[derive(Default)]
+struct Held(HashMap<(String, i32), std::collections::VecDeque<OwnedRecord>>);
+
+impl Held {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Hands `record` to its lane, behind any held for its partition; pauses the partition when
+    /// the lane has no room.
+    fn send(
+        &mut self,
+        key: (String, i32),
+        queue: &LaneQueue,
+        record: OwnedRecord,
+        consumer: &StreamConsumer<BusContext>,
+    ) -> Result<(), LaneClosed> {
+        if let Some(waiting) = self.0.get_mut(&key) {
+            waiting.push_back(record);
+            // Each further HOLD records (a pause can be undone by the partition being assigned
+            // here again), so what is held stays bounded.
+            if waiting.len() % HOLD == 0 {
+                pause(consumer, &key, true);
+            }
+            return Ok(());
+        }
+        match queue.try_send(record) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(record)) => {
+                self.0.insert(key, [record].into());
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(LaneClosed),
+        }
+    }
+
+    /// Offers held records to their lanes again; resumes each partition whose records all went.
+    fn offer(
+        &mut self,
+        lanes: &HashMap<(String, i32), LaneQueue>,
+        consumer: &StreamConsumer<BusContext>,
+    ) -> Result<(), LaneClosed> {
+        let mut emptied = Vec::new();
+        for (key, waiting) in &mut self.0 {
+            let Some(queue) = lanes.get(key) else {
+                continue;
+            };
+            while let Some(record) = waiting.pop_front() {
+                match queue.try_send(record) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(record)) => {
+                        waiting.push_front(record);
+                        break;
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => return Err(LaneClosed),
+                }
+            }
+            if waiting.is_empty() {
+                emptied.push(key.clone());
+            }
+        }
+        for key in emptied {
+            self.0.remove(&key);
+            pause(consumer, &key, false);
+        }
+        Ok(())
+    }
+}
+
+/// Pauses or resumes fetching one partition. A partition revoked meanwhile cannot be: its new
+/// owner fetches it, and if it comes back here it comes back resumed by this call or by the
+/// next time its lane has room.
+fn pause(consumer: &StreamConsumer<BusContext>, (topic, partition): &(String, i32), on: bool) {
+    let mut list = rdkafka::TopicPartitionList::new();
+    list.add_partition(topic, *partition);
+    let done = if on {
+        consumer.pause(&list)
+    } else {
+        consumer.resume(&list)
+    };
+    if let Err(e) = done {
+        tracing::debug!(topic, partition, pause = on, error = %e, "partition not paused or resumed");
+    }
+}
 
 /// Where a record was read: its offset is stored once it is dealt with.
 struct Position(String, i32, i64);
@@ -495,10 +600,19 @@ impl Consumer {
         // Owned by this future: if it is dropped (the task aborted, the process dying), every
         // lane goes with it and the member leaves the group, as a killed process would.
         let mut workers: JoinSet<RunSummary> = JoinSet::new();
+        let mut held = Held::default();
+        let mut retry = tokio::time::interval(HELD_RETRY);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let received = tokio::select! {
                 biased;
                 _ = stop.wait_for(|stopped| *stopped) => break,
+                _ = retry.tick(), if !held.is_empty() => {
+                    if held.offer(&lanes, &self.consumer).is_err() {
+                        break;
+                    }
+                    continue;
+                }
                 received = self.consumer.recv() => received,
             };
             let record = match received {
@@ -513,17 +627,11 @@ impl Consumer {
             };
             let key = (record.topic.clone(), record.partition);
             let queue = lanes
-                .entry(key)
+                .entry(key.clone())
                 .or_insert_with(|| self.spawn_lane(&mut workers, stop.clone()));
-            tokio::select! {
-                biased;
-                _ = stop.wait_for(|stopped| *stopped) => break,
-                sent = queue.send(record) => {
-                    // A lane only ends early when shutdown interrupted it.
-                    if sent.is_err() {
-                        break;
-                    }
-                }
+            // A lane only ends early when shutdown interrupted it.
+            if held.send(key, queue, record, &self.consumer).is_err() {
+                break;
             }
         }
         drop(lanes);

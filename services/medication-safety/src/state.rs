@@ -234,6 +234,15 @@ impl Medications {
 
     /// What was handed over replaces what was prescribed, from the day it was handed over.
     pub fn dispensed(&mut self, rules: &Rules, e: &PrescriptionDispensed) {
+        // Handed over before the forgetting horizon: whatever it was for has ended, or will be
+        // forgotten at the next sweep. Kept, such dispensings grew the state with the topic: a
+        // rebuild reads every prescription first (moving the horizon to the latest issue date)
+        // and then every dispensing, and no sweep comes after the last prescription.
+        if let Some(swept) = self.swept_for
+            && dispensed_on(e).is_none_or(|day| day < swept.plus_days(-FORGET_AFTER_DAYS))
+        {
+            return;
+        }
         match self.by_patient.get_mut(&e.envelope.patient_ref) {
             Some(active)
                 if active
@@ -531,6 +540,36 @@ mod tests {
             TODAY,
         );
         assert!(meds.early.is_empty());
+    }
+
+    #[test]
+    fn dispensings_from_before_the_horizon_are_not_kept_whatever_order_they_come_in() {
+        let rules = Rules::embedded().unwrap();
+        let mut meds = Medications::default();
+        // As a rebuild reads them: every prescription first, then every dispensing.
+        meds.issued(
+            &rules,
+            &rx("p", "rx-1", "clinic-a", day(0), &[LOXONIN]),
+            TODAY,
+        );
+        meds.issued(
+            &rules,
+            &rx("q", "rx-9", "clinic-a", day(100), &[GASTER]),
+            TODAY,
+        );
+        assert!(
+            meds.active("p").is_empty(),
+            "rx-1 ended long before day 100"
+        );
+        for n in 0..1_000 {
+            let mut old = dispensing(&format!("p{n}"), day(10));
+            old.prescription_id = format!("rx-old-{n}");
+            meds.dispensed(&rules, &old);
+        }
+        assert!(meds.early.is_empty(), "{} kept", meds.early.len());
+        // One within the horizon still waits for its prescription.
+        meds.dispensed(&rules, &dispensing("r", day(80)));
+        assert_eq!(meds.early.len(), 1);
     }
 
     #[test]

@@ -105,6 +105,32 @@ impl Projector {
         Ok(())
     }
 
+    /// Dispensings that queued up behind each other (a rebuild reads a topic of them): one
+    /// statement. When one of them found no prescription to record it on, the run fails after
+    /// recording the others, and the bus applies it again one at a time ([`Self::dispensed`]):
+    /// those recorded find themselves done, the others wait for their prescription.
+    pub async fn dispensed_run(self, run: Vec<PrescriptionDispensed>) -> Result<(), HandlerError> {
+        let channel = self.changes.channel();
+        let recorded = self.store.record_dispensed_all(&run, channel).await?;
+        if channel.is_none() {
+            for id in &recorded {
+                self.changes.announce(id).await;
+            }
+        }
+        let recorded: std::collections::HashSet<&str> =
+            recorded.iter().map(String::as_str).collect();
+        match run
+            .iter()
+            .find(|e| !recorded.contains(e.prescription_id.as_str()))
+        {
+            Some(e) => Err(HandlerError::not_yet(format!(
+                "prescription {} (or it was dispensed already)",
+                e.prescription_id
+            ))),
+            None => Ok(()),
+        }
+    }
+
     pub async fn alert(self, e: MedicationAlert, _: EventContext) -> Result<(), HandlerError> {
         for prescription_id in self.store.add_alert(&e).await? {
             self.changes.announce(&prescription_id).await;
@@ -138,6 +164,7 @@ pub fn consumer(
         .on(Projector::cancelled)?
         .on(Projector::claimed)?
         .on(Projector::dispensed)?
+        .batch(Projector::dispensed_run)?
         .on(Projector::alert)?
         .on(Projector::consent)?
         .build()

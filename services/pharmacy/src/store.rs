@@ -400,6 +400,72 @@ impl Store {
         Ok(changed == 1)
     }
 
+    /// Records a run of dispensings in one statement (all or none); the ids of the
+    /// prescriptions it marked dispensed. An id missing from the answer was dispensed already or
+    /// is not here yet ([`Store::record_dispensed`] one at a time tells which). On PostgreSQL,
+    /// with `notify`, each recorded id is announced on that channel by the same statement.
+    pub async fn record_dispensed_all(
+        &self,
+        run: &[PrescriptionDispensed],
+        notify: Option<&str>,
+    ) -> Result<Vec<String>, StoreError> {
+        /// Per row: prescription id, pharmacy, event.
+        const COLUMNS: usize = 3;
+        if run.is_empty() {
+            return Ok(Vec::new());
+        }
+        if run.len() > MAX_RUN_ROWS {
+            return Err(StoreError::RunTooLong(run.len()));
+        }
+        // A prescription's first dispensing in the run is the one kept, as one at a time: an
+        // UPDATE joined to two rows for it would take either.
+        let mut seen = std::collections::HashSet::with_capacity(run.len());
+        let run: Vec<&PrescriptionDispensed> = run
+            .iter()
+            .filter(|d| seen.insert(d.prescription_id.as_str()))
+            .collect();
+        let at = run.len() * COLUMNS + 1;
+        // The run's columns are named apart from the table's, so the lifecycle's condition
+        // (`Transition::sql_condition`) reads the table's own.
+        let update = format!(
+            "UPDATE pharmacy_prescriptions SET status = {}, dispensed_by = run.run_by,
+                 dispensed = run.run_event, updated_at = ${at}, dispensing_event = NULL
+             FROM run
+             WHERE prescription_id = run.run_id AND {} AND dispensed IS NULL
+             RETURNING prescription_id",
+            Transition::RecordDispensing.sql_target(),
+            Transition::RecordDispensing.sql_condition()
+        );
+        let run_cte = format!(
+            "run (run_id, run_by, run_event) AS (VALUES {})",
+            hixbus_storage::value_rows(run.len(), COLUMNS)
+        );
+        let sql = match notify {
+            Some(_) => format!(
+                "WITH {run_cte}, updated AS ({update})
+                 SELECT prescription_id, pg_notify(${}, prescription_id) FROM updated",
+                at + 1
+            ),
+            None => format!("WITH {run_cte} {update}"),
+        };
+        let mut query = sqlx::query(&sql);
+        for dispensed in run {
+            query = query
+                .bind(&dispensed.prescription_id)
+                .bind(&dispensed.pharmacy.org_id)
+                .bind(serde_json::to_string(dispensed)?);
+        }
+        query = query.bind(now());
+        if let Some(channel) = notify {
+            query = query.bind(channel);
+        }
+        let rows = query.fetch_all(&self.db.pool).await?;
+        Ok(rows
+            .iter()
+            .map(|row| row.try_get::<String, _>(0))
+            .collect::<Result<_, _>>()?)
+    }
+
     /// Attaches an alert to every prescription it involves; returns those newly attached.
     pub async fn add_alert(&self, alert: &MedicationAlert) -> Result<Vec<String>, StoreError> {
         let body = serde_json::to_string(alert)?;
