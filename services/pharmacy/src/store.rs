@@ -384,20 +384,10 @@ impl Store {
         &self,
         dispensed: &PrescriptionDispensed,
     ) -> Result<bool, StoreError> {
-        let sql = update(
-            Transition::RecordDispensing,
-            "dispensed_by = $2, dispensed = $3, updated_at = $4, dispensing_event = NULL",
-            "AND dispensed IS NULL",
-        );
-        let changed = sqlx::query(&sql)
-            .bind(&dispensed.prescription_id)
-            .bind(&dispensed.pharmacy.org_id)
-            .bind(serde_json::to_string(dispensed)?)
-            .bind(now())
-            .execute(&self.db.pool)
-            .await?
-            .rows_affected();
-        Ok(changed == 1)
+        let recorded = self
+            .record_dispensed_all(std::slice::from_ref(dispensed), None)
+            .await?;
+        Ok(!recorded.is_empty())
     }
 
     /// Records a run of dispensings in one statement (all or none); the ids of the
