@@ -43,7 +43,7 @@ async fn main() {
     let load = bench::Load::from_env((200, 15), (10, 1));
     let (rate, total) = (load.rate, load.total());
     let (stack, mock) = bench::stack().await;
-    println!("broker: {}", bench::broker_name(&mock));
+    println!("broker: {}", bench::broker_name(&stack, &mock));
     let (directory, keys) = directory_with_keys(DEMO_ORGANIZATIONS);
     let pharmacy_key = &keys["pharmacy-aozora"];
 

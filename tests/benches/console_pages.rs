@@ -167,7 +167,7 @@ async fn main() {
         println!("smoke run (no --bench): the numbers below mean nothing");
     }
     let (stack, mock) = bench::stack().await;
-    println!("broker: {}", bench::broker_name(&mock));
+    println!("broker: {}", bench::broker_name(&stack, &mock));
     let (directory, keys) = directory_with_keys(DEMO_ORGANIZATIONS);
     let pharmacy_db = fresh_database(Backend::Postgres).await;
     let gateway_db = fresh_database(Backend::Postgres).await;

@@ -51,7 +51,7 @@ async fn main() {
     let load = bench::Load::from_env((20, 15), (5, 1));
     let (rate, total) = (load.rate, load.total());
     let (stack, mock) = bench::stack().await;
-    println!("broker: {}", bench::broker_name(&mock));
+    println!("broker: {}", bench::broker_name(&stack, &mock));
     let (directory, keys) = directory_with_keys(ORGANIZATIONS);
     let (lab_key, hospital_key) = (&keys["lab-kensa"], &keys["hospital-daiichi"]);
     let databases = [

@@ -57,7 +57,7 @@ async fn main() {
     let rate = load.rate;
 
     let (mut stack, mock) = bench::stack().await;
-    println!("broker: {}", bench::broker_name(&mock));
+    println!("broker: {}", bench::broker_name(&stack, &mock));
     // How long the broker may hold a fetch (see docs/performance.md): the runtime's default is
     // 20 ms; the benchmark can try others.
     if let Ok(wait) = std::env::var("HIXBUS_BENCH_FETCH_WAIT_MS") {

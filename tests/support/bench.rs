@@ -2,7 +2,7 @@
 
 use hixbus_bus::dev::DevCluster;
 
-use crate::{Backend, BusStack, TestBroker, TestRegistry, init_tracing};
+use crate::{Backend, BusStack, Engine, TestBroker, TestRegistry, init_tracing};
 
 /// The insurers whose own topics a bench's mock cluster has.
 pub const INSURERS: [&str; 2] = ["insurer-kenpo", "insurer-kokuho"];
@@ -10,8 +10,34 @@ pub const INSURERS: [&str; 2] = ["insurer-kenpo", "insurer-kokuho"];
 /// The broker and registry of a bench run: Tansu, or librdkafka's in-memory mock cluster (the
 /// broker of `hixbus up`) with `HIXBUS_BENCH_BROKER=mock`, kept alive by the second value.
 pub async fn stack() -> (BusStack, Option<DevCluster>) {
-    if std::env::var("HIXBUS_BENCH_BROKER").as_deref() != Ok("mock") {
-        return (BusStack::start().await, None);
+    stack_or("memory").await
+}
+
+/// [`stack`] on the broker `HIXBUS_BENCH_BROKER` names, else on `default`: `mock`, `memory` or
+/// `sqlite` (Tansu's engines). Tansu 0.6.0's memory engine answers a fetch from inside a
+/// producer's batch without the rest of that batch (a consumer that pauses and resumes loses
+/// records); its SQLite engine is exact but slow to read a large backlog; the mock keeps only the
+/// last 5 MB of each partition.
+pub async fn stack_or(default: &str) -> (BusStack, Option<DevCluster>) {
+    let chosen = std::env::var("HIXBUS_BENCH_BROKER")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_owned());
+    let engine = match chosen.as_str() {
+        "mock" => None,
+        "memory" => Some(Engine::Memory),
+        "sqlite" => Some(Engine::Sqlite),
+        other => panic!("HIXBUS_BENCH_BROKER={other}: expected mock, memory or sqlite"),
+    };
+    if let Some(engine) = engine {
+        // The memory engine is the tests' own broker: an external cluster or Kafka in Docker, if
+        // the environment names one, stands in for it as it does in the tests.
+        let broker = match engine {
+            Engine::Memory => TestBroker::start(),
+            Engine::Sqlite => TestBroker::tansu(engine),
+        };
+        let registry = TestRegistry::fresh(Backend::Sqlite).await;
+        return (BusStack::on(broker, registry).await, None);
     }
     init_tracing();
     // The mock cannot create topics through the admin API: they are made with the cluster.
@@ -35,11 +61,11 @@ pub async fn stack() -> (BusStack, Option<DevCluster>) {
 }
 
 /// The broker's name for the report.
-pub fn broker_name(mock: &Option<DevCluster>) -> &'static str {
+pub fn broker_name(stack: &BusStack, mock: &Option<DevCluster>) -> String {
     if mock.is_some() {
-        "librdkafka mock cluster (in memory, in this process)"
+        "librdkafka mock cluster (in memory, in this process)".to_owned()
     } else {
-        "Tansu (memory engine)"
+        stack.broker.describe()
     }
 }
 

@@ -38,10 +38,27 @@ impl TestBroker {
                 tansu: None,
             };
         }
-        let tansu = Tansu::start(Engine::Memory, None);
+        Self::tansu(Engine::Memory)
+    }
+
+    /// A Tansu broker of its own on `engine`, whatever the environment says.
+    pub fn tansu(engine: Engine) -> Self {
+        crate::init_tracing();
+        let tansu = Tansu::start(engine, None);
         Self {
             bootstrap: tansu.bootstrap(),
             tansu: Some(tansu),
+        }
+    }
+
+    /// What the broker is, for a report.
+    pub fn describe(&self) -> String {
+        match &self.tansu {
+            Some(tansu) => match tansu.engine {
+                Engine::Memory => "Tansu (memory engine)".to_owned(),
+                Engine::Sqlite => "Tansu (SQLite engine)".to_owned(),
+            },
+            None => format!("the broker at {}", self.bootstrap),
         }
     }
 
