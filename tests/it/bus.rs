@@ -367,6 +367,86 @@ async fn a_lane_behind_applies_its_queue_in_runs_and_a_failing_run_one_record_at
 }
 
 #[tokio::test]
+async fn a_run_waiting_for_an_earlier_event_waits_and_is_applied_again_as_a_run() {
+    let stack = BusStack::start().await;
+    let publisher = stack.publisher();
+    let patient = unique("patient");
+    // Queued before the consumer starts, on one partition (one key): the lane starts behind.
+    let ids: Vec<String> = (0..40).map(|n| format!("{patient}-{n}")).collect();
+    for id in &ids {
+        let mut e = samples::prescription_issued(&patient, 1);
+        e.prescription_id = id.clone();
+        publisher.publish(&e).await.unwrap();
+    }
+
+    // Each id applied, and whether alone or in a run; the first run of this patient's
+    // prescriptions is told that an event it needs has not arrived yet (it has, by its next try).
+    let applied: Arc<Mutex<Vec<(String, &'static str)>>> = Arc::default();
+    let waited: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (alone, in_run, told) = (applied.clone(), applied.clone(), waited.clone());
+    let (mine, mine_too) = (patient.clone(), patient.clone());
+    let consumer = Consumer::builder(&stack.kafka, stack.codec(), unique("waiting"))
+        .on(move |e: PrescriptionIssued, _ctx: EventContext| {
+            let (alone, mine) = (alone.clone(), mine.clone());
+            async move {
+                // Slower than a run, as one transaction per record is: the queue builds up.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                if e.envelope.patient_ref == mine {
+                    alone.lock().unwrap().push((e.prescription_id, "alone"));
+                }
+                Ok(())
+            }
+        })
+        .unwrap()
+        .batch(move |events: Vec<PrescriptionIssued>| {
+            let (in_run, told, mine) = (in_run.clone(), told.clone(), mine_too.clone());
+            async move {
+                let ids: Vec<String> = events
+                    .into_iter()
+                    .filter(|e| e.envelope.patient_ref == mine)
+                    .map(|e| e.prescription_id)
+                    .collect();
+                {
+                    let mut told = told.lock().unwrap();
+                    if told.is_empty() && !ids.is_empty() {
+                        *told = ids;
+                        return Err(HandlerError::not_yet("the dispensing's prescription"));
+                    }
+                }
+                in_run
+                    .lock()
+                    .unwrap()
+                    .extend(ids.into_iter().map(|id| (id, "run")));
+                Ok(())
+            }
+        })
+        .unwrap()
+        .build()
+        .unwrap();
+    let running = Running::spawn(consumer);
+    let done = applied.clone();
+    eventually(Duration::from_secs(60), "every prescription", || {
+        done.lock().unwrap().len() >= ids.len()
+    })
+    .await;
+    let summary = running.stop().await;
+
+    let applied = applied.lock().unwrap().clone();
+    let order: Vec<String> = applied.iter().map(|(id, _)| id.clone()).collect();
+    assert_eq!(order, ids, "each applied once, in the order published");
+    let waited = waited.lock().unwrap().clone();
+    assert!(waited.len() > 1, "no run was told to wait: {waited:?}");
+    // The run that waited was applied again as a run, not taken apart.
+    for id in &waited {
+        assert!(
+            applied.contains(&(id.clone(), "run")),
+            "{id} of the run that waited was applied alone: {applied:?}"
+        );
+    }
+    assert_eq!(summary.dead_lettered, 0, "{summary:?}");
+}
+
+#[tokio::test]
 async fn a_batch_handler_needs_its_one_record_handler_to_fall_back_to() {
     let stack = BusStack::start().await;
     let refused = Consumer::builder(&stack.kafka, stack.codec(), unique("batched"))

@@ -1525,6 +1525,15 @@ async fn a_run_of_dispensings_is_recorded_in_one_statement_each_once() {
                 .is_empty(),
             "applied again, it changes nothing"
         );
+        // What the run handler asks of those not recorded: done already, or still to come.
+        let mut done: Vec<String> = store
+            .dispensed_among(&["rx-run-0", "rx-run-1", "rx-run-9"])
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+        done.sort();
+        assert_eq!(done, ["rx-run-0", "rx-run-1"], "{backend:?}");
         let long: Vec<_> = (10..11 + hixbus_pharmacy::store::MAX_RUN_ROWS)
             .map(|n| dispensing(n, "pharmacy-aozora"))
             .collect();

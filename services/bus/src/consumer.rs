@@ -428,6 +428,12 @@ const HOLD: usize = 4_096;
 /// The queue feeding one partition's worker.
 type LaneQueue = mpsc::Sender<OwnedRecord>;
 
+/// Tries a run gets as a run when its handler says an earlier event has not arrived, before
+/// its records are applied one at a time (each then waiting on its own): with the default
+/// backoff, about a second and a half of waiting, as long as a rebuild's topics usually drift
+/// apart.
+const RUN_NOT_YET_ATTEMPTS: u32 = 5;
+
 /// The most records one batch handler call takes: what one lane can have waiting.
 const MAX_RUN: usize = LANE_QUEUE + 1;
 
@@ -806,7 +812,32 @@ impl Lane {
             trace::link_trace(&span, &record.headers);
         }
         let call = handler(events).instrument(span.clone());
-        match self.measured(name, &records, call).await {
+        let mut result = self.measured(name, &records, call).await;
+        // A run waiting for an earlier event waits as a run, for a while: applied one at a time
+        // at once, every record of it would take a statement of its own (a rebuild, reading
+        // dispensings ahead of their prescriptions, would then crawl).
+        let mut attempt = 1;
+        while let Err(HandlerError::NotYet(awaited)) = &result
+            && attempt < RUN_NOT_YET_ATTEMPTS
+        {
+            self.count_error(RetryKind::NotYet.as_str());
+            metrics()
+                .handler_retries
+                .add(1, &[KeyValue::new("group", self.group.clone())]);
+            let wait = self.retry.backoff(attempt);
+            tracing::info!(parent: &span, attempt, ?wait, %awaited, records = records.len(), "run waiting for an earlier event");
+            if sleep_or_stop(wait, stop).await {
+                return vec![(Position::of(&records[0]), Outcome::Interrupted)];
+            }
+            // The handler took the events; the records are decoded again.
+            let Some(events) = self.decode_all(&records).await else {
+                break;
+            };
+            attempt += 1;
+            let call = handler(events).instrument(span.clone());
+            result = self.measured(name, &records, call).await;
+        }
+        match result {
             Ok(()) => records
                 .iter()
                 .map(|r| (Position::of(r), Outcome::Handled))
@@ -826,6 +857,17 @@ impl Lane {
                 outcomes
             }
         }
+    }
+
+    /// The events of `records`, decoded again; `None` if one no longer decodes (the registry is
+    /// out of reach, say): the records then go one at a time, which sorts that out.
+    async fn decode_all(&self, records: &[OwnedRecord]) -> Option<Vec<Event>> {
+        let mut events = Vec::with_capacity(records.len());
+        for record in records {
+            let payload = record.payload.as_deref()?;
+            events.push(self.codec.decode(payload).await.ok()?.ok()?.event);
+        }
+        Some(events)
     }
 
     /// Awaits the handler's `call` for `records` (one, or a run) and counts it: how long it

@@ -106,9 +106,10 @@ impl Projector {
     }
 
     /// Dispensings that queued up behind each other (a rebuild reads a topic of them): one
-    /// statement. When one of them found no prescription to record it on, the run fails after
-    /// recording the others, and the bus applies it again one at a time ([`Self::dispensed`]):
-    /// those recorded find themselves done, the others wait for their prescription.
+    /// statement. Those it did not record were dispensed already (done) or have no prescription
+    /// here yet: then the run waits for it, as [`Self::dispensed`] does, and the bus applies the
+    /// run again (those recorded meanwhile find themselves done) before, if it still waits,
+    /// applying it one record at a time.
     pub async fn dispensed_run(self, run: Vec<PrescriptionDispensed>) -> Result<(), HandlerError> {
         let channel = self.changes.channel();
         let recorded = self.store.record_dispensed_all(&run, channel).await?;
@@ -119,14 +120,14 @@ impl Projector {
         }
         let recorded: std::collections::HashSet<&str> =
             recorded.iter().map(String::as_str).collect();
-        match run
+        let unrecorded: Vec<&str> = run
             .iter()
-            .find(|e| !recorded.contains(e.prescription_id.as_str()))
-        {
-            Some(e) => Err(HandlerError::not_yet(format!(
-                "prescription {} (or it was dispensed already)",
-                e.prescription_id
-            ))),
+            .map(|e| e.prescription_id.as_str())
+            .filter(|id| !recorded.contains(id))
+            .collect();
+        let done = self.store.dispensed_among(&unrecorded).await?;
+        match unrecorded.iter().find(|id| !done.contains(**id)) {
+            Some(id) => Err(HandlerError::not_yet(format!("prescription {id}"))),
             None => Ok(()),
         }
     }

@@ -392,7 +392,7 @@ impl Store {
 
     /// Records a run of dispensings in one statement (all or none); the ids of the
     /// prescriptions it marked dispensed. An id missing from the answer was dispensed already or
-    /// is not here yet ([`Store::record_dispensed`] one at a time tells which). On PostgreSQL,
+    /// is not here yet ([`Store::dispensed_among`] tells which). On PostgreSQL,
     /// with `notify`, each recorded id is announced on that channel by the same statement.
     pub async fn record_dispensed_all(
         &self,
@@ -488,6 +488,34 @@ impl Store {
         .fetch_optional(&self.db.pool)
         .await?;
         Ok(row.is_some())
+    }
+
+    /// Which of `prescription_ids` are recorded as dispensed: what tells, for a run of
+    /// dispensings, one that was done already from one whose prescription is not here yet.
+    pub async fn dispensed_among(
+        &self,
+        prescription_ids: &[&str],
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        if prescription_ids.is_empty() {
+            return Ok(std::collections::HashSet::new());
+        }
+        if prescription_ids.len() > MAX_RUN_ROWS {
+            return Err(StoreError::RunTooLong(prescription_ids.len()));
+        }
+        let sql = format!(
+            "SELECT prescription_id FROM pharmacy_prescriptions
+             WHERE prescription_id IN ({}) AND dispensed IS NOT NULL",
+            placeholders(1, prescription_ids.len())
+        );
+        let mut query = sqlx::query(&sql);
+        for id in prescription_ids {
+            query = query.bind(*id);
+        }
+        let rows = query.fetch_all(&self.db.pool).await?;
+        Ok(rows
+            .iter()
+            .map(|row| row.try_get::<String, _>(0))
+            .collect::<Result<_, _>>()?)
     }
 
     pub async fn get(&self, prescription_id: &str) -> Result<Option<PrescriptionRow>, StoreError> {
