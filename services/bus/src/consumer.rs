@@ -820,10 +820,7 @@ impl Lane {
         while let Err(HandlerError::NotYet(awaited)) = &result
             && attempt < RUN_NOT_YET_ATTEMPTS
         {
-            self.count_error(RetryKind::NotYet.as_str());
-            metrics()
-                .handler_retries
-                .add(1, &[KeyValue::new("group", self.group.clone())]);
+            self.count_retry(RetryKind::NotYet);
             let wait = self.retry.backoff(attempt);
             tracing::info!(parent: &span, attempt, ?wait, %awaited, records = records.len(), "run waiting for an earlier event");
             if sleep_or_stop(wait, stop).await {
@@ -946,9 +943,7 @@ impl Lane {
                     break failure;
                 }
                 Err(Attempt::Retry(retry)) => {
-                    self.count_error(retry.kind.as_str());
-                    let labels = [KeyValue::new("group", self.group.clone())];
-                    metrics().handler_retries.add(1, &labels);
+                    self.count_retry(retry.kind);
                     if let Some(failure) = self.retry.give_up(attempt, &retry) {
                         break failure;
                     }
@@ -969,6 +964,13 @@ impl Lane {
             }
         };
         self.dead_letter(&record, failure, stop).await
+    }
+
+    /// A failure that will be tried again: an error of its kind, and a retry.
+    fn count_retry(&self, kind: RetryKind) {
+        self.count_error(kind.as_str());
+        let labels = [KeyValue::new("group", self.group.clone())];
+        metrics().handler_retries.add(1, &labels);
     }
 
     fn count_error(&self, kind: &'static str) {

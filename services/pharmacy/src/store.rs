@@ -480,14 +480,7 @@ impl Store {
 
     /// Whether a dispensing of the prescription has been recorded.
     pub async fn is_dispensed(&self, prescription_id: &str) -> Result<bool, StoreError> {
-        let row = sqlx::query(
-            "SELECT 1 FROM pharmacy_prescriptions
-             WHERE prescription_id = $1 AND dispensed IS NOT NULL",
-        )
-        .bind(prescription_id)
-        .fetch_optional(&self.db.pool)
-        .await?;
-        Ok(row.is_some())
+        Ok(!self.dispensed_among(&[prescription_id]).await?.is_empty())
     }
 
     /// Which of `prescription_ids` are recorded as dispensed: what tells, for a run of
